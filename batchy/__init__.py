@@ -1,0 +1,21 @@
+"""Batchy: batch state and incremental-load watermarks for ETL workflows, kept in Redis."""
+from __future__ import annotations
+
+import logging
+
+
+def create_app(config: dict | None = None):
+    """Create and configure an instance of the Batchy application."""
+    from flask import Flask
+
+    from . import api, db, errors, settings
+
+    app = Flask(__name__)
+    app.config.update(settings.load(overrides=config))
+    app.config["MAX_CONTENT_LENGTH"] = app.config["BATCHY_MAX_BODY_BYTES"]
+    app.json.sort_keys = False
+    logging.getLogger("batchy").setLevel(app.config["BATCHY_LOG_LEVEL"].upper())
+    errors.register(app)
+    db.init_app(app)
+    app.register_blueprint(api.bp)
+    return app

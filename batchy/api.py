@@ -1,0 +1,178 @@
+"""The HTTP API: parse the request, call the store, render the answer. No logic of its own."""
+from __future__ import annotations
+
+import functools
+import hmac
+
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import MethodNotAllowed
+
+from . import formats, names, watermark, workflows
+from .db import get_store
+from .errors import InvalidParameter, Unauthorized
+
+bp = Blueprint("api", __name__)
+MUTATING = ["GET", "POST"]
+MAX_MESSAGE = 4096
+
+
+def json_response(body: bytes | dict, status: int = 200) -> Response:
+    if isinstance(body, dict):
+        body = formats.json_state(body)
+    return Response(body, status=status, mimetype="application/json")
+
+
+def mutation(view):
+    """Guard a state-changing view: POST-only when so configured, and the API token."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        if request.method == "GET" and not current_app.config["BATCHY_ALLOW_GET_MUTATIONS"]:
+            raise MethodNotAllowed(valid_methods=["POST"], description="this deployment accepts mutations only as POST")
+        check_token()
+        return view(*args, **kwargs)
+
+    return guarded
+
+
+def check_token() -> None:
+    token = current_app.config["BATCHY_API_TOKEN"]
+    if not token:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")
+
+
+def params() -> dict:
+    """Return the request's parameters: query string, then a JSON or form body over it."""
+    values = request.args.to_dict()
+    if request.method == "POST" and request.content_length != 0:
+        if request.is_json:
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict):
+                raise InvalidParameter("the request body must be a JSON object")
+            values.update(body)
+        else:
+            values.update(request.form.to_dict())
+    return values
+
+
+def flag(values: dict, name: str) -> bool:
+    value = values.get(name, False)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise InvalidParameter(f"{name} must be true or false, not {str(value)[:40]!r}", parameter=name)
+
+
+def whole_number(values: dict, name: str) -> int | None:
+    value = values.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidParameter(f"{name} must be a whole number >= 0, not {value!r}", parameter=name)
+    if isinstance(value, str):
+        if not value.isascii() or not value.isdigit() or len(value) > 18:
+            raise InvalidParameter(f"{name} must be a whole number >= 0, not {value[:40]!r}", parameter=name)
+        value = int(value)
+    if value < 0 or value > 2**53:
+        raise InvalidParameter(f"{name} must be a whole number >= 0, not {value}", parameter=name)
+    return value
+
+
+def text(values: dict, name: str, limit: int = MAX_MESSAGE) -> str | None:
+    value = values.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidParameter(f"{name} must be text", parameter=name)
+    if len(value) > limit:
+        raise InvalidParameter(f"{name} is longer than {limit} characters", parameter=name)
+    return value
+
+
+def actor() -> str:
+    return request.remote_addr or ""
+
+
+@bp.get("/healthz")
+def healthz():
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    get_store().ping()  # a Redis error becomes the 503 error body
+    return json_response({"status": "ready"})
+
+
+@bp.route("/load_cfg/<wf>", methods=MUTATING)
+@mutation
+def load_cfg(wf):
+    names.check_workflow(wf)
+    reset = flag(params(), "reset")
+    cfg = current_app.config
+    config = workflows.read_config(cfg["BATCHY_CFG_DIR"], wf, cfg["BATCHY_MAX_CFG_BYTES"])
+    return json_response(get_store().load(wf, config, reset=reset, actor=actor()))
+
+
+@bp.get("/get_status/<wf>")
+def get_status(wf):
+    names.check_workflow(wf)
+    return json_response(formats.json_raw_state(get_store().raw_status(wf)))
+
+
+@bp.route("/open_batch/<wf>", methods=MUTATING)
+@bp.route("/open_batch/<wf>/<fmt>", methods=MUTATING)
+@mutation
+def open_batch(wf, fmt="json"):
+    names.check_workflow(wf)
+    if fmt not in formats.FORMATS:
+        raise InvalidParameter(
+            f"unknown format {fmt[:40]!r}: use one of {', '.join(formats.FORMATS)}", parameter="fmt"
+        )
+    values = params()
+    change = get_store().open(wf, actor=actor(), dry_run=flag(values, "dry_run"))
+    if fmt == "infa":
+        return Response(
+            formats.infa(change.jobs),
+            mimetype="text/plain",
+            headers={"Content-Disposition": f'attachment; filename="{wf}.param"'},
+        )
+    return json_response(change.jobs)
+
+
+def _close(wf: str, outcome: str):
+    names.check_workflow(wf)
+    values = params()
+    job = values.get("job")
+    if job is not None:
+        names.check_job(job, wf)
+    change = get_store().close(
+        wf,
+        outcome,
+        job=job,
+        batch_id=whole_number(values, "batch_id"),
+        records_processed=whole_number(values, "records_processed"),
+        message=text(values, "message"),
+        actor=actor(),
+    )
+    return json_response(change.state)
+
+
+@bp.route("/close_batch/<wf>", methods=MUTATING)
+@mutation
+def close_batch(wf):
+    return _close(wf, watermark.SUCCESS)
+
+
+@bp.route("/fail_batch/<wf>", methods=MUTATING)
+@mutation
+def fail_batch(wf):
+    return _close(wf, watermark.FAILED)

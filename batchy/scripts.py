@@ -1,0 +1,99 @@
+"""Lua run by Redis. Each script is atomic: a state change is applied whole or not at all."""
+
+# Apply one state change to a workflow if its version is still the one that was read.
+#
+# KEYS[1] workflow hash <wf>            KEYS[2] meta hash batchy:wf:<wf>
+# KEYS[3] history zset batchy:history:<wf>   KEYS[4] batchy:batches
+# KEYS[5] audit stream batchy:events:<wf>     KEYS[6] batchy:workflows
+# ARGV, read in order (n = a count, then that many items):
+#   expected version ("0" for a workflow never written)
+#   replace ("1": delete the workflow hash first)
+#   n, n x (job, json)          HSET into the workflow hash
+#   n, n x job                  HDEL from the workflow hash
+#   n, n x (field, value)       HSET into the meta hash
+#   n, n x (key, mode, score, m, m x (job, json))  batch snapshots to write;
+#       mode "new": the key must not exist yet, it is indexed with score (its start)
+#       mode "update": written only if it still exists (retention may have dropped it)
+#   keep                        batches kept in the history index; older ones are deleted
+#   batch key prefix            "<wf>-", to name the snapshots retention deletes
+#   events maxlen, n, n x (field, value)   XADD to the audit stream (n = 0: none)
+#   channel, message            PUBLISH after the change
+# Returns {1, new_version} when applied, {0, current_version} when the version moved
+# on (the caller re-reads and retries), {-1, key} when a new snapshot key exists.
+COMMIT = """
+local argv = ARGV
+local i = 0
+local function nxt() i = i + 1; return argv[i] end
+-- unpack() of more than a few thousand values overflows Lua's stack: write in chunks.
+local function hset(key, flat)
+  for s = 1, #flat, 1000 do
+    redis.call('HSET', key, unpack(flat, s, math.min(s + 999, #flat)))
+  end
+end
+
+local expected = nxt()
+local current = redis.call('HGET', KEYS[2], 'version') or '0'
+if current ~= expected then return {0, current} end
+
+local replace = nxt()
+local n = tonumber(nxt())
+local fields = {}
+for _ = 1, n do fields[#fields + 1] = nxt(); fields[#fields + 1] = nxt() end
+n = tonumber(nxt())
+local hdel = {}
+for _ = 1, n do hdel[#hdel + 1] = nxt() end
+n = tonumber(nxt())
+local meta = {}
+for _ = 1, n do meta[#meta + 1] = nxt(); meta[#meta + 1] = nxt() end
+local batches = {}
+n = tonumber(nxt())
+for _ = 1, n do
+  local b = {key = nxt(), mode = nxt(), score = nxt(), fields = {}}
+  local m = tonumber(nxt())
+  for _ = 1, m do b.fields[#b.fields + 1] = nxt(); b.fields[#b.fields + 1] = nxt() end
+  if b.mode == 'new' and redis.call('EXISTS', b.key) == 1 then return {-1, b.key} end
+  batches[#batches + 1] = b
+end
+local keep = tonumber(nxt())
+local prefix = nxt()
+local maxlen = nxt()
+n = tonumber(nxt())
+local event = {}
+for _ = 1, n do event[#event + 1] = nxt(); event[#event + 1] = nxt() end
+local channel = nxt()
+local message = nxt()
+
+if replace == '1' then redis.call('DEL', KEYS[1]) end
+hset(KEYS[1], fields)
+for s = 1, #hdel, 1000 do redis.call('HDEL', KEYS[1], unpack(hdel, s, math.min(s + 999, #hdel))) end
+local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+hset(KEYS[2], meta)
+redis.call('SADD', KEYS[6], KEYS[1])
+
+for _, b in ipairs(batches) do
+  if b.mode == 'new' then
+    hset(b.key, b.fields)
+    local id = string.sub(b.key, #prefix + 1)
+    redis.call('ZADD', KEYS[3], id, id)
+    redis.call('ZADD', KEYS[4], b.score, b.key)
+  elseif redis.call('EXISTS', b.key) == 1 then
+    hset(b.key, b.fields)
+  end
+end
+
+local excess = redis.call('ZCARD', KEYS[3]) - keep
+if excess > 0 then
+  local old = redis.call('ZRANGE', KEYS[3], 0, excess - 1)
+  for _, id in ipairs(old) do
+    redis.call('DEL', prefix .. id)
+    redis.call('ZREM', KEYS[4], prefix .. id)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
+end
+
+if #event > 0 then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', unpack(event))
+end
+redis.call('PUBLISH', channel, message)
+return {1, version}
+"""

@@ -1,0 +1,161 @@
+"""Every BATCHY_* setting, declared once; the README's configuration table lists these."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+
+def _bool(value: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"must be > 0: {value!r}")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"must be >= 1: {value!r}")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must be >= 0: {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "BATCHY_REDIS_URL",
+        "",
+        "Redis to keep state in: `redis://[:password@]host:port/db`, `rediss://…` for TLS, "
+        "or `redis+sentinel://host:26379,host2:26379/<primary-name>/<db>`. Falls back to "
+        "`REDIS_URL`. Empty: an embedded in-memory store (one process, state lost on exit).",
+    ),
+    Setting("BATCHY_CFG_DIR", "cfg", "Folder holding the workflow files `<wf>.yaml`."),
+    Setting(
+        "BATCHY_API_TOKEN",
+        "",
+        "When set, every mutating endpoint (and `/wait`) requires "
+        "`Authorization: Bearer <token>`; empty disables the check.",
+    ),
+    Setting(
+        "BATCHY_ALLOW_GET_MUTATIONS",
+        True,
+        "Accept GET on mutating endpoints, as the original URLs do. Set to false where "
+        "crawlers or link previews could open a batch: mutations then need POST.",
+        _bool,
+    ),
+    Setting(
+        "BATCHY_REDIS_TIMEOUT",
+        2.0,
+        "Seconds to wait for Redis before answering 503 (connect and per command).",
+        _positive_float,
+    ),
+    Setting(
+        "BATCHY_REDIS_WAIT_REPLICAS",
+        0,
+        "After each state change, wait until this many replicas acknowledge it "
+        "(Redis `WAIT`); 0 disables. With Sentinel, 1 means a failover cannot lose "
+        "an acknowledged change.",
+        _non_negative_int,
+    ),
+    Setting(
+        "BATCHY_REDIS_WAIT_TIMEOUT_MS",
+        1000,
+        "How long `WAIT` may take before the call answers 503 (the change is applied "
+        "on the primary but not confirmed on a replica).",
+        _positive_int,
+    ),
+    Setting(
+        "BATCHY_MAX_CFG_BYTES",
+        1_048_576,
+        "Largest workflow YAML file `load_cfg` reads.",
+        _positive_int,
+    ),
+    Setting(
+        "BATCHY_MAX_BODY_BYTES",
+        1_048_576,
+        "Largest request body accepted (larger: 413).",
+        _positive_int,
+    ),
+    Setting(
+        "BATCHY_HISTORY_KEEP",
+        1000,
+        "Batches kept per workflow; older `<wf>-<batch_id>` keys are deleted with "
+        "their index entries when a new batch opens.",
+        _positive_int,
+    ),
+    Setting(
+        "BATCHY_EVENTS_KEEP",
+        10000,
+        "Audit events kept per workflow (a capped Redis stream).",
+        _positive_int,
+    ),
+    Setting(
+        "BATCHY_WAIT_MAX_SECONDS",
+        60.0,
+        "Longest a single `/wait` request blocks before answering with the current verdict.",
+        _positive_float,
+    ),
+    Setting("BATCHY_LOG_LEVEL", "INFO", "Python log level of the service."),
+    Setting(
+        "BATCHY_WORKERS",
+        2,
+        "gunicorn worker processes started by `batchy serve` (the embedded store always uses 1).",
+        _positive_int,
+    ),
+    Setting(
+        "BATCHY_THREADS",
+        32,
+        "Threads per gunicorn worker started by `batchy serve`.",
+        _positive_int,
+    ),
+    Setting(
+        "BATCHY_URL",
+        "http://127.0.0.1:5000",
+        "Where the `batchy` client commands, `batchy.client` and `waitsy` find the service.",
+    ),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def load(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return the settings: defaults, then BATCHY_* environment, then overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.name)
+        if raw is None and setting.name == "BATCHY_REDIS_URL":
+            raw = environ.get("REDIS_URL")
+        if raw is None:
+            values[setting.name] = setting.default
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            raise SystemExit(f"batchy: bad value for {setting.name}: {exc}") from None
+    if overrides:
+        values.update(overrides)
+    return values
