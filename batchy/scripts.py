@@ -17,7 +17,7 @@
 #   keep                        batches kept in the history index; older ones are deleted
 #   batch key prefix            "<wf>-", to name the snapshots retention deletes
 #   events maxlen, n, n x (field, value)   XADD to the audit stream (n = 0: none)
-#   channel, message            PUBLISH after the change
+#   channel, action             PUBLISH the action after the change; meta count:<action> += 1
 # Returns {1, new_version} when applied, {0, current_version} when the version moved
 # on (the caller re-reads and retries), {-1, key} when a new snapshot key exists.
 COMMIT = """
@@ -67,6 +67,7 @@ if replace == '1' then redis.call('DEL', KEYS[1]) end
 hset(KEYS[1], fields)
 for s = 1, #hdel, 1000 do redis.call('HDEL', KEYS[1], unpack(hdel, s, math.min(s + 999, #hdel))) end
 local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+redis.call('HINCRBY', KEYS[2], 'count:' .. message, 1)
 hset(KEYS[2], meta)
 redis.call('SADD', KEYS[6], KEYS[1])
 

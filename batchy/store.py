@@ -137,7 +137,35 @@ class BatchStore:
         return raw
 
     def workflows(self) -> list[str]:
+        """Return the names of every loaded workflow."""
         return sorted(self.redis.smembers(keys.WORKFLOWS))
+
+    def overview(self, names: list[str]) -> dict[str, dict]:
+        """Return {wf: {"jobs": {...}, "settings": {...}, "counts": {action: n}, "last_batch_id"}}.
+
+        One pipelined round trip for all workflows (dashboard, metrics).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for wf in names:
+            pipe.hgetall(keys.workflow(wf))
+            pipe.hgetall(keys.meta(wf))
+        replies = pipe.execute()
+        result = {}
+        for wf, raw, meta in zip(names, replies[::2], replies[1::2]):
+            if not raw:
+                continue
+            result[wf] = {
+                "jobs": {job: json.loads(value) for job, value in raw.items()},
+                "settings": json.loads(meta.get("settings") or "{}"),
+                "counts": {k[6:]: int(v) for k, v in meta.items() if k.startswith("count:")},
+                "last_batch_id": int(meta["last_batch_id"]) if meta.get("last_batch_id") else None,
+            }
+        return result
+
+    def now(self) -> datetime:
+        """Return the Redis server's clock, the one every batch time comes from."""
+        seconds, _micro = self.redis.time()
+        return datetime.fromtimestamp(int(seconds), timezone.utc)
 
     def read(self, wf: str) -> State:
         """Read the clock, the workflow and its bookkeeping in one atomic round trip."""
