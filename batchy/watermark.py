@@ -32,8 +32,12 @@ RUNTIME_FIELDS = (
     "batch_end",
     "records_processed",
     "message",
+    "last_success_start",
+    "last_success_end",
 )
-DATE_FIELDS = ("from_date", "to_date", "batch_start", "batch_end")
+# last_success_*: batch_start/batch_end of the job's latest successful batch, kept
+# through later failures (most_recent, the dashboard's "since last success").
+DATE_FIELDS = ("from_date", "to_date", "batch_start", "batch_end", "last_success_start", "last_success_end")
 
 _OFFSET_NO_COLON = re.compile(r"([+-]\d\d)(\d\d)$")
 
@@ -204,6 +208,8 @@ def close_jobs(
         current = jobs[name]
         new = dict(current)
         new.update(status=outcome, batch_end=format_time(now, job_zone(current)))
+        if outcome == SUCCESS:
+            new.update(last_success_start=current.get("batch_start"), last_success_end=new["batch_end"])
         if records_processed is not None:
             new["records_processed"] = records_processed
         if message is not None:
