@@ -16,8 +16,8 @@ MUTATING = ["GET", "POST"]
 MAX_MESSAGE = 4096
 
 
-def json_response(body: bytes | dict, status: int = 200) -> Response:
-    if isinstance(body, dict):
+def json_response(body: bytes | dict | list, status: int = 200) -> Response:
+    if not isinstance(body, bytes):
         body = formats.json_state(body)
     return Response(body, status=status, mimetype="application/json")
 
@@ -176,3 +176,139 @@ def close_batch(wf):
 @mutation
 def fail_batch(wf):
     return _close(wf, watermark.FAILED)
+
+
+def limit(values: dict, default: int = 50, maximum: int = 1000) -> int:
+    value = whole_number(values, "limit")
+    if value is None:
+        return default
+    if not 1 <= value <= maximum:
+        raise InvalidParameter(f"limit must be from 1 to {maximum}", parameter="limit")
+    return value
+
+
+def moment(values: dict, name: str, required: bool = False):
+    """Return an ISO-8601 time (or unix seconds) parameter as an aware datetime."""
+    value = values.get(name)
+    if value is None or value == "":
+        if required:
+            raise InvalidParameter(f"{name} is required (ISO-8601, e.g. 2024-01-31T00:00:00+00:00)", parameter=name)
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return watermark.datetime.fromtimestamp(value, watermark.UTC)
+    try:
+        return watermark.parse_time(value, name)
+    except ValueError as exc:
+        raise InvalidParameter(str(exc), parameter=name) from None
+
+
+def optional_job(values: dict, wf: str) -> str | None:
+    job = values.get("job")
+    return None if job is None else names.check_job(job, wf)
+
+
+@bp.get("/history/<wf>")
+def history(wf):
+    names.check_workflow(wf)
+    values = params()
+    entries = get_store().history(wf, limit=limit(values), before=whole_number(values, "before"))
+    following = entries[-1]["batch_id"] if len(entries) == limit(values) else None
+    return json_response({"workflow": wf, "batches": entries, "next_before": following})
+
+
+@bp.get("/batch/<wf>/<batch_id>")
+def batch(wf, batch_id):
+    names.check_workflow(wf)
+    bid = whole_number({"batch_id": batch_id}, "batch_id")
+    return json_response(formats.json_raw_state(get_store().raw_batch(wf, bid)))
+
+
+@bp.get("/batches")
+def batches():
+    values = params()
+    status = values.get("status")
+    if status is not None and status not in watermark.BATCH_STATUSES:
+        raise InvalidParameter(f"status must be one of {', '.join(watermark.BATCH_STATUSES)}", parameter="status")
+    workflow = values.get("workflow")
+    if workflow is not None:
+        names.check_workflow(workflow)
+    start, end = moment(values, "from"), moment(values, "to")
+    found, following = get_store().batches(
+        start=start.timestamp() if start else None,
+        end=end.timestamp() if end else None,
+        status=status,
+        workflow=workflow,
+        limit=limit(values),
+        offset=whole_number(values, "offset") or 0,
+    )
+    return json_response({"batches": found, "next_offset": following})
+
+
+@bp.get("/most_recent/<wf>")
+def most_recent(wf):
+    names.check_workflow(wf)
+    return json_response(get_store().most_recent(wf, optional_job(params(), wf)))
+
+
+@bp.get("/events/<wf>")
+def events(wf):
+    names.check_workflow(wf)
+    values = params()
+    before = text(values, "before", 40)
+    return json_response({"workflow": wf, "events": get_store().events(wf, limit=limit(values, 100), before=before)})
+
+
+@bp.route("/set_from_date/<wf>", methods=MUTATING)
+@mutation
+def set_from_date(wf):
+    names.check_workflow(wf)
+    values = params()
+    change = get_store().set_from_date(
+        wf, moment(values, "from_date", required=True), job=optional_job(values, wf),
+        force=flag(values, "force"), actor=actor(),
+    )
+    return json_response(change.state)
+
+
+@bp.route("/rewind/<wf>", methods=MUTATING)
+@mutation
+def rewind(wf):
+    names.check_workflow(wf)
+    values = params()
+    batch_id = whole_number(values, "batch_id")
+    if batch_id is None:
+        raise InvalidParameter("batch_id is required: the batch whose from_date to go back to", parameter="batch_id")
+    change = get_store().rewind(wf, batch_id, job=optional_job(values, wf), force=flag(values, "force"),
+                                actor=actor())
+    return json_response(change.state)
+
+
+@bp.route("/pause", methods=MUTATING)
+@bp.route("/pause/<wf>", methods=MUTATING)
+@mutation
+def pause(wf=None):
+    if wf is not None:
+        names.check_workflow(wf)
+    message = text(params(), "message") or ""
+    return json_response(get_store().pause(wf, message, actor=actor()))
+
+
+@bp.route("/resume", methods=MUTATING)
+@bp.route("/resume/<wf>", methods=MUTATING)
+@mutation
+def resume(wf=None):
+    if wf is not None:
+        names.check_workflow(wf)
+    return json_response(get_store().resume(wf, actor=actor()))
+
+
+@bp.get("/pause_status")
+def pause_status():
+    return json_response(get_store().pauses())
+
+
+@bp.get("/pause_history")
+def pause_history():
+    return json_response({"history": get_store().pause_history(limit(params(), 100))})

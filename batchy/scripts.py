@@ -5,8 +5,10 @@
 # KEYS[1] workflow hash <wf>            KEYS[2] meta hash batchy:wf:<wf>
 # KEYS[3] history zset batchy:history:<wf>   KEYS[4] batchy:batches
 # KEYS[5] audit stream batchy:events:<wf>     KEYS[6] batchy:workflows
+# KEYS[7] service pause batchy:pause          KEYS[8] workflow pause batchy:pause:<wf>
 # ARGV, read in order (n = a count, then that many items):
 #   expected version ("0" for a workflow never written)
+#   check pause ("1": refuse while the service or the workflow is paused)
 #   replace ("1": delete the workflow hash first)
 #   n, n x (job, json)          HSET into the workflow hash
 #   n, n x job                  HDEL from the workflow hash
@@ -14,12 +16,14 @@
 #   n, n x (key, mode, score, m, m x (job, json))  batch snapshots to write;
 #       mode "new": the key must not exist yet, it is indexed with score (its start)
 #       mode "update": written only if it still exists (retention may have dropped it)
+#       mode "put": written whole and indexed, replacing any (import)
 #   keep                        batches kept in the history index; older ones are deleted
 #   batch key prefix            "<wf>-", to name the snapshots retention deletes
 #   events maxlen, n, n x (field, value)   XADD to the audit stream (n = 0: none)
 #   channel, action             PUBLISH the action after the change; meta count:<action> += 1
 # Returns {1, new_version} when applied, {0, current_version} when the version moved
-# on (the caller re-reads and retries), {-1, key} when a new snapshot key exists.
+# on (the caller re-reads and retries), {-1, key} when a new snapshot key exists,
+# {-2, pause key} when paused.
 COMMIT = """
 local argv = ARGV
 local i = 0
@@ -34,6 +38,11 @@ end
 local expected = nxt()
 local current = redis.call('HGET', KEYS[2], 'version') or '0'
 if current ~= expected then return {0, current} end
+if nxt() == '1' then
+  for k = 7, 8 do
+    if redis.call('EXISTS', KEYS[k]) == 1 then return {-2, KEYS[k]} end
+  end
+end
 
 local replace = nxt()
 local n = tonumber(nxt())
@@ -72,7 +81,8 @@ hset(KEYS[2], meta)
 redis.call('SADD', KEYS[6], KEYS[1])
 
 for _, b in ipairs(batches) do
-  if b.mode == 'new' then
+  if b.mode == 'new' or b.mode == 'put' then
+    if b.mode == 'put' then redis.call('DEL', b.key) end
     hset(b.key, b.fields)
     local id = string.sub(b.key, #prefix + 1)
     redis.call('ZADD', KEYS[3], id, id)

@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import keys, scripts, watermark, workflows
-from .errors import BatchNotFound, Busy, Unavailable, WorkflowNotFound
+from .errors import BatchNotFound, BatchOpen, Busy, InvalidParameter, JobNotFound, Paused, Unavailable, WorkflowNotFound
 
 log = logging.getLogger("batchy")
 
@@ -88,6 +88,10 @@ class State:
         value = self.meta.get("last_batch_id")
         return int(value) if value else None
 
+    @property
+    def settings(self) -> dict:
+        return json.loads(self.meta.get("settings") or "{}")
+
 
 @dataclass
 class Change:
@@ -101,6 +105,7 @@ class Change:
     batches: list[tuple[str, str, float, dict[str, dict]]] = field(default_factory=list)
     batch_id: int | None = None
     event: dict[str, str] = field(default_factory=dict)
+    check_pause: bool = False
     state: dict[str, dict] = field(default_factory=dict)  # every job after the change
 
 
@@ -154,8 +159,12 @@ class BatchStore:
         for wf, raw, meta in zip(names, replies[::2], replies[1::2]):
             if not raw:
                 continue
+            jobs = {job: json.loads(value) for job, value in raw.items()}
+            for job, mark in _success_marks(meta).items():
+                if job in jobs:
+                    jobs[job].update(last_success_start=mark.get("start"), last_success_end=mark.get("end"))
             result[wf] = {
-                "jobs": {job: json.loads(value) for job, value in raw.items()},
+                "jobs": jobs,
                 "settings": json.loads(meta.get("settings") or "{}"),
                 "counts": {k[6:]: int(v) for k, v in meta.items() if k.startswith("count:")},
                 "last_batch_id": int(meta["last_batch_id"]) if meta.get("last_batch_id") else None,
@@ -197,7 +206,24 @@ class BatchStore:
     def open(self, wf: str, *, actor: str = "", dry_run: bool = False) -> Change:
         """Open a new batch of every job in wf; return the change (jobs and batch_id)."""
 
+        if dry_run:
+            self._check_pause(wf)
+
         def plan(state: State) -> Change:
+            settings = state.settings
+            open_jobs = {n: j for n, j in state.jobs.items() if j.get("status") == watermark.OPEN}
+            if settings.get("exclusive") and open_jobs and not watermark.lease_expired(
+                open_jobs, state.now, settings.get("lease_hours")
+            ):
+                current = state.last_batch_id
+                lease = settings.get("lease_hours")
+                raise BatchOpen(
+                    f"workflow {wf!r} is exclusive and batch {current} is still open"
+                    + (f" (lease {lease} h not expired)" if lease else "")
+                    + "; close or fail it first",
+                    workflow=wf,
+                    batch_id=current,
+                )
             batch_id = max(int(state.now.timestamp()), (state.last_batch_id or 0) + 1, state.floor)
             opened = watermark.open_jobs(state.jobs, state.now, batch_id)
             batches = [(keys.batch(wf, batch_id), "new", state.now.timestamp(), opened)]
@@ -209,6 +235,7 @@ class BatchStore:
                 meta={"last_batch_id": str(batch_id)},
                 batches=batches,
                 batch_id=batch_id,
+                check_pause=True,
             )
 
         return self.mutate(wf, plan, actor=actor, dry_run=dry_run)
@@ -241,14 +268,284 @@ class BatchStore:
             by_batch: dict[int, dict[str, dict]] = {}
             for name, new in closed.items():
                 by_batch.setdefault(new["batch_id"], {})[name] = new
+            marks = watermark.success_marks(closed)
             return Change(
                 action="close" if outcome == watermark.SUCCESS else "fail",
                 jobs=closed,
+                meta={f"success:{name}": _dumps(mark) for name, mark in marks.items()},
                 batches=[(keys.batch(wf, bid), "update", 0, snap) for bid, snap in by_batch.items()],
                 batch_id=state.last_batch_id,
             )
 
         return self.mutate(wf, plan, actor=actor)
+
+    def set_from_date(
+        self, wf: str, moment: datetime, *, job: str | None = None, force: bool = False, actor: str = ""
+    ) -> Change:
+        """Make the next batch of wf (or one job) extract from moment exactly."""
+
+        def plan(state: State) -> Change:
+            targets = {name: moment for name in _targets(wf, state.jobs, job)}
+            changed = watermark.set_next_from_date(wf, state.jobs, targets, force=force)
+            return Change(action="set", jobs=changed, batch_id=state.last_batch_id)
+
+        return self.mutate(wf, plan, actor=actor)
+
+    def rewind(
+        self, wf: str, batch_id: int, *, job: str | None = None, force: bool = False, actor: str = ""
+    ) -> Change:
+        """Make the next batch of wf (or one job) extract from where batch batch_id did."""
+        snapshot = {name: json.loads(value) for name, value in self.raw_batch(wf, batch_id).items()}
+
+        def plan(state: State) -> Change:
+            targets = {}
+            for name in _targets(wf, state.jobs, job):
+                if name in snapshot and snapshot[name].get("from_date"):
+                    targets[name] = watermark.parse_time(snapshot[name]["from_date"])
+                elif job is not None:
+                    raise JobNotFound(f"batch {batch_id} of {wf!r} has no job {name!r}", workflow=wf, job=name)
+            changed = watermark.set_next_from_date(wf, state.jobs, targets, force=force)
+            return Change(action="rewind", jobs=changed, batch_id=batch_id)
+
+        return self.mutate(wf, plan, actor=actor)
+
+    # -- history, audit, most recent --------------------------------------------
+
+    def history(self, wf: str, *, limit: int = 50, before: int | None = None) -> list[dict]:
+        """Return wf's batches newest first, each summarized, from the history index."""
+        top = f"({before}" if before is not None else "+inf"
+        ids = self.redis.zrevrangebyscore(keys.history(wf), top, "-inf", start=0, num=limit)
+        if not ids and not self.redis.exists(keys.workflow(wf)):
+            raise _not_found(wf)
+        pipe = self.redis.pipeline(transaction=False)
+        for batch_id in ids:
+            pipe.hgetall(keys.batch(wf, batch_id))
+        entries = []
+        for batch_id, raw in zip(ids, pipe.execute()):
+            if raw:  # retention may remove a snapshot between the two reads
+                jobs = {name: json.loads(value) for name, value in raw.items()}
+                entries.append(watermark.summarize_batch(int(batch_id), jobs))
+        return entries
+
+    def batches(
+        self,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        scan_limit: int = 5000,
+    ) -> tuple[list[dict], int | None]:
+        """Return batches of every workflow that started in [start, end], oldest first.
+
+        Reads the batchy:batches index by score, never the keyspace. Filtering happens
+        as it reads, at most scan_limit index entries per call; the second value is the
+        offset to continue from, or None when the range is exhausted.
+        """
+        low = "-inf" if start is None else start
+        high = "+inf" if end is None else end
+        found: list[dict] = []
+        scanned = 0
+        chunk = 200
+        while len(found) < limit and scanned < scan_limit:
+            members = self.redis.zrangebyscore(keys.BATCHES, low, high, start=offset + scanned, num=chunk)
+            if not members:
+                return found, None
+            pipe = self.redis.pipeline(transaction=False)
+            for member in members:
+                pipe.hgetall(member)
+            for member, raw in zip(members, pipe.execute()):
+                scanned += 1
+                wf, _, batch_id = member.rpartition("-")
+                if not raw or (workflow and wf != workflow):
+                    continue
+                entry = watermark.summarize_batch(int(batch_id), {n: json.loads(v) for n, v in raw.items()})
+                if status and entry["status"] != status:
+                    continue
+                found.append({"workflow": wf, **entry})
+                if len(found) == limit:
+                    break
+            if len(members) < chunk and len(found) < limit:
+                return found, None
+        return found, offset + scanned
+
+    def events(self, wf: str, *, limit: int = 100, before: str | None = None) -> list[dict]:
+        """Return wf's audit events newest first."""
+        top = f"({before}" if before else "+"
+        try:
+            entries = self.redis.xrevrange(keys.events(wf), top, "-", count=limit)
+        except redis.ResponseError as exc:
+            raise InvalidParameter(f"before must be an event id such as 1700000000000-0 ({exc})",
+                                   parameter="before") from None
+        if not entries and not self.redis.exists(keys.workflow(wf)):
+            raise _not_found(wf)
+        result = []
+        for event_id, fields in entries:
+            event = {"id": event_id, **fields}
+            for name in ("jobs", "from_before", "from_after"):
+                if name in event:
+                    event[name] = json.loads(event[name])
+            result.append(event)
+        return result
+
+    def most_recent(self, wf: str, job: str | None = None) -> dict:
+        """Return the batch_start of wf's (or job's) last successful batch.
+
+        For a whole workflow that is the oldest of its jobs' last successes: the point
+        up to which every job has loaded. None if some job never succeeded.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hkeys(keys.workflow(wf))
+        pipe.hgetall(keys.meta(wf))
+        job_names, meta = pipe.execute()
+        if not job_names:
+            raise _not_found(wf)
+        if job is not None and job not in job_names:
+            raise JobNotFound(f"workflow {wf!r} has no job {job!r}", workflow=wf, job=job)
+        marks = _success_marks(meta)
+        names = [job] if job is not None else job_names
+        chosen = [marks.get(name) for name in names]
+        mark = None
+        if all(chosen):
+            mark = min(chosen, key=lambda m: watermark.parse_time(m["start"]))
+        start = mark["start"] if mark else None
+        return {
+            "workflow": wf,
+            "job": job,
+            "most_recent": start,
+            "timestamp": int(watermark.parse_time(start).timestamp()) if start else None,
+            "batch_id": mark["batch_id"] if mark else None,
+            "jobs": {name: marks.get(name) for name in names},
+        }
+
+    # -- pause -------------------------------------------------------------------
+
+    def pause(self, wf: str | None, message: str, actor: str = "") -> dict:
+        """Refuse new batches of wf (None: of every workflow) until resumed."""
+        if wf is not None and not self.redis.exists(keys.workflow(wf)):
+            raise _not_found(wf)
+        now = watermark.format_time(self.now())
+        record = {"message": message, "since": now, "actor": actor, "scope": wf or "*"}
+        self._pause_write(wf, "pause", record, lambda pipe, key: pipe.hset(key, mapping=record))
+        return {**record, "paused": True}
+
+    def resume(self, wf: str | None, actor: str = "") -> dict:
+        """Allow new batches again."""
+        now = watermark.format_time(self.now())
+        record = {"message": "", "since": now, "actor": actor, "scope": wf or "*"}
+        self._pause_write(wf, "resume", record, lambda pipe, key: pipe.delete(key))
+        return {**record, "paused": False}
+
+    def _pause_write(self, wf, action, record, write) -> None:
+        key = keys.pause(wf) if wf else keys.PAUSE
+        pipe = self.redis.pipeline(transaction=True)
+        write(pipe, key)
+        entry = {"time": record["since"], "action": action, "scope": record["scope"],
+                 "message": record["message"], "actor": record["actor"]}
+        pipe.xadd(keys.pause_history(), entry, maxlen=self._events_keep, approximate=True)
+        if wf:
+            pipe.xadd(keys.events(wf), {**entry, "batch_id": ""}, maxlen=self._events_keep, approximate=True)
+            pipe.publish(keys.channel(wf), action)
+        pipe.execute()
+
+    def pauses(self) -> dict:
+        """Return the service-wide pause and every paused workflow."""
+        service = self.redis.hgetall(keys.PAUSE)
+        names = self.workflows()
+        pipe = self.redis.pipeline(transaction=False)
+        for wf in names:
+            pipe.hgetall(keys.pause(wf))
+        paused = {wf: p for wf, p in zip(names, pipe.execute()) if p}
+        return {"service": service or None, "workflows": paused}
+
+    def pause_history(self, limit: int = 100) -> list[dict]:
+        return [{"id": i, **f} for i, f in self.redis.xrevrange(keys.pause_history(), count=limit)]
+
+    def _check_pause(self, wf: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.PAUSE)
+        pipe.hgetall(keys.pause(wf))
+        service, own = pipe.execute()
+        pause = own or service
+        if pause:
+            scope = f"workflow {wf!r}" if own else "the service"
+            raise Paused(
+                f"{scope} is paused since {pause.get('since')}: {pause.get('message') or 'no reason given'}",
+                workflow=wf,
+                pause=pause,
+            )
+
+    # -- export / import -----------------------------------------------------------
+
+    def export(self, names: list[str] | None = None, *, history: bool = True) -> dict:
+        """Return the state of the named (default: all) workflows as a JSON-ready document."""
+        names = names or self.workflows()
+        doc = {"format": "batchy-export/1", "exported_at": watermark.format_time(self.now()), "workflows": {}}
+        for wf in names:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hgetall(keys.workflow(wf))
+            pipe.hgetall(keys.meta(wf))
+            pipe.zrange(keys.history(wf), 0, -1, withscores=True)
+            raw, meta, ids = pipe.execute()
+            if not raw:
+                raise _not_found(wf)
+            entry = {
+                "jobs": {job: json.loads(value) for job, value in raw.items()},
+                "meta": {k: v for k, v in meta.items() if k != "version"},
+                "batches": {},
+            }
+            if history:
+                pipe = self.redis.pipeline(transaction=False)
+                for batch_id, _score in ids:
+                    pipe.hgetall(keys.batch(wf, batch_id))
+                for (batch_id, _score), snap in zip(ids, pipe.execute()):
+                    if snap:
+                        entry["batches"][batch_id] = {j: json.loads(v) for j, v in snap.items()}
+            doc["workflows"][wf] = entry
+        return doc
+
+    def import_(self, doc: dict, *, replace: bool = False, actor: str = "import") -> list[str]:
+        """Restore workflows from an export document; existing ones only with replace."""
+        from . import names as names_mod
+
+        if not isinstance(doc, dict) or not isinstance(doc.get("workflows"), dict):
+            raise InvalidParameter("not a Batchy export: expected {\"workflows\": {...}}")
+        imported = []
+        for wf, entry in doc["workflows"].items():
+            names_mod.check_workflow(wf)
+            jobs = entry.get("jobs") or {}
+            if not isinstance(jobs, dict) or not jobs:
+                raise InvalidParameter(f"workflow {wf!r} in the export has no jobs", workflow=wf)
+            for job in jobs:
+                names_mod.check_job(job, wf)
+            batches = entry.get("batches") or {}
+            meta = {k: str(v) for k, v in (entry.get("meta") or {}).items()}
+            known = [int(b) for b in batches] + [int(meta.get("last_batch_id") or 0)]
+
+            def plan(state: State, jobs=jobs, batches=batches, meta=meta, known=known, wf=wf) -> Change:
+                if state.jobs and not replace:
+                    raise BatchOpen(f"workflow {wf!r} already exists here; import with replace to overwrite",
+                                    workflow=wf)
+                # batch ids stay strictly increasing: never below what either side used
+                last = max(known + [state.last_batch_id or 0])
+                starts = {}
+                for batch_id, snap in batches.items():
+                    stamps = [watermark.parse_time(j["batch_start"]).timestamp()
+                              for j in snap.values() if j.get("batch_start")]
+                    starts[batch_id] = min(stamps) if stamps else float(batch_id)
+                return Change(
+                    action="import",
+                    jobs=jobs,
+                    replace=True,
+                    meta={**meta, "last_batch_id": str(last)},
+                    batches=[(keys.batch(wf, b), "put", starts[b], snap) for b, snap in batches.items()],
+                )
+
+            self.mutate(wf, plan, actor=actor, must_exist=False)
+            imported.append(wf)
+        return imported
 
     def mutate(self, wf, plan, *, actor: str = "", must_exist: bool = True, dry_run: bool = False) -> Change:
         """Read wf, plan a change from the state, commit it if nobody else did first; retry."""
@@ -267,6 +564,9 @@ class BatchStore:
                 if self._wait_replicas:
                     self._wait_for_replicas(wf)
                 return change
+            if status == -2:
+                self._check_pause(wf)
+                continue  # resumed in between: plan again
             if status == -1:  # a snapshot key with that batch id exists: skip past it
                 floor = int(str(value).rsplit("-", 1)[-1]) + 1
                 continue
@@ -276,7 +576,8 @@ class BatchStore:
         raise Busy(f"workflow {wf!r} is changing too fast to update; retry", workflow=wf)
 
     def _apply(self, wf: str, state: State, change: Change, actor: str):
-        args: list = [state.version, "1" if change.replace else "0", len(change.jobs)]
+        args: list = [state.version, "1" if change.check_pause else "0", "1" if change.replace else "0",
+                      len(change.jobs)]
         for name, job in change.jobs.items():
             args += [name, _dumps(job)]
         args.append(len(change.drop))
@@ -302,6 +603,8 @@ class BatchStore:
                 keys.BATCHES,
                 keys.events(wf),
                 keys.WORKFLOWS,
+                keys.PAUSE,
+                keys.pause(wf),
             ],
             args=args,
         )
@@ -337,3 +640,15 @@ def _not_found(wf: str) -> WorkflowNotFound:
         f"workflow {wf!r} is not loaded: create cfg/{wf}.yaml and call /load_cfg/{wf}",
         workflow=wf,
     )
+
+
+def _targets(wf: str, jobs: dict[str, dict], job: str | None) -> list[str]:
+    if job is None:
+        return list(jobs)
+    if job not in jobs:
+        raise JobNotFound(f"workflow {wf!r} has no job {job!r}", workflow=wf, job=job)
+    return [job]
+
+
+def _success_marks(meta: dict[str, str]) -> dict[str, dict]:
+    return {k[8:]: json.loads(v) for k, v in meta.items() if k.startswith("success:")}

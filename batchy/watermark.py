@@ -11,7 +11,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .errors import JobNotFound, NotOpen, StaleBatch
+from .errors import BatchOpen, JobNotFound, NotOpen, StaleBatch
 
 NEW, OPEN, SUCCESS, FAILED, ABANDONED = "new", "open", "success", "failed", "abandoned"
 STATUSES = (NEW, OPEN, SUCCESS, FAILED)  # a job in the workflow hash is in one of these
@@ -32,12 +32,9 @@ RUNTIME_FIELDS = (
     "batch_end",
     "records_processed",
     "message",
-    "last_success_start",
-    "last_success_end",
+    "next_from_date",
 )
-# last_success_*: batch_start/batch_end of the job's latest successful batch, kept
-# through later failures (most_recent, the dashboard's "since last success").
-DATE_FIELDS = ("from_date", "to_date", "batch_start", "batch_end", "last_success_start", "last_success_end")
+DATE_FIELDS = ("from_date", "to_date", "batch_start", "batch_end", "next_from_date")
 
 _OFFSET_NO_COLON = re.compile(r"([+-]\d\d)(\d\d)$")
 
@@ -115,12 +112,15 @@ def check_reprocess_hours(value) -> float:
 def next_from_date(job: dict) -> datetime:
     """Return the from_date the job's next batch must extract from.
 
+    An operator's next_from_date (set or rewind) wins, exactly as given.
     After a success: the previous batch_start minus reprocess_hours. Otherwise (new,
     failed, or open and never closed) the same from_date again, so a failed or
     crashed window is extracted once more; a job never given one starts at
     BEGINNING_OF_TIME. With trunc_start, the result goes back to midnight in the
     job's timezone.
     """
+    if job.get("next_from_date"):  # set or rewound by an operator: used exactly as given
+        return parse_time(job["next_from_date"], "next_from_date")
     hours = check_reprocess_hours(job.get("reprocess_hours") or 0)
     if job.get("status") == SUCCESS and job.get("batch_start"):
         start = parse_time(job["batch_start"], "batch_start") - timedelta(hours=hours)
@@ -140,6 +140,7 @@ def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int) -> dict[str, 
         tz = job_zone(job)
         start = format_time(now, tz)
         new = dict(job)
+        new.pop("next_from_date", None)  # consumed by this open
         new.update(
             status=OPEN,
             batch_id=batch_id,
@@ -208,11 +209,93 @@ def close_jobs(
         current = jobs[name]
         new = dict(current)
         new.update(status=outcome, batch_end=format_time(now, job_zone(current)))
-        if outcome == SUCCESS:
-            new.update(last_success_start=current.get("batch_start"), last_success_end=new["batch_end"])
         if records_processed is not None:
             new["records_processed"] = records_processed
         if message is not None:
             new["message"] = message
         closed[name] = new
     return closed
+
+
+def success_marks(closed: dict[str, dict]) -> dict[str, dict]:
+    """Return {job: {batch_id, start, end}} for the jobs that just succeeded."""
+    return {
+        name: {"batch_id": job.get("batch_id"), "start": job.get("batch_start"), "end": job.get("batch_end")}
+        for name, job in closed.items()
+        if job.get("status") == SUCCESS
+    }
+
+
+def set_next_from_date(
+    wf: str, jobs: dict[str, dict], targets: dict[str, datetime], *, force: bool = False
+) -> dict[str, dict]:
+    """Return the jobs with the from_date their next batch must use, {job: moment}.
+
+    Refused (BatchOpen) while a target job's batch is open, unless force: the running
+    ETL was handed its window already and would close over the change.
+    """
+    busy = [name for name in targets if jobs[name].get("status") == OPEN]
+    if busy and not force:
+        batch_id = jobs[busy[0]].get("batch_id")
+        raise BatchOpen(
+            f"batch {batch_id} of {wf!r} is open (jobs: {', '.join(busy)}); close or fail it first, "
+            "or pass force=true",
+            workflow=wf,
+            batch_id=batch_id,
+        )
+    changed = {}
+    for name, moment in targets.items():
+        job = jobs[name]
+        new = dict(job, next_from_date=format_time(moment, job_zone(job)))
+        if job.get("status") == NEW:
+            new["from_date"] = new["next_from_date"]
+        changed[name] = new
+    return changed
+
+
+def batch_status(jobs: dict[str, dict]) -> str:
+    """Return one status for a batch snapshot: open, failed, abandoned, success or new."""
+    statuses = {job.get("status") for job in jobs.values()}
+    for status in (OPEN, FAILED, ABANDONED, SUCCESS):
+        if status in statuses:
+            return status
+    return NEW
+
+
+def summarize_batch(batch_id: int, jobs: dict[str, dict]) -> dict:
+    """Return a history entry: the batch's status, window, times, duration and counts per job."""
+    starts = [parse_time(j["batch_start"]) for j in jobs.values() if j.get("batch_start")]
+    ends = [parse_time(j["batch_end"]) for j in jobs.values() if j.get("batch_end")]
+    started = min(starts) if starts else None
+    ended = max(ends) if ends and len(ends) == len(jobs) else None
+    records = [j["records_processed"] for j in jobs.values() if isinstance(j.get("records_processed"), int)]
+    per_job = {}
+    for name, job in jobs.items():
+        start, end = job.get("batch_start"), job.get("batch_end")
+        per_job[name] = {
+            "status": job.get("status"),
+            "from_date": job.get("from_date"),
+            "to_date": job.get("to_date"),
+            "batch_start": start,
+            "batch_end": end,
+            "duration_seconds": (parse_time(end) - parse_time(start)).total_seconds() if start and end else None,
+            "records_processed": job.get("records_processed"),
+            "message": job.get("message"),
+        }
+    return {
+        "batch_id": batch_id,
+        "status": batch_status(jobs),
+        "batch_start": format_time(started) if started else None,
+        "batch_end": format_time(ended) if ended else None,
+        "duration_seconds": (ended - started).total_seconds() if started and ended else None,
+        "records_processed": sum(records) if records else None,
+        "jobs": per_job,
+    }
+
+
+def lease_expired(jobs: dict[str, dict], now: datetime, lease_hours: float | None) -> bool:
+    """Return True if the open batch among jobs started more than lease_hours before now."""
+    if lease_hours is None:
+        return False
+    starts = [parse_time(j["batch_start"]) for j in jobs.values() if j.get("status") == OPEN and j.get("batch_start")]
+    return bool(starts) and now - min(starts) > timedelta(hours=lease_hours)

@@ -166,14 +166,34 @@ def test_close_marks_open_jobs_only_and_records_the_outcome():
     assert list(closed) == ["a"]
     assert closed["a"]["status"] == "success" and closed["a"]["batch_end"] == "2024-03-10T12:00:00+00:00"
     assert closed["a"]["records_processed"] == 3 and closed["a"]["message"] == "ok"
-    assert closed["a"]["last_success_start"] == "2024-03-10T11:00:00+00:00"
+    assert wm.success_marks(closed) == {
+        "a": {"batch_id": 5, "start": "2024-03-10T11:00:00+00:00", "end": "2024-03-10T12:00:00+00:00"}}
 
 
-def test_fail_keeps_the_last_success():
-    jobs = {"a": job(status="open", batch_id=5, last_success_start="2024-03-09T11:00:00+00:00")}
+def test_a_failure_leaves_no_success_mark():
+    jobs = {"a": job(status="open", batch_id=5)}
     failed = wm.close_jobs("wf", jobs, wm.FAILED, NOW, current_batch_id=5)
-    assert failed["a"]["status"] == "failed"
-    assert failed["a"]["last_success_start"] == "2024-03-09T11:00:00+00:00"
+    assert failed["a"]["status"] == "failed" and wm.success_marks(failed) == {}
+
+
+def test_next_from_date_override_is_used_exactly_once():
+    j = job(status="success", batch_start="2024-03-09T12:00:00+00:00", reprocess_hours=2, trunc_start=True,
+            next_from_date="2024-02-01T07:30:00+00:00")
+    assert wm.format_time(wm.next_from_date(j)) == "2024-02-01T07:30:00+00:00"  # not truncated
+    opened = wm.open_jobs({"j": j}, NOW, 1)["j"]
+    assert opened["from_date"] == "2024-02-01T07:30:00+00:00" and "next_from_date" not in opened
+
+
+def test_set_next_from_date_is_refused_while_open_unless_forced():
+    from batchy.errors import BatchOpen
+    jobs = {"a": job(status="open", batch_id=3), "b": job()}
+    moment = datetime(2024, 1, 1, tzinfo=UTC)
+    with pytest.raises(BatchOpen):
+        wm.set_next_from_date("wf", jobs, {"a": moment})
+    assert wm.set_next_from_date("wf", jobs, {"a": moment}, force=True)["a"]["next_from_date"] == \
+        "2024-01-01T00:00:00+00:00"
+    changed = wm.set_next_from_date("wf", jobs, {"b": moment})
+    assert changed["b"]["from_date"] == changed["b"]["next_from_date"]  # a new job shows it as its from_date
 
 
 @pytest.mark.parametrize("status", ["new", "success", "failed"])
