@@ -121,6 +121,92 @@ def fail(wf, job, records_processed, message, batch_id):
     _call(_client().fail, wf, job=job, records_processed=records_processed, message=message, batch_id=batch_id)
 
 
+@cli.command()
+@click.argument("wf")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+def history(wf, limit):
+    """Print WF's batches, newest first."""
+    _call(_client().history, wf, limit=limit)
+
+
+@cli.command("set-from-date")
+@click.argument("wf")
+@click.argument("from_date")
+@click.option("--job", help="Only this job step.")
+@click.option("--force", is_flag=True, help="Even while a batch is open.")
+def set_from_date(wf, from_date, job, force):
+    """Make the next batch of WF extract from FROM_DATE exactly (ISO-8601)."""
+    _call(_client().set_from_date, wf, from_date, job=job, force=force)
+
+
+@cli.command()
+@click.argument("wf")
+@click.argument("batch_id", type=int)
+@click.option("--job", help="Only this job step.")
+@click.option("--force", is_flag=True, help="Even while a batch is open.")
+def rewind(wf, batch_id, job, force):
+    """Make the next batch of WF extract from where BATCH_ID started."""
+    _call(_client().rewind, wf, batch_id, job=job, force=force)
+
+
+@cli.command()
+@click.argument("wf", required=False)
+@click.option("--message", "-m", default="", help="Why; shown to whoever is refused.")
+def pause(wf, message):
+    """Refuse new batches of WF (or of every workflow) until resumed."""
+    _call(_client().pause, wf, message=message)
+
+
+@cli.command()
+@click.argument("wf", required=False)
+def resume(wf):
+    """Allow new batches of WF (or of the whole service) again."""
+    _call(_client().resume, wf)
+
+
+def _direct_store():
+    from .store import BatchStore, connect
+
+    conf = settings_mod.load()
+    if not conf["BATCHY_REDIS_URL"]:
+        raise click.ClickException("export and import talk to Redis directly: set BATCHY_REDIS_URL")
+    return BatchStore(connect(conf["BATCHY_REDIS_URL"], conf["BATCHY_REDIS_TIMEOUT"]), conf)
+
+
+@cli.command()
+@click.argument("workflows", nargs=-1)
+@click.option("--output", "-o", type=click.File("w"), default="-", help="File to write (default: stdout).")
+@click.option("--no-history", is_flag=True, help="Only the current state, not the batch snapshots.")
+def export(workflows, output, no_history):
+    """Dump the state of WORKFLOWS (default: all) from BATCHY_REDIS_URL as JSON."""
+    from .errors import BatchyError as ServiceError
+
+    try:
+        doc = _direct_store().export(list(workflows) or None, history=not no_history)
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    json.dump(doc, output, indent=1)
+    output.write("\n")
+    click.echo(f"exported {len(doc['workflows'])} workflow(s)", err=True)
+
+
+@cli.command("import")
+@click.argument("source", type=click.File("r"))
+@click.option("--replace", is_flag=True, help="Overwrite workflows that already exist.")
+def import_(source, replace):
+    """Restore workflows from an export file into BATCHY_REDIS_URL."""
+    from .errors import BatchyError as ServiceError
+
+    try:
+        doc = json.load(source)
+        done = _direct_store().import_(doc, replace=replace)
+    except ValueError as exc:
+        raise click.ClickException(f"not a JSON export file: {exc}") from None
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"imported {len(done)} workflow(s): {', '.join(done)}", err=True)
+
+
 def main(argv=None) -> int:
     try:
         cli.main(args=argv, prog_name="batchy", standalone_mode=False)

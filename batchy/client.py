@@ -1,20 +1,25 @@
 """A Python client for the Batchy service, standard library only, for ETL scripts.
 
     from batchy.client import Batchy
-    client = Batchy("http://batchy:5000", token=os.environ.get("BATCHY_API_TOKEN"))
-    jobs = client.open("wf1")
-    ...extract [from_date, to_date) ...
-    client.close("wf1", records_processed=503)
+    client = Batchy("http://batchy:5000")          # token from BATCHY_API_TOKEN
+    with client.batch("wf1") as batch:              # opens a batch
+        rows = extract(since=batch.from_date, until=batch.to_date)
+        batch.records_processed = load(rows)
+    # closed on success; on an exception: failed with its message, and re-raised
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+from contextlib import contextmanager
+from datetime import datetime
 import urllib.error
 import urllib.parse
 import urllib.request
 
 DEFAULT_URL = "http://127.0.0.1:5000"
+log = logging.getLogger("batchy.client")
 
 
 class BatchyError(Exception):
@@ -89,3 +94,90 @@ class Batchy:
         """Mark the open batch (or one job of it) failed: the next open reruns its window."""
         return self._json("POST", f"/fail_batch/{self._name(wf)}", body=dict(
             job=job, records_processed=records_processed, message=message, batch_id=batch_id))
+
+    def most_recent(self, wf: str, job: str | None = None) -> int | None:
+        """Return the unix time of the last successful batch start, like the Jobs API's most_recent()."""
+        return self._json("GET", f"/most_recent/{self._name(wf)}", {"job": job})["timestamp"]
+
+    def history(self, wf: str, limit: int = 50, before: int | None = None) -> list[dict]:
+        """Return the workflow's batches, newest first."""
+        return self._json("GET", f"/history/{self._name(wf)}", {"limit": limit, "before": before})["batches"]
+
+    def events(self, wf: str, limit: int = 100) -> list[dict]:
+        return self._json("GET", f"/events/{self._name(wf)}", {"limit": limit})["events"]
+
+    def set_from_date(self, wf: str, from_date: str | datetime, job: str | None = None, force: bool = False) -> dict:
+        """Make the next batch start exactly at from_date (ISO-8601 or an aware datetime)."""
+        if isinstance(from_date, datetime):
+            from_date = from_date.isoformat()
+        return self._json("POST", f"/set_from_date/{self._name(wf)}",
+                          body={"from_date": from_date, "job": job, "force": force or None})
+
+    def rewind(self, wf: str, batch_id: int, job: str | None = None, force: bool = False) -> dict:
+        """Make the next batch start where batch batch_id started."""
+        return self._json("POST", f"/rewind/{self._name(wf)}",
+                          body={"batch_id": batch_id, "job": job, "force": force or None})
+
+    def pause(self, wf: str | None = None, message: str = "") -> dict:
+        path = "/pause" + (f"/{self._name(wf)}" if wf else "")
+        return self._json("POST", path, body={"message": message})
+
+    def resume(self, wf: str | None = None) -> dict:
+        return self._json("POST", "/resume" + (f"/{self._name(wf)}" if wf else ""), body={})
+
+    @contextmanager
+    def batch(self, wf: str, job: str | None = None, open: bool = True):
+        """Run one batch: open it (or join the open one), close on success, fail on error.
+
+        With job, only that step is closed or failed; with open=False the batch that is
+        already open is used (a step of a workflow opened by someone else).
+        """
+        jobs = self.open(wf) if open else self.status(wf)
+        run = Batch(wf, jobs, job)
+        try:
+            yield run
+        except BaseException as exc:
+            message = run.message or f"{type(exc).__name__}: {exc}"[:4000]
+            try:
+                self.fail(wf, job=job, message=message, records_processed=run.records_processed,
+                          batch_id=run.batch_id)
+            except (BatchyError, OSError) as fail_error:  # never hide the ETL's own error
+                log.error("batchy: could not record the failure of %s: %s", wf, fail_error)
+            raise
+        self.close(wf, job=job, records_processed=run.records_processed, message=run.message,
+                   batch_id=run.batch_id)
+
+
+class Batch:
+    """One open batch, as handed to the ETL code by Batchy.batch()."""
+
+    def __init__(self, wf: str, jobs: dict, job: str | None = None):
+        self.workflow = wf
+        self.jobs = jobs
+        self.job = job
+        if job is not None and job not in jobs:
+            raise BatchyError(404, "job_not_found", f"workflow {wf!r} has no job {job!r}")
+        self.records_processed: int | None = None
+        self.message: str | None = None
+
+    @property
+    def params(self) -> dict:
+        """The parameters of the job (job=), or of the workflow's only job."""
+        if self.job is not None:
+            return self.jobs[self.job]
+        if len(self.jobs) == 1:
+            return next(iter(self.jobs.values()))
+        raise ValueError(f"workflow {self.workflow!r} has {len(self.jobs)} jobs: use batch.jobs[name] or job=")
+
+    @property
+    def batch_id(self) -> int | None:
+        ids = {j.get("batch_id") for j in ([self.jobs[self.job]] if self.job else self.jobs.values())}
+        return ids.pop() if len(ids) == 1 else None
+
+    @property
+    def from_date(self) -> datetime:
+        return datetime.fromisoformat(self.params["from_date"])
+
+    @property
+    def to_date(self) -> datetime:
+        return datetime.fromisoformat(self.params["to_date"])

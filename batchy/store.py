@@ -611,8 +611,13 @@ class BatchStore:
         return int(result[0]), result[1]
 
     def _event(self, state: State, change: Change, actor: str) -> dict[str, str]:
-        before = {name: job.get("from_date") for name, job in state.jobs.items() if name in change.jobs or change.replace}
-        after = {name: job.get("from_date") for name, job in change.jobs.items()}
+        # The watermark of a job: the from_date its next batch starts from once an
+        # operator set one, else the from_date of its latest window.
+        def mark(job):
+            return job.get("next_from_date") or job.get("from_date")
+
+        before = {name: mark(job) for name, job in state.jobs.items() if name in change.jobs or change.replace}
+        after = {name: mark(job) for name, job in change.jobs.items()}
         event = {
             "time": watermark.format_time(state.now),
             "action": change.action,
