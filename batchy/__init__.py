@@ -18,4 +18,7 @@ def create_app(config: dict | None = None):
     errors.register(app)
     db.init_app(app)
     app.register_blueprint(api.bp)
+    from . import dashboard, metrics
+    app.register_blueprint(dashboard.bp)
+    app.register_blueprint(metrics.bp)
     return app

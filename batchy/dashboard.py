@@ -1,0 +1,188 @@
+"""The operator's view: an auto-refreshing HTML page of every workflow and job.
+
+The view functions here are pure (state + the Redis clock in, plain dicts out), so
+the page and the Prometheus metrics agree on what "last success" and "open for" mean.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import redis
+from flask import Blueprint, render_template, request
+
+from . import watermark
+from .db import get_store
+from .errors import InvalidParameter
+
+bp = Blueprint("dashboard", __name__)
+log = logging.getLogger("batchy")
+
+DEFAULT_REFRESH = 30
+MAX_REFRESH = 86400
+STATUS_CLASSES = {watermark.NEW, watermark.OPEN, watermark.SUCCESS, watermark.FAILED}
+# Shown in their own columns, so left out of the job's parameter tooltip.
+SHOWN_FIELDS = set(watermark.RUNTIME_FIELDS)
+MAX_MESSAGE_SHOWN = 300
+
+
+def parse_moment(value) -> datetime | None:
+    """Return a stored time as an aware datetime, or None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return watermark.parse_time(value)
+    except ValueError:
+        return None  # one odd value must not take the whole page down
+
+
+def last_success(job: dict) -> datetime | None:
+    """Return when the job's latest successful batch ended (or started, if no end is known)."""
+    moment = parse_moment(job.get("last_success_end")) or parse_moment(job.get("last_success_start"))
+    if moment is None and job.get("status") == watermark.SUCCESS:
+        # State written before last_success_* existed: the current batch is the last success.
+        moment = parse_moment(job.get("batch_end")) or parse_moment(job.get("batch_start"))
+    return moment
+
+
+def open_since(jobs: dict[str, dict]) -> datetime | None:
+    """Return the start of the oldest batch still open in the workflow, or None."""
+    starts = [parse_moment(job.get("batch_start")) for job in jobs.values() if job.get("status") == watermark.OPEN]
+    starts = [s for s in starts if s is not None]
+    return min(starts) if starts else None
+
+
+def stale_after_seconds(settings: dict) -> float | None:
+    hours = settings.get("stale_after_hours")
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0:
+        return None
+    return float(hours) * 3600
+
+
+def human_duration(seconds: float | None) -> str:
+    """Return a short duration such as 45s, 12m 05s, 3h 04m or 2d 03h."""
+    if seconds is None:
+        return ""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"
+
+
+def show_time(moment: datetime | None) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def job_view(name: str, job: dict, now: datetime, stale_after: float | None) -> dict:
+    """Return what the page shows of one job."""
+    status = str(job.get("status") or "")
+    start = parse_moment(job.get("batch_start"))
+    end = parse_moment(job.get("batch_end"))
+    running = status == watermark.OPEN
+    if start and (end or running):
+        duration = ((end if end and not running else now) - start).total_seconds()
+    else:
+        duration = None
+    success = last_success(job)
+    since = (now - success).total_seconds() if success else None
+    params = {k: v for k, v in job.items() if k not in SHOWN_FIELDS}
+    message = "" if job.get("message") is None else str(job.get("message"))
+    records = job.get("records_processed")
+    return {
+        "name": name,
+        "status": status,
+        "status_class": status if status in STATUS_CLASSES else "other",
+        "batch_id": "" if job.get("batch_id") is None else job.get("batch_id"),
+        "start": show_time(start),
+        "start_iso": job.get("batch_start") or "",
+        "end": "" if running else show_time(end),
+        "end_iso": "" if running else job.get("batch_end") or "",
+        "duration": human_duration(duration),
+        "running": running and duration is not None,
+        "from_date": (job.get("from_date") or "").replace("T", " "),
+        "to_date": job.get("to_date") or "",
+        "records": "" if records is None else f"{records:,}" if isinstance(records, int) else str(records),
+        "since": human_duration(since) if success else "never",
+        "since_iso": watermark.format_time(success) if success else "",
+        "stale": bool(stale_after and since is not None and since > stale_after),
+        "message": message[:MAX_MESSAGE_SHOWN] + ("…" if len(message) > MAX_MESSAGE_SHOWN else ""),
+        "message_full": message,
+        "params": ", ".join(f"{k}={v}" for k, v in params.items()),
+    }
+
+
+def workflow_view(wf: str, data: dict, now: datetime) -> dict:
+    """Return what the page shows of one workflow: its header and its job rows."""
+    settings = data.get("settings") or {}
+    stale_after = stale_after_seconds(settings)
+    jobs = [job_view(name, job, now, stale_after) for name, job in data["jobs"].items()]
+    since = open_since(data["jobs"])
+    counts = data.get("counts") or {}
+    return {
+        "name": wf,
+        "jobs": jobs,
+        "opened": counts.get("open", 0),
+        "closed": counts.get("close", 0),
+        "failed": counts.get("fail", 0),
+        "last_batch_id": data.get("last_batch_id") or "",
+        "open_for": human_duration((now - since).total_seconds()) if since else "",
+        "stale_after_hours": settings.get("stale_after_hours") if stale_after else None,
+        "stale": sum(job["stale"] for job in jobs),
+    }
+
+
+def page_view(overview: dict[str, dict], now: datetime) -> dict:
+    """Return the whole page's data: workflows in name order and a status summary."""
+    flows = [workflow_view(wf, overview[wf], now) for wf in sorted(overview)]
+    summary = {status: 0 for status in ("new", "open", "success", "failed")}
+    stale = 0
+    for flow in flows:
+        stale += flow["stale"]
+        for job in flow["jobs"]:
+            summary[job["status"]] = summary.get(job["status"], 0) + 1
+    return {
+        "workflows": flows,
+        "summary": summary,
+        "stale": stale,
+        "jobs": sum(len(flow["jobs"]) for flow in flows),
+        "now": show_time(now),
+        "now_iso": watermark.format_time(now),
+    }
+
+
+def refresh_seconds() -> int:
+    """Return ?refresh= (seconds between reloads, 0 = never), 30 by default."""
+    value = request.args.get("refresh", "")
+    if value == "":
+        return DEFAULT_REFRESH
+    if not value.isascii() or not value.isdigit() or int(value) > MAX_REFRESH:
+        raise InvalidParameter(
+            f"refresh must be a whole number of seconds from 0 (off) to {MAX_REFRESH}, not {value[:40]!r}",
+            parameter="refresh",
+        )
+    return int(value)
+
+
+@bp.get("/")
+@bp.get("/dashboard")
+def dashboard():
+    refresh = refresh_seconds()
+    store = get_store()
+    try:
+        now = store.now()
+        overview = store.overview(store.workflows())
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        # An HTML page, not the JSON error: the open tab keeps refreshing and recovers by itself.
+        log.warning("dashboard: redis unavailable: %s", exc)
+        html = render_template("dashboard.html", page=None, refresh=refresh,
+                               error="Redis is not reachable; this page retries by itself.")
+        return html, 503, {"Cache-Control": "no-store"}
+    html = render_template("dashboard.html", page=page_view(overview, now), refresh=refresh, error=None)
+    return html, 200, {"Cache-Control": "no-store"}

@@ -1,0 +1,105 @@
+"""GET /metrics: Prometheus text format, computed from Redis at scrape time.
+
+No in-process counters: every gunicorn worker (and every replica of the service)
+reads the same Redis, so whichever one Prometheus reaches reports the same numbers.
+"""
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from . import watermark
+from .dashboard import last_success, open_since, stale_after_seconds
+from .db import get_store
+from .store import BatchStore
+
+bp = Blueprint("metrics", __name__)
+log = logging.getLogger("batchy")
+
+# The counters the issue names; every action (load, reset, set, rewind, ...) is in batchy_actions_total too.
+COUNTERS = (
+    ("open", "batchy_batches_opened", "Batches opened per workflow."),
+    ("close", "batchy_batches_closed", "Successful close calls per workflow."),
+    ("fail", "batchy_batches_failed", "Fail calls per workflow."),
+)
+
+
+class BatchyCollector:
+    """Read every workflow in one pipelined round trip and turn it into metric families."""
+
+    def __init__(self, store: BatchStore):
+        self.store = store
+
+    def collect(self):
+        up = GaugeMetricFamily("batchy_redis_up", "1 if Redis answered this scrape, else 0.")
+        try:
+            now = self.store.now()
+            overview = self.store.overview(self.store.workflows())
+        except redis.exceptions.RedisError as exc:
+            # Still answer 200: "Redis is down" is itself what Prometheus should record.
+            log.warning("metrics: redis unavailable: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families(overview, now.timestamp())
+
+
+def families(overview: dict[str, dict], now: float):
+    """Return the metric families for an overview read at unix time now."""
+    wf_labels = ["workflow"]
+    job_labels = ["workflow", "job"]
+    counters = {action: CounterMetricFamily(name, doc, labels=wf_labels) for action, name, doc in COUNTERS}
+    actions = CounterMetricFamily("batchy_actions", "State changes per workflow and action.",
+                                  labels=["workflow", "action"])
+    success = GaugeMetricFamily("batchy_last_success_timestamp_seconds",
+                                "Unix time the job's latest successful batch ended.", labels=job_labels)
+    open_age = GaugeMetricFamily("batchy_open_batch_age_seconds",
+                                 "Seconds since the oldest open batch of the workflow started; 0 when none is open.",
+                                 labels=wf_labels)
+    status = GaugeMetricFamily("batchy_job_status", "1 for the job's current status, 0 for the others.",
+                               labels=["workflow", "job", "status"])
+    records = GaugeMetricFamily("batchy_job_records_processed",
+                                "records_processed reported when the job's latest batch closed.", labels=job_labels)
+    stale_after = GaugeMetricFamily("batchy_stale_after_seconds",
+                                    "The workflow's stale_after_hours setting, in seconds (only when set).",
+                                    labels=wf_labels)
+    workflows = GaugeMetricFamily("batchy_workflows", "Loaded workflows.")
+    workflows.add_metric([], len(overview))
+    for wf in sorted(overview):
+        data = overview[wf]
+        counts = data.get("counts") or {}
+        for action, family in counters.items():
+            family.add_metric([wf], counts.get(action, 0))
+        for action in sorted(counts):
+            actions.add_metric([wf, action], counts[action])
+        since = open_since(data["jobs"])
+        open_age.add_metric([wf], max(0.0, now - since.timestamp()) if since else 0.0)
+        limit = stale_after_seconds(data.get("settings") or {})
+        if limit:
+            stale_after.add_metric([wf], limit)
+        for job_name, job in data["jobs"].items():
+            moment = last_success(job)
+            if moment is not None:
+                success.add_metric([wf, job_name], moment.timestamp())
+            current = job.get("status")
+            for name in watermark.STATUSES:
+                status.add_metric([wf, job_name, name], 1 if current == name else 0)
+            if current not in watermark.STATUSES and current:
+                status.add_metric([wf, job_name, str(current)], 1)
+            if isinstance(job.get("records_processed"), int):
+                records.add_metric([wf, job_name], job["records_processed"])
+    return [*counters.values(), actions, success, open_age, status, records, stale_after, workflows]
+
+
+@bp.get("/metrics")
+def metrics():
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BatchyCollector(get_store()))
+    return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST,
+                                                        "Cache-Control": "no-store"})

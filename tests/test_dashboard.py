@@ -1,0 +1,289 @@
+"""The HTML dashboard at / and /dashboard, on fakeredis (and once on a real redis-server)."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from html.parser import HTMLParser
+
+import fakeredis
+import pytest
+
+from batchy import dashboard, workflows
+from batchy.db import get_store
+from batchy.store import BatchStore
+
+from .conftest import make_app
+
+
+class Rows(HTMLParser):
+    """Collect the job rows: their data-* attributes and each cell's class, text and title."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.rows: dict[tuple[str, str], dict] = {}
+        self._row = None
+        self._cell = None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and attrs.get("class") == "job-row":
+            self._row = {"attrs": attrs, "cells": {}}
+            self.rows[(attrs["data-workflow"], attrs["data-job"])] = self._row
+        elif tag == "td" and self._row is not None:
+            self._cell = {"class": attrs.get("class", ""), "title": attrs.get("title", ""), "text": ""}
+            self._row["cells"][(self._cell["class"].split() or ["cell"])[0]] = self._cell
+        elif tag == "span" and self._cell is not None and "status" in attrs.get("class", ""):
+            self._cell["class"] = "status " + attrs["class"]
+            self._row["cells"]["status"] = self._cell
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._cell = None
+        elif tag == "tr":
+            self._row = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["text"] += data
+
+
+def page(client, path="/"):
+    response = client.get(path)
+    assert response.status_code == 200, response.data[:500]
+    return response.data.decode()
+
+
+def shift_clock(monkeypatch, delta: timedelta):
+    """Make the store's Redis clock read later than it is, as if time had passed."""
+    real = BatchStore.now
+    monkeypatch.setattr(BatchStore, "now", lambda self: real(self) + delta)
+
+
+def test_empty_state_is_friendly(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    assert response.headers["Cache-Control"] == "no-store"
+    text = response.data.decode()
+    assert "No workflows yet" in text
+    assert "/load_cfg/" in text
+    assert not Rows(text).rows
+
+
+@pytest.mark.parametrize("path", ["/", "/dashboard"])
+def test_lists_every_workflow_and_job(client, write_cfg, path):
+    write_cfg("wf2", "a_job: {}\nb_job: {}\n")
+    for wf in ("wf1", "wf2"):
+        assert client.post(f"/load_cfg/{wf}").status_code == 200
+    client.post("/open_batch/wf1")
+    client.post("/close_batch/wf1", json={"records_processed": 1234567, "message": "all good"})
+    client.post("/open_batch/wf2")
+    client.post("/fail_batch/wf2", json={"job": "b_job", "message": "ORA-00942"})
+    status = client.get("/get_status/wf1").json
+
+    rows = Rows(page(client, path)).rows
+
+    assert set(rows) == {("wf1", "s_extract"), ("wf1", "s_load"), ("wf2", "a_job"), ("wf2", "b_job")}
+    extract = rows[("wf1", "s_extract")]
+    assert extract["attrs"]["data-status"] == "success"
+    assert "status-success" in extract["cells"]["status"]["class"]
+    assert extract["cells"]["num"]["text"] == "1,234,567"
+    assert extract["cells"]["message"]["text"] == "all good"
+    assert extract["cells"]["from"]["text"] == "2024-01-01 00:00:00+00:00"
+    assert extract["cells"]["batch"]["text"] == str(status["s_extract"]["batch_id"])
+    start = datetime.fromisoformat(status["s_extract"]["batch_start"]).astimezone(timezone.utc)
+    assert extract["cells"]["start"]["title"] == status["s_extract"]["batch_start"]
+    assert start.strftime("%Y-%m-%d %H:%M:%S") in extract["cells"]["start"]["text"]
+    assert extract["cells"]["since"]["text"].endswith(" ago")
+    assert "src_schema=CRM" in extract["cells"]["job"]["title"]  # free-form params on hover
+    assert rows[("wf2", "a_job")]["attrs"]["data-status"] == "open"
+    assert "status-open" in rows[("wf2", "a_job")]["cells"]["status"]["class"]
+    assert "(running)" in rows[("wf2", "a_job")]["cells"]["dur"]["text"]
+    failed = rows[("wf2", "b_job")]
+    assert failed["attrs"]["data-status"] == "failed"
+    assert "status-failed" in failed["cells"]["status"]["class"]
+    assert failed["cells"]["message"]["text"] == "ORA-00942"
+    assert failed["cells"]["since"]["text"] == "never"
+
+
+def test_new_jobs_are_grey_and_summary_counts(client, write_cfg):
+    write_cfg("wf2", "a_job: {}\nb_job: {}\n")
+    client.post("/load_cfg/wf1")
+    client.post("/load_cfg/wf2")
+    client.post("/open_batch/wf2")
+    text = page(client)
+    rows = Rows(text).rows
+    assert rows[("wf1", "s_load")]["attrs"]["data-status"] == "new"
+    assert "status-new" in rows[("wf1", "s_load")]["cells"]["status"]["class"]
+    assert '<b data-count="new">2</b>' in text
+    assert '<b data-count="open">2</b>' in text
+    assert "opened 1 · closed 0 · failed 0" in text
+
+
+def test_stale_after_hours_marks_old_successes(client, write_cfg, monkeypatch):
+    write_cfg("watched", ".batchy:\n  stale_after_hours: 1\njob_a: {}\n")
+    write_cfg("relaxed", "job_b: {}\n")
+    for wf in ("watched", "relaxed"):
+        client.post(f"/load_cfg/{wf}")
+        client.post(f"/open_batch/{wf}")
+        client.post(f"/close_batch/{wf}")
+
+    rows = Rows(page(client)).rows
+    assert "data-stale" not in rows[("watched", "job_a")]["attrs"]
+
+    shift_clock(monkeypatch, timedelta(hours=2))
+    text = page(client)
+    rows = Rows(text).rows
+    watched = rows[("watched", "job_a")]
+    assert watched["attrs"]["data-stale"] == "true"
+    assert "stale" in watched["cells"]["since"]["class"].split()
+    assert watched["cells"]["since"]["text"].startswith("2h 00m")
+    # Without stale_after_hours a workflow is never flagged, however old its success.
+    assert "data-stale" not in rows[("relaxed", "job_b")]["attrs"]
+    assert "stale after 1 h" in text
+    assert '<b data-count="stale">1</b>' in text
+
+
+def test_open_batch_shows_running_duration(client, monkeypatch):
+    client.post("/load_cfg/wf1")
+    client.post("/open_batch/wf1")
+    shift_clock(monkeypatch, timedelta(seconds=90))
+    text = page(client)
+    rows = Rows(text).rows
+    assert rows[("wf1", "s_extract")]["cells"]["dur"]["text"] == "1m 30s (running)"
+    assert rows[("wf1", "s_extract")]["cells"]["start"]["text"]  # start shown, no end yet
+    assert rows[("wf1", "s_extract")]["cells"]["end"]["text"] == ""
+    assert "batch open for 1m 30s" in text
+
+
+def test_escapes_user_data(client, write_cfg):
+    evil = "<script>alert(1)</script>"
+    write_cfg("xss", f'job_x:\n  note: "{evil}"\n  quote: "a\\" onmouseover=\\"alert(2)"\n')
+    client.post("/load_cfg/xss")
+    client.post("/open_batch/xss")
+    client.post("/fail_batch/xss", json={"message": "<img src=x onerror=alert(3)>"})
+    text = page(client)
+    assert evil not in text
+    assert "<img src=x" not in text
+    assert '" onmouseover="' not in text
+    assert "&lt;img src=x onerror=alert(3)&gt;" in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    row = Rows(text).rows[("xss", "job_x")]
+    assert row["cells"]["message"]["text"] == "<img src=x onerror=alert(3)>"  # as text, not markup
+    assert 'quote=a" onmouseover="alert(2)' in row["cells"]["job"]["title"]
+
+
+@pytest.mark.parametrize(
+    "query, seconds",
+    [("", 30), ("?refresh=5", 5), ("?refresh=0", 0), ("?refresh=3600", 3600)],
+)
+def test_refresh_interval(client, query, seconds):
+    text = page(client, "/" + query)
+    if seconds:
+        assert f'<meta http-equiv="refresh" content="{seconds}">' in text
+        assert f"var seconds = {seconds};" in text
+        assert f"refreshes every {seconds} s" in text
+    else:
+        assert "http-equiv" not in text
+        assert "<script>" not in text
+        assert "auto-refresh off" in text
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "86401", "%C2%B2"])
+def test_bad_refresh_is_the_json_error(client, value):
+    response = client.get(f"/?refresh={value}")
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_parameter"
+    assert response.json["parameter"] == "refresh"
+    assert response.json["status"] == 400
+
+
+def test_redis_down_is_an_html_page_that_keeps_refreshing(cfg_dir):
+    server = fakeredis.FakeServer()
+    app = make_app(fakeredis.FakeRedis(server=server, decode_responses=True), cfg_dir)
+    server.connected = False
+    response = app.test_client().get("/?refresh=7")
+    assert response.status_code == 503
+    assert response.mimetype == "text/html"
+    text = response.data.decode()
+    assert "Redis is not reachable" in text
+    assert "var seconds = 7;" in text
+
+
+def test_hundred_workflows_render_quickly(app, client):
+    config = workflows.parse_config("w", "\n".join(f"job_{j}:\n  param: {j}" for j in range(5)))
+    with app.app_context():
+        store = get_store()
+        for i in range(100):
+            store.load(f"wf_{i:03d}", config)
+            store.open(f"wf_{i:03d}")
+            if i % 2:
+                store.close(f"wf_{i:03d}", "success", records_processed=i)
+    started = time.monotonic()
+    text = page(client)
+    assert time.monotonic() - started < 5  # a generous functional bound, not a benchmark
+    rows = Rows(text).rows
+    assert len(rows) == 500
+    assert text.count('<tbody class="workflow"') == 100
+    assert rows[("wf_001", "job_4")]["attrs"]["data-status"] == "success"
+    assert rows[("wf_002", "job_0")]["attrs"]["data-status"] == "open"
+
+
+def test_on_real_redis(real_client):
+    real_client.post("/load_cfg/wf1")
+    real_client.post("/open_batch/wf1")
+    real_client.post("/close_batch/wf1", json={"job": "s_load", "records_processed": 3})
+    rows = Rows(page(real_client)).rows
+    assert rows[("wf1", "s_load")]["attrs"]["data-status"] == "success"
+    assert rows[("wf1", "s_load")]["cells"]["num"]["text"] == "3"
+    assert rows[("wf1", "s_extract")]["attrs"]["data-status"] == "open"
+
+
+# -- the pure view functions ----------------------------------------------------
+
+NOW = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(None, ""), (-5, "0s"), (0, "0s"), (59.9, "59s"), (61, "1m 01s"), (3600, "1h 00m"),
+     (86399, "23h 59m"), (90061, "1d 01h"), (10 * 86400, "10d 00h")],
+)
+def test_human_duration(seconds, text):
+    assert dashboard.human_duration(seconds) == text
+
+
+def test_job_view_of_legacy_success_without_last_success_fields():
+    job = {"status": "success", "batch_start": "2024-03-01T10:00:00+00:00", "batch_end": "2024-03-01T11:00:00+00:00"}
+    view = dashboard.job_view("j", job, NOW, stale_after=1800)
+    assert view["since"] == "1h 00m"
+    assert view["stale"] is True
+    assert view["duration"] == "1h 00m"
+
+
+def test_job_view_survives_odd_values():
+    job = {"status": "weird", "batch_start": "not a date", "records_processed": "many", "message": "x" * 1000}
+    view = dashboard.job_view("j", job, NOW, stale_after=None)
+    assert view["status_class"] == "other"
+    assert view["start"] == "" and view["duration"] == ""
+    assert view["records"] == "many"
+    assert len(view["message"]) == dashboard.MAX_MESSAGE_SHOWN + 1
+    assert view["message_full"] == "x" * 1000
+
+
+def test_last_success_prefers_the_recorded_end():
+    job = {"status": "failed", "last_success_start": "2024-03-01T08:00:00+00:00",
+           "last_success_end": "2024-03-01T09:30:00+01:00"}
+    assert dashboard.last_success(job) == datetime(2024, 3, 1, 8, 30, tzinfo=timezone.utc)
+    assert dashboard.last_success({"status": "failed"}) is None
+
+
+def test_open_since_is_the_oldest_open_start():
+    jobs = {
+        "a": {"status": "open", "batch_start": "2024-03-01T10:00:00+00:00"},
+        "b": {"status": "open", "batch_start": "2024-03-01T09:00:00+00:00"},
+        "c": {"status": "success", "batch_start": "2024-03-01T01:00:00+00:00"},
+    }
+    assert dashboard.open_since(jobs) == datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
+    assert dashboard.open_since({"c": jobs["c"]}) is None
