@@ -159,3 +159,19 @@ def load(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] 
     if overrides:
         values.update(overrides)
     return values
+
+
+def markdown_table() -> str:
+    """Return the README's configuration table, made from SETTINGS."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for s in SETTINGS:
+        default = s.default
+        if isinstance(default, bool):
+            default = str(default).lower()
+        shown = f"`{default}`" if default != "" else "(empty)"
+        rows.append(f"| `{s.name}` | {shown} | {s.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

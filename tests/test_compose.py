@@ -1,0 +1,50 @@
+"""docker-compose.yml and the Dockerfile: no engine runs here, so check their wiring."""
+import re
+import shlex
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_redis_persists_to_a_volume_and_is_health_checked():
+    doc = compose()
+    redis = doc["services"]["redis"]
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] in ("everysec", "always")
+    volume, target = redis["volumes"][0].split(":")[:2]
+    assert target == "/data" and volume in doc["volumes"]
+    assert redis["healthcheck"]["test"][:2] == ["CMD", "redis-cli"]
+
+
+def test_batchy_is_wired_to_the_redis_service():
+    doc = compose()
+    batchy = doc["services"]["batchy"]
+    url = urlsplit(batchy["environment"]["BATCHY_REDIS_URL"])
+    assert url.scheme == "redis" and url.hostname == "redis" and url.port == 6379
+    assert url.hostname in doc["services"]
+    assert batchy["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "5000:5000" in batchy["ports"]
+    assert "/readyz" in " ".join(batchy["healthcheck"]["test"])
+    cfg_mount = [v for v in batchy["volumes"] if v.split(":")[1] == batchy["environment"]["BATCHY_CFG_DIR"]]
+    assert cfg_mount and (ROOT / cfg_mount[0].split(":")[0]).resolve() == ROOT / "cfg"
+    assert batchy["build"] == "."
+
+
+def test_dockerfile_copies_what_exists_and_runs_batchy_serve():
+    text = (ROOT / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            for source in shlex.split(line)[1:-1]:
+                assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    cmd = re.search(r"^CMD (.+)$", text, re.M).group(1)
+    assert yaml.safe_load(cmd)[:2] == ["batchy", "serve"]
+    assert "EXPOSE 5000" in text
