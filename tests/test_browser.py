@@ -1,0 +1,220 @@
+"""The dashboard in a real headless Chromium, served by a real `batchy serve` on a real redis-server.
+
+Needs Debian's `chromium` (apt-get install chromium) and the `playwright` Python package
+(the `test` extra); Playwright drives the system browser, so `playwright install` is never needed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import time
+import urllib.request
+import zlib
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+LAPTOP = {"width": 1366, "height": 768}
+# The CSS colours of the status badges and of a stale "last success" cell.
+COLOURS = {
+    "new": (107, 114, 128),
+    "open": (37, 99, 235),
+    "success": (21, 128, 61),
+    "failed": (220, 38, 38),
+}
+STALE_BACKGROUND = (254, 243, 199)
+XSS = '<img src=x onerror="window.__xss = 1">'
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport=LAPTOP)
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    yield tab
+    context.close()
+
+
+def post(service, path, body=None):
+    data = json.dumps(body).encode() if body is not None else b""
+    request = urllib.request.Request(service.url + path, data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def rgb(css: str) -> tuple[int, ...]:
+    """Return the numbers of a computed 'rgb(r, g, b)' colour."""
+    return tuple(int(part) for part in css[css.index("(") + 1:css.index(")")].split(",")[:3])
+
+
+def decode_png(data: bytes) -> tuple[int, int, list[bytes], int]:
+    """Return width, height, unfiltered rows and bytes per pixel of an 8-bit RGB(A) PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, [], None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat.append(chunk)
+        pos += 12 + length
+    width, height, depth, colour_type, _, _, interlace = header
+    assert depth == 8 and colour_type in (2, 6) and interlace == 0, header
+    bpp = 3 if colour_type == 2 else 4
+    raw = zlib.decompress(b"".join(idat))
+    stride = width * bpp
+    rows, previous = [], bytes(stride)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        if kind == 1:
+            for i in range(bpp, stride):
+                line[i] = (line[i] + line[i - bpp]) & 0xFF
+        elif kind == 2:
+            line = bytearray((a + b) & 0xFF for a, b in zip(line, previous))
+        elif kind == 3:
+            for i in range(stride):
+                left = line[i - bpp] if i >= bpp else 0
+                line[i] = (line[i] + ((left + previous[i]) >> 1)) & 0xFF
+        elif kind == 4:
+            for i in range(stride):
+                a = line[i - bpp] if i >= bpp else 0
+                b = previous[i]
+                c = previous[i - bpp] if i >= bpp else 0
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append(bytes(line))
+        previous = line
+    return width, height, rows, bpp
+
+
+def pixel_stats(png: bytes) -> tuple[int, float, set]:
+    """Return (distinct colours, share of non-white pixels, the set of colours) of a screenshot."""
+    width, height, rows, bpp = decode_png(png)
+    colours, non_white = set(), 0
+    for row in rows:
+        for x in range(0, width * bpp, bpp):
+            pixel = row[x:x + 3]
+            colours.add(pixel)
+            if pixel != b"\xff\xff\xff":
+                non_white += 1
+    return len(colours), non_white / (width * height), {tuple(c) for c in colours}
+
+
+def test_dashboard_rows_colours_and_screenshot(service, write_cfg, page, tmp_path):
+    write_cfg("orders", f"""
+        .batchy:
+          stale_after_hours: 0.0003
+        orders_extract:
+          src: '{XSS}'
+        orders_load: {{}}
+    """)
+    write_cfg("nightly", "dump: {}\n")
+    write_cfg("fresh", "never_run: {}\n")
+    write_cfg("running", "long_job: {}\n")
+    for wf in ("wf1", "orders", "nightly", "fresh", "running"):
+        post(service, f"/load_cfg/{wf}")
+    post(service, "/open_batch/orders")
+    post(service, "/close_batch/orders", {"records_processed": 1500, "message": "ok"})
+    post(service, "/open_batch/wf1")
+    post(service, "/close_batch/wf1", {"records_processed": 3})
+    post(service, "/open_batch/nightly")
+    post(service, "/fail_batch/nightly", {"message": XSS})
+    post(service, "/open_batch/running")
+    # orders is stale after 0.0003 h (~1.1 s); the Redis clock counts whole seconds.
+    time.sleep(2.5)
+
+    response = page.goto(service.url + "/")
+    assert response.status == 200
+    page.wait_for_selector("tr.job-row")
+    rows = page.eval_on_selector_all("tr.job-row", """rows => rows.map(r => ({
+        workflow: r.dataset.workflow, job: r.dataset.job, status: r.dataset.status,
+        stale: r.dataset.stale || "", badge: r.querySelector(".status").innerText,
+        colour: getComputedStyle(r.querySelector(".status")).backgroundColor,
+        since: getComputedStyle(r.querySelector("td.since")).backgroundColor,
+        message: r.querySelector("td.message").innerText, records: r.querySelector("td.num").innerText}))""")
+    by_job = {(row["workflow"], row["job"]): row for row in rows}
+
+    expected = {
+        ("fresh", "never_run"): "new",
+        ("nightly", "dump"): "failed",
+        ("orders", "orders_extract"): "success",
+        ("orders", "orders_load"): "success",
+        ("running", "long_job"): "open",
+        ("wf1", "s_extract"): "success",
+        ("wf1", "s_load"): "success",
+    }
+    assert {key: row["status"] for key, row in by_job.items()} == expected
+    assert [row["workflow"] for row in rows] == sorted(row["workflow"] for row in rows)
+    for key, status in expected.items():
+        assert by_job[key]["badge"] == status
+        assert rgb(by_job[key]["colour"]) == COLOURS[status], key
+    assert by_job[("orders", "orders_extract")]["stale"] == "true"
+    assert rgb(by_job[("orders", "orders_extract")]["since"]) == STALE_BACKGROUND
+    assert by_job[("wf1", "s_extract")]["stale"] == ""  # no stale_after_hours: never flagged
+    assert by_job[("orders", "orders_extract")]["records"] == "1,500"
+    # User data is shown as text, never run as markup.
+    assert by_job[("nightly", "dump")]["message"] == XSS
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("img").count() == 0
+    assert XSS in page.locator('tr[data-job="orders_extract"] td.job').get_attribute("title")
+    # Readable on a laptop: nothing runs off the side of a 1366 px screen.
+    assert page.evaluate("document.documentElement.scrollWidth") <= LAPTOP["width"]
+    assert page.locator('[data-count="failed"]').inner_text() == "1"
+
+    png = page.screenshot()
+    (tmp_path / "dashboard.png").write_bytes(png)
+    distinct, inked, colours = pixel_stats(png)
+    assert distinct > 50, f"only {distinct} colours: blank page? see {tmp_path / 'dashboard.png'}"
+    assert inked > 0.05, f"only {inked:.1%} non-white pixels: see {tmp_path / 'dashboard.png'}"
+    for status, colour in COLOURS.items():
+        assert colour in colours, f"no {status} badge painted: see {tmp_path / 'dashboard.png'}"
+    assert STALE_BACKGROUND in colours
+
+
+def test_refreshes_in_place_and_survives_an_outage(service, page):
+    post(service, "/load_cfg/wf1")
+    post(service, "/open_batch/wf1")
+    page.goto(service.url + "/?refresh=1")
+    page.wait_for_selector('tr[data-job="s_extract"][data-status="open"]')
+    page.evaluate("window.__same_document = true")
+
+    post(service, "/close_batch/wf1")
+    page.wait_for_selector('tr[data-job="s_extract"][data-status="success"]')
+    assert page.evaluate("window.__same_document") is True  # updated in place, not reloaded
+    assert page.locator("#refresh-status").inner_text() == "refreshes every 1 s"
+
+    service.stop()
+    page.wait_for_selector("#refresh-status.refresh-failed")
+    assert "refresh failed" in page.locator("#refresh-status").inner_text()
+    # The last data received stays on screen.
+    assert page.locator('tr[data-job="s_extract"][data-status="success"]').count() == 1
+
+
+def test_empty_state_in_browser(service, page):
+    page.goto(service.url + "/dashboard?refresh=0")
+    assert "No workflows yet" in page.locator("main").inner_text()
+    assert page.locator("tr.job-row").count() == 0
+    distinct, inked, _ = pixel_stats(page.screenshot())
+    assert distinct > 10 and inked > 0.02
