@@ -129,17 +129,17 @@ class BatchStore:
         raw = self.redis.hgetall(keys.workflow(wf))
         if not raw:
             raise _not_found(wf)
-        return raw
+        return dict(sorted(raw.items()))
 
     def status(self, wf: str) -> dict[str, dict]:
-        return {job: json.loads(value) for job, value in self.raw_status(wf).items()}
+        return decode(self.raw_status(wf))
 
     def raw_batch(self, wf: str, batch_id: int) -> dict[str, str]:
         raw = self.redis.hgetall(keys.batch(wf, batch_id))
         if not raw:
             raise BatchNotFound(f"workflow {wf!r} has no batch {batch_id} (never opened, or past retention)",
                                 workflow=wf, batch_id=batch_id)
-        return raw
+        return dict(sorted(raw.items()))
 
     def workflows(self) -> list[str]:
         """Return the names of every loaded workflow."""
@@ -159,7 +159,7 @@ class BatchStore:
         for wf, raw, meta in zip(names, replies[::2], replies[1::2]):
             if not raw:
                 continue
-            jobs = {job: json.loads(value) for job, value in raw.items()}
+            jobs = decode(raw)
             for job, mark in _success_marks(meta).items():
                 if job in jobs:
                     jobs[job].update(last_success_start=mark.get("start"), last_success_end=mark.get("end"))
@@ -184,7 +184,7 @@ class BatchStore:
         pipe.hgetall(keys.meta(wf))
         (seconds, _micro), raw, meta = pipe.execute()
         now = datetime.fromtimestamp(int(seconds), timezone.utc)
-        jobs = {job: json.loads(value) for job, value in raw.items()}
+        jobs = decode(raw)
         return State(wf, now, jobs, meta, meta.get("version", "0"))
 
     # -- state changes -----------------------------------------------------------
@@ -295,7 +295,7 @@ class BatchStore:
         self, wf: str, batch_id: int, *, job: str | None = None, force: bool = False, actor: str = ""
     ) -> Change:
         """Make the next batch of wf (or one job) extract from where batch batch_id did."""
-        snapshot = {name: json.loads(value) for name, value in self.raw_batch(wf, batch_id).items()}
+        snapshot = decode(self.raw_batch(wf, batch_id))
 
         def plan(state: State) -> Change:
             targets = {}
@@ -323,7 +323,7 @@ class BatchStore:
         entries = []
         for batch_id, raw in zip(ids, pipe.execute()):
             if raw:  # retention may remove a snapshot between the two reads
-                jobs = {name: json.loads(value) for name, value in raw.items()}
+                jobs = decode(raw)
                 entries.append(watermark.summarize_batch(int(batch_id), jobs))
         return entries
 
@@ -361,7 +361,7 @@ class BatchStore:
                 wf, _, batch_id = member.rpartition("-")
                 if not raw or (workflow and wf != workflow):
                     continue
-                entry = watermark.summarize_batch(int(batch_id), {n: json.loads(v) for n, v in raw.items()})
+                entry = watermark.summarize_batch(int(batch_id), decode(raw))
                 if status and entry["status"] != status:
                     continue
                 found.append({"workflow": wf, **entry})
@@ -492,7 +492,7 @@ class BatchStore:
             if not raw:
                 raise _not_found(wf)
             entry = {
-                "jobs": {job: json.loads(value) for job, value in raw.items()},
+                "jobs": decode(raw),
                 "meta": {k: v for k, v in meta.items() if k != "version"},
                 "batches": {},
             }
@@ -502,7 +502,7 @@ class BatchStore:
                     pipe.hgetall(keys.batch(wf, batch_id))
                 for (batch_id, _score), snap in zip(ids, pipe.execute()):
                     if snap:
-                        entry["batches"][batch_id] = {j: json.loads(v) for j, v in snap.items()}
+                        entry["batches"][batch_id] = decode(snap)
             doc["workflows"][wf] = entry
         return doc
 
@@ -645,6 +645,14 @@ def _not_found(wf: str) -> WorkflowNotFound:
         f"workflow {wf!r} is not loaded: create cfg/{wf}.yaml and call /load_cfg/{wf}",
         workflow=wf,
     )
+
+
+def decode(raw: dict[str, str]) -> dict[str, dict]:
+    """Return a workflow or snapshot hash as {job: {...}}, jobs in name order.
+
+    Redis keeps no field order in a large hash; name order makes every answer stable.
+    """
+    return {job: json.loads(raw[job]) for job in sorted(raw)}
 
 
 def _targets(wf: str, jobs: dict[str, dict], job: str | None) -> list[str]:
