@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 
 import yaml
 
@@ -20,6 +20,10 @@ WORKFLOW_SETTINGS = {
 MAX_DEPTH = 20
 MAX_JOBS = 10000
 MAX_STRING = 65536
+# Dates outside this range overflow when shifted by reprocess_hours or shown in a far
+# time zone, which would break every later open_batch of the workflow.
+MIN_DATE = datetime(1900, 1, 1, tzinfo=timezone.utc)
+MAX_DATE = datetime(9000, 1, 1, tzinfo=timezone.utc)
 
 
 class _Loader(yaml.SafeLoader):
@@ -85,6 +89,9 @@ def parse_config(wf: str, data: bytes | str) -> Config:
         raise InvalidConfig(f"{wf}.yaml is not valid YAML: {_yaml_problem(exc)}", workflow=wf) from None
     except RecursionError:
         raise InvalidConfig(f"{wf}.yaml nests too deeply", workflow=wf) from None
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's constructors raise these for values such as 2024-02-30 or a 5000-digit int.
+        raise InvalidConfig(f"{wf}.yaml holds a value that cannot be read: {str(exc)[:200]}", workflow=wf) from None
     if doc is None:
         raise InvalidConfig(f"{wf}.yaml is empty: list at least one job", workflow=wf)
     if not isinstance(doc, dict):
@@ -155,7 +162,7 @@ def fill_job(wf: str, job: str, params: dict) -> dict:
     for key, value in params.items():
         if not isinstance(key, str):
             key = str(key)
-        if not key or len(key) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        if not key or len(key) > 256 or _has_control(key) or _has_surrogate(key):
             raise InvalidConfig(f"job {job!r} of {wf!r} has an invalid parameter name {key[:80]!r}", workflow=wf, job=job)
         checked[key] = check_value(wf, job, key, value)
     filled = {
@@ -202,9 +209,12 @@ def check_value(wf: str, job: str, key: str, value):
         if value is None:
             return None
         try:
-            return watermark.format_time(watermark.parse_time(value, key))
+            moment = watermark.parse_time(_yaml_timestamp(value), key)
         except ValueError as exc:
             raise InvalidConfig(f"job {job!r} of {wf!r}: {exc}", workflow=wf, job=job, field=key) from None
+        if not MIN_DATE <= moment < MAX_DATE:
+            raise bad(f"must be from {MIN_DATE.date()} to before {MAX_DATE.date()}, not {value!r}")
+        return watermark.format_time(moment)
     if key in ("batch_id", "records_processed"):
         if value is None:
             return None
@@ -214,10 +224,11 @@ def check_value(wf: str, job: str, key: str, value):
     if key in ("infa_section", "infa_date_format", "message"):
         if value is None:
             return None
-        if not isinstance(value, str) or len(value) > MAX_STRING:
-            raise bad(f"must be text, not {value!r}")
-        if key != "message" and any(c in value for c in "\r\n"):
-            raise bad("must be a single line of text")
+        if not isinstance(value, str) or len(value) > MAX_STRING or _has_surrogate(value):
+            raise bad(f"must be text, not {value!r:.80}")
+        if key != "message" and _has_control(value):
+            # A NUL or line break would cut or forge lines of the Informatica parameter file.
+            raise bad("must be a single line of text without control characters")
         if key == "infa_section" and any(c in value for c in "[]"):
             raise bad("must not contain [ or ]")
         return value
@@ -238,12 +249,35 @@ def _json_ready(value, bad, depth: int = 0):
     if isinstance(value, str):
         if len(value) > MAX_STRING:
             raise bad(f"is longer than {MAX_STRING} characters")
+        if _has_surrogate(value):
+            raise bad("holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
         return value
     if isinstance(value, list):
         return [_json_ready(v, bad, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {str(k): _json_ready(v, bad, depth + 1) for k, v in value.items()}
+        return {_json_ready(str(k), bad, depth + 1): _json_ready(v, bad, depth + 1) for k, v in value.items()}
     raise bad(f"has a value of type {type(value).__name__} that cannot be stored")
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def _has_surrogate(text: str) -> bool:
+    """Return True if text holds a lone surrogate (YAML's "\\ud800"): Redis cannot store it as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _yaml_timestamp(value):
+    """Return a quoted YAML timestamp ('2001-12-14 21:59:43.10 -5') as YAML reads it unquoted."""
+    if isinstance(value, str) and yaml.constructor.SafeConstructor.timestamp_regexp.fullmatch(value.strip()):
+        node = yaml.ScalarNode("tag:yaml.org,2002:timestamp", value.strip())
+        return yaml.constructor.SafeConstructor().construct_yaml_timestamp(node)
+    return value
 
 
 def merge(existing: dict[str, dict], configured: dict[str, dict]) -> dict[str, dict]:
