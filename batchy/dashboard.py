@@ -118,7 +118,7 @@ def job_view(name: str, job: dict, now: datetime, stale_after: float | None) -> 
     }
 
 
-def workflow_view(wf: str, data: dict, now: datetime) -> dict:
+def workflow_view(wf: str, data: dict, now: datetime, pause: dict | None = None) -> dict:
     """Return what the page shows of one workflow: its header and its job rows."""
     settings = data.get("settings") or {}
     stale_after = stale_after_seconds(settings)
@@ -135,12 +135,22 @@ def workflow_view(wf: str, data: dict, now: datetime) -> dict:
         "open_for": human_duration((now - since).total_seconds()) if since else "",
         "stale_after_hours": settings.get("stale_after_hours") if stale_after else None,
         "stale": sum(job["stale"] for job in jobs),
+        "pause": pause_view(pause),
     }
 
 
-def page_view(overview: dict[str, dict], now: datetime) -> dict:
-    """Return the whole page's data: workflows in name order and a status summary."""
-    flows = [workflow_view(wf, overview[wf], now) for wf in sorted(overview)]
+def pause_view(pause: dict | None) -> dict | None:
+    """Return a pause record as shown: since (UTC) and message, or None when not paused."""
+    if not pause:
+        return None
+    return {"since": show_time(parse_moment(pause.get("since"))), "message": pause.get("message") or ""}
+
+
+def page_view(overview: dict[str, dict], now: datetime, pauses: dict | None = None) -> dict:
+    """Return the whole page's data: workflows in name order, pauses and a status summary."""
+    pauses = pauses or {}
+    paused = pauses.get("workflows") or {}
+    flows = [workflow_view(wf, overview[wf], now, paused.get(wf)) for wf in sorted(overview)]
     summary = {status: 0 for status in ("new", "open", "success", "failed")}
     stale = 0
     for flow in flows:
@@ -154,6 +164,8 @@ def page_view(overview: dict[str, dict], now: datetime) -> dict:
         "jobs": sum(len(flow["jobs"]) for flow in flows),
         "now": show_time(now),
         "now_iso": watermark.format_time(now),
+        "service_pause": pause_view(pauses.get("service")),
+        "paused": sum(1 for flow in flows if flow["pause"]),
     }
 
 
@@ -178,11 +190,12 @@ def dashboard():
     try:
         now = store.now()
         overview = store.overview(store.workflows())
+        pauses = store.pauses()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         # An HTML page, not the JSON error: the open tab keeps refreshing and recovers by itself.
         log.warning("dashboard: redis unavailable: %s", exc)
         html = render_template("dashboard.html", page=None, refresh=refresh,
                                error="Redis is not reachable; this page retries by itself.")
         return html, 503, {"Cache-Control": "no-store"}
-    html = render_template("dashboard.html", page=page_view(overview, now), refresh=refresh, error=None)
+    html = render_template("dashboard.html", page=page_view(overview, now, pauses), refresh=refresh, error=None)
     return html, 200, {"Cache-Control": "no-store"}

@@ -39,6 +39,7 @@ class BatchyCollector:
         try:
             now = self.store.now()
             overview = self.store.overview(self.store.workflows())
+            pauses = self.store.pauses()
         except redis.exceptions.RedisError as exc:
             # Still answer 200: "Redis is down" is itself what Prometheus should record.
             log.warning("metrics: redis unavailable: %s", exc)
@@ -47,11 +48,13 @@ class BatchyCollector:
             return
         up.add_metric([], 1)
         yield up
-        yield from families(overview, now.timestamp())
+        yield from families(overview, now.timestamp(), pauses)
 
 
-def families(overview: dict[str, dict], now: float):
-    """Return the metric families for an overview read at unix time now."""
+def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
+    """Return the metric families for an overview (and pauses) read at unix time now."""
+    pauses = pauses or {}
+    paused_workflows = pauses.get("workflows") or {}
     wf_labels = ["workflow"]
     job_labels = ["workflow", "job"]
     counters = {action: CounterMetricFamily(name, doc, labels=wf_labels) for action, name, doc in COUNTERS}
@@ -71,6 +74,10 @@ def families(overview: dict[str, dict], now: float):
                                     labels=wf_labels)
     workflows = GaugeMetricFamily("batchy_workflows", "Loaded workflows.")
     workflows.add_metric([], len(overview))
+    service_paused = GaugeMetricFamily("batchy_service_paused", "1 while the whole service is paused, else 0.")
+    service_paused.add_metric([], 1 if pauses.get("service") else 0)
+    paused = GaugeMetricFamily("batchy_workflow_paused", "1 while the workflow itself is paused, else 0.",
+                               labels=wf_labels)
     for wf in sorted(overview):
         data = overview[wf]
         counts = data.get("counts") or {}
@@ -78,6 +85,7 @@ def families(overview: dict[str, dict], now: float):
             family.add_metric([wf], counts.get(action, 0))
         for action in sorted(counts):
             actions.add_metric([wf, action], counts[action])
+        paused.add_metric([wf], 1 if paused_workflows.get(wf) else 0)
         since = open_since(data["jobs"])
         open_age.add_metric([wf], max(0.0, now - since.timestamp()) if since else 0.0)
         limit = stale_after_seconds(data.get("settings") or {})
@@ -94,7 +102,8 @@ def families(overview: dict[str, dict], now: float):
                 status.add_metric([wf, job_name, str(current)], 1)
             if isinstance(job.get("records_processed"), int):
                 records.add_metric([wf, job_name], job["records_processed"])
-    return [*counters.values(), actions, success, open_age, status, records, stale_after, workflows]
+    return [*counters.values(), actions, success, open_age, status, records, stale_after, workflows,
+            service_paused, paused]
 
 
 @bp.get("/metrics")

@@ -287,3 +287,28 @@ def test_open_since_is_the_oldest_open_start():
     }
     assert dashboard.open_since(jobs) == datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
     assert dashboard.open_since({"c": jobs["c"]}) is None
+
+
+def test_pauses_are_shown(client, write_cfg):
+    write_cfg("wf2", "a_job: {}\n")
+    client.post("/load_cfg/wf1")
+    client.post("/load_cfg/wf2")
+    text = page(client)
+    assert "paused" not in text.split("<main", 1)[1]
+
+    client.post("/pause/wf1", json={"message": "<b>upgrading</b> the warehouse"})
+    text = page(client)
+    assert "paused: &lt;b&gt;upgrading&lt;/b&gt; the warehouse" in text
+    assert '<b data-count="paused">1</b>' in text
+    assert 'id="service-pause"' not in text
+
+    client.post("/pause", json={"message": "maintenance window"})
+    text = page(client)
+    assert 'id="service-pause"' in text
+    assert "maintenance window" in text
+
+    client.post("/resume")
+    client.post("/resume/wf1")
+    text = page(client)
+    assert 'id="service-pause"' not in text
+    assert "data-count=\"paused\"" not in text

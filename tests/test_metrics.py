@@ -43,12 +43,12 @@ def test_counters_status_and_last_success_after_open_close_fail(client, write_cf
     client.post("/load_cfg/wf2")
     client.post("/open_batch/wf1")
     client.post("/close_batch/wf1", json={"records_processed": 7})
+    closed = client.get("/get_status/wf1").json  # batch_end of the successful batch
     client.post("/open_batch/wf1")
     for _ in range(2):
         client.post("/open_batch/wf2")
         client.post("/fail_batch/wf2", json={"message": "boom"})
     client.post("/open_batch/wf1", query_string={"dry_run": "true"})  # changes nothing, counts nothing
-    wf1 = client.get("/get_status/wf1").json
 
     got = scrape(client)
 
@@ -62,7 +62,7 @@ def test_counters_status_and_last_success_after_open_close_fail(client, write_cf
     assert got[("batchy_batches_failed_total", wf("wf2"))] == 2
     assert got[("batchy_actions_total", (("action", "load"), ("workflow", "wf1")))] == 1
     for name in ("s_extract", "s_load"):
-        expected = datetime.fromisoformat(wf1[name]["last_success_end"]).timestamp()
+        expected = datetime.fromisoformat(closed[name]["batch_end"]).timestamp()
         assert got[("batchy_last_success_timestamp_seconds", job("wf1", name))] == expected
         assert ("batchy_job_records_processed", job("wf1", name)) not in got  # reopened: nothing reported yet
     # wf2 never succeeded: no last-success sample rather than a misleading 0.
@@ -149,3 +149,18 @@ def test_every_gunicorn_worker_reports_the_same(service):
     assert got[("batchy_batches_failed_total", wf("wf1"))] == 1
     assert got[("batchy_job_status", (("job", "s_load"), ("status", "failed"), ("workflow", "wf1")))] == 1
     assert got[("batchy_redis_up", ())] == 1
+
+
+def test_pauses(client, write_cfg):
+    write_cfg("wf2", "a_job: {}\n")
+    client.post("/load_cfg/wf1")
+    client.post("/load_cfg/wf2")
+    got = scrape(client)
+    assert got[("batchy_service_paused", ())] == 0
+    assert got[("batchy_workflow_paused", wf("wf1"))] == 0
+    client.post("/pause/wf1", json={"message": "upgrade"})
+    client.post("/pause", json={"message": "maintenance"})
+    got = scrape(client)
+    assert got[("batchy_service_paused", ())] == 1
+    assert got[("batchy_workflow_paused", wf("wf1"))] == 1
+    assert got[("batchy_workflow_paused", wf("wf2"))] == 0
