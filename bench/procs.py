@@ -1,0 +1,119 @@
+"""Synthetic workflows and the processes a benchmark run needs (redis-server, services)."""
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.servers import RedisServer, ServiceProcess, wait_for  # noqa: E402
+
+SPREAD = 64
+THREE_STEPS = """\
+s_extract:
+  from_date: 2024-01-01
+  reprocess_hours: 2
+  src_schema: CRM
+s_transform:
+  reprocess_hours: 1
+s_load:
+  reprocess_hours: 0.5
+  trunc_start: true
+  timezone: Europe/Paris
+"""
+
+
+def spread_names(n: int = SPREAD) -> list[str]:
+    return [f"bw{i:02d}" for i in range(n)]
+
+
+def steps_yaml(n: int, prefix: str = "step") -> str:
+    """Return a workflow file with n job steps, each with a watermark and a parameter."""
+    width = len(str(n - 1))
+    return "".join(
+        f"{prefix}{i:0{width}d}:\n  from_date: 2024-01-01\n  reprocess_hours: 1\n  src_schema: CRM\n"
+        for i in range(n)
+    )
+
+
+def write_workflows(cfg_dir: str, connections: int, step_counts) -> dict[str, str]:
+    """Write every benchmark workflow file into cfg_dir; return {wf: purpose}."""
+    files = {wf: THREE_STEPS for wf in spread_names()}
+    files["hot"] = steps_yaml(connections, prefix="s")  # one step per connection: see plans.hot_open_close
+    files["hist"] = THREE_STEPS
+    for n in step_counts:
+        files[f"steps{n}"] = steps_yaml(n)
+    for wf, text in files.items():
+        with open(os.path.join(cfg_dir, f"{wf}.yaml"), "w") as fh:
+            fh.write(text)
+    return files
+
+
+class BaselineProcess(ServiceProcess):
+    """bench/baseline.py (the minimal app under `batchy serve`) in its own process."""
+
+    def start(self, wait: bool = True) -> "BaselineProcess":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHY_") and k != "REDIS_URL"}
+        env.update(BATCHY_REDIS_URL=self.redis_url, BATCHY_CFG_DIR=self.cfg_dir, **self.env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "bench", "baseline.py"),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
+            )
+        if wait:
+            wait_for(self.healthy, timeout=30, what=f"baseline on port {self.port}")
+        return self
+
+
+def start_timed(proc: ServiceProcess) -> float:
+    """Start proc and return the seconds from spawning it until /healthz answers 200."""
+    started = time.perf_counter()
+    proc.start()
+    return time.perf_counter() - started
+
+
+def cleanup(proc: ServiceProcess) -> None:
+    proc.stop()
+    shutil.rmtree(os.path.dirname(proc.log_path), ignore_errors=True)
+
+
+class Http:
+    """One keep-alive connection for sequential calls: returns (status, body, seconds)."""
+
+    def __init__(self, base_url: str):
+        host, port = base_url.split("://", 1)[1].rsplit(":", 1)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def call(self, method: str, path: str) -> tuple[int, bytes, float]:
+        headers = {"Content-Length": "0"} if method != "GET" else {}
+        for attempt in (1, 2):
+            started = time.perf_counter()
+            try:
+                self.conn.request(method, path, headers=headers)
+                resp = self.conn.getresponse()
+                body = resp.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # gunicorn closes a keep-alive connection idle for 5 s: reconnect once.
+                self.conn.close()
+                if attempt == 2:
+                    raise
+                continue
+            return resp.status, body, time.perf_counter() - started
+
+    def ok(self, method: str, path: str) -> bytes:
+        status, body, _ = self.call(method, path)
+        if not 200 <= status < 300:
+            raise RuntimeError(f"{method} {path} answered {status}: {body[:300]!r}")
+        return body
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+__all__ = ["RedisServer", "ServiceProcess", "BaselineProcess", "Http", "start_timed", "cleanup"]

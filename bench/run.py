@@ -1,0 +1,455 @@
+"""Benchmark Batchy against the floor of its own stack, in one run, and print a table.
+
+    .venv/bin/python bench/run.py            # full run, about 3-4 minutes
+    .venv/bin/python bench/run.py --quick    # about a minute
+    .venv/bin/python bench/run.py --json out.json
+
+Starts its own redis-server, `batchy serve` (gunicorn, as production runs it) and the
+baseline (bench/baseline.py under the same `serve`), loads synthetic workflows through
+/load_cfg, drives 32 keep-alive connections from a separate process (wrk when installed,
+bench/load.py otherwise; BENCH_ENGINE=python forces the latter) and reports every
+figure next to the baseline measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import drive  # noqa: E402
+import plans  # noqa: E402
+from procs import (  # noqa: E402
+    ROOT, BaselineProcess, Http, RedisServer, ServiceProcess, cleanup, spread_names, start_timed, write_workflows,
+)
+
+MODES = {
+    #         seconds per load run, warm-up, step counts, sequential samples, history batches
+    "full": dict(duration=10.0, warmup=2.0, steps=(1, 10, 100, 1000), samples=200, big_samples=40, history=10000),
+    "quick": dict(duration=3.0, warmup=1.0, steps=(1, 10, 100, 1000), samples=60, big_samples=15, history=1000),
+    "smoke": dict(duration=1.0, warmup=0.0, steps=(1, 10), samples=5, big_samples=3, history=20),
+}
+WORKERS = 2  # BATCHY_WORKERS' default: what `batchy serve` runs with
+HISTORY_KEEP = 20000
+
+
+def commandstats(client) -> dict[str, int]:
+    info = client.info("commandstats")
+    return {name[len("cmdstat_"):] if name.startswith("cmdstat_") else name: int(v["calls"])
+            for name, v in info.items()}
+
+
+def commands_per_call(client, fn, calls: int) -> tuple[float, dict[str, float]]:
+    """Run fn() calls times; return Redis commands per call (from INFO commandstats) and the mix."""
+    before = commandstats(client)
+    for _ in range(calls):
+        fn()
+    after = commandstats(client)
+    delta = {k: (after.get(k, 0) - before.get(k, 0)) / calls for k in after}
+    delta = {k: v for k, v in delta.items() if v and k not in ("info",)}
+    return sum(delta.values()), delta
+
+
+class RoundTrips:
+    """Count Redis round trips per API call in-process: each packed send is one round trip."""
+
+    def __init__(self, redis_url: str, cfg_dir: str):
+        import redis.connection
+
+        from batchy import create_app
+
+        self.count = 0
+        cls = redis.connection.AbstractConnection
+        original = cls.send_packed_command
+        outer = self
+
+        def counting(conn, command, check_health=True):
+            outer.count += 1
+            return original(conn, command, check_health)
+
+        cls.send_packed_command = counting
+        self.client = create_app({"BATCHY_REDIS_URL": redis_url, "BATCHY_CFG_DIR": cfg_dir}).test_client()
+
+    def per_call(self, method: str, path: str, calls: int = 3, warm: bool = True) -> float:
+        if warm:
+            self.client.open(path, method=method)  # warm: connection, SCRIPT LOAD, health check
+        self.count = 0
+        for _ in range(calls):
+            resp = self.client.open(path, method=method)
+            if not 200 <= resp.status_code < 300:
+                raise RuntimeError(f"{method} {path} answered {resp.status_code}: {resp.data[:200]!r}")
+        return self.count / calls
+
+
+def load_run(url: str, connections, duration: float, redis_client=None) -> dict:
+    result = drive.run(url, connections, duration)
+    if redis_client is not None:
+        quiesce(redis_client)
+    return result
+
+
+def quiesce(client, quiet: float = 0.3, timeout: float = 60) -> None:
+    """Wait until Redis sees no commands for `quiet` s: calls still queued when the load stopped finish first."""
+    deadline = time.monotonic() + timeout
+    last = client.info("stats")["total_commands_processed"]
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = client.info("stats")["total_commands_processed"]
+        if now - last <= 1:  # our own INFO
+            return
+        last = now
+
+
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1000 if values else float("nan")
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    from importlib.metadata import version
+
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
+    return {
+        "nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+        "redis": redis_version.removeprefix("v="), "gunicorn": version("gunicorn"), "flask": version("flask"),
+        "redis_py": version("redis"), "kernel": platform.release(),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (about a minute)")
+    parser.add_argument("--smoke", action="store_true", help="tiny runs that only check the harness works")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--duration", type=float, help="seconds per load run (overrides the mode)")
+    parser.add_argument("--json", help="also write every figure to this file")
+    args = parser.parse_args(argv)
+    mode = dict(MODES["smoke" if args.smoke else "quick" if args.quick else "full"])
+    if args.duration:
+        mode["duration"] = args.duration
+    conns = args.connections
+    started = time.perf_counter()
+    report: dict = {"mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+                    "connections": conns, "duration": mode["duration"], "engine": drive.engine(),
+                    "machine": machine(), "load": {}, "redis": {}, "steps": {}}
+
+    cfg_dir = tempfile.mkdtemp(prefix="batchy-bench-cfg-")
+    write_workflows(cfg_dir, conns, mode["steps"])
+    server = RedisServer().start()
+    svc = ServiceProcess(server.url, cfg_dir, workers=WORKERS)
+    base = BaselineProcess(server.url, cfg_dir, workers=WORKERS)
+    hist_svc = None
+    try:
+        report["start_s"] = {"batchy": start_timed(svc), "baseline": start_timed(base)}
+        http = Http(svc.url)
+        for name in sorted(os.listdir(cfg_dir)):
+            http.ok("POST", f"/load_cfg/{name[:-5]}")
+        wfs = spread_names()
+        r = server.client()
+        quiesce(r)
+
+        # -- load at 32 connections -------------------------------------------------------
+        def phase(label, url, connections, warmup=0.0):
+            if warmup:
+                load_run(url, connections, warmup, r)
+            proc = base if url == base.url else svc
+            cpu = drive.tree_cpu(proc.proc.pid), drive.tree_cpu(server.proc.pid)
+            result = load_run(url, connections, mode["duration"], r)
+            calls = sum(len(t["lat_us"]) for t in result["tags"].values())
+            report["load"][label] = {
+                # CPU per call, to split a call's cost between the Python service and redis-server
+                "service_cpu_ms": (drive.tree_cpu(proc.proc.pid) - cpu[0]) / calls * 1000,
+                "redis_cpu_ms": (drive.tree_cpu(server.proc.pid) - cpu[1]) / calls * 1000,
+                "socket_errors": result.get("errors", 0),
+                "failures": result.get("failures", [])[:20],
+                "tags": {tag: drive.summarise(result, tag, conns) for tag in result["tags"]},
+                "total_rps": sum(len(t["lat_us"]) for t in result["tags"].values()) / result["duration"],
+                "loadgen_cpu_share": result["loadgen_cpu_share"],
+            }
+            print(f"  {label}: {report['load'][label]['total_rps']:.0f} req/s", file=sys.stderr, flush=True)
+
+        print("load runs:", file=sys.stderr)
+        phase("baseline spread", base.url, plans.get_status(wfs, conns), warmup=mode["warmup"])
+        phase("get_status spread", svc.url, plans.get_status(wfs, conns), warmup=mode["warmup"])
+        phase("open/close json spread", svc.url, plans.open_close(wfs, conns, "json"))
+        phase("open/close infa spread", svc.url, plans.open_close(wfs, conns, "infa"))
+        phase("baseline spread (again)", base.url, plans.get_status(wfs, conns))
+        phase("baseline one wf", base.url, plans.get_status(["hot"], conns))
+        phase("get_status one wf", svc.url, plans.get_status(["hot"], conns))
+        phase("open/close one wf", svc.url, plans.hot_open_close("hot", conns))
+
+        # -- Redis commands and round trips per call ---------------------------------------
+        print("redis per call, job steps:", file=sys.stderr, flush=True)
+        trips = RoundTrips(server.url, cfg_dir)
+        calls = max(3, mode["samples"] // 10)
+        wf = wfs[0]
+        seq = {
+            "get_status": [("GET", f"/get_status/{wf}")],
+            "open_batch json": [("POST", f"/open_batch/{wf}")],
+            "close_batch": [("POST", f"/close_batch/{wf}")],
+            "open_batch infa": [("POST", f"/open_batch/{wf}/infa")],
+        }
+        for label, ((method, path),) in seq.items():
+            if label == "close_batch":
+                cmds, mix = _paired(r, http, calls, ("POST", f"/open_batch/{wf}"), (method, path))
+                rt = _paired_trips(trips, ("POST", f"/open_batch/{wf}"), (method, path))
+            else:
+                cmds, mix = commands_per_call(r, lambda: http.ok(method, path), calls)
+                rt = trips.per_call(method, path)
+            report["redis"][label] = {"commands": cmds, "mix": mix, "round_trips": rt}
+        http.ok("POST", f"/close_batch/{wf}")
+
+        # -- job steps: latency, commands, round trips ---------------------------------------
+        for n in mode["steps"]:
+            swf = f"steps{n}"
+            samples = mode["big_samples"] if n >= 1000 else mode["samples"]
+            get_t = [http.call("GET", f"/get_status/{swf}")[2] for _ in range(samples)]
+            base_http = Http(base.url)
+            base_t = [base_http.call("GET", f"/get_status/{swf}")[2] for _ in range(samples)]
+            base_http.close()
+            open_t, close_t = [], []
+            for _ in range(samples):
+                status, body, t = http.call("POST", f"/open_batch/{swf}")
+                _check(status, body)
+                open_t.append(t)
+                status, body, t = http.call("POST", f"/close_batch/{swf}")
+                _check(status, body)
+                close_t.append(t)
+            get_cmds, _ = commands_per_call(r, lambda: http.ok("GET", f"/get_status/{swf}"), 3)
+            oc_cmds, _ = _paired(r, http, 3, ("POST", f"/open_batch/{swf}"), ("POST", f"/close_batch/{swf}"))
+            report["steps"][n] = {
+                "get_p50_ms": median_ms(get_t), "baseline_p50_ms": median_ms(base_t),
+                "open_p50_ms": median_ms(open_t), "close_p50_ms": median_ms(close_t),
+                "get_commands": get_cmds, "close_commands": oc_cmds,
+                "get_round_trips": trips.per_call("GET", f"/get_status/{swf}"),
+                "open_round_trips": _paired_trips(trips, None, ("POST", f"/open_batch/{swf}")),
+                "close_round_trips": _paired_trips(trips, ("POST", f"/open_batch/{swf}"),
+                                                   ("POST", f"/close_batch/{swf}")),
+                "snapshot_bytes": _snapshot_bytes(r, swf),
+            }
+
+        # -- history: snapshot memory, listing with many batches kept ---------------------------
+        print("history:", file=sys.stderr, flush=True)
+        report["history"] = _history(r, svc, server, cfg_dir, mode, http, report)
+        http.close()
+        report["loadgen_ceiling_rps"] = _ceiling(mode)
+    finally:
+        for proc in (svc, base, hist_svc):
+            if proc:
+                cleanup(proc)
+        server.cleanup()
+    report["elapsed_s"] = time.perf_counter() - started
+    report["targets"] = targets(report)
+    print(render(report))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2, default=str)
+    return 0
+
+
+def _check(status: int, body: bytes) -> None:
+    if not 200 <= status < 300:
+        raise RuntimeError(f"answered {status}: {body[:300]!r}")
+
+
+def _paired(r, http, calls, first, second) -> tuple[float, dict]:
+    """Commands per `second` call, each preceded by an uncounted `first` (e.g. close after open)."""
+    total: dict[str, float] = {}
+    for _ in range(calls):
+        if first:
+            http.ok(*first)
+        _cmds, mix = commands_per_call(r, lambda: http.ok(*second), 1)
+        for k, v in mix.items():
+            total[k] = total.get(k, 0) + v / calls
+    return sum(total.values()), total
+
+
+def _paired_trips(trips: RoundTrips, first, second, calls: int = 3) -> float:
+    """Round trips per `second` call, each preceded by an uncounted `first` call."""
+    counted = 0.0
+    for i in range(calls + 1):
+        if first:
+            trips.client.open(first[1], method=first[0])
+        trips_now = trips.per_call(second[0], second[1], calls=1, warm=False)
+        if i:  # the first pair only warms the connection and the script cache
+            counted += trips_now
+    return counted / calls
+
+
+def _snapshot_bytes(r, wf: str) -> dict:
+    """MEMORY USAGE of wf's latest batch snapshot <wf>-<batch_id> (closed), and its encoding."""
+    state = r.hgetall(wf)
+    batch_id = max(json.loads(v).get("batch_id") or 0 for v in state.values())
+    key = f"{wf}-{batch_id}"
+    if not r.exists(key):
+        return {"key": key, "bytes": None}
+    payload = sum(len(k) + len(v) for k, v in r.hgetall(key).items())
+    return {"key": key, "bytes": r.memory_usage(key, samples=0), "encoding": r.object("encoding", key),
+            "payload_bytes": payload}
+
+
+def _history(r, svc, server, cfg_dir, mode, http, report) -> dict:
+    result: dict = {"snapshot_3_steps": _snapshot_bytes(r, spread_names()[0])}
+    status, _body, _t = http.call("GET", "/history/hist")
+    if status != 200:
+        result["listing"] = None
+        result["listing_note"] = f"GET /history/<wf> answered {status}: endpoint not available"
+        return result
+    hist = ServiceProcess(server.url, cfg_dir, workers=WORKERS, env={"BATCHY_HISTORY_KEEP": str(HISTORY_KEEP)})
+    try:
+        report["start_s"]["batchy (2nd)"] = start_timed(hist)
+        h = Http(hist.url)
+        for _ in range(mode["history"]):
+            h.ok("POST", "/open_batch/hist")
+        kept = r.zcard("batchy:history:hist")
+        times = [h.call("GET", "/history/hist")[2] for _ in range(max(5, mode["samples"] // 4))]
+        status, body, _t = h.call("GET", "/history/hist")
+        h.close()
+        result["listing"] = {"batches_kept": kept, "p50_ms": median_ms(times),
+                             "p99_ms": sorted(times)[int(0.99 * (len(times) - 1))] * 1000,
+                             "status": status, "bytes": len(body)}
+    finally:
+        cleanup(hist)
+    return result
+
+
+def _ceiling(mode) -> float | None:
+    """The Python generator's own limit, so a reader can see it is not the bottleneck."""
+    if drive.engine() != "python" or mode["duration"] < 1:
+        return None
+    import load
+
+    return load.ceiling(min(3.0, mode["duration"]))["rps"]
+
+
+# -- verdicts and the table -------------------------------------------------------------
+
+ROWS = [
+    # (section, label, phase, tag, baseline phase)
+    ("spread over 64 workflows", "baseline (1 HGETALL)", "baseline spread", "get", None),
+    ("spread over 64 workflows", "get_status", "get_status spread", "get", "baseline spread"),
+    ("spread over 64 workflows", "open_batch json", "open/close json spread", "open", "baseline spread"),
+    ("spread over 64 workflows", "close_batch", "open/close json spread", "close", "baseline spread"),
+    ("spread over 64 workflows", "open_batch infa", "open/close infa spread", "open", "baseline spread"),
+    ("all on one workflow", "baseline (1 HGETALL)", "baseline one wf", "get", None),
+    ("all on one workflow", "get_status", "get_status one wf", "get", "baseline one wf"),
+    ("all on one workflow", "open_batch json", "open/close one wf", "open", "baseline one wf"),
+    ("all on one workflow", "close_batch job=", "open/close one wf", "close", "baseline one wf"),
+]
+
+
+def base_rate(report, phase: str) -> float:
+    """The baseline's rate; for the spread run, the mean of the runs before and after Batchy's."""
+    rates = [report["load"][p]["tags"]["get"]["rate"] for p in (phase, phase + " (again)") if p in report["load"]]
+    return sum(rates) / len(rates)
+
+
+def row_figures(report):
+    for section, label, phase, tag, base in ROWS:
+        fig = report["load"][phase]["tags"][tag]
+        ratio = fig["rate"] / base_rate(report, base) if base else None
+        yield section, label, fig, ratio
+
+
+def targets(report) -> list[dict]:
+    verdicts = []
+
+    def add(name, measured, met):
+        verdicts.append({"target": name, "measured": measured, "met": bool(met)})
+
+    ratios = {(s, label): ratio for s, label, _f, ratio in row_figures(report)}
+    spread = "spread over 64 workflows"
+    add("get_status >= 0.9x baseline", f"{ratios[(spread, 'get_status')]:.2f}x", ratios[(spread, "get_status")] >= 0.9)
+    for label in ("open_batch json", "open_batch infa", "close_batch"):
+        add(f"{label} >= 0.7x baseline", f"{ratios[(spread, label)]:.2f}x", ratios[(spread, label)] >= 0.7)
+    for section in (spread, "all on one workflow"):
+        worst = max((f["p99"], label) for s, label, f, _r in row_figures(report) if s == section and "baseline" not in label)
+        add(f"p99 < 25 ms at {report['connections']} connections ({section})", f"{worst[0]:.1f} ms ({worst[1]})",
+            worst[0] < 25)
+    bad = sum(f["non2xx"] for _s, _l, f, _r in row_figures(report))
+    bad += sum(v["socket_errors"] for k, v in report["load"].items() if "baseline" not in k)
+    add("zero non-2xx responses under load", f"{bad}", bad == 0)
+    reads = [report["redis"]["get_status"]["round_trips"]] + [s["get_round_trips"] for s in report["steps"].values()]
+    add("<= 1 Redis round trip per read (any job count)", f"max {max(reads):g}", max(reads) <= 1)
+    writes = [report["redis"][k]["round_trips"] for k in ("open_batch json", "open_batch infa", "close_batch")]
+    writes += [s[k] for s in report["steps"].values() for k in ("open_round_trips", "close_round_trips")]
+    add("<= 3 Redis round trips per state change (any job count)", f"max {max(writes):g}", max(writes) <= 3)
+    big = report["steps"].get(1000) or report["steps"].get("1000")
+    if big:
+        add("1000-step get_status < 20 ms median", f"{big['get_p50_ms']:.1f} ms", big["get_p50_ms"] < 20)
+    snap = report["history"]["snapshot_3_steps"]["bytes"]
+    add("3-step history snapshot <= 1 KB", f"{snap} bytes", snap is not None and snap <= 1024)
+    return verdicts
+
+
+def render(report) -> str:
+    m = report["machine"]
+    out = [
+        f"Batchy benchmark ({report['mode']}): {report['connections']} connections, {report['duration']:g} s per run, "
+        f"load from {report['engine']}; {m['nproc']} x {m['cpu']}, Python {m['python']}, Redis {m['redis']}, "
+        f"gunicorn {m['gunicorn']} (gthread, {WORKERS} workers)",
+        "",
+        f"{'':36}{'calls/s':>9}{'x base':>8}{'p50 ms':>8}{'p99 ms':>8}{'non-2xx':>9}",
+    ]
+    section = None
+    for sec, label, fig, ratio in row_figures(report):
+        if sec != section:
+            out.append(sec)
+            section = sec
+        out.append(f"  {label:34}{fig['rate']:9.0f}{(f'{ratio:.2f}' if ratio else '-'):>8}"
+                   f"{fig['p50']:8.2f}{fig['p99']:8.2f}{fig['non2xx']:9d}")
+    out.append("  calls/s = connections / mean latency (per call type; open and close alternate per connection)")
+    load = report["load"]
+    out += ["", f"{'load run':36}{'req/s':>9}{'svc CPU ms/call':>17}{'redis CPU ms/call':>19}{'socket errs':>13}"]
+    for label, fig in load.items():
+        out.append(f"  {label:34}{fig['total_rps']:9.0f}{fig['service_cpu_ms']:17.3f}{fig['redis_cpu_ms']:19.3f}"
+                   f"{fig['socket_errors']:13d}")
+    b1, b2 = (load[p]["tags"]["get"]["rate"] for p in ("baseline spread", "baseline spread (again)"))
+    share = max(v["loadgen_cpu_share"] for v in load.values())
+    out.append(f"  baseline spread before/after Batchy: {b1:.0f} / {b2:.0f} calls/s; "
+               f"load generator used at most {share:.0%} of one core")
+    for label, fig in load.items():
+        for line in fig["failures"][:3]:
+            out.append(f"  non-2xx in {label}: {line[:160]}")
+    if report.get("loadgen_ceiling_rps"):
+        out.append(f"  Python load generator ceiling (instant server): {report['loadgen_ceiling_rps']:.0f} req/s")
+    out += ["", f"{'Redis per API call':36}{'commands':>9}{'round trips':>13}   command mix"]
+    for label, fig in report["redis"].items():
+        mix = " ".join(f"{k}:{v:.3g}" for k, v in sorted(fig["mix"].items(), key=lambda kv: -kv[1]))
+        out.append(f"  {label:34}{fig['commands']:9.1f}{fig['round_trips']:13g}   {mix}")
+    out += ["", f"{'job steps (sequential, 1 connection)':36}{'get p50':>9}{'base p50':>9}{'open p50':>9}"
+                f"{'close p50':>10}{'cmds get/open+close':>21}{'trips get/open/close':>22}{'snapshot B':>11}"]
+    for n, s in report["steps"].items():
+        out.append(f"  {str(n) + ' steps':34}{s['get_p50_ms']:9.2f}{s['baseline_p50_ms']:9.2f}{s['open_p50_ms']:9.2f}"
+                   f"{s['close_p50_ms']:10.2f}{s['get_commands']:>10.0f} / {s['close_commands']:<8.0f}"
+                   f"{s['get_round_trips']:>10g}/{s['open_round_trips']:g}/{s['close_round_trips']:g}"
+                   f"{(s['snapshot_bytes'].get('bytes') or 0):>13}")
+    hist = report["history"]
+    snap = hist["snapshot_3_steps"]
+    out += ["", f"history snapshot of a 3-step workflow ({snap['key']}): {snap['bytes']} bytes MEMORY USAGE, "
+                f"encoding {snap.get('encoding')}, {snap.get('payload_bytes')} bytes of fields and values"]
+    if hist["listing"]:
+        li = hist["listing"]
+        out.append(f"GET /history/<wf> with {li['batches_kept']} batches kept: p50 {li['p50_ms']:.2f} ms, "
+                   f"p99 {li['p99_ms']:.2f} ms ({li['bytes']} bytes)")
+    else:
+        out.append(f"GET /history/<wf> with 10000 batches kept: n/a ({hist['listing_note']})")
+    starts = ", ".join(f"{k} {v:.2f} s" for k, v in report["start_s"].items())
+    out += [f"start until /healthz answers: {starts}", "", "targets"]
+    for v in report["targets"]:
+        out.append(f"  {'met   ' if v['met'] else 'MISSED'}  {v['target']:58} {v['measured']}")
+    out.append(f"\n(run took {report['elapsed_s']:.0f} s)")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
