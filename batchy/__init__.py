@@ -18,6 +18,7 @@ def create_app(config: dict | None = None):
     errors.register(app)
     db.init_app(app)
     app.register_blueprint(api.bp)
+    from . import wait; app.register_blueprint(wait.bp)  # noqa: E702 - GET /wait/<wf>
     from . import dashboard, metrics
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(metrics.bp)

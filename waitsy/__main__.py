@@ -1,0 +1,6 @@
+"""Run waitsy: python -m waitsy -wf wf1."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
