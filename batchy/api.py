@@ -312,3 +312,10 @@ def pause_status():
 @bp.get("/pause_history")
 def pause_history():
     return json_response({"history": get_store().pause_history(limit(params(), 100))})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    from .openapi import spec
+
+    return json_response(spec())

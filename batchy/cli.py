@@ -41,6 +41,9 @@ def serve(host, port, workers, threads):
         "timeout": 120,
         "graceful_timeout": 10,
         "keepalive": 5,
+        # gunicorn's own 4 KB request-line limit answers an HTML 414 before the app
+        # sees the request: allow the longest GET the OpenAPI document admits.
+        "limit_request_line": 8190,
         "accesslog": "-",
         "errorlog": "-",
     }
