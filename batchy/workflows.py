@@ -209,7 +209,7 @@ def check_value(wf: str, job: str, key: str, value):
         if value is None:
             return None
         try:
-            moment = watermark.parse_time(_yaml_timestamp(value), key)
+            moment = watermark.parse_time(_yaml_timestamp(value, key), key)
         except ValueError as exc:
             raise InvalidConfig(f"job {job!r} of {wf!r}: {exc}", workflow=wf, job=job, field=key) from None
         if not MIN_DATE <= moment < MAX_DATE:
@@ -272,11 +272,14 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def _yaml_timestamp(value):
+def _yaml_timestamp(value, key: str):
     """Return a quoted YAML timestamp ('2001-12-14 21:59:43.10 -5') as YAML reads it unquoted."""
     if isinstance(value, str) and yaml.constructor.SafeConstructor.timestamp_regexp.fullmatch(value.strip()):
         node = yaml.ScalarNode("tag:yaml.org,2002:timestamp", value.strip())
-        return yaml.constructor.SafeConstructor().construct_yaml_timestamp(node)
+        try:
+            return yaml.constructor.SafeConstructor().construct_yaml_timestamp(node)
+        except ValueError as exc:  # 2024-13-45: shaped like a date, but not one
+            raise ValueError(f"{key} {value!r} is not a valid date: {exc}") from None
     return value
 
 
