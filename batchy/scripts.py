@@ -108,3 +108,10 @@ end
 redis.call('PUBLISH', channel, message)
 return {1, version}
 """
+
+# Read the clock, a workflow hash and its meta hash atomically, in one reply (cheaper
+# for redis-py than a MULTI/EXEC of three commands).
+# KEYS[1] workflow hash, KEYS[2] meta hash. Returns {TIME, flat HGETALL, flat HGETALL}.
+READ = """
+return {redis.call('TIME'), redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"""

@@ -35,6 +35,11 @@ RUNTIME_FIELDS = (
     "next_from_date",
 )
 DATE_FIELDS = ("from_date", "to_date", "batch_start", "batch_end", "next_from_date")
+# What a batch snapshot <wf>-<batch_id> keeps of each job: the run's outcome and window.
+# Its parameters live in the workflow hash; nulls are left out (a 3-step snapshot
+# stays under 1 KB of Redis memory however history grows).
+# The batch id is in the key's name.
+SNAPSHOT_FIELDS = ("status", "from_date", "to_date", "batch_start", "batch_end", "records_processed", "message")
 
 _OFFSET_NO_COLON = re.compile(r"([+-]\d\d)(\d\d)$")
 
@@ -155,13 +160,18 @@ def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int) -> dict[str, 
     return opened
 
 
+def snapshot(job: dict) -> dict:
+    """Return what a batch snapshot keeps of a job."""
+    return {key: job[key] for key in SNAPSHOT_FIELDS if job.get(key) is not None}
+
+
 def abandoned_jobs(jobs: dict[str, dict], new_batch_id: int) -> dict[int, dict[str, dict]]:
     """Return {old_batch_id: {job: snapshot}} for jobs still open that a new batch supersedes."""
     superseded: dict[int, dict[str, dict]] = {}
     for name, job in jobs.items():
         if job.get("status") == OPEN and job.get("batch_id") is not None:
             old = dict(job, status=ABANDONED, message=f"superseded by batch {new_batch_id}")
-            superseded.setdefault(int(job["batch_id"]), {})[name] = old
+            superseded.setdefault(int(job["batch_id"]), {})[name] = snapshot(old)
     return superseded
 
 

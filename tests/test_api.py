@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from batchy.watermark import snapshot as snapshot_of
+
 from .conftest import make_app
 
 
@@ -26,12 +28,17 @@ def test_seed_walkthrough(client, fake_redis):
     # the storage contract: redis-cli hgetall wf1 / hgetall wf1-<batch_id>
     current = fake_redis.hgetall("wf1")
     assert json.loads(current["s_extract"]) == opened["s_extract"]
-    assert fake_redis.hgetall(f"wf1-{batch_id}") == current
+    snapshot = {k: json.loads(v) for k, v in fake_redis.hgetall(f"wf1-{batch_id}").items()}
+    assert snapshot == {job: snapshot_of(state) for job, state in opened.items()}
+    assert snapshot["s_extract"] == {"status": "open", "from_date": "2024-01-01T00:00:00+00:00",
+                                     "to_date": opened["s_extract"]["to_date"],
+                                     "batch_start": opened["s_extract"]["batch_start"]}
 
     closed = client.get("/close_batch/wf1").json
     assert {j["status"] for j in closed.values()} == {"success"}
     snapshot = {k: json.loads(v) for k, v in fake_redis.hgetall(f"wf1-{batch_id}").items()}
-    assert snapshot == closed
+    assert snapshot == {job: snapshot_of(state) for job, state in closed.items()}
+    assert snapshot["s_load"]["batch_end"] == closed["s_load"]["batch_end"]
 
     reopened = client.get("/open_batch/wf1").json
     assert reopened["s_extract"]["batch_id"] > batch_id
