@@ -3,7 +3,6 @@ survives, and the service recovers by itself when Redis returns."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -16,7 +15,7 @@ from batchy import create_app
 from batchy.store import BatchStore
 
 from .reliability_helpers import raw_client, snapshot, wait_until
-from .servers import RedisServer, ServiceProcess, free_port
+from .servers import RedisServer, ServiceProcess
 
 # Endpoints that need no Redis: they answer as usual during an outage.
 NO_REDIS = {"api.healthz", "api.openapi", "static"}
