@@ -52,7 +52,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self, **kwargs) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, **kwargs)
+        password = self.extra_args[self.extra_args.index("--requirepass") + 1] if "--requirepass" in self.extra_args else None
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, password=password, **kwargs)
 
     def start(self) -> "RedisServer":
         args = [
