@@ -8,7 +8,7 @@ successful windows cover [first from_date, last successful batch_start) with no 
 and any overlap is explained by reprocess_hours, trunc_start, or a rerun.
 
 Replay a failure with BATCHY_SIM_SEED=<seed printed in the failure>; BATCHY_SIM_RUNS
-sets how many runs are played (default 1000).
+sets how many runs are played (default 2000).
 """
 from __future__ import annotations
 
@@ -333,7 +333,7 @@ def persistent_redis():
 
 def test_no_gap_in_any_watermark(persistent_redis, tmp_path):
     seed = int(os.environ.get("BATCHY_SIM_SEED") or random.randrange(2**32))
-    runs = int(os.environ.get("BATCHY_SIM_RUNS") or 1000)
+    runs = int(os.environ.get("BATCHY_SIM_RUNS") or 2000)
     print(f"BATCHY_SIM_SEED={seed} BATCHY_SIM_RUNS={runs}")
     config = {"BATCHY_REDIS_URL": persistent_redis.url, "BATCHY_CFG_DIR": str(tmp_path), "BATCHY_HISTORY_KEEP": 10**6}
     apps = [create_app(config), create_app(config)]  # two instances, one Redis
