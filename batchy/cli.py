@@ -37,7 +37,9 @@ def serve(host, port, workers, threads):
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
         "worker_class": "gthread",
-        "threads": threads or conf["BATCHY_THREADS"],
+        # gthread: each /wait waiter holds a thread, and /wait admits at most BATCHY_WAIT_MAX_WAITERS,
+        # so adding that many keeps BATCHY_THREADS free for everything else (docs/readme-waitsy.md).
+        "threads": (threads or conf["BATCHY_THREADS"]) + conf["BATCHY_WAIT_MAX_WAITERS"],
         "timeout": 120,
         "graceful_timeout": 10,
         "keepalive": 5,

@@ -118,6 +118,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Longest a single `/wait` request blocks before answering with the current verdict.",
         _positive_float,
     ),
+    Setting(
+        "BATCHY_WAIT_MAX_WAITERS",
+        256,
+        "Most `/wait` requests one service process holds at once (more get 503 "
+        "`too_many_waiters`); `batchy serve` adds this many threads to BATCHY_THREADS, so "
+        "waiters never take the threads other requests need.",
+        _positive_int,
+    ),
     Setting("BATCHY_LOG_LEVEL", "INFO", "Python log level of the service."),
     Setting(
         "BATCHY_WORKERS",

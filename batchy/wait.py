@@ -34,6 +34,13 @@ MAX_JOBS = 1000
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
+class TooManyWaiters(BatchyError):
+    """Every waiter slot of this process is taken (BATCHY_WAIT_MAX_WAITERS)."""
+
+    status = 503
+    code = "too_many_waiters"
+
+
 class _Watch:
     """The waiters of one workflow: how many, the change count, the last state read."""
 
@@ -47,9 +54,11 @@ class _Watch:
 class Notifier:
     """One pub/sub listener per process that wakes the requests waiting on a workflow."""
 
-    def __init__(self, store, subscribe_timeout: float):
+    def __init__(self, store, subscribe_timeout: float, max_waiters: int):
         self.store = store
         self.subscribe_timeout = subscribe_timeout
+        self.max_waiters = max_waiters
+        self.waiters = 0
         self.closing = False
         self._lock = threading.Lock()
         self._watches: dict[str, _Watch] = {}
@@ -77,8 +86,16 @@ class Notifier:
 
     @contextmanager
     def watch(self, wf: str):
-        """Register a waiter on wf for the duration of the block."""
+        """Register a waiter on wf for the duration of the block, or raise TooManyWaiters."""
         with self._lock:
+            if self.waiters >= self.max_waiters:
+                # Each waiter holds a worker thread: past the cap it would take one that
+                # open/close needs. Waitsy retries a 503 after a pause.
+                raise TooManyWaiters(
+                    f"this service process already holds {self.max_waiters} /wait requests "
+                    "(BATCHY_WAIT_MAX_WAITERS); retry shortly"
+                )
+            self.waiters += 1
             watch = self._watches.get(wf)
             if watch is None:
                 watch = self._watches[wf] = _Watch(self._lock)
@@ -87,6 +104,7 @@ class Notifier:
             yield watch
         finally:
             with self._lock:
+                self.waiters -= 1
                 watch.waiters -= 1
                 if watch.waiters == 0 and self._watches.get(wf) is watch:
                     del self._watches[wf]
@@ -193,7 +211,8 @@ def notifier() -> Notifier:
     found = app.extensions.get(EXTENSION)
     if found is None:
         found = app.extensions.setdefault(
-            EXTENSION, Notifier(get_store(), app.config["BATCHY_REDIS_TIMEOUT"] + 1.0)
+            EXTENSION,
+            Notifier(get_store(), app.config["BATCHY_REDIS_TIMEOUT"] + 1.0, app.config["BATCHY_WAIT_MAX_WAITERS"]),
         )
     return found
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -46,8 +47,12 @@ def ms(value: float) -> str:
 # -- reaction latency ----------------------------------------------------------------
 
 
-def reaction(url: str, runs: int, extra: list[str]) -> list[float]:
-    """Return seconds from the close call to waitsy's exit, over runs."""
+def reaction(url: str, runs: int, extra: list[str], jitter: float) -> list[float]:
+    """Return seconds from the close call to waitsy's exit, over runs.
+
+    The close comes 0.3 s plus a random share of jitter (the poll interval) after the
+    start, so polls see it at every phase of their cycle.
+    """
     client = Batchy(url)
     times = []
     for _ in range(runs):
@@ -60,7 +65,7 @@ def reaction(url: str, runs: int, extra: list[str]) -> list[float]:
             daemon=True,
         )
         thread.start()
-        time.sleep(0.3)  # let it reach its blocking /wait (or its poll sleep)
+        time.sleep(0.3 + random.uniform(0, jitter))  # it is in its blocking /wait (or poll sleep)
         started = time.monotonic()
         client.close("up")
         done.wait(30)
@@ -121,8 +126,11 @@ def _hammer(url: str, seconds: float, counter) -> None:
     deadline = time.monotonic() + seconds
     done = 0
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            resp.read()
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                resp.read()
+        except OSError:
+            continue  # a starved server: the count shows it
         done += 1
     with counter.get_lock():
         counter.value += done
@@ -210,14 +218,14 @@ def main(argv=None) -> int:
             client = Batchy(service.url)
             for wf in WORKFLOWS:
                 client.load(wf, reset=True)
-            push = reaction(service.url, args.runs, [])
+            push = reaction(service.url, args.runs, [], 0.2)
             # The same waitsy against the same service, made to poll (as on a service without /wait).
             import waitsy.cli as wcli
 
             original = wcli.Watcher._push
             wcli.Watcher._push = lambda self: (_ for _ in ()).throw(wcli.NoWaitRoute())
             try:
-                poll = reaction(service.url, args.runs, ["--interval", str(args.poll_interval)])
+                poll = reaction(service.url, args.runs, ["--interval", str(args.poll_interval)], args.poll_interval)
             finally:
                 wcli.Watcher._push = original
             served = measure("batchy serve", service.url, redis_server.client(), args)

@@ -170,6 +170,18 @@ def test_timeout_is_capped(fake_redis, cfg_dir):
     assert time.monotonic() - started < 3
 
 
+def test_waiters_past_the_cap_get_503(fake_redis, cfg_dir):
+    app = make_app(fake_redis, cfg_dir, BATCHY_WAIT_MAX_WAITERS=1)
+    app.test_client().post("/load_cfg/wf1")
+    thread, out = in_background(lambda: app.test_client().get("/wait/wf1?timeout=3").status_code)
+    wait_for(lambda: app.extensions["batchy_wait"].waiters == 1, what="the first waiter")
+    refused = app.test_client().get("/wait/wf1?timeout=0")
+    assert (refused.status_code, refused.json["error"]) == (503, "too_many_waiters")
+    thread.join(5)
+    assert out == [200]
+    assert app.test_client().get("/wait/wf1?timeout=0").status_code == 200  # the slot is free again
+
+
 def test_default_date_is_today_in_the_zone(fake_redis, cfg_dir):
     client = make_app(fake_redis, cfg_dir).test_client()
     client.post("/load_cfg/wf1")
