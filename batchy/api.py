@@ -27,8 +27,14 @@ def mutation(view):
 
     @functools.wraps(view)
     def guarded(*args, **kwargs):
-        if request.method == "GET" and not current_app.config["BATCHY_ALLOW_GET_MUTATIONS"]:
-            raise MethodNotAllowed(valid_methods=["POST"], description="this deployment accepts mutations only as POST")
+        get_allowed = current_app.config["BATCHY_ALLOW_GET_MUTATIONS"]
+        # Flask routes HEAD to GET views; link previews send it: HEAD never mutates.
+        if request.method == "HEAD" or (request.method == "GET" and not get_allowed):
+            raise MethodNotAllowed(
+                valid_methods=["GET", "POST"] if get_allowed else ["POST"],
+                description="this deployment accepts mutations only as POST" if not get_allowed
+                else "HEAD does not change state: use GET or POST",
+            )
         check_token()
         return view(*args, **kwargs)
 
@@ -50,7 +56,10 @@ def params() -> dict:
     values = request.args.to_dict()
     if request.method == "POST" and request.content_length != 0:
         if request.is_json:
-            body = request.get_json(silent=True)
+            try:
+                body = request.get_json(silent=True)
+            except RecursionError:  # nests deeper than the JSON decoder recurses
+                body = None
             if not isinstance(body, dict):
                 raise InvalidParameter("the request body must be a JSON object")
             values.update(body)
@@ -94,6 +103,11 @@ def text(values: dict, name: str, limit: int = MAX_MESSAGE) -> str | None:
         raise InvalidParameter(f"{name} must be text", parameter=name)
     if len(value) > limit:
         raise InvalidParameter(f"{name} is longer than {limit} characters", parameter=name)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidParameter(f"{name} must be UTF-8 text (it holds a lone surrogate)", parameter=name) from None
     return value
 
 

@@ -42,7 +42,9 @@ def connect(url: str, timeout: float = 2.0) -> redis.Redis:
         socket_connect_timeout=timeout,
         # One quick retry on a fresh connection covers pooled sockets that died with a
         # Redis restart; more would hold a request well past the 503 it should get.
-        retry=Retry(NoBackoff(), 1),
+        # Only connection errors: a timed-out command may have run, and a silent Redis
+        # would otherwise hold the request for several timeouts.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         health_check_interval=30,
     )
     if not url:
@@ -571,10 +573,14 @@ class BatchStore:
             change.state = change.jobs if change.replace else {**state.jobs, **change.jobs}
             if dry_run:
                 return change
-            status, value = self._apply(wf, state, change, actor)
+            status, value, acked = self._apply(wf, state, change, actor)
             if status == 1:
-                if self._wait_replicas:
-                    self._wait_for_replicas(wf)
+                if acked is not None and acked < self._wait_replicas:
+                    raise Unavailable(
+                        f"the change to {wf!r} is applied on the Redis primary but only {acked} of "
+                        f"{self._wait_replicas} replicas confirmed it in {self._wait_timeout} ms",
+                        workflow=wf,
+                    )
                 return change
             if status == -2:
                 self._check_pause(wf)
@@ -607,20 +613,26 @@ class BatchStore:
         for item in event.items():
             args += item
         args += [keys.channel(wf), change.action]
-        result = self._commit(
-            keys=[
-                keys.workflow(wf),
-                keys.meta(wf),
-                keys.history(wf),
-                keys.BATCHES,
-                keys.events(wf),
-                keys.WORKFLOWS,
-                keys.PAUSE,
-                keys.pause(wf),
-            ],
-            args=args,
-        )
-        return int(result[0]), result[1]
+        commit_keys = [
+            keys.workflow(wf),
+            keys.meta(wf),
+            keys.history(wf),
+            keys.BATCHES,
+            keys.events(wf),
+            keys.WORKFLOWS,
+            keys.PAUSE,
+            keys.pause(wf),
+        ]
+        if not self._wait_replicas:
+            result = self._commit(keys=commit_keys, args=args)
+            return int(result[0]), result[1], None
+        # WAIT counts the replicas that have the latest write of *its* connection: send
+        # it on the same connection as the commit, in one pipeline.
+        pipe = self.redis.pipeline(transaction=False)
+        self._commit(keys=commit_keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout)
+        result, acked = pipe.execute()
+        return int(result[0]), result[1], int(acked)
 
     def _event(self, state: State, change: Change, actor: str) -> dict[str, str]:
         # The watermark of a job: the from_date its next batch starts from once an
@@ -641,15 +653,6 @@ class BatchStore:
         }
         event.update(change.event)
         return event
-
-    def _wait_for_replicas(self, wf: str) -> None:
-        acked = self.redis.execute_command("WAIT", self._wait_replicas, self._wait_timeout)
-        if int(acked) < self._wait_replicas:
-            raise Unavailable(
-                f"the change to {wf!r} is applied on the Redis primary but only {acked} of "
-                f"{self._wait_replicas} replicas confirmed it in {self._wait_timeout} ms",
-                workflow=wf,
-            )
 
 
 def _not_found(wf: str) -> WorkflowNotFound:

@@ -119,9 +119,6 @@ def test_blackholed_redis_answers_503_instead_of_hanging(cfg_dir):
         hole.close()
 
 
-@pytest.mark.xfail(strict=True, reason="store.connect retries timeouts: a silent Redis costs 4 x "
-                   "BATCHY_REDIS_TIMEOUT (8 s at the default 2 s), not 1 x; fix: Retry(..., "
-                   "supported_errors=(redis.ConnectionError,))")
 def test_blackholed_redis_answers_within_one_timeout(cfg_dir):
     hole = Blackhole()
     try:
