@@ -48,12 +48,16 @@ def serve(host, port, workers, threads):
         "limit_request_line": 8190,
         "accesslog": "-",
         "errorlog": "-",
+        # gunicorn >= 24 opens a control socket at one fixed path per user: several
+        # services on a host would fight over it, and Batchy does not use it.
+        "control_socket_disable": True,
     }
 
     class Server(BaseApplication):
         def load_config(self):
             for key, value in options.items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings:  # older gunicorns lack some settings
+                    self.cfg.set(key, value)
 
         def load(self):
             from . import create_app

@@ -99,6 +99,13 @@ class Unavailable(BatchyError):
     code = "redis_unavailable"
 
 
+class TooManyWaiters(BatchyError):
+    """Every /wait slot of this process is taken (BATCHY_WAIT_MAX_WAITERS)."""
+
+    status = 503
+    code = "too_many_waiters"
+
+
 def error_body(status: int, code: str, message: str, **context) -> bytes:
     """Return the JSON bytes of an error response."""
     body = {"error": code, "message": message, "status": status}

@@ -136,7 +136,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "BATCHY_THREADS",
         32,
-        "Threads per gunicorn worker started by `batchy serve`.",
+        "Threads per gunicorn worker for ordinary requests; `batchy serve` adds "
+        "BATCHY_WAIT_MAX_WAITERS more for `/wait` waiters.",
         _positive_int,
     ),
     Setting(

@@ -23,7 +23,7 @@ from flask import Blueprint, current_app, request
 from . import keys, names, readiness, watermark
 from .api import check_token, json_response
 from .db import get_store
-from .errors import BatchyError, InvalidParameter, Unavailable
+from .errors import BatchyError, InvalidParameter, TooManyWaiters, Unavailable
 
 log = logging.getLogger("batchy")
 bp = Blueprint("wait", __name__)
@@ -33,12 +33,6 @@ SLICE = 0.5  # seconds the listener blocks on pub/sub before checking for shutdo
 MAX_JOBS = 1000
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
-
-class TooManyWaiters(BatchyError):
-    """Every waiter slot of this process is taken (BATCHY_WAIT_MAX_WAITERS)."""
-
-    status = 503
-    code = "too_many_waiters"
 
 
 class _Watch:
