@@ -16,6 +16,13 @@ MUTATING = ["GET", "POST"]
 MAX_MESSAGE = 4096
 
 
+def state_response(change) -> Response:
+    """Answer with every job after a change, from the JSON text just stored when there is one."""
+    if change.stored is not None:
+        return json_response(formats.json_raw_state(change.stored))
+    return json_response(change.state)
+
+
 def json_response(body: bytes | dict | list, status: int = 200) -> Response:
     if not isinstance(body, bytes):
         body = formats.json_state(body)
@@ -159,7 +166,7 @@ def open_batch(wf, fmt="json"):
             mimetype="text/plain",
             headers={"Content-Disposition": f'attachment; filename="{wf}.param"'},
         )
-    return json_response(change.jobs)
+    return state_response(change)
 
 
 def _close(wf: str, outcome: str):
@@ -177,7 +184,7 @@ def _close(wf: str, outcome: str):
         message=text(values, "message"),
         actor=actor(),
     )
-    return json_response(change.state)
+    return state_response(change)
 
 
 @bp.route("/close_batch/<wf>", methods=MUTATING)
@@ -283,7 +290,7 @@ def set_from_date(wf):
         wf, moment(values, "from_date", required=True), job=optional_job(values, wf),
         force=flag(values, "force"), actor=actor(),
     )
-    return json_response(change.state)
+    return state_response(change)
 
 
 @bp.route("/rewind/<wf>", methods=MUTATING)
@@ -296,7 +303,7 @@ def rewind(wf):
         raise InvalidParameter("batch_id is required: the batch whose from_date to go back to", parameter="batch_id")
     change = get_store().rewind(wf, batch_id, job=optional_job(values, wf), force=flag(values, "force"),
                                 actor=actor())
-    return json_response(change.state)
+    return state_response(change)
 
 
 @bp.route("/pause", methods=MUTATING)

@@ -88,6 +88,7 @@ class State:
     now: datetime
     jobs: dict[str, dict]
     meta: dict[str, str]
+    raw: dict[str, str] = field(default_factory=dict)  # the jobs as stored (JSON text)
     version: str = "0"
     floor: int = 0  # lowest batch id still free, raised when a snapshot key was taken
 
@@ -115,6 +116,9 @@ class Change:
     event: dict[str, str] = field(default_factory=dict)
     check_pause: bool = False
     state: dict[str, dict] = field(default_factory=dict)  # every job after the change
+    # Every job after the change as the JSON text stored for it, once committed: the
+    # answer is built from it without encoding the jobs again.
+    stored: dict[str, str] | None = None
 
 
 class BatchStore:
@@ -192,7 +196,7 @@ class BatchStore:
         meta = dict(zip(flat_meta[::2], flat_meta[1::2]))
         now = datetime.fromtimestamp(int(seconds), timezone.utc)
         jobs = decode(raw)
-        return State(wf, now, jobs, meta, meta.get("version", "0"))
+        return State(wf, now, jobs, meta, raw, meta.get("version", "0"))
 
     # -- state changes -----------------------------------------------------------
 
@@ -596,8 +600,11 @@ class BatchStore:
     def _apply(self, wf: str, state: State, change: Change, actor: str):
         args: list = [state.version, "1" if change.check_pause else "0", "1" if change.replace else "0",
                       len(change.jobs)]
-        for name, job in change.jobs.items():
-            args += [name, _dumps(job)]
+        encoded = {name: _dumps(job) for name, job in change.jobs.items()}
+        for item in encoded.items():
+            args += item
+        merged = encoded if change.replace else {**state.raw, **encoded}
+        change.stored = {name: merged[name] for name in sorted(merged)}
         args.append(len(change.drop))
         args += change.drop
         args.append(len(change.meta))
