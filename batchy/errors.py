@@ -83,6 +83,10 @@ class BatchOpen(Conflict):
     code = "batch_open"
 
 
+class WorkflowExists(Conflict):
+    code = "workflow_exists"
+
+
 class Busy(Conflict):
     """Too many concurrent writers kept changing the workflow under us."""
 

@@ -11,7 +11,6 @@
 #   check pause ("1": refuse while the service or the workflow is paused)
 #   replace ("1": delete the workflow hash first)
 #   n, n x (job, json)          HSET into the workflow hash
-#   n, n x job                  HDEL from the workflow hash
 #   n, n x (field, value)       HSET into the meta hash
 #   n, n x (key, mode, score, m, m x (job, json))  batch snapshots to write;
 #       mode "new": the key must not exist yet, it is indexed with score (its start)
@@ -49,9 +48,6 @@ local n = tonumber(nxt())
 local fields = {}
 for _ = 1, n do fields[#fields + 1] = nxt(); fields[#fields + 1] = nxt() end
 n = tonumber(nxt())
-local hdel = {}
-for _ = 1, n do hdel[#hdel + 1] = nxt() end
-n = tonumber(nxt())
 local meta = {}
 for _ = 1, n do meta[#meta + 1] = nxt(); meta[#meta + 1] = nxt() end
 local batches = {}
@@ -74,7 +70,6 @@ local message = nxt()
 
 if replace == '1' then redis.call('DEL', KEYS[1]) end
 hset(KEYS[1], fields)
-for s = 1, #hdel, 1000 do redis.call('HDEL', KEYS[1], unpack(hdel, s, math.min(s + 999, #hdel))) end
 local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
 redis.call('HINCRBY', KEYS[2], 'count:' .. message, 1)
 hset(KEYS[2], meta)

@@ -22,7 +22,16 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import keys, scripts, watermark, workflows
-from .errors import BatchNotFound, BatchOpen, Busy, InvalidParameter, JobNotFound, Paused, Unavailable, WorkflowNotFound
+from .errors import (
+    BatchNotFound,
+    Busy,
+    InvalidParameter,
+    JobNotFound,
+    Paused,
+    Unavailable,
+    WorkflowExists,
+    WorkflowNotFound,
+)
 
 log = logging.getLogger("batchy")
 
@@ -109,7 +118,6 @@ class Change:
     action: str
     jobs: dict[str, dict] = field(default_factory=dict)
     replace: bool = False
-    drop: list[str] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     batches: list[tuple[str, str, float, dict[str, dict]]] = field(default_factory=list)
     batch_id: int | None = None
@@ -221,20 +229,7 @@ class BatchStore:
             self._check_pause(wf)
 
         def plan(state: State) -> Change:
-            settings = state.settings
-            open_jobs = {n: j for n, j in state.jobs.items() if j.get("status") == watermark.OPEN}
-            if settings.get("exclusive") and open_jobs and not watermark.lease_expired(
-                open_jobs, state.now, settings.get("lease_hours")
-            ):
-                current = state.last_batch_id
-                lease = settings.get("lease_hours")
-                raise BatchOpen(
-                    f"workflow {wf!r} is exclusive and batch {current} is still open"
-                    + (f" (lease {lease} h not expired)" if lease else "")
-                    + "; close or fail it first",
-                    workflow=wf,
-                    batch_id=current,
-                )
+            watermark.check_exclusive(wf, state.jobs, state.now, state.settings, state.last_batch_id)
             batch_id = max(int(state.now.timestamp()), (state.last_batch_id or 0) + 1, state.floor)
             opened = watermark.open_jobs(state.jobs, state.now, batch_id)
             snapshots = {name: watermark.snapshot(job) for name, job in opened.items()}
@@ -538,7 +533,7 @@ class BatchStore:
 
             def plan(state: State, jobs=jobs, batches=batches, meta=meta, known=known, wf=wf) -> Change:
                 if state.jobs and not replace:
-                    raise BatchOpen(f"workflow {wf!r} already exists here; import with replace to overwrite",
+                    raise WorkflowExists(f"workflow {wf!r} already exists here; import with replace to overwrite",
                                     workflow=wf)
                 # batch ids stay strictly increasing: never below what either side used
                 last = max(known + [state.last_batch_id or 0])
@@ -605,8 +600,6 @@ class BatchStore:
             args += item
         merged = encoded if change.replace else {**state.raw, **encoded}
         change.stored = {name: merged[name] for name in sorted(merged)}
-        args.append(len(change.drop))
-        args += change.drop
         args.append(len(change.meta))
         for item in change.meta.items():
             args += item

@@ -309,3 +309,21 @@ def lease_expired(jobs: dict[str, dict], now: datetime, lease_hours: float | Non
         return False
     starts = [parse_time(j["batch_start"]) for j in jobs.values() if j.get("status") == OPEN and j.get("batch_start")]
     return bool(starts) and now - min(starts) > timedelta(hours=lease_hours)
+
+
+def check_exclusive(wf: str, jobs: dict[str, dict], now: datetime, settings: dict, current: int | None) -> None:
+    """Refuse (BatchOpen) a new batch of an exclusive workflow while its open batch's lease runs."""
+    if not settings.get("exclusive"):
+        return
+    if not any(j.get("status") == OPEN for j in jobs.values()):
+        return
+    lease = settings.get("lease_hours")
+    if lease_expired(jobs, now, lease):
+        return  # the old batch is abandoned and its window rerun
+    raise BatchOpen(
+        f"workflow {wf!r} is exclusive and batch {current} is still open"
+        + (f" (lease {lease} h not expired)" if lease else "")
+        + "; close or fail it first",
+        workflow=wf,
+        batch_id=current,
+    )

@@ -215,3 +215,17 @@ def test_stale_batch_id_is_refused():
     with pytest.raises(StaleBatch):
         wm.close_jobs("wf", jobs, wm.SUCCESS, NOW, batch_id=8, current_batch_id=9)
     assert wm.close_jobs("wf", jobs, wm.SUCCESS, NOW, batch_id=9, current_batch_id=9)
+
+
+def test_exclusive_workflows_refuse_a_second_open_until_the_lease_expires():
+    from batchy.errors import BatchOpen
+    jobs = {"a": job(status="open", batch_id=7, batch_start="2024-03-10T10:00:00+00:00"), "b": job()}
+    wm.check_exclusive("wf", jobs, NOW, {}, 7)  # not exclusive: the seed's rerun
+    with pytest.raises(BatchOpen) as err:
+        wm.check_exclusive("wf", jobs, NOW, {"exclusive": True, "lease_hours": 3}, 7)
+    assert err.value.context["batch_id"] == 7 and "lease 3 h" in err.value.message
+    wm.check_exclusive("wf", jobs, NOW, {"exclusive": True, "lease_hours": 1.5}, 7)  # 2 h open: expired
+    with pytest.raises(BatchOpen):
+        wm.check_exclusive("wf", jobs, NOW, {"exclusive": True}, 7)  # no lease: never expires
+    closed = {"a": job(status="success", batch_id=7)}
+    wm.check_exclusive("wf", closed, NOW, {"exclusive": True}, 7)
