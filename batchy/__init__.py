@@ -8,7 +8,7 @@ def create_app(config: dict | None = None):
     """Create and configure an instance of the Batchy application."""
     from flask import Flask
 
-    from . import api, db, errors, settings
+    from . import api, dashboard, db, errors, metrics, settings, wait
 
     app = Flask(__name__)
     app.config.update(settings.load(overrides=config))
@@ -17,9 +17,6 @@ def create_app(config: dict | None = None):
     logging.getLogger("batchy").setLevel(app.config["BATCHY_LOG_LEVEL"].upper())
     errors.register(app)
     db.init_app(app)
-    app.register_blueprint(api.bp)
-    from . import wait; app.register_blueprint(wait.bp)  # noqa: E702 - GET /wait/<wf>
-    from . import dashboard, metrics
-    app.register_blueprint(dashboard.bp)
-    app.register_blueprint(metrics.bp)
+    for module in (api, wait, dashboard, metrics):
+        app.register_blueprint(module.bp)
     return app

@@ -217,11 +217,11 @@ def moment(values: dict, name: str, required: bool = False):
         return None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return watermark.datetime.fromtimestamp(value, watermark.UTC)
     try:
-        return watermark.parse_time(value, name)
-    except ValueError as exc:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = watermark.datetime.fromtimestamp(value, watermark.UTC)
+        return watermark.parse_input_time(value, name)
+    except (ValueError, OverflowError, OSError) as exc:
         raise InvalidParameter(str(exc), parameter=name) from None
 
 

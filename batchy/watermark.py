@@ -21,6 +21,10 @@ UTC = timezone.utc
 # from_date of a job that was never given one: extract everything.
 BEGINNING_OF_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_REPROCESS_HOURS = 24 * 366 * 100
+# Times outside this range overflow once shifted by reprocess_hours or shown in a far
+# time zone, which would break every later open of the workflow: refused at the door.
+MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
 # Fields Batchy maintains while batches run; a config reload never overwrites them.
 RUNTIME_FIELDS = (
@@ -86,6 +90,18 @@ def parse_time(value, field: str = "date") -> datetime:
             f"{field} {value!r} is not an ISO-8601 date or time (e.g. 2024-01-31, 2024-01-31T13:45:00+01:00)"
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_input_time(value, field: str = "date") -> datetime:
+    """Return a time given by a person (file or request) as parse_time does, within the range.
+
+    Only input is range-checked: a stored window may end up just outside it after
+    truncation, and must still read back.
+    """
+    moment = parse_time(value, field)
+    if not MIN_TIME <= moment < MAX_TIME:
+        raise ValueError(f"{field} must be from {MIN_TIME.date()} to before {MAX_TIME.date()}, not {value!r}")
+    return moment
 
 
 def format_time(moment: datetime, tz=UTC) -> str:

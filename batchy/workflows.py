@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 
 import yaml
 
@@ -20,10 +20,6 @@ WORKFLOW_SETTINGS = {
 MAX_DEPTH = 20
 MAX_JOBS = 10000
 MAX_STRING = 65536
-# Dates outside this range overflow when shifted by reprocess_hours or shown in a far
-# time zone, which would break every later open_batch of the workflow.
-MIN_DATE = datetime(1900, 1, 1, tzinfo=timezone.utc)
-MAX_DATE = datetime(9000, 1, 1, tzinfo=timezone.utc)
 
 
 class _Loader(yaml.SafeLoader):
@@ -209,11 +205,9 @@ def check_value(wf: str, job: str, key: str, value):
         if value is None:
             return None
         try:
-            moment = watermark.parse_time(_yaml_timestamp(value, key), key)
+            moment = watermark.parse_input_time(_yaml_timestamp(value, key), key)
         except ValueError as exc:
             raise InvalidConfig(f"job {job!r} of {wf!r}: {exc}", workflow=wf, job=job, field=key) from None
-        if not MIN_DATE <= moment < MAX_DATE:
-            raise bad(f"must be from {MIN_DATE.date()} to before {MAX_DATE.date()}, not {value!r}")
         return watermark.format_time(moment)
     if key in ("batch_id", "records_processed"):
         if value is None:

@@ -229,3 +229,18 @@ def test_exclusive_workflows_refuse_a_second_open_until_the_lease_expires():
         wm.check_exclusive("wf", jobs, NOW, {"exclusive": True}, 7)  # no lease: never expires
     closed = {"a": job(status="success", batch_id=7)}
     wm.check_exclusive("wf", closed, NOW, {"exclusive": True}, 7)
+
+
+@pytest.mark.parametrize("text", ["0001-01-01", "1899-12-31T23:59:59Z", "9000-01-01", "9999-12-31T23:59:59-05:00"])
+def test_input_times_out_of_range_are_refused(text):
+    with pytest.raises(ValueError, match="from 1900-01-01"):
+        wm.parse_input_time(text, "from_date")
+    assert wm.parse_time(text)  # stored values still read back
+
+
+def test_a_window_truncated_below_the_input_range_still_reruns():
+    j = job(status="failed", from_date="1900-01-01T00:00:00+00:00", trunc_start=True, timezone="Asia/Tokyo")
+    opened = wm.open_jobs({"j": j}, NOW, 1)["j"]
+    again = wm.open_jobs({"j": dict(opened, status="failed")}, NOW, 2)["j"]
+    assert again["from_date"] == opened["from_date"]
+    assert wm.parse_time(opened["from_date"]) <= wm.parse_time("1900-01-01T00:00:00+00:00")
