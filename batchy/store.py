@@ -1,6 +1,6 @@
 """BatchStore: all of Batchy's Redis I/O. No Flask here.
 
-Every state change is optimistic: one MULTI/EXEC round trip reads the clock (Redis
+Every state change is optimistic: one EVALSHA of `scripts.READ` reads the clock (Redis
 TIME), the workflow hash and its version; pure functions in `watermark` compute the
 change; one EVALSHA of `scripts.COMMIT` applies it if the version has not moved, else
 the whole step is retried. Two round trips per change, however many jobs.
