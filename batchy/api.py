@@ -110,11 +110,8 @@ def text(values: dict, name: str, limit: int = MAX_MESSAGE) -> str | None:
         raise InvalidParameter(f"{name} must be text", parameter=name)
     if len(value) > limit:
         raise InvalidParameter(f"{name} is longer than {limit} characters", parameter=name)
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidParameter(f"{name} must be UTF-8 text (it holds a lone surrogate)", parameter=name) from None
+    if not value.isascii() and workflows.has_surrogate(value):
+        raise InvalidParameter(f"{name} must be UTF-8 text (it holds a lone surrogate)", parameter=name)
     return value
 
 

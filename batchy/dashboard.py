@@ -189,8 +189,9 @@ def dashboard():
     store = get_store()
     try:
         now = store.now()
-        overview = store.overview(store.workflows())
-        pauses = store.pauses()
+        names = store.workflows()
+        overview = store.overview(names)
+        pauses = store.pauses(names)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         # An HTML page, not the JSON error: the open tab keeps refreshing and recovers by itself.
         log.warning("dashboard: redis unavailable: %s", exc)

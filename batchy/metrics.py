@@ -38,8 +38,9 @@ class BatchyCollector:
         up = GaugeMetricFamily("batchy_redis_up", "1 if Redis answered this scrape, else 0.")
         try:
             now = self.store.now()
-            overview = self.store.overview(self.store.workflows())
-            pauses = self.store.pauses()
+            names = self.store.workflows()
+            overview = self.store.overview(names)
+            pauses = self.store.pauses(names)
         except redis.exceptions.RedisError as exc:
             # Still answer 200: "Redis is down" is itself what Prometheus should record.
             log.warning("metrics: redis unavailable: %s", exc)

@@ -121,7 +121,6 @@ class Change:
     meta: dict[str, str] = field(default_factory=dict)
     batches: list[tuple[str, str, float, dict[str, dict]]] = field(default_factory=list)
     batch_id: int | None = None
-    event: dict[str, str] = field(default_factory=dict)
     check_pause: bool = False
     state: dict[str, dict] = field(default_factory=dict)  # every job after the change
     # Every job after the change as the JSON text stored for it, once committed: the
@@ -132,7 +131,6 @@ class Change:
 class BatchStore:
     def __init__(self, client: redis.Redis, settings: dict):
         self.redis = client
-        self.settings = settings
         self._commit = client.register_script(scripts.COMMIT)
         self._read = client.register_script(scripts.READ)
         self._keep = settings["BATCHY_HISTORY_KEEP"]
@@ -457,10 +455,10 @@ class BatchStore:
             pipe.publish(keys.channel(wf), action)
         pipe.execute()
 
-    def pauses(self) -> dict:
-        """Return the service-wide pause and every paused workflow."""
+    def pauses(self, names: list[str] | None = None) -> dict:
+        """Return the service-wide pause and every paused workflow (of names, default all)."""
         service = self.redis.hgetall(keys.PAUSE)
-        names = self.workflows()
+        names = self.workflows() if names is None else names
         pipe = self.redis.pipeline(transaction=False)
         for wf in names:
             pipe.hgetall(keys.pause(wf))
@@ -651,7 +649,6 @@ class BatchStore:
             "from_before": _dumps(before),
             "from_after": _dumps(after),
         }
-        event.update(change.event)
         return event
 
 

@@ -158,7 +158,7 @@ def fill_job(wf: str, job: str, params: dict) -> dict:
     for key, value in params.items():
         if not isinstance(key, str):
             key = str(key)
-        if not key or len(key) > 256 or _has_control(key) or _has_surrogate(key):
+        if not key or len(key) > 256 or _has_control(key) or has_surrogate(key):
             raise InvalidConfig(f"job {job!r} of {wf!r} has an invalid parameter name {key[:80]!r}", workflow=wf, job=job)
         checked[key] = check_value(wf, job, key, value)
     filled = {
@@ -218,7 +218,7 @@ def check_value(wf: str, job: str, key: str, value):
     if key in ("infa_section", "infa_date_format", "message"):
         if value is None:
             return None
-        if not isinstance(value, str) or len(value) > MAX_STRING or _has_surrogate(value):
+        if not isinstance(value, str) or len(value) > MAX_STRING or has_surrogate(value):
             raise bad(f"must be text, not {value!r:.80}")
         if key != "message" and _has_control(value):
             # A NUL or line break would cut or forge lines of the Informatica parameter file.
@@ -243,7 +243,7 @@ def _json_ready(value, bad, depth: int = 0):
     if isinstance(value, str):
         if len(value) > MAX_STRING:
             raise bad(f"is longer than {MAX_STRING} characters")
-        if _has_surrogate(value):
+        if has_surrogate(value):
             raise bad("holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
         return value
     if isinstance(value, list):
@@ -257,7 +257,7 @@ def _has_control(text: str) -> bool:
     return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
-def _has_surrogate(text: str) -> bool:
+def has_surrogate(text: str) -> bool:
     """Return True if text holds a lone surrogate (YAML's "\\ud800"): Redis cannot store it as UTF-8."""
     try:
         text.encode("utf-8")
