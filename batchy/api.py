@@ -35,8 +35,9 @@ def mutation(view):
     @functools.wraps(view)
     def guarded(*args, **kwargs):
         get_allowed = current_app.config["BATCHY_ALLOW_GET_MUTATIONS"]
+        method = request.method
         # Flask routes HEAD to GET views; link previews send it: HEAD never mutates.
-        if request.method == "HEAD" or (request.method == "GET" and not get_allowed):
+        if method == "HEAD" or (method == "GET" and not get_allowed):
             raise MethodNotAllowed(
                 valid_methods=["GET", "POST"] if get_allowed else ["POST"],
                 description="this deployment accepts mutations only as POST" if not get_allowed
@@ -60,18 +61,19 @@ def check_token() -> None:
 
 def params() -> dict:
     """Return the request's parameters: query string, then a JSON or form body over it."""
-    values = request.args.to_dict()
-    if request.method == "POST" and request.content_length != 0:
-        if request.is_json:
+    req = request._get_current_object()  # one proxy lookup, not one per attribute
+    values = req.args.to_dict() if req.query_string else {}
+    if req.method == "POST" and req.content_length != 0:
+        if req.is_json:
             try:
-                body = request.get_json(silent=True)
+                body = req.get_json(silent=True)
             except RecursionError:  # nests deeper than the JSON decoder recurses
                 body = None
             if not isinstance(body, dict):
                 raise InvalidParameter("the request body must be a JSON object")
             values.update(body)
         else:
-            values.update(request.form.to_dict())
+            values.update(req.form.to_dict())
     return values
 
 
@@ -159,8 +161,8 @@ def open_batch(wf, fmt="json"):
     change = get_store().open(wf, actor=actor(), dry_run=flag(values, "dry_run"))
     if fmt == "infa":
         return Response(
-            formats.infa(change.jobs),
-            mimetype="text/plain",
+            formats.infa(change.jobs).encode(),
+            content_type="text/plain; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{wf}.param"'},
         )
     return state_response(change)

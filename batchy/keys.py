@@ -48,6 +48,11 @@ def pause(wf: str) -> str:
     return f"{NAMESPACE}pause:{wf}"
 
 
+def turn(wf: str) -> str:
+    """String, briefly: the writer whose commit to the workflow goes next (see scripts.COMMIT)."""
+    return f"{NAMESPACE}turn:{wf}"
+
+
 def pause_history() -> str:
     """Capped stream of pause and resume events, service-wide and per workflow."""
     return f"{NAMESPACE}pause-history"

@@ -1,15 +1,22 @@
 """Lua run by Redis. Each script is atomic: a state change is applied whole or not at all."""
 
-# Apply one state change to a workflow if its version is still the one that was read.
+# Apply one state change to a workflow if it is still the state the change was planned
+# on, at the second of Redis' clock it was planned for.
 #
 # KEYS[1] workflow hash <wf>            KEYS[2] meta hash batchy:wf:<wf>
 # KEYS[3] history zset batchy:history:<wf>   KEYS[4] batchy:batches
 # KEYS[5] audit stream batchy:events:<wf>     KEYS[6] batchy:workflows
 # KEYS[7] service pause batchy:pause          KEYS[8] workflow pause batchy:pause:<wf>
+# KEYS[9] batchy:turn:<wf>: while it exists, only the writer it names may commit
 # ARGV, read in order (n = a count, then that many items):
 #   expected version ("0" for a workflow never written)
+#   the writer's token (random: the new version is "<count>-<token>", never reused, even
+#       when a Redis restart or failover loses the last writes and the count goes back)
+#   second: the TIME seconds every time in the change was computed from ("": any)
+#   insist ("1": the writer has lost several times in a row; if refused again, it takes
+#       the turn for up to 200 ms, so a slow planner is not starved by quick ones)
 #   check pause ("1": refuse while the service or the workflow is paused)
-#   replace ("1": delete the workflow hash first)
+#   replace ("1": delete the workflow hash first; "0": the hash must exist)
 #   n, n x (job, json)          HSET into the workflow hash
 #   n, n x (field, value)       HSET into the meta hash
 #   n, n x (key, mode, score, m, m x (job, json))  batch snapshots to write;
@@ -20,9 +27,11 @@
 #   batch key prefix            "<wf>-", to name the snapshots retention deletes
 #   events maxlen, n, n x (field, value)   XADD to the audit stream (n = 0: none)
 #   channel, action             PUBLISH the action after the change; meta count:<action> += 1
-# Returns {1, new_version} when applied, {0, current_version} when the version moved
-# on (the caller re-reads and retries), {-1, key} when a new snapshot key exists,
-# {-2, pause key} when paused.
+# Returns {1, new_version, TIME} when applied;
+# {0, current_version, TIME, flat HGETALL workflow, flat HGETALL meta, turn} when the
+# state or the second moved on, or another writer has the turn (turn = "1": wait a
+# moment): the caller plans again from this state, no extra read needed;
+# {-1, key} when a new snapshot key exists; {-2, pause key} when paused.
 COMMIT = """
 local argv = ARGV
 local i = 0
@@ -34,16 +43,23 @@ local function hset(key, flat)
   end
 end
 
-local expected = nxt()
+local expected, token, second, insist = nxt(), nxt(), nxt(), nxt()
+local now = redis.call('TIME')
 local current = redis.call('HGET', KEYS[2], 'version') or '0'
-if current ~= expected then return {0, current} end
-if nxt() == '1' then
-  for k = 7, 8 do
-    if redis.call('EXISTS', KEYS[k]) == 1 then return {-2, KEYS[k]} end
-  end
+local check_pause, replace = nxt(), nxt()
+local turn = redis.call('GET', KEYS[9])
+local waiting = turn and turn ~= token
+if waiting or current ~= expected or (second ~= '' and now[1] ~= second)
+    or (replace ~= '1' and redis.call('EXISTS', KEYS[1]) == 0) then
+  if insist == '1' and not turn then redis.call('SET', KEYS[9], token, 'PX', 200) end
+  return {0, current, now, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+          waiting and 1 or 0}
+end
+if check_pause == '1' and redis.call('EXISTS', KEYS[7], KEYS[8]) > 0 then
+  if redis.call('EXISTS', KEYS[8]) == 1 then return {-2, KEYS[8]} end
+  return {-2, KEYS[7]}
 end
 
-local replace = nxt()
 local n = tonumber(nxt())
 local fields = {}
 for _ = 1, n do fields[#fields + 1] = nxt(); fields[#fields + 1] = nxt() end
@@ -51,12 +67,14 @@ n = tonumber(nxt())
 local meta = {}
 for _ = 1, n do meta[#meta + 1] = nxt(); meta[#meta + 1] = nxt() end
 local batches = {}
+local indexed = false
 n = tonumber(nxt())
 for _ = 1, n do
   local b = {key = nxt(), mode = nxt(), score = nxt(), fields = {}}
   local m = tonumber(nxt())
   for _ = 1, m do b.fields[#b.fields + 1] = nxt(); b.fields[#b.fields + 1] = nxt() end
   if b.mode == 'new' and redis.call('EXISTS', b.key) == 1 then return {-1, b.key} end
+  if b.mode ~= 'update' then indexed = true end
   batches[#batches + 1] = b
 end
 local keep = tonumber(nxt())
@@ -68,12 +86,15 @@ for _ = 1, n do event[#event + 1] = nxt(); event[#event + 1] = nxt() end
 local channel = nxt()
 local message = nxt()
 
-if replace == '1' then redis.call('DEL', KEYS[1]) end
+if replace == '1' then
+  redis.call('DEL', KEYS[1])
+  redis.call('SADD', KEYS[6], KEYS[1])  -- the only way a workflow comes to exist
+end
 hset(KEYS[1], fields)
-local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
-redis.call('HINCRBY', KEYS[2], 'count:' .. message, 1)
+local version = ((tonumber(string.match(current, '^%d+')) or 0) + 1) .. '-' .. token
 hset(KEYS[2], meta)
-redis.call('SADD', KEYS[6], KEYS[1])
+redis.call('HSET', KEYS[2], 'version', version)
+redis.call('HINCRBY', KEYS[2], 'count:' .. message, 1)
 
 for _, b in ipairs(batches) do
   if b.mode == 'new' or b.mode == 'put' then
@@ -87,21 +108,24 @@ for _, b in ipairs(batches) do
   end
 end
 
-local excess = redis.call('ZCARD', KEYS[3]) - keep
-if excess > 0 then
-  local old = redis.call('ZRANGE', KEYS[3], 0, excess - 1)
-  for _, id in ipairs(old) do
-    redis.call('DEL', prefix .. id)
-    redis.call('ZREM', KEYS[4], prefix .. id)
+if indexed then
+  local excess = redis.call('ZCARD', KEYS[3]) - keep
+  if excess > 0 then
+    local old = redis.call('ZRANGE', KEYS[3], 0, excess - 1)
+    for _, id in ipairs(old) do
+      redis.call('DEL', prefix .. id)
+      redis.call('ZREM', KEYS[4], prefix .. id)
+    end
+    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
   end
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
 end
 
 if #event > 0 then
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', unpack(event))
 end
+if turn then redis.call('DEL', KEYS[9]) end
 redis.call('PUBLISH', channel, message)
-return {1, version}
+return {1, version, now}
 """
 
 # Read the clock, a workflow hash and its meta hash atomically, in one reply (cheaper

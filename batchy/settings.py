@@ -113,6 +113,14 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
     ),
     Setting(
+        "BATCHY_STATE_CACHE",
+        1024,
+        "Workflows each service process keeps in memory between state changes, so a "
+        "change costs one Redis round trip instead of two. Never trusted blindly: the "
+        "commit script checks the cached `version` and re-reads on a mismatch. 0 disables.",
+        _non_negative_int,
+    ),
+    Setting(
         "BATCHY_WAIT_MAX_SECONDS",
         60.0,
         "Longest a single `/wait` request blocks before answering with the current verdict.",

@@ -1,14 +1,19 @@
 """BatchStore: all of Batchy's Redis I/O. No Flask here.
 
-Every state change is optimistic: one EVALSHA of `scripts.READ` reads the clock (Redis
-TIME), the workflow hash and its version; pure functions in `watermark` compute the
-change; one EVALSHA of `scripts.COMMIT` applies it if the version has not moved, else
-the whole step is retried. Two round trips per change, however many jobs.
+Every state change is optimistic: pure functions in `watermark` plan the change from a
+state of the workflow, and one EVALSHA of `scripts.COMMIT` applies it only if the
+workflow's `version` is still the one planned on and Redis' clock (TIME) still shows the
+second every time in the change was computed for. The state comes from a per-process
+cache of the workflow as this process last wrote it, so a change is one round trip; when
+another process wrote in between (or the cache is cold), the refused commit answers with
+the current state and the clock, and the change is planned again from them. Either way a
+change is at most two round trips, however many jobs.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -21,9 +26,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import keys, scripts, watermark, workflows
+from . import formats, keys, scripts, watermark, workflows
 from .errors import (
     BatchNotFound,
+    BatchyError,
     Busy,
     InvalidParameter,
     JobNotFound,
@@ -40,7 +46,7 @@ MAX_ATTEMPTS = 50
 # other's optimistic reads: measured with 32 writers on one workflow, retries piled up
 # into 409 busy and a 4 s p99. The version check in COMMIT still guards across processes.
 _WRITE_LOCKS = tuple(threading.Lock() for _ in range(64))
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps = formats.dumps
 
 
 def connect(url: str, timeout: float = 2.0) -> redis.Redis:
@@ -100,6 +106,7 @@ class State:
     raw: dict[str, str] = field(default_factory=dict)  # the jobs as stored (JSON text)
     version: str = "0"
     floor: int = 0  # lowest batch id still free, raised when a snapshot key was taken
+    second: str = ""  # the Redis TIME seconds `now` was made from, as the commit checks it
 
     @property
     def last_batch_id(self) -> int | None:
@@ -137,6 +144,11 @@ class BatchStore:
         self._events_keep = settings["BATCHY_EVENTS_KEEP"]
         self._wait_replicas = settings["BATCHY_REDIS_WAIT_REPLICAS"]
         self._wait_timeout = settings["BATCHY_REDIS_WAIT_TIMEOUT_MS"]
+        # {wf: (jobs as JSON text, meta, jobs decoded or None)} as this process last committed them
+        self._cache: dict[str, tuple[dict[str, str], dict[str, str], dict[str, dict] | None]] = {}
+        self._cache_size = settings.get("BATCHY_STATE_CACHE", 1024)
+        self._cache_lock = threading.Lock()
+        self._clock_offset = 0.0  # Redis TIME minus this host's clock, from the last reply
 
     # -- reads ---------------------------------------------------------------
 
@@ -197,12 +209,51 @@ class BatchStore:
 
     def read(self, wf: str) -> State:
         """Read the clock, the workflow and its bookkeeping in one atomic round trip."""
-        (seconds, _micro), flat_raw, flat_meta = self._read(keys=[keys.workflow(wf), keys.meta(wf)])
+        clock, flat_raw, flat_meta = self._read(keys=[keys.workflow(wf), keys.meta(wf)])
+        return self._state(wf, clock, flat_raw, flat_meta)
+
+    def _state(self, wf: str, clock, flat_raw, flat_meta) -> State:
+        """Return the State of a reply holding TIME and the two flat HGETALLs."""
+        seconds, micro = int(clock[0]), int(clock[1])
+        self._clock_offset = seconds + micro / 1e6 - time.time()
         raw = dict(zip(flat_raw[::2], flat_raw[1::2]))
         meta = dict(zip(flat_meta[::2], flat_meta[1::2]))
-        now = datetime.fromtimestamp(int(seconds), timezone.utc)
-        jobs = decode(raw)
-        return State(wf, now, jobs, meta, raw, meta.get("version", "0"))
+        return self._planned(wf, raw, meta, seconds)
+
+    def _planned(self, wf: str, raw: dict[str, str], meta: dict[str, str], seconds: int,
+                 jobs: dict[str, dict] | None = None) -> State:
+        now = datetime.fromtimestamp(seconds, timezone.utc)
+        jobs = decode(raw) if jobs is None else jobs
+        return State(wf, now, jobs, meta, raw, meta.get("version", "0"), second=str(seconds))
+
+    def _cached(self, wf: str) -> State | None:
+        """Return wf as this process last wrote it, at the second Redis' clock should show now.
+
+        Nothing here is trusted: the commit is refused unless the version and the second
+        are still those (see scripts.COMMIT), and the refusal carries the real state.
+        The jobs are shared with the cache: plans (watermark) never change a job in place.
+        """
+        entry = self._cache.get(wf)
+        if entry is None:
+            return None
+        raw, meta, jobs = entry
+        return self._planned(wf, raw, meta, int(time.time() + self._clock_offset), jobs)
+
+    def _remember(self, wf: str, version: str, state: State, change: Change) -> None:
+        if not self._cache_size:
+            return
+        # A load or import carries jobs as read from a file: keep only their JSON text.
+        jobs = None if change.replace else change.state
+        entry = (change.stored, {**state.meta, **change.meta, "version": version}, jobs)
+        with self._cache_lock:
+            self._cache.pop(wf, None)
+            self._cache[wf] = entry
+            while len(self._cache) > self._cache_size:
+                del self._cache[next(iter(self._cache))]
+
+    def _forget(self, wf: str) -> None:
+        with self._cache_lock:
+            self._cache.pop(wf, None)
 
     # -- state changes -----------------------------------------------------------
 
@@ -561,38 +612,70 @@ class BatchStore:
 
     def _mutate(self, wf, plan, actor: str, must_exist: bool, dry_run: bool = False) -> Change:
         floor = 0
-        for attempt in range(MAX_ATTEMPTS):
+        token = os.urandom(6).hex()  # names this writer's turn and its new version
+        lost = 0  # commits refused in a row because another writer got in first
+        # A dry run commits nothing, so nothing would check a cached state: read it.
+        state = None if dry_run else self._cached(wf)
+        fresh = state is None
+        if state is None:
             state = self.read(wf)
+        for attempt in range(MAX_ATTEMPTS):
             state.floor = floor
-            if must_exist and not state.jobs:
-                raise _not_found(wf)
-            change = plan(state)
+            try:
+                if must_exist and not state.jobs:
+                    raise _not_found(wf)
+                change = plan(state)
+            except BatchyError:
+                if fresh:
+                    raise
+                # Refused on a cached state (a job not open, say): another process may
+                # have changed the workflow since. Only the current state may refuse.
+                state, fresh = self.read(wf), True
+                continue
             change.state = change.jobs if change.replace else {**state.jobs, **change.jobs}
             if dry_run:
                 return change
-            status, value, acked = self._apply(wf, state, change, actor)
+            try:
+                reply = self._apply(wf, state, change, actor, token, insist=lost >= 2)
+            except Exception:
+                self._forget(wf)  # applied or not, this process no longer knows
+                raise
+            status, value = int(reply[0]), reply[1]
             if status == 1:
-                if acked is not None and acked < self._wait_replicas:
+                self._clock_offset = int(reply[2][0]) + int(reply[2][1]) / 1e6 - time.time()
+                self._remember(wf, value, state, change)
+                if len(reply) > 3 and reply[3] < self._wait_replicas:
+                    self._forget(wf)  # a failover may still lose this change
                     raise Unavailable(
-                        f"the change to {wf!r} is applied on the Redis primary but only {acked} of "
+                        f"the change to {wf!r} is applied on the Redis primary but only {reply[3]} of "
                         f"{self._wait_replicas} replicas confirmed it in {self._wait_timeout} ms",
                         workflow=wf,
                     )
                 return change
             if status == -2:
                 self._check_pause(wf)
+                state, fresh = self.read(wf), True
                 continue  # resumed in between: plan again
             if status == -1:  # a snapshot key with that batch id exists: skip past it
                 floor = int(str(value).rsplit("-", 1)[-1]) + 1
+                state, fresh = self.read(wf), True
                 continue
-            # Someone changed the workflow between our read and our write: back off a
-            # little (more under heavier contention) and plan again from fresh state.
-            time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
+            # The version or the second moved on since the state was planned on, or
+            # another writer has the turn: plan again from the state the refusal carries.
+            # A writer that lost to another one twice takes the turn (scripts.COMMIT);
+            # one that finds the turn taken waits a moment for that writer to commit.
+            if fresh and value != state.version:
+                lost += 1
+            self._forget(wf)
+            state, fresh = self._state(wf, *reply[2:5]), True
+            if int(reply[5]):
+                time.sleep(random.uniform(0.0005, 0.002))
         raise Busy(f"workflow {wf!r} is changing too fast to update; retry", workflow=wf)
 
-    def _apply(self, wf: str, state: State, change: Change, actor: str):
-        args: list = [state.version, "1" if change.check_pause else "0", "1" if change.replace else "0",
-                      len(change.jobs)]
+    def _apply(self, wf: str, state: State, change: Change, actor: str, token: str, insist: bool) -> list:
+        """Send the change to scripts.COMMIT; return its reply (with WAIT's count appended)."""
+        args: list = [state.version, token, state.second, "1" if insist else "0",
+                      "1" if change.check_pause else "0", "1" if change.replace else "0", len(change.jobs)]
         encoded = {name: _dumps(job) for name, job in change.jobs.items()}
         for item in encoded.items():
             args += item
@@ -620,17 +703,17 @@ class BatchStore:
             keys.WORKFLOWS,
             keys.PAUSE,
             keys.pause(wf),
+            keys.turn(wf),
         ]
         if not self._wait_replicas:
-            result = self._commit(keys=commit_keys, args=args)
-            return int(result[0]), result[1], None
+            return self._commit(keys=commit_keys, args=args)
         # WAIT counts the replicas that have the latest write of *its* connection: send
         # it on the same connection as the commit, in one pipeline.
         pipe = self.redis.pipeline(transaction=False)
         self._commit(keys=commit_keys, args=args, client=pipe)
         pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout)
         result, acked = pipe.execute()
-        return int(result[0]), result[1], int(acked)
+        return [*result, int(acked)] if int(result[0]) == 1 else result
 
     def _event(self, state: State, change: Change, actor: str) -> dict[str, str]:
         # The watermark of a job: the from_date its next batch starts from once an

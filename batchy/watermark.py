@@ -77,6 +77,13 @@ def parse_time(value, field: str = "date") -> datetime:
         return datetime.combine(value, time(0), tzinfo=UTC)
     if not isinstance(value, str):
         raise ValueError(f"{field} must be an ISO-8601 date or time, not {type(value).__name__} {value!r}")
+    if len(value) <= 32:  # the common case, a time Batchy stored itself (format_time)
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
     text = value.strip()
     if len(text) > 64:
         raise ValueError(f"{field} is not a date: too long")
