@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from datetime import datetime
 
 import orjson
 
@@ -58,9 +59,32 @@ def _key(name: str) -> str:
 
 def infa_date(value: str, fmt: str, tz) -> str:
     """Render an ISO time in tz with an Informatica date format (MM/DD/YYYY HH24:MI:SS)."""
-    moment = watermark.parse_time(value).astimezone(tz)
-    pattern, subsecond = _strftime_pattern(fmt)
-    if subsecond:
+    return _renderer(fmt)(watermark.parse_time(value).astimezone(tz))
+
+
+# Tokens rendered straight from a datetime's attributes by str.format, twice as fast as
+# strftime; a format with any other token (month names, 12-hour clock, MS) uses strftime.
+_FORMAT_FIELDS = {
+    "YYYY": "{0.year:04d}", "MM": "{0.month:02d}", "DD": "{0.day:02d}", "HH24": "{0.hour:02d}",
+    "MI": "{0.minute:02d}", "SS": "{0.second:02d}", "US": "{0.microsecond:06d}",
+    "NS": "{0.microsecond:06d}000", "%": "%",
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _renderer(fmt: str):
+    """Return a function rendering an aware datetime with the Informatica format fmt."""
+    if all(tok in _FORMAT_FIELDS for tok in _INFA_TOKENS.findall(fmt)):
+        def literal(text: str) -> str:
+            return text.replace("{", "{{").replace("}", "}}")
+
+        pieces, pos = [], 0
+        for match in _INFA_TOKENS.finditer(fmt):
+            pieces += [literal(fmt[pos:match.start()]), _FORMAT_FIELDS[match.group(0)]]
+            pos = match.end()
+        return ("".join(pieces) + literal(fmt[pos:])).format
+
+    def strftime(moment: datetime) -> str:
         def token(match: re.Match) -> str:
             tok = match.group(0)
             if tok == "MS":
@@ -71,34 +95,21 @@ def infa_date(value: str, fmt: str, tz) -> str:
                 return f"{moment.microsecond:06d}000"
             return _STRFTIME[tok]
 
-        pattern = _INFA_TOKENS.sub(token, fmt)
-    return moment.strftime(pattern)
+        return moment.strftime(_INFA_TOKENS.sub(token, fmt))
 
-
-@functools.lru_cache(maxsize=64)
-def _strftime_pattern(fmt: str) -> tuple[str, bool]:
-    """Return (the strftime pattern of fmt, whether fmt shows fractions of a second)."""
-    if any(tok in ("MS", "US", "NS") for tok in _INFA_TOKENS.findall(fmt)):
-        return "", True
-    return _INFA_TOKENS.sub(lambda m: _STRFTIME[m.group(0)], fmt), False
-
-
-def infa_value(key: str, value, fmt: str, tz) -> str:
-    if value is None:
-        return ""
-    if key in _DATE_FIELDS:
-        return infa_date(value, fmt, tz)
-    if type(value) is str:
-        # A parameter file holds one value per line: a line break would forge a parameter.
-        return _encode(value) if "\n" in value or "\r" in value else value
-    return _encode(value)
+    return strftime
 
 
 _DATE_FIELDS = frozenset(watermark.DATE_FIELDS)
+_CONTROL_FIELDS = frozenset(INFA_CONTROL_FIELDS)
 
 
 def infa(jobs: dict[str, dict]) -> str:
-    """Return the Informatica parameter file: a [section] per job, a $$name=value per line."""
+    """Return the Informatica parameter file: a [section] per job, a $$name=value per line.
+
+    Dates render in the job's time zone and date format; a text holding a line break is
+    written as a JSON string, so it cannot forge a parameter line.
+    """
     lines = []
     for name, job in jobs.items():
         fmt = job.get("infa_date_format") or INFA_DEFAULT_DATE_FORMAT
@@ -106,13 +117,22 @@ def infa(jobs: dict[str, dict]) -> str:
         lines.append(f"[{job.get('infa_section') or name}]")
         dates: dict[str, str] = {}  # to_date and batch_start are the same time: render it once
         for key, value in job.items():
-            if key in INFA_CONTROL_FIELDS:
+            if key in _CONTROL_FIELDS:
                 continue
-            if key in _DATE_FIELDS and value is not None:
+            kind = type(value)
+            if value is None:
+                text = ""
+            elif key in _DATE_FIELDS:
                 text = dates.get(value)
                 if text is None:
                     text = dates[value] = infa_date(value, fmt, tz)
+            elif kind is str:
+                text = _encode(value) if "\n" in value or "\r" in value else value
+            elif kind is int:
+                text = str(value)
+            elif kind is bool:
+                text = "true" if value else "false"
             else:
-                text = infa_value(key, value, fmt, tz)
-            lines.append(f"{key}={text}" if key.startswith("$") else f"$${key}={text}")
+                text = _encode(value)
+            lines.append(f"$${key}={text}" if key[:1] != "$" else f"{key}={text}")
     return "\n".join(lines) + "\n"

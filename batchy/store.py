@@ -11,9 +11,9 @@ change is at most two round trips, however many jobs.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -612,7 +612,9 @@ class BatchStore:
 
     def _mutate(self, wf, plan, actor: str, must_exist: bool, dry_run: bool = False) -> Change:
         floor = 0
-        token = os.urandom(6).hex()  # names this writer's turn and its new version
+        # Names this writer's turn and its new version. random is reseeded in every
+        # forked worker; 48 bits make two writers reaching one count with one token moot.
+        token = f"{random.getrandbits(48):012x}"
         lost = 0  # commits refused in a row because another writer got in first
         # A dry run commits nothing, so nothing would check a cached state: read it.
         state = None if dry_run else self._cached(wf)
@@ -679,8 +681,11 @@ class BatchStore:
         encoded = {name: _dumps(job) for name, job in change.jobs.items()}
         for item in encoded.items():
             args += item
-        merged = encoded if change.replace else {**state.raw, **encoded}
-        change.stored = {name: merged[name] for name in sorted(merged)}
+        if change.replace or not encoded.keys() <= state.raw.keys():
+            merged = encoded if change.replace else {**state.raw, **encoded}
+            change.stored = {name: merged[name] for name in sorted(merged)}
+        else:  # the same jobs, in the order they were stored: name order
+            change.stored = {**state.raw, **encoded}
         args.append(len(change.meta))
         for item in change.meta.items():
             args += item
@@ -694,17 +699,7 @@ class BatchStore:
         for item in event.items():
             args += item
         args += [keys.channel(wf), change.action]
-        commit_keys = [
-            keys.workflow(wf),
-            keys.meta(wf),
-            keys.history(wf),
-            keys.BATCHES,
-            keys.events(wf),
-            keys.WORKFLOWS,
-            keys.PAUSE,
-            keys.pause(wf),
-            keys.turn(wf),
-        ]
+        commit_keys = _commit_keys(wf)
         if not self._wait_replicas:
             return self._commit(keys=commit_keys, args=args)
         # WAIT counts the replicas that have the latest write of *its* connection: send
@@ -718,21 +713,26 @@ class BatchStore:
     def _event(self, state: State, change: Change, actor: str) -> dict[str, str]:
         # The watermark of a job: the from_date its next batch starts from once an
         # operator set one, else the from_date of its latest window.
-        def mark(job):
-            return job.get("next_from_date") or job.get("from_date")
-
-        before = {name: mark(job) for name, job in state.jobs.items() if name in change.jobs or change.replace}
-        after = {name: mark(job) for name, job in change.jobs.items()}
-        event = {
+        jobs = change.jobs
+        before = {name: job.get("next_from_date") or job.get("from_date")
+                  for name, job in state.jobs.items() if change.replace or name in jobs}
+        after = {name: job.get("next_from_date") or job.get("from_date") for name, job in jobs.items()}
+        return {
             "time": watermark.format_time(state.now),
             "action": change.action,
             "batch_id": "" if change.batch_id is None else str(change.batch_id),
             "actor": actor or "",
-            "jobs": _dumps(sorted(change.jobs)),
+            "jobs": _dumps(sorted(jobs)),
             "from_before": _dumps(before),
             "from_after": _dumps(after),
         }
-        return event
+
+
+@functools.lru_cache(maxsize=4096)
+def _commit_keys(wf: str) -> tuple[str, ...]:
+    """Return the KEYS of scripts.COMMIT for wf, in its order."""
+    return (keys.workflow(wf), keys.meta(wf), keys.history(wf), keys.BATCHES, keys.events(wf),
+            keys.WORKFLOWS, keys.PAUSE, keys.pause(wf), keys.turn(wf))
 
 
 def _not_found(wf: str) -> WorkflowNotFound:

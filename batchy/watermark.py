@@ -164,9 +164,12 @@ def next_from_date(job: dict) -> datetime:
 def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int) -> dict[str, dict]:
     """Return every job opened for batch batch_id at now, with its new window."""
     opened = {}
+    starts: dict = {}  # now, rendered once per time zone
     for name, job in jobs.items():
         tz = job_zone(job)
-        start = format_time(now, tz)
+        start = starts.get(tz)
+        if start is None:
+            start = starts[tz] = format_time(now, tz)
         new = dict(job)
         new.pop("next_from_date", None)  # consumed by this open
         new.update(
@@ -238,10 +241,15 @@ def close_jobs(
             states={name: jobs[name].get("status") for name in targets},
         )
     closed = {}
+    ends: dict = {}  # now, rendered once per time zone
     for name in open_targets:
         current = jobs[name]
+        tz = job_zone(current)
+        end = ends.get(tz)
+        if end is None:
+            end = ends[tz] = format_time(now, tz)
         new = dict(current)
-        new.update(status=outcome, batch_end=format_time(now, job_zone(current)))
+        new.update(status=outcome, batch_end=end)
         if records_processed is not None:
             new["records_processed"] = records_processed
         if message is not None:

@@ -1,6 +1,6 @@
 """Benchmark Batchy against the floor of its own stack, in one run, and print a table.
 
-    .venv/bin/python bench/run.py            # full run, about 3-4 minutes
+    .venv/bin/python bench/run.py            # full run, about 4 minutes (5 rounds)
     .venv/bin/python bench/run.py --quick    # about a minute
     .venv/bin/python bench/run.py --json out.json
 
@@ -32,10 +32,13 @@ from procs import (  # noqa: E402
 )
 
 MODES = {
-    #         seconds per load run, warm-up, step counts, sequential samples, history batches
-    "full": dict(duration=10.0, warmup=2.0, steps=(1, 10, 100, 1000), samples=200, big_samples=40, history=10000),
-    "quick": dict(duration=3.0, warmup=1.0, steps=(1, 10, 100, 1000), samples=60, big_samples=15, history=1000),
-    "smoke": dict(duration=1.0, warmup=0.0, steps=(1, 10), samples=5, big_samples=3, history=20),
+    # rounds of every load run (each round measures the baseline next to Batchy), seconds per
+    # load run, warm-up, step counts, sequential samples, history batches
+    "full": dict(rounds=5, duration=4.0, warmup=2.0, steps=(1, 10, 100, 1000), samples=200, big_samples=40,
+                 history=10000),
+    "quick": dict(rounds=2, duration=2.0, warmup=1.0, steps=(1, 10, 100, 1000), samples=60, big_samples=15,
+                  history=1000),
+    "smoke": dict(rounds=1, duration=1.0, warmup=0.0, steps=(1, 10), samples=5, big_samples=3, history=20),
 }
 WORKERS = 2  # BATCHY_WORKERS' default: what `batchy serve` runs with
 HISTORY_KEEP = 20000
@@ -131,15 +134,19 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny runs that only check the harness works")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=float, help="seconds per load run (overrides the mode)")
+    parser.add_argument("--rounds", type=int, help="rounds of load runs (overrides the mode)")
     parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args(argv)
     mode = dict(MODES["smoke" if args.smoke else "quick" if args.quick else "full"])
     if args.duration:
         mode["duration"] = args.duration
+    if args.rounds:
+        mode["rounds"] = args.rounds
     conns = args.connections
     started = time.perf_counter()
     report: dict = {"mode": "smoke" if args.smoke else "quick" if args.quick else "full",
-                    "connections": conns, "duration": mode["duration"], "engine": drive.engine(),
+                    "connections": conns, "duration": mode["duration"], "rounds": mode["rounds"],
+                    "engine": drive.engine(),
                     "machine": machine(), "load": {}, "redis": {}, "steps": {}}
 
     cfg_dir = tempfile.mkdtemp(prefix="batchy-bench-cfg-")
@@ -158,6 +165,9 @@ def main(argv=None) -> int:
         quiesce(r)
 
         # -- load at 32 connections -------------------------------------------------------
+        # Rounds: every round runs the baseline and then Batchy's calls back to back, and
+        # each ratio is Batchy's rate over the baseline's of the same round, so a shared
+        # machine's slow minute moves both sides; the table shows the median over rounds.
         def phase(label, url, connections, warmup=0.0):
             if warmup:
                 load_run(url, connections, warmup, r)
@@ -165,27 +175,34 @@ def main(argv=None) -> int:
             cpu = drive.tree_cpu(proc.proc.pid), drive.tree_cpu(server.proc.pid)
             result = load_run(url, connections, mode["duration"], r)
             calls = sum(len(t["lat_us"]) for t in result["tags"].values())
-            report["load"][label] = {
+            entry = {
                 # CPU per call, to split a call's cost between the Python service and redis-server
                 "service_cpu_ms": (drive.tree_cpu(proc.proc.pid) - cpu[0]) / calls * 1000,
                 "redis_cpu_ms": (drive.tree_cpu(server.proc.pid) - cpu[1]) / calls * 1000,
                 "socket_errors": result.get("errors", 0),
                 "failures": result.get("failures", [])[:20],
                 "tags": {tag: drive.summarise(result, tag, conns) for tag in result["tags"]},
-                "total_rps": sum(len(t["lat_us"]) for t in result["tags"].values()) / result["duration"],
+                "total_rps": calls / result["duration"],
                 "loadgen_cpu_share": result["loadgen_cpu_share"],
             }
-            print(f"  {label}: {report['load'][label]['total_rps']:.0f} req/s", file=sys.stderr, flush=True)
+            report["load"].setdefault(label, {"rounds": []})["rounds"].append(entry)
+            print(f"  {label}: {entry['total_rps']:.0f} req/s", file=sys.stderr, flush=True)
 
-        print("load runs:", file=sys.stderr)
-        phase("baseline spread", base.url, plans.get_status(wfs, conns), warmup=mode["warmup"])
-        phase("get_status spread", svc.url, plans.get_status(wfs, conns), warmup=mode["warmup"])
-        phase("open/close json spread", svc.url, plans.open_close(wfs, conns, "json"))
-        phase("open/close infa spread", svc.url, plans.open_close(wfs, conns, "infa"))
-        phase("baseline spread (again)", base.url, plans.get_status(wfs, conns))
-        phase("baseline one wf", base.url, plans.get_status(["hot"], conns))
-        phase("get_status one wf", svc.url, plans.get_status(["hot"], conns))
-        phase("open/close one wf", svc.url, plans.hot_open_close("hot", conns))
+        runs = [
+            ("baseline spread", base.url, plans.get_status(wfs, conns)),
+            ("get_status spread", svc.url, plans.get_status(wfs, conns)),
+            ("open/close json spread", svc.url, plans.open_close(wfs, conns, "json")),
+            ("open/close infa spread", svc.url, plans.open_close(wfs, conns, "infa")),
+            ("baseline one wf", base.url, plans.get_status(["hot"], conns)),
+            ("get_status one wf", svc.url, plans.get_status(["hot"], conns)),
+            ("open/close one wf", svc.url, plans.hot_open_close("hot", conns)),
+        ]
+        for n in range(mode["rounds"]):
+            print(f"load runs, round {n + 1} of {mode['rounds']}:", file=sys.stderr)
+            for label, url, plan in runs:
+                phase(label, url, plan, warmup=mode["warmup"] if n == 0 else 0.0)
+        for entry in report["load"].values():
+            entry.update(aggregate(entry["rounds"]))
 
         # -- Redis commands and round trips per call ---------------------------------------
         print("redis per call, job steps:", file=sys.stderr, flush=True)
@@ -347,17 +364,38 @@ ROWS = [
 ]
 
 
-def base_rate(report, phase: str) -> float:
-    """The baseline's rate; for the spread run, the mean of the runs before and after Batchy's."""
-    rates = [report["load"][p]["tags"]["get"]["rate"] for p in (phase, phase + " (again)") if p in report["load"]]
-    return sum(rates) / len(rates)
+def aggregate(rounds: list[dict]) -> dict:
+    """Return one load run's figures over its rounds: medians, and the sums of failures."""
+    med = statistics.median
+    tags = {}
+    for tag in rounds[0]["tags"]:
+        figs = [r["tags"][tag] for r in rounds]
+        tags[tag] = {"rate": med(f["rate"] for f in figs), "p50": med(f["p50"] for f in figs),
+                     "p99": med(f["p99"] for f in figs), "non2xx": sum(f["non2xx"] for f in figs),
+                     "count": sum(f["count"] for f in figs)}
+    return {
+        "tags": tags,
+        "total_rps": med(r["total_rps"] for r in rounds),
+        "service_cpu_ms": med(r["service_cpu_ms"] for r in rounds),
+        "redis_cpu_ms": med(r["redis_cpu_ms"] for r in rounds),
+        "socket_errors": sum(r["socket_errors"] for r in rounds),
+        "failures": [line for r in rounds for line in r["failures"]][:20],
+        "loadgen_cpu_share": max(r["loadgen_cpu_share"] for r in rounds),
+    }
+
+
+def round_ratios(report, phase: str, tag: str, base: str) -> list[float]:
+    """Batchy's rate over the baseline's, round by round."""
+    pairs = zip(report["load"][phase]["rounds"], report["load"][base]["rounds"])
+    return [mine["tags"][tag]["rate"] / theirs["tags"]["get"]["rate"] for mine, theirs in pairs]
 
 
 def row_figures(report):
+    """Yield (section, label, figures, ratio, ratios per round) for every row of the table."""
     for section, label, phase, tag, base in ROWS:
         fig = report["load"][phase]["tags"][tag]
-        ratio = fig["rate"] / base_rate(report, base) if base else None
-        yield section, label, fig, ratio
+        ratios = round_ratios(report, phase, tag, base) if base else []
+        yield section, label, fig, (statistics.median(ratios) if ratios else None), ratios
 
 
 def targets(report) -> list[dict]:
@@ -366,16 +404,17 @@ def targets(report) -> list[dict]:
     def add(name, measured, met):
         verdicts.append({"target": name, "measured": measured, "met": bool(met)})
 
-    ratios = {(s, label): ratio for s, label, _f, ratio in row_figures(report)}
+    ratios = {(s, label): ratio for s, label, _f, ratio, _r in row_figures(report)}
     spread = "spread over 64 workflows"
     add("get_status >= 0.9x baseline", f"{ratios[(spread, 'get_status')]:.2f}x", ratios[(spread, "get_status")] >= 0.9)
     for label in ("open_batch json", "open_batch infa", "close_batch"):
         add(f"{label} >= 0.7x baseline", f"{ratios[(spread, label)]:.2f}x", ratios[(spread, label)] >= 0.7)
     for section in (spread, "all on one workflow"):
-        worst = max((f["p99"], label) for s, label, f, _r in row_figures(report) if s == section and "baseline" not in label)
+        worst = max((f["p99"], label) for s, label, f, _r, _rs in row_figures(report)
+                    if s == section and "baseline" not in label)
         add(f"p99 < 25 ms at {report['connections']} connections ({section})", f"{worst[0]:.1f} ms ({worst[1]})",
             worst[0] < 25)
-    bad = sum(f["non2xx"] for _s, _l, f, _r in row_figures(report))
+    bad = sum(f["non2xx"] for _s, _l, f, _r, _rs in row_figures(report))
     bad += sum(v["socket_errors"] for k, v in report["load"].items() if "baseline" not in k)
     add("zero non-2xx responses under load", f"{bad}", bad == 0)
     reads = [report["redis"]["get_status"]["round_trips"]] + [s["get_round_trips"] for s in report["steps"].values()]
@@ -394,28 +433,32 @@ def targets(report) -> list[dict]:
 def render(report) -> str:
     m = report["machine"]
     out = [
-        f"Batchy benchmark ({report['mode']}): {report['connections']} connections, {report['duration']:g} s per run, "
+        f"Batchy benchmark ({report['mode']}): {report['connections']} connections, {report['rounds']} rounds of "
+        f"{report['duration']:g} s per run, "
         f"load from {report['engine']}; {m['nproc']} x {m['cpu']}, Python {m['python']}, Redis {m['redis']}, "
         f"gunicorn {m['gunicorn']} (gthread, {WORKERS} workers)",
         "",
-        f"{'':36}{'calls/s':>9}{'x base':>8}{'p50 ms':>8}{'p99 ms':>8}{'non-2xx':>9}",
+        f"{'':36}{'calls/s':>9}{'x base':>8}{'rounds':>12}{'p50 ms':>8}{'p99 ms':>8}{'non-2xx':>9}",
     ]
     section = None
-    for sec, label, fig, ratio in row_figures(report):
+    for sec, label, fig, ratio, ratios in row_figures(report):
         if sec != section:
             out.append(sec)
             section = sec
-        out.append(f"  {label:34}{fig['rate']:9.0f}{(f'{ratio:.2f}' if ratio else '-'):>8}"
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
+        out.append(f"  {label:34}{fig['rate']:9.0f}{(f'{ratio:.2f}' if ratio else '-'):>8}{spread:>12}"
                    f"{fig['p50']:8.2f}{fig['p99']:8.2f}{fig['non2xx']:9d}")
-    out.append("  calls/s = connections / mean latency (per call type; open and close alternate per connection)")
+    out.append("  calls/s = connections / mean latency (per call type; open and close alternate per connection);")
+    out.append("  x base = median over rounds of (Batchy / baseline of the same round), rounds = lowest-highest;")
+    out.append("  calls/s, p50 and p99 = medians over rounds; non-2xx = all rounds")
     load = report["load"]
     out += ["", f"{'load run':36}{'req/s':>9}{'svc CPU ms/call':>17}{'redis CPU ms/call':>19}{'socket errs':>13}"]
     for label, fig in load.items():
         out.append(f"  {label:34}{fig['total_rps']:9.0f}{fig['service_cpu_ms']:17.3f}{fig['redis_cpu_ms']:19.3f}"
                    f"{fig['socket_errors']:13d}")
-    b1, b2 = (load[p]["tags"]["get"]["rate"] for p in ("baseline spread", "baseline spread (again)"))
+    bases = [f"{r['tags']['get']['rate']:.0f}" for r in load["baseline spread"]["rounds"]]
     share = max(v["loadgen_cpu_share"] for v in load.values())
-    out.append(f"  baseline spread before/after Batchy: {b1:.0f} / {b2:.0f} calls/s; "
+    out.append(f"  baseline spread, round by round: {' / '.join(bases)} calls/s; "
                f"load generator used at most {share:.0%} of one core")
     for label, fig in load.items():
         for line in fig["failures"][:3]:

@@ -58,6 +58,8 @@ def test_infa_file_sections_parameters_dates_and_nulls():
         ("YYYY-MM-DD HH24:MI:SS.US", "2024-01-05 13:04:09.250000"),
         ("YYYY-MM-DD HH24:MI:SS.NS", "2024-01-05 13:04:09.250000000"),
         ("100% YYYY", "100% 2024"),
+        ("{YYYY}-{MM} %d", "{2024}-{01} %d"),  # braces and % are literal text
+        ("YYYY-MM-DD HH24:MI:SS.MS MON", "2024-01-05 13:04:09.250 Jan"),
     ],
 )
 def test_infa_date_formats(fmt, expected):

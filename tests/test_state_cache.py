@@ -190,9 +190,10 @@ def commit_args(expected: str, token: str, insist: bool, second: str = "") -> li
     return [expected, token, second, "1" if insist else "0", "0", "0", 0, 0, 0, 10, "t-", 10, 0, "c", "test"]
 
 
-def commit_keys(wf: str) -> list[str]:
-    return [keys.workflow(wf), keys.meta(wf), keys.history(wf), keys.BATCHES, keys.events(wf),
-            keys.WORKFLOWS, keys.PAUSE, keys.pause(wf), keys.turn(wf)]
+def commit_keys(wf: str) -> tuple[str, ...]:
+    from batchy.store import _commit_keys
+
+    return _commit_keys(wf)
 
 
 def test_a_writer_that_insists_takes_the_turn_and_others_wait(real_redis):
