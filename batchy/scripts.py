@@ -33,20 +33,19 @@
 # moment): the caller plans again from this state, no extra read needed;
 # {-1, key} when a new snapshot key exists; {-2, pause key} when paused.
 COMMIT = """
-local argv = ARGV
-local i = 0
-local function nxt() i = i + 1; return argv[i] end
--- unpack() of more than a few thousand values overflows Lua's stack: write in chunks.
-local function hset(key, flat)
-  for s = 1, #flat, 1000 do
-    redis.call('HSET', key, unpack(flat, s, math.min(s + 999, #flat)))
+local A = ARGV
+-- HSET the count field/value pairs at A[from...]; unpack() of more than a few thousand
+-- values overflows Lua's stack, so in chunks.
+local function hset(key, from, count)
+  local last = from + 2 * count - 1
+  for s = from, last, 1000 do
+    redis.call('HSET', key, unpack(A, s, math.min(s + 999, last)))
   end
 end
 
-local expected, token, second, insist = nxt(), nxt(), nxt(), nxt()
+local expected, token, second, insist, check_pause, replace = A[1], A[2], A[3], A[4], A[5], A[6]
 local now = redis.call('TIME')
 local current = redis.call('HGET', KEYS[2], 'version') or '0'
-local check_pause, replace = nxt(), nxt()
 local turn = redis.call('GET', KEYS[9])
 local waiting = turn and turn ~= token
 if waiting or current ~= expected or (second ~= '' and now[1] ~= second)
@@ -60,51 +59,46 @@ if check_pause == '1' and redis.call('EXISTS', KEYS[7], KEYS[8]) > 0 then
   return {-2, KEYS[7]}
 end
 
-local n = tonumber(nxt())
-local fields = {}
-for _ = 1, n do fields[#fields + 1] = nxt(); fields[#fields + 1] = nxt() end
-n = tonumber(nxt())
-local meta = {}
-for _ = 1, n do meta[#meta + 1] = nxt(); meta[#meta + 1] = nxt() end
+-- Where each part of ARGV starts; nothing is copied out of it.
+local njobs = tonumber(A[7])
+local i = 8 + 2 * njobs
+local nmeta = tonumber(A[i])
+local meta_at = i + 1
+i = meta_at + 2 * nmeta
 local batches = {}
 local indexed = false
-n = tonumber(nxt())
-for _ = 1, n do
-  local b = {key = nxt(), mode = nxt(), score = nxt(), fields = {}}
-  local m = tonumber(nxt())
-  for _ = 1, m do b.fields[#b.fields + 1] = nxt(); b.fields[#b.fields + 1] = nxt() end
-  if b.mode == 'new' and redis.call('EXISTS', b.key) == 1 then return {-1, b.key} end
-  if b.mode ~= 'update' then indexed = true end
-  batches[#batches + 1] = b
+for _ = 1, tonumber(A[i]) do
+  local key, mode, m = A[i + 1], A[i + 2], tonumber(A[i + 4])
+  if mode == 'new' and redis.call('EXISTS', key) == 1 then return {-1, key} end
+  if mode ~= 'update' then indexed = true end
+  batches[#batches + 1] = {key, mode, A[i + 3], i + 5, m}
+  i = i + 4 + 2 * m
 end
-local keep = tonumber(nxt())
-local prefix = nxt()
-local maxlen = nxt()
-n = tonumber(nxt())
-local event = {}
-for _ = 1, n do event[#event + 1] = nxt(); event[#event + 1] = nxt() end
-local channel = nxt()
-local message = nxt()
+local keep, prefix, maxlen, nevent = tonumber(A[i + 1]), A[i + 2], A[i + 3], tonumber(A[i + 4])
+local event_at = i + 5
+i = event_at + 2 * nevent
+local channel, message = A[i], A[i + 1]
 
 if replace == '1' then
   redis.call('DEL', KEYS[1])
   redis.call('SADD', KEYS[6], KEYS[1])  -- the only way a workflow comes to exist
 end
-hset(KEYS[1], fields)
+hset(KEYS[1], 8, njobs)
 local version = ((tonumber(string.match(current, '^%d+')) or 0) + 1) .. '-' .. token
-hset(KEYS[2], meta)
+hset(KEYS[2], meta_at, nmeta)
 redis.call('HSET', KEYS[2], 'version', version)
 redis.call('HINCRBY', KEYS[2], 'count:' .. message, 1)
 
 for _, b in ipairs(batches) do
-  if b.mode == 'new' or b.mode == 'put' then
-    if b.mode == 'put' then redis.call('DEL', b.key) end
-    hset(b.key, b.fields)
-    local id = string.sub(b.key, #prefix + 1)
+  local key, mode = b[1], b[2]
+  if mode == 'new' or mode == 'put' then
+    if mode == 'put' then redis.call('DEL', key) end
+    hset(key, b[4], b[5])
+    local id = string.sub(key, #prefix + 1)
     redis.call('ZADD', KEYS[3], id, id)
-    redis.call('ZADD', KEYS[4], b.score, b.key)
-  elseif redis.call('EXISTS', b.key) == 1 then
-    hset(b.key, b.fields)
+    redis.call('ZADD', KEYS[4], b[3], key)
+  elseif redis.call('EXISTS', key) == 1 then
+    hset(key, b[4], b[5])
   end
 end
 
@@ -120,8 +114,8 @@ if indexed then
   end
 end
 
-if #event > 0 then
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', unpack(event))
+if nevent > 0 then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', unpack(A, event_at, event_at + 2 * nevent - 1))
 end
 if turn then redis.call('DEL', KEYS[9]) end
 redis.call('PUBLISH', channel, message)

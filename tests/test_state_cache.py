@@ -31,23 +31,28 @@ def store_of(app):
     return app.extensions["batchy"]
 
 
-def count_calls(store):
-    """Count the commands the store sends to Redis (each one a round trip here)."""
-    sent = []
-    real = store.redis.execute_command
+@pytest.fixture
+def sent(monkeypatch):
+    """The name of every command sent to Redis, one per round trip (redis-py packs each send)."""
+    import redis.connection
 
-    def counting(*args, **kwargs):
-        sent.append(args[0])
-        return real(*args, **kwargs)
+    names: list[str] = []
+    original = redis.connection.AbstractConnection.send_packed_command
 
-    store.redis.execute_command = counting
-    return sent
+    def counting(conn, command, check_health=True):
+        packed = b"".join(command) if isinstance(command, (list, tuple)) else command
+        names.append(packed.split(b"\r\n")[2].decode().upper())  # *<n>, $<len>, <name>
+        return original(conn, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    return names
 
 
-def test_a_warm_change_is_one_round_trip_a_cold_one_two(two):
+def test_a_warm_change_is_one_round_trip_a_cold_one_two(two, sent):
     a, _b = two
-    sent = count_calls(store_of(a))
     client = a.test_client()
+    client.get("/get_status/wf1")  # the connection's own first commands (HELLO...) out of the way
+    sent.clear()
     assert client.post("/open_batch/wf1").status_code == 200  # wrote by load: warm already
     assert client.post("/close_batch/wf1").status_code == 200
     assert sent == ["EVALSHA", "EVALSHA"]
@@ -145,11 +150,11 @@ def test_a_deleted_workflow_is_not_recreated_from_the_cache(two, real_redis):
     assert not real_redis.exists("wf1")
 
 
-def test_the_cache_can_be_turned_off(redis_server, real_redis, cfg_dir):
+def test_the_cache_can_be_turned_off(redis_server, real_redis, cfg_dir, sent):
     app = make(redis_server, cfg_dir, BATCHY_STATE_CACHE=0)
     client = app.test_client()
     client.post("/load_cfg/wf1")
-    sent = count_calls(store_of(app))
+    sent.clear()
     assert client.post("/open_batch/wf1").status_code == 200
     assert client.post("/close_batch/wf1").status_code == 200
     assert sent == ["EVALSHA"] * 4  # read + commit, twice
@@ -177,7 +182,7 @@ def test_a_commit_that_may_not_have_run_forgets_the_cache(two, monkeypatch):
     def timeout(*args, **kwargs):
         raise redis.TimeoutError("simulated")
 
-    monkeypatch.setattr(store, "_commit", timeout)
+    monkeypatch.setattr(store, "_send", timeout)
     assert a.test_client().post("/close_batch/wf1").status_code == 503
     assert "wf1" not in store._cache
 
@@ -268,3 +273,34 @@ def test_a_busy_workflow_still_answers_every_writer(redis_server, real_redis, cf
     for t in threads:
         t.join(30)
     assert errors == []
+
+
+# -- the one-round-trip send: what redis-py's command layer did, it still does -----------
+
+
+def test_a_change_after_redis_lost_its_scripts_still_applies(two, real_redis):
+    a, _b = two
+    client = a.test_client()
+    client.post("/open_batch/wf1")
+    real_redis.script_flush()  # as after a restart without persistence of scripts
+    r = client.post("/close_batch/wf1")
+    assert r.status_code == 200, r.json
+    assert json.loads(real_redis.hget("wf1", "s_extract"))["status"] == "success"
+
+
+def test_the_first_change_after_a_redis_restart_applies(cfg_dir):
+    from .servers import RedisServer
+
+    server = RedisServer("--appendonly", "yes").start()
+    try:
+        app = make(server, cfg_dir)
+        client = app.test_client()
+        assert client.post("/load_cfg/wf1").status_code == 200
+        assert client.post("/open_batch/wf1").status_code == 200
+        server.stop()
+        server.start()  # the pooled socket is dead; redis-py's one retry on a fresh one
+        r = client.post("/close_batch/wf1")
+        assert r.status_code == 200, r.json
+        assert r.json["s_extract"]["status"] == "success"
+    finally:
+        server.cleanup()
