@@ -111,11 +111,11 @@ def infa(jobs: dict[str, dict]) -> str:
     written as a JSON string, so it cannot forge a parameter line.
     """
     lines = []
+    rendered: dict[tuple, str] = {}  # to_date and batch_start are one time, shared by the jobs
     for name, job in jobs.items():
         fmt = job.get("infa_date_format") or INFA_DEFAULT_DATE_FORMAT
         tz = watermark.job_zone(job)
         lines.append(f"[{job.get('infa_section') or name}]")
-        dates: dict[str, str] = {}  # to_date and batch_start are the same time: render it once
         for key, value in job.items():
             if key in _CONTROL_FIELDS:
                 continue
@@ -123,9 +123,9 @@ def infa(jobs: dict[str, dict]) -> str:
             if value is None:
                 text = ""
             elif key in _DATE_FIELDS:
-                text = dates.get(value)
+                text = rendered.get((value, fmt, tz))
                 if text is None:
-                    text = dates[value] = infa_date(value, fmt, tz)
+                    text = rendered[value, fmt, tz] = infa_date(value, fmt, tz)
             elif kind is str:
                 text = _encode(value) if "\n" in value or "\r" in value else value
             elif kind is int:

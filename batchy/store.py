@@ -120,7 +120,7 @@ class State:
 
     @property
     def settings(self) -> dict:
-        return json.loads(self.meta.get("settings") or "{}")
+        return _settings(self.meta.get("settings") or "{}")
 
 
 @dataclass
@@ -759,6 +759,15 @@ class BatchStore:
             "from_before": _dumps(before),
             "from_after": _dumps(after),
         }
+
+
+@functools.lru_cache(maxsize=1024)
+def _settings(text: str) -> dict:
+    """Return a workflow's settings from their JSON text (the same text on every open).
+
+    Shared between calls: read-only, as the plans that read it are pure.
+    """
+    return json.loads(text)
 
 
 @functools.lru_cache(maxsize=4096)
