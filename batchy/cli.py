@@ -62,9 +62,30 @@ def serve(host, port, workers, threads):
         def load(self):
             from . import create_app
 
+            _json_gunicorn_errors()
             return create_app()
 
     Server().run()
+
+
+def _json_gunicorn_errors() -> None:
+    """Give the requests gunicorn refuses itself Batchy's one JSON error shape.
+
+    A request line over 8190 bytes or a malformed header never reaches Flask: gunicorn
+    answers it from its worker with an HTML page (found by fuzzing with schemathesis).
+    gunicorn writes those answers through util.write_error only; this replaces it.
+    """
+    from gunicorn import util
+
+    from .errors import error_body
+
+    def write_error(sock, status_int, reason, mesg):
+        body = error_body(status_int, reason.lower().replace(" ", "_"), mesg or reason)
+        head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        util.write_nonblock(sock, head.encode("latin1") + body)
+
+    util.write_error = write_error
 
 
 def _client() -> Batchy:

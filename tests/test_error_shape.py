@@ -1,4 +1,5 @@
 """Every error path answers with the one JSON error body (Datasette's test_error_shape habit)."""
+import json
 import re
 
 import pytest
@@ -88,3 +89,23 @@ def test_framework_errors_have_the_shape_too(fake_redis, cfg_dir, config, method
     client = make_app(fake_redis, cfg_dir, **config).test_client()
     r = client.open(url, method=method, data="x" * 50, content_type="text/plain")
     assert_error_shape(r, status)
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET /get_status/" + b"%F2%97%A6%8C" * 1000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),  # line > 8190 bytes
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),  # a header without a colon
+])
+def test_requests_gunicorn_refuses_itself_have_the_shape_too(service, request_bytes, status):
+    """These never reach Flask: gunicorn answers them from the worker (found by fuzzing)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
+        sock.sendall(request_bytes)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    assert b"Content-Type: application/json" in head
+    error = json.loads(body)
+    assert error["status"] == status and error["error"] and error["message"], error
