@@ -29,10 +29,9 @@ def dumps(value) -> str:
     try:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
     except orjson.JSONEncodeError:
-        return _stdlib_encode(value)
+        return _stdlibdumps(value)
 
 
-_encode = dumps
 _INFA_TOKENS = re.compile(r"YYYY|YY|MONTH|MON|MM|DD|DY|HH24|HH12|HH|MI|SS|MS|US|NS|AM|PM|%")
 _STRFTIME = {
     "YYYY": "%Y", "YY": "%y", "MONTH": "%B", "MON": "%b", "MM": "%m", "DD": "%d",
@@ -43,7 +42,7 @@ _STRFTIME = {
 
 def json_state(jobs: dict[str, dict]) -> bytes:
     """Return {job: {...}} as JSON bytes."""
-    return _encode(jobs).encode()
+    return dumps(jobs).encode()
 
 
 def json_raw_state(raw: dict[str, str]) -> bytes:
@@ -127,12 +126,12 @@ def infa(jobs: dict[str, dict]) -> str:
                 if text is None:
                     text = rendered[value, fmt, tz] = infa_date(value, fmt, tz)
             elif kind is str:
-                text = _encode(value) if "\n" in value or "\r" in value else value
+                text = dumps(value) if "\n" in value or "\r" in value else value
             elif kind is int:
                 text = str(value)
             elif kind is bool:
                 text = "true" if value else "false"
             else:
-                text = _encode(value)
+                text = dumps(value)
             lines.append(f"$${key}={text}" if key[:1] != "$" else f"{key}={text}")
     return "\n".join(lines) + "\n"

@@ -154,6 +154,9 @@ class BatchStore:
         self._cache_size = settings.get("BATCHY_STATE_CACHE", 1024)
         self._cache_lock = threading.Lock()
         self._clock_offset = 0.0  # Redis TIME minus this host's clock, from the last reply
+        # BatchStore._send's direct path needs hiredis and a plain redis-py client and pool.
+        self._direct = (_pack is not None and type(client) is redis.Redis
+                        and isinstance(client.connection_pool, redis.ConnectionPool))
 
     # -- reads ---------------------------------------------------------------
 
@@ -219,11 +222,16 @@ class BatchStore:
 
     def _state(self, wf: str, clock, flat_raw, flat_meta) -> State:
         """Return the State of a reply holding TIME and the two flat HGETALLs."""
-        seconds, micro = int(clock[0]), int(clock[1])
-        self._clock_offset = seconds + micro / 1e6 - time.time()
+        seconds = self._learn_clock(clock)
         raw = dict(zip(flat_raw[::2], flat_raw[1::2]))
         meta = dict(zip(flat_meta[::2], flat_meta[1::2]))
         return self._planned(wf, raw, meta, seconds)
+
+    def _learn_clock(self, clock) -> int:
+        """Note how far Redis' TIME (a reply's [seconds, microseconds]) is from this host's clock."""
+        seconds = int(clock[0])
+        self._clock_offset = seconds + int(clock[1]) / 1e6 - time.time()
+        return seconds
 
     def _planned(self, wf: str, raw: dict[str, str], meta: dict[str, str], seconds: int,
                  jobs: dict[str, dict] | None = None) -> State:
@@ -649,7 +657,7 @@ class BatchStore:
                 raise
             status, value = int(reply[0]), reply[1]
             if status == 1:
-                self._clock_offset = int(reply[2][0]) + int(reply[2][1]) / 1e6 - time.time()
+                self._learn_clock(reply[2])
                 self._remember(wf, value, state, change)
                 if len(reply) > 3 and reply[3] < self._wait_replicas:
                     self._forget(wf)  # a failover may still lose this change
@@ -725,9 +733,9 @@ class BatchStore:
         connection error, none after a timeout, the script loaded again if Redis lost it.
         Clients without a plain redis-py pool (the embedded fakeredis) take the normal path.
         """
-        pool = self.redis.connection_pool
-        if _pack is None or not isinstance(pool, redis.ConnectionPool) or type(self.redis) is not redis.Redis:
+        if not self._direct:
             return script(keys=script_keys, args=args)
+        pool = self.redis.connection_pool
         packed = [_pack(("EVALSHA", script.sha, len(script_keys), *script_keys, *args))]
         for attempt in (1, 2):
             conn = pool.get_connection()

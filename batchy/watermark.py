@@ -116,6 +116,14 @@ def format_time(moment: datetime, tz=UTC) -> str:
     return moment.astimezone(tz).isoformat()
 
 
+def _format_once(moment: datetime, tz, rendered: dict) -> str:
+    """Return format_time(moment, tz), rendered once per zone for one change (rendered: {tz: text})."""
+    text = rendered.get(tz)
+    if text is None:
+        text = rendered[tz] = format_time(moment, tz)
+    return text
+
+
 def start_of_day(moment: datetime, tz) -> datetime:
     """Return the first instant of moment's calendar day in zone tz.
 
@@ -164,12 +172,10 @@ def next_from_date(job: dict) -> datetime:
 def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int) -> dict[str, dict]:
     """Return every job opened for batch batch_id at now, with its new window."""
     opened = {}
-    starts: dict = {}  # now, rendered once per time zone
+    starts: dict = {}
     for name, job in jobs.items():
         tz = job_zone(job)
-        start = starts.get(tz)
-        if start is None:
-            start = starts[tz] = format_time(now, tz)
+        start = _format_once(now, tz, starts)
         new = dict(job)
         new.pop("next_from_date", None)  # consumed by this open
         new.update(
@@ -241,15 +247,11 @@ def close_jobs(
             states={name: jobs[name].get("status") for name in targets},
         )
     closed = {}
-    ends: dict = {}  # now, rendered once per time zone
+    ends: dict = {}
     for name in open_targets:
         current = jobs[name]
-        tz = job_zone(current)
-        end = ends.get(tz)
-        if end is None:
-            end = ends[tz] = format_time(now, tz)
         new = dict(current)
-        new.update(status=outcome, batch_end=end)
+        new.update(status=outcome, batch_end=_format_once(now, job_zone(current), ends))
         if records_processed is not None:
             new["records_processed"] = records_processed
         if message is not None:
