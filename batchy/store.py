@@ -242,7 +242,7 @@ class BatchStore:
 
     def _planned(self, wf: str, raw: dict[str, str], meta: dict[str, str], seconds: int,
                  jobs: dict[str, dict] | None = None) -> State:
-        now = datetime.fromtimestamp(seconds, timezone.utc)
+        now = _utc_second(seconds)
         jobs = decode(raw) if jobs is None else jobs
         return State(wf, now, jobs, meta, raw, meta.get("version", "0"), second=str(seconds))
 
@@ -795,7 +795,7 @@ class BatchStore:
                   for name, job in state.jobs.items() if change.replace or name in jobs}
         after = {name: job.get("next_from_date") or job.get("from_date") for name, job in jobs.items()}
         return {
-            "time": watermark.format_time(state.now),
+            "time": watermark.format_now(state.now),
             "action": change.action,
             "batch_id": "" if change.batch_id is None else str(change.batch_id),
             "actor": actor or "",
@@ -812,6 +812,12 @@ def _settings(text: str) -> dict:
     Shared between calls: read-only, as the plans that read it are pure.
     """
     return json.loads(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _utc_second(seconds: int) -> datetime:
+    """Return Redis' clock second as a datetime (every change in one second shares it)."""
+    return datetime.fromtimestamp(seconds, timezone.utc)
 
 
 @functools.lru_cache(maxsize=4096)

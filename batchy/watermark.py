@@ -116,11 +116,21 @@ def format_time(moment: datetime, tz=UTC) -> str:
     return moment.astimezone(tz).isoformat()
 
 
-def _format_once(moment: datetime, tz, rendered: dict) -> str:
-    """Return format_time(moment, tz), rendered once per zone for one change (rendered: {tz: text})."""
-    text = rendered.get(tz)
-    if text is None:
-        text = rendered[tz] = format_time(moment, tz)
+# The last `now` rendered per zone, {tz: (moment, text)}: every change in one second of
+# Redis' clock renders the same batch_start, to_date, batch_end and event time.
+_NOW_TEXTS: dict = {}
+
+
+def format_now(moment: datetime, tz=UTC) -> str:
+    """Return format_time(moment, tz) for the moment of a change, rendered once per second and zone.
+
+    Threads share the memo: a tuple is replaced whole, and a reader checks its moment.
+    """
+    last = _NOW_TEXTS.get(tz)
+    if last is not None and last[0] == moment:
+        return last[1]
+    text = format_time(moment, tz)
+    _NOW_TEXTS[tz] = (moment, text)
     return text
 
 
@@ -159,7 +169,7 @@ def next_from_date(job: dict) -> datetime:
         return parse_time(job["next_from_date"], "next_from_date")
     hours = check_reprocess_hours(job.get("reprocess_hours") or 0)
     if job.get("status") == SUCCESS and job.get("batch_start"):
-        start = parse_time(job["batch_start"], "batch_start") - timedelta(hours=hours)
+        start = parse_time(job["batch_start"], "batch_start") - _hours(hours)
     elif job.get("from_date"):
         start = parse_time(job["from_date"], "from_date")
     else:
@@ -169,13 +179,17 @@ def next_from_date(job: dict) -> datetime:
     return start
 
 
+@lru_cache(maxsize=256)
+def _hours(hours: float) -> timedelta:
+    return timedelta(hours=hours)
+
+
 def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int) -> dict[str, dict]:
     """Return every job opened for batch batch_id at now, with its new window."""
     opened = {}
-    starts: dict = {}
     for name, job in jobs.items():
         tz = job_zone(job)
-        start = _format_once(now, tz, starts)
+        start = format_now(now, tz)
         new = dict(job)
         new.pop("next_from_date", None)  # consumed by this open
         new.update(
@@ -247,11 +261,10 @@ def close_jobs(
             states={name: jobs[name].get("status") for name in targets},
         )
     closed = {}
-    ends: dict = {}
     for name in open_targets:
         current = jobs[name]
         new = dict(current)
-        new.update(status=outcome, batch_end=_format_once(now, job_zone(current), ends))
+        new.update(status=outcome, batch_end=format_now(now, job_zone(current)))
         if records_processed is not None:
             new["records_processed"] = records_processed
         if message is not None:

@@ -41,12 +41,13 @@ class VirtualClock:
                 # Keep the real clock's progress so batch ids stay monotonic.
                 return datetime.fromtimestamp(int(clock.now().timestamp()), tz)
 
-        saved = store.datetime
+        saved = store.datetime, store._utc_second
         store.datetime = ShiftedDatetime
+        store._utc_second = lambda seconds: ShiftedDatetime.fromtimestamp(seconds, timezone.utc)
         try:
             yield self
         finally:
-            store.datetime = saved
+            store.datetime, store._utc_second = saved
 
 
 def raw_client(port: int) -> redis.Redis:
