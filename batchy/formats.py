@@ -110,7 +110,6 @@ def infa(jobs: dict[str, dict]) -> str:
     written as a JSON string, so it cannot forge a parameter line.
     """
     lines = []
-    rendered: dict[tuple, str] = {}  # to_date and batch_start are one time, shared by the jobs
     for name, job in jobs.items():
         fmt = job.get("infa_date_format") or INFA_DEFAULT_DATE_FORMAT
         tz = watermark.job_zone(job)
@@ -118,20 +117,38 @@ def infa(jobs: dict[str, dict]) -> str:
         for key, value in job.items():
             if key in _CONTROL_FIELDS:
                 continue
-            kind = type(value)
-            if value is None:
-                text = ""
-            elif key in _DATE_FIELDS:
-                text = rendered.get((value, fmt, tz))
-                if text is None:
-                    text = rendered[value, fmt, tz] = infa_date(value, fmt, tz)
-            elif kind is str:
-                text = dumps(value) if "\n" in value or "\r" in value else value
-            elif kind is int:
-                text = str(value)
-            elif kind is bool:
-                text = "true" if value else "false"
+            if value is not None and key in _DATE_FIELDS:
+                lines.append(_date_line(key, value, fmt, tz))
+            elif isinstance(value, (dict, list)) or (isinstance(value, str) and len(value) > 256):
+                lines.append(_line(key, _param_text(value)))  # unhashable, or too long to keep
             else:
-                text = dumps(value)
-            lines.append(f"$${key}={text}" if key[:1] != "$" else f"{key}={text}")
+                lines.append(_param_line(key, value))
     return "\n".join(lines) + "\n"
+
+
+# Both memos hold what every open renders again: the same parameters, and within a
+# second the same batch_start and to_date for every workflow.
+@functools.lru_cache(maxsize=4096)
+def _date_line(key: str, value: str, fmt: str, tz) -> str:
+    return _line(key, infa_date(value, fmt, tz))
+
+
+@functools.lru_cache(maxsize=4096, typed=True)  # typed: True and 1 are different values
+def _param_line(key: str, value) -> str:
+    return _line(key, _param_text(value))
+
+
+def _param_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return dumps(value) if "\n" in value or "\r" in value else value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return dumps(value)
+
+
+def _line(key: str, text: str) -> str:
+    return f"$${key}={text}" if key[:1] != "$" else f"{key}={text}"

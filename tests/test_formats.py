@@ -72,6 +72,20 @@ def test_infa_value_cannot_forge_a_parameter_line():
     assert "$$from_date" not in text.splitlines()[1][:12]
 
 
+def test_infa_values_equal_in_python_render_by_their_own_type():
+    # True == 1 == 1.0 in Python: the memo of rendered lines must not mix them up.
+    jobs = {"a": {"p": 1}, "b": {"p": True}, "c": {"p": 1.0}, "d": {"p": 0}, "e": {"p": False}}
+    lines = formats.infa(jobs).splitlines()
+    assert lines[1::2] == ["$$p=1", "$$p=true", "$$p=1.0", "$$p=0", "$$p=false"]
+    assert formats.infa(jobs) == formats.infa(jobs)  # and again, from the memo
+
+
+def test_infa_long_and_multiline_texts():
+    long = "x" * 5000
+    text = formats.infa({"j": {"note": long, "multi": "a\n" * 200, "$$raw": "v"}})
+    assert text.splitlines() == ["[j]", f"$$note={long}", "$$multi=" + json.dumps("a\n" * 200), "$$raw=v"]
+
+
 def test_json_raw_state_matches_json_state():
     jobs = {"a": {"x": 1, "s": "é"}, "b.c-d": {"y": None}}
     raw = {k: json.dumps(v) for k, v in jobs.items()}
