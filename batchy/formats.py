@@ -29,7 +29,7 @@ def dumps(value) -> str:
     try:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
     except orjson.JSONEncodeError:
-        return _stdlibdumps(value)
+        return _stdlib_encode(value)
 
 
 _INFA_TOKENS = re.compile(r"YYYY|YY|MONTH|MON|MM|DD|DY|HH24|HH12|HH|MI|SS|MS|US|NS|AM|PM|%")

@@ -203,3 +203,13 @@ def test_get_mutations_can_be_turned_off(fake_redis, cfg_dir):
 def test_health_endpoints(client):
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").json == {"status": "ready"}
+
+
+def test_a_parameter_past_64_bits_round_trips_exactly(real_client, write_cfg):
+    write_cfg("big", "j:\n  from_date: 2024-01-01\n  huge: 1180591620717411303425\n")
+    assert real_client.post("/load_cfg/big").status_code == 200
+    opened = real_client.post("/open_batch/big")
+    assert opened.status_code == 200, opened.json
+    assert b'"huge":1180591620717411303425' in real_client.get("/get_status/big").data
+    infa = real_client.post("/open_batch/big/infa").data.decode()
+    assert "$$huge=1180591620717411303425" in infa

@@ -90,3 +90,9 @@ def test_json_raw_state_matches_json_state():
     jobs = {"a": {"x": 1, "s": "é"}, "b.c-d": {"y": None}}
     raw = {k: json.dumps(v) for k, v in jobs.items()}
     assert json.loads(formats.json_raw_state(raw)) == jobs == json.loads(formats.json_state(jobs))
+
+
+def test_integers_past_64_bits_are_encoded_exactly():
+    big = 2**70 + 1
+    assert formats.dumps({"n": big, "s": "é"}) == '{"n":1180591620717411303425,"s":"é"}'
+    assert json.loads(formats.json_state({"j": {"n": -big}}))["j"]["n"] == -big
