@@ -28,7 +28,7 @@ sys.path.insert(0, HERE)
 import drive  # noqa: E402
 import plans  # noqa: E402
 from procs import (  # noqa: E402
-    ROOT, BaselineProcess, Http, RedisServer, ServiceProcess, cleanup, spread_names, start_timed, write_workflows,
+    BaselineProcess, Http, RedisServer, ServiceProcess, cleanup, spread_names, start_timed, write_workflows,
 )
 
 MODES = {

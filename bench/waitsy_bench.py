@@ -252,7 +252,7 @@ def main(argv=None) -> int:
 
     print(f"\nReaction latency, close -> waitsy exit, {args.runs} runs each (ms)")
     print(f"{'mode':<28}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
-    for label, values in ((f"push (/wait)", push), (f"poll (--interval {args.poll_interval:g})", poll)):
+    for label, values in (("push (/wait)", push), (f"poll (--interval {args.poll_interval:g})", poll)):
         print(f"{label:<28}{ms(statistics.median(values))}{ms(pct(values, 90))}{ms(pct(values, 99))}{ms(max(values))}")
     print(f"\nopen/close latency ({args.cycles} open+close pairs) and get_status throughput "
           f"({args.clients} client processes, {args.duration:g}s)")

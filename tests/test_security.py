@@ -3,8 +3,6 @@ import re
 import urllib.error
 import urllib.request
 
-import pytest
-
 from .conftest import make_app
 from .servers import RedisServer, ServiceProcess
 
