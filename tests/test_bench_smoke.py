@@ -39,3 +39,17 @@ def test_python_load_generator_drives_a_server():
 
     result = load.ceiling(0.5, connections=4)
     assert result["rps"] > 0
+
+
+def test_instruction_counter_drives_every_scenario():
+    # --cpu: the same in-process driver without valgrind (the counts take minutes).
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "instructions.py"), "--cpu", "--many", "3"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = ("baseline (1 HGETALL)", "get_status", "open_batch json + close_batch", "open_batch infa + close_batch")
+    for label in labels:
+        row = next(line for line in proc.stdout.splitlines() if line.startswith(f"  {label}  "))
+        per_call = float(row[len(label) + 2:].split()[0].replace(",", ""))
+        assert per_call > 0, row

@@ -1,0 +1,143 @@
+"""Instructions per API call, Batchy against the baseline: a figure a noisy machine cannot move.
+
+    .venv/bin/python bench/instructions.py            # ~4 minutes, needs valgrind
+    .venv/bin/python bench/instructions.py --cpu      # CPU microseconds instead (no valgrind; noisy)
+
+Each scenario runs the two apps in one Python process, straight through WSGI (no gunicorn,
+no sockets to the client), on a redis-server of its own, and counts the user-space
+instructions of that process with `valgrind --tool=callgrind`. Each scenario runs twice, with
+few and with many calls; the difference divided by the extra calls is the cost of one call,
+free of start-up and imports. Counts are repeatable to a fraction of a percent whatever else
+the machine runs, so they show what a change to the code did; the load runs of
+bench/run.py show what it does to throughput (gunicorn, the kernel and Redis add to both
+sides there).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# scenario: (label, calls per iteration)
+SCENARIOS = {
+    "base": ("baseline (1 HGETALL)", 1),
+    "get": ("get_status", 1),
+    "json": ("open_batch json + close_batch", 2),
+    "infa": ("open_batch infa + close_batch", 2),
+}
+
+
+def drive(mode: str, iterations: int, redis_url: str) -> float:
+    """Run iterations of mode in this process; return CPU seconds per iteration."""
+    from batchy import create_app
+    from bench.baseline import create_baseline_app
+    from bench.procs import spread_names, write_workflows
+
+    cfg = tempfile.mkdtemp(prefix="batchy-instr-")
+    write_workflows(cfg, 32, [1])
+    os.environ["BATCHY_REDIS_URL"] = redis_url
+    app = create_app({"BATCHY_REDIS_URL": redis_url, "BATCHY_CFG_DIR": cfg})
+    base = create_baseline_app()
+
+    def call(target, method: str, path: str) -> None:
+        environ = {
+            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "5000", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr, "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1:5000", "CONTENT_LENGTH": "0" if method == "POST" else "",
+            "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+        }
+        statuses = []
+        body = target(environ, lambda status, headers, exc_info=None: statuses.append(status))
+        b"".join(body)
+        body.close()
+        if not statuses[0].startswith("2"):
+            raise RuntimeError(f"{method} {path} answered {statuses[0]}")
+
+    wfs = spread_names()
+    for wf in wfs:
+        call(app, "POST", f"/load_cfg/{wf}")
+    suffix = "/infa" if mode == "infa" else ""
+
+    def one(i: int) -> None:
+        wf = wfs[i % len(wfs)]
+        if mode == "base":
+            call(base, "GET", f"/get_status/{wf}")
+        elif mode == "get":
+            call(app, "GET", f"/get_status/{wf}")
+        else:
+            call(app, "POST", f"/open_batch/{wf}{suffix}")
+            call(app, "POST", f"/close_batch/{wf}")
+
+    for i in range(len(wfs)):  # every cache and connection warm before counting
+        one(i)
+    started = time.process_time()
+    for i in range(iterations):
+        one(i)
+    return (time.process_time() - started) / max(iterations, 1)
+
+
+def callgrind(mode: str, iterations: int, redis_url: str) -> int:
+    """Return the instructions a process running `iterations` of mode executes in all."""
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+         sys.executable, os.path.abspath(__file__), "--drive", mode, str(iterations), redis_url],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    found = re.search(r"Collected : (\d+)", proc.stderr)
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"callgrind run of {mode} failed:\n{proc.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true", help="CPU time per call instead of instructions")
+    parser.add_argument("--few", type=int, default=20, help="iterations of the short run")
+    parser.add_argument("--many", type=int, default=220, help="iterations of the long run")
+    parser.add_argument("--drive", nargs=3, metavar=("MODE", "N", "REDIS_URL"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.drive:
+        mode, n, url = args.drive
+        drive(mode, int(n), url)
+        return 0
+    if not args.cpu and not shutil.which("valgrind"):
+        print("valgrind is not installed (apt-get install valgrind), or use --cpu", file=sys.stderr)
+        return 2
+
+    from tests.servers import RedisServer
+
+    server = RedisServer().start()
+    rows = {}
+    try:
+        for mode, (label, calls) in SCENARIOS.items():
+            if args.cpu:
+                per_call = drive(mode, args.many, server.url) / calls * 1e6
+            else:
+                few, many = callgrind(mode, args.few, server.url), callgrind(mode, args.many, server.url)
+                per_call = (many - few) / (args.many - args.few) / calls
+            rows[mode] = per_call
+            print(f"  {label}: {per_call:,.0f}", file=sys.stderr, flush=True)
+    finally:
+        server.cleanup()
+    unit = "CPU us per call" if args.cpu else "instructions per call"
+    print(f"\n{'in-process, one thread, WSGI':40}{unit:>24}{'base / this':>14}")
+    for mode, (label, _calls) in SCENARIOS.items():
+        ratio = "-" if mode == "base" else f"{rows['base'] / rows[mode]:.2f}"
+        print(f"  {label:38}{rows[mode]:>24,.{1 if args.cpu else 0}f}{ratio:>14}")
+    print("  (open + close rows: the mean of the two calls; base / this is the throughput ratio one\n"
+          "   core would give if nothing but this Python work counted)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
