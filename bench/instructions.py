@@ -38,11 +38,18 @@ SCENARIOS = {
 
 def drive(mode: str, iterations: int, redis_url: str) -> float:
     """Run iterations of mode in this process; return CPU seconds per iteration."""
+    cfg = tempfile.mkdtemp(prefix="batchy-instr-")
+    try:
+        return _drive(mode, iterations, redis_url, cfg)
+    finally:
+        shutil.rmtree(cfg, ignore_errors=True)
+
+
+def _drive(mode: str, iterations: int, redis_url: str, cfg: str) -> float:
     from batchy import create_app
     from bench.baseline import create_baseline_app
     from bench.procs import spread_names, write_workflows
 
-    cfg = tempfile.mkdtemp(prefix="batchy-instr-")
     write_workflows(cfg, 32, [1])
     os.environ["BATCHY_REDIS_URL"] = redis_url
     app = create_app({"BATCHY_REDIS_URL": redis_url, "BATCHY_CFG_DIR": cfg})
