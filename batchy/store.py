@@ -11,6 +11,7 @@ change is at most two round trips, however many jobs.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -47,11 +48,46 @@ try:  # redis-py's own C packer; without it every commit goes through redis-py's
 except ImportError:  # pragma: no cover - hiredis is a dependency
     _pack = None
 
+class FairLock:
+    """A lock handed to its waiters in the order they came.
+
+    threading.Lock lets a thread arriving just as it is released take it before the
+    thread woken for it, so with 16 writers queued on one workflow some waited 2 s
+    while others barged through (bench/run.py, all on one workflow). Here a release
+    hands the lock straight to the oldest waiter.
+    """
+
+    __slots__ = ("_mutex", "_waiters", "_held")
+
+    def __init__(self):
+        self._mutex = threading.Lock()  # guards _held and _waiters only, never held long
+        self._waiters: collections.deque = collections.deque()
+        self._held = False
+
+    def __enter__(self):
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return self
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # released by the holder that hands over
+        return self
+
+    def __exit__(self, *exc):
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()  # still held: now by that waiter
+            else:
+                self._held = False
+
+
 MAX_ATTEMPTS = 50
 # Writers to one workflow in this process queue on a lock instead of invalidating each
 # other's optimistic reads: measured with 32 writers on one workflow, retries piled up
 # into 409 busy and a 4 s p99. The version check in COMMIT still guards across processes.
-_WRITE_LOCKS = tuple(threading.Lock() for _ in range(64))
+_WRITE_LOCKS = tuple(FairLock() for _ in range(64))
 _dumps = formats.dumps
 
 

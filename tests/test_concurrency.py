@@ -49,3 +49,73 @@ def test_concurrent_open_close_cycles(redis_server, real_redis, cfg_dir, capsys)
         print(f"\n  concurrency: {clients} clients x {cycles} open/close cycles on 3 app instances: "
               f"{len(opened)} opens, {len(set(opened))} unique ids, "
               f"{statuses.count(409)} close 409s, 0 lost history keys")
+
+
+def _queued(lock, waiters: int, timeout: float = 10.0) -> None:
+    """Wait until `waiters` threads are blocked in lock.__enter__."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(lock._waiters) < waiters:
+        assert time.monotonic() < deadline, f"{waiters} waiters never queued"
+        time.sleep(0.001)
+
+
+def test_write_lock_hands_over_in_arrival_order():
+    """Writers to one workflow in a process take their turn in the order they came."""
+    from batchy.store import _WRITE_LOCKS, FairLock
+
+    assert all(type(lock) is FairLock for lock in _WRITE_LOCKS)  # what Store.mutate queues on
+
+    lock, order = FairLock(), []
+
+    def writer(n):
+        with lock:
+            order.append(n)
+
+    lock.__enter__()
+    threads = []
+    for n in range(8):
+        threads.append(threading.Thread(target=writer, args=(n,)))
+        threads[-1].start()
+        _queued(lock, n + 1)
+    lock.__exit__(None, None, None)
+    for t in threads:
+        t.join(10)
+    assert order == list(range(8))
+    assert not lock._held and not lock._waiters  # free again once the queue ran dry
+
+
+def test_write_lock_release_then_take_again_queues_behind_a_waiter():
+    """The thread that just released it cannot barge back in ahead of one already waiting.
+
+    threading.Lock allows exactly that (the releaser still runs and finds it free), which
+    let some writers on a hot workflow wait 2 s while others went straight through.
+    """
+    from batchy.store import FairLock
+
+    lock, got = FairLock(), []
+    waiter = threading.Thread(target=lambda: (lock.__enter__(), got.append("waiter"), lock.__exit__(None, None, None)))
+    lock.__enter__()
+    waiter.start()
+    _queued(lock, 1)
+    lock.__exit__(None, None, None)
+    with lock:  # at once, in the releasing thread
+        got.append("releaser")
+    waiter.join(10)
+    assert got == ["waiter", "releaser"]
+
+
+def test_write_lock_is_released_when_the_change_raises():
+    from batchy.store import FairLock
+
+    lock = FairLock()
+    try:
+        with lock:
+            raise ValueError("plan refused")
+    except ValueError:
+        pass
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (lock.__enter__(), done.set(), lock.__exit__(None, None, None)))
+    t.start()
+    assert done.wait(10), "the lock stayed held after an exception"
