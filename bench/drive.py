@@ -110,8 +110,9 @@ def run(base_url: str, connections: list[list[list[str]]], duration: float, kind
                 fh.write(WRK_LUA % {"plans": _lua(connections)})
             n = len(connections)
             proc = subprocess.run(
-                ["wrk", "-t", str(n), "-c", str(n), "-d", f"{max(1, round(duration))}s",  # wrk takes whole seconds "--timeout", "10s",
-                 "-s", script, base_url],
+                ["wrk", "-t", str(n), "-c", str(n), "-d", f"{max(1, round(duration))}s",  # wrk takes whole seconds
+                 # wrk's default 2 s timeout would drop the slowest calls from the figures
+                 "--timeout", "10s", "-s", script, base_url],
                 capture_output=True, text=True, timeout=duration + 60,
             )
             if proc.returncode:
