@@ -412,8 +412,12 @@ def targets(report) -> list[dict]:
     for section in (spread, "all on one workflow"):
         worst = max((f["p99"], label) for s, label, f, _r, _rs in row_figures(report)
                     if s == section and "baseline" not in label)
-        add(f"p99 < 25 ms at {report['connections']} connections ({section})", f"{worst[0]:.1f} ms ({worst[1]})",
-            worst[0] < 25)
+        # No service on this stack beats the floor's own latency: at a fixed number of
+        # connections the mean is connections / rate (Little's law), and p99 >= mean.
+        base = next(f for s, label, f, _r, _rs in row_figures(report) if s == section and "baseline" in label)
+        add(f"p99 < 25 ms at {report['connections']} connections ({section})",
+            f"{worst[0]:.1f} ms ({worst[1]}); baseline's own p99 {base['p99']:.1f} ms, "
+            f"mean {1000 * report['connections'] / base['rate']:.1f} ms", worst[0] < 25)
     bad = sum(f["non2xx"] for _s, _l, f, _r, _rs in row_figures(report))
     bad += sum(v["socket_errors"] for k, v in report["load"].items() if "baseline" not in k)
     add("zero non-2xx responses under load", f"{bad}", bad == 0)
