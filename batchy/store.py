@@ -48,6 +48,7 @@ try:  # redis-py's own C packer; without it every commit goes through redis-py's
 except ImportError:  # pragma: no cover - hiredis is a dependency
     _pack = None
 
+
 class FairLock:
     """A lock handed to its waiters in the order they came.
 

@@ -1,6 +1,9 @@
 """Atomicity on a real redis-server: concurrent clients never share a batch id or lose a write."""
 import json
 import threading
+import time
+
+import pytest
 
 from batchy import create_app, keys
 
@@ -53,8 +56,6 @@ def test_concurrent_open_close_cycles(redis_server, real_redis, cfg_dir, capsys)
 
 def _queued(lock, waiters: int, timeout: float = 10.0) -> None:
     """Wait until `waiters` threads are blocked in lock.__enter__."""
-    import time
-
     deadline = time.monotonic() + timeout
     while len(lock._waiters) < waiters:
         assert time.monotonic() < deadline, f"{waiters} waiters never queued"
@@ -110,11 +111,9 @@ def test_write_lock_is_released_when_the_change_raises():
     from batchy.store import FairLock
 
     lock = FairLock()
-    try:
+    with pytest.raises(ValueError):
         with lock:
             raise ValueError("plan refused")
-    except ValueError:
-        pass
     done = threading.Event()
     t = threading.Thread(target=lambda: (lock.__enter__(), done.set(), lock.__exit__(None, None, None)))
     t.start()
