@@ -73,15 +73,30 @@ class FairLock:
             turn = threading.Lock()
             turn.acquire()
             self._waiters.append(turn)
-        turn.acquire()  # released by the holder that hands over
+        try:
+            turn.acquire()  # released by the holder that hands over
+        except BaseException:
+            # Interrupted while waiting (a signal handler raising in the main thread):
+            # leave the queue, or, if the lock was handed over meanwhile, pass it on,
+            # so that it is never left held by nobody.
+            with self._mutex:
+                if turn in self._waiters:
+                    self._waiters.remove(turn)
+                else:
+                    self._hand_over()
+            raise
         return self
 
     def __exit__(self, *exc):
         with self._mutex:
-            if self._waiters:
-                self._waiters.popleft().release()  # still held: now by that waiter
-            else:
-                self._held = False
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the held lock to the oldest waiter, or free it (called under _mutex)."""
+        if self._waiters:
+            self._waiters.popleft().release()  # still held: now by that waiter
+        else:
+            self._held = False
 
 
 MAX_ATTEMPTS = 50

@@ -118,3 +118,45 @@ def test_write_lock_is_released_when_the_change_raises():
     t = threading.Thread(target=lambda: (lock.__enter__(), done.set(), lock.__exit__(None, None, None)))
     t.start()
     assert done.wait(10), "the lock stayed held after an exception"
+
+
+def test_write_lock_waiter_interrupted_by_a_signal_leaves_the_lock_usable():
+    """A wait cut short by an exception leaves the queue; the lock is never held by nobody."""
+    import signal
+
+    from batchy.store import FairLock
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    lock, got = FairLock(), []
+    holder_in, holder_out = threading.Event(), threading.Event()
+
+    def holder():
+        with lock:
+            holder_in.set()
+            holder_out.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert holder_in.wait(10)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Interrupted):
+            with lock:  # the main thread waits; the signal's exception ends the wait
+                got.append("main")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not lock._waiters and got == []
+    holder_out.set()
+    t.join(10)
+    done = threading.Event()
+    other = threading.Thread(target=lambda: (lock.__enter__(), done.set(), lock.__exit__(None, None, None)))
+    other.start()
+    assert done.wait(10), "the lock was left held after an interrupted wait"
+    assert not lock._held
