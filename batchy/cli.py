@@ -36,8 +36,7 @@ def serve(host, port, workers, threads):
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
-        # gthread, spreading new connections evenly over the workers (batchy/worker.py).
-        "worker_class": "batchy.worker.BalancedThreadWorker",
+        "worker_class": "gthread",
         # gthread: each /wait waiter holds a thread, and /wait admits at most BATCHY_WAIT_MAX_WAITERS,
         # so adding that many keeps BATCHY_THREADS free for everything else (docs/readme-waitsy.md).
         "threads": (threads or conf["BATCHY_THREADS"]) + conf["BATCHY_WAIT_MAX_WAITERS"],
