@@ -282,7 +282,9 @@ class BatchStore:
     def _state(self, wf: str, clock, flat_raw, flat_meta) -> State:
         """Return the State of a reply holding TIME and the two flat HGETALLs."""
         seconds = self._learn_clock(clock)
-        raw = dict(zip(flat_raw[::2], flat_raw[1::2]))
+        # In name order, as every answer lists jobs (and as a remembered state already is):
+        # HGETALL follows insertion order, or none past 128 fields.
+        raw = dict(sorted(zip(flat_raw[::2], flat_raw[1::2])))
         meta = dict(zip(flat_meta[::2], flat_meta[1::2]))
         return self._planned(wf, raw, meta, seconds)
 
@@ -756,7 +758,7 @@ class BatchStore:
         if change.replace or not encoded.keys() <= state.raw.keys():
             merged = encoded if change.replace else {**state.raw, **encoded}
             change.stored = {name: merged[name] for name in sorted(merged)}
-        else:  # the same jobs, in the order they were stored: name order
+        else:  # the same jobs: state.raw is in name order already (_state, _remember)
             change.stored = {**state.raw, **encoded}
         args.append(len(change.meta))
         for item in change.meta.items():

@@ -304,3 +304,16 @@ def test_the_first_change_after_a_redis_restart_applies(cfg_dir):
         assert r.json["s_extract"]["status"] == "success"
     finally:
         server.cleanup()
+
+
+def test_a_change_planned_on_a_fresh_read_answers_in_name_order(redis_server, real_redis, cfg_dir, write_cfg):
+    """Redis' HGETALL of a hash past 128 fields follows no order: the answer still lists jobs by name."""
+    names = [f"job{n:03d}" for n in range(150)]
+    write_cfg("big", "".join(f"{name}:\n  p: 1\n" for name in names))
+    assert make(redis_server, cfg_dir).test_client().post("/load_cfg/big").status_code == 200
+    assert list(real_redis.hgetall("big")) != names  # Redis' own order, not the names'
+    fresh = make(redis_server, cfg_dir).test_client()  # no cache: plans from what Redis returns
+    for path in ("/open_batch/big?job=job007", "/close_batch/big?job=job007", "/open_batch/big"):
+        r = fresh.post(path)
+        assert r.status_code == 200
+        assert list(r.get_json()) == names, path
