@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import settings as settings_mod
-from .client import Batchy, BatchyError
+from .client import Batchy, ServiceError
 
 
 @click.group()
@@ -38,7 +38,7 @@ def serve(host, port, workers, threads):
         "workers": workers,
         "worker_class": "gthread",
         # gthread: each /wait waiter holds a thread, and /wait admits at most BATCHY_WAIT_MAX_WAITERS,
-        # so adding that many keeps BATCHY_THREADS free for everything else (docs/readme-waitsy.md).
+        # so adding that many keeps BATCHY_THREADS free for everything else (docs/waitsy.md).
         "threads": (threads or conf["BATCHY_THREADS"]) + conf["BATCHY_WAIT_MAX_WAITERS"],
         "timeout": 120,
         "graceful_timeout": 10,
@@ -99,7 +99,7 @@ def _emit(result) -> None:
 def _call(fn, *args, **kwargs):
     try:
         _emit(fn(*args, **kwargs))
-    except BatchyError as exc:
+    except ServiceError as exc:
         raise click.ClickException(f"{exc.message} ({exc.status} {exc.code})") from None
     except OSError as exc:
         raise click.ClickException(f"cannot reach Batchy at {_client().url}: {exc}") from None
@@ -195,7 +195,8 @@ def resume(wf):
 
 
 def _direct_store():
-    from .store import BatchStore, connect
+    from .connections import connect
+    from .store import BatchStore
 
     conf = settings_mod.load()
     if not conf["BATCHY_REDIS_URL"]:
@@ -209,11 +210,11 @@ def _direct_store():
 @click.option("--no-history", is_flag=True, help="Only the current state, not the batch snapshots.")
 def export(workflows, output, no_history):
     """Dump the state of WORKFLOWS (default: all) from BATCHY_REDIS_URL as JSON."""
-    from .errors import BatchyError as ServiceError
+    from .errors import BatchyError
 
     try:
         doc = _direct_store().export(list(workflows) or None, history=not no_history)
-    except ServiceError as exc:
+    except BatchyError as exc:
         raise click.ClickException(exc.message) from None
     json.dump(doc, output, indent=1)
     output.write("\n")
@@ -225,14 +226,14 @@ def export(workflows, output, no_history):
 @click.option("--replace", is_flag=True, help="Overwrite workflows that already exist.")
 def import_(source, replace):
     """Restore workflows from an export file into BATCHY_REDIS_URL."""
-    from .errors import BatchyError as ServiceError
+    from .errors import BatchyError
 
     try:
         doc = json.load(source)
         done = _direct_store().import_(doc, replace=replace)
     except ValueError as exc:
         raise click.ClickException(f"not a JSON export file: {exc}") from None
-    except ServiceError as exc:
+    except BatchyError as exc:
         raise click.ClickException(exc.message) from None
     click.echo(f"imported {len(done)} workflow(s): {', '.join(done)}", err=True)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime
 import urllib.error
@@ -22,8 +24,11 @@ DEFAULT_URL = "http://127.0.0.1:5000"
 log = logging.getLogger("batchy.client")
 
 
-class BatchyError(Exception):
-    """The service answered with an error (status, code and message from its JSON body)."""
+class ServiceError(Exception):
+    """The service answered with an error (status, code and message from its JSON body).
+
+    Not batchy.errors.BatchyError, which the service raises inside itself.
+    """
 
     def __init__(self, status: int, code: str, message: str, body: dict | None = None):
         super().__init__(f"{status} {code}: {message}")
@@ -33,14 +38,37 @@ class BatchyError(Exception):
         self.body = body or {}
 
 
+# The name this class had before 1.1; kept so existing ETL scripts keep working.
+BatchyError = ServiceError
+
+
 class Batchy:
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0):
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0,
+                 retries: int = 2):
         self.url = (url or os.environ.get("BATCHY_URL") or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else os.environ.get("BATCHY_API_TOKEN") or None
         self.timeout = timeout
+        self.retries = retries  # extra attempts of a call that is safe to repeat
 
-    def request(self, method: str, path: str, query: dict | None = None, body: dict | None = None) -> bytes:
-        """Send one request; return the body, or raise BatchyError with the service's error."""
+    def request(self, method: str, path: str, query: dict | None = None, body: dict | None = None,
+                headers: dict | None = None, retry: bool = False) -> bytes:
+        """Send a request; return the body, or raise ServiceError with the service's error.
+
+        With retry (a call safe to repeat: a read, an open with its Idempotency-Key, a close
+        naming its batch_id), a lost connection, a timeout or a 503 is tried again.
+        """
+        for attempt in range(self.retries + 1 if retry else 1):
+            try:
+                return self._request_once(method, path, query, body, headers)
+            except (ServiceError, OSError) as exc:
+                if attempt == self.retries or (isinstance(exc, ServiceError) and exc.status != 503):
+                    raise
+                log.warning("batchy: %s %s failed (%s); retrying", method, path, exc)
+                time.sleep(0.5 * 2 ** attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _request_once(self, method: str, path: str, query: dict | None, body: dict | None,
+                      extra_headers: dict | None) -> bytes:
         url = self.url + path
         query = {k: v for k, v in (query or {}).items() if v is not None}
         if query:
@@ -52,6 +80,7 @@ class Batchy:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        headers.update(extra_headers or {})
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
@@ -60,12 +89,13 @@ class Batchy:
             raw = exc.read()
             try:
                 err = json.loads(raw)
-                raise BatchyError(exc.code, err.get("error", "error"), err.get("message", ""), err) from None
+                raise ServiceError(exc.code, err.get("error", "error"), err.get("message", ""), err) from None
             except (ValueError, AttributeError):
-                raise BatchyError(exc.code, "http_error", raw[:200].decode(errors="replace")) from None
+                raise ServiceError(exc.code, "http_error", raw[:200].decode(errors="replace")) from None
 
-    def _json(self, method: str, path: str, query: dict | None = None, body: dict | None = None):
-        return json.loads(self.request(method, path, query, body))
+    def _json(self, method: str, path: str, query: dict | None = None, body: dict | None = None,
+              retry: bool | None = None):
+        return json.loads(self.request(method, path, query, body, retry=method == "GET" if retry is None else retry))
 
     @staticmethod
     def _name(name: str) -> str:
@@ -79,21 +109,29 @@ class Batchy:
         return self._json("GET", f"/get_status/{self._name(wf)}")
 
     def open(self, wf: str, fmt: str = "json", dry_run: bool = False):
-        """Open a batch; return {job: {...}} (fmt json) or the parameter file text (fmt infa)."""
-        raw = self.request("POST", f"/open_batch/{self._name(wf)}/{self._name(fmt)}", body={"dry_run": dry_run or None})
+        """Open a batch; return {job: {...}} (fmt json) or the parameter file text (fmt infa).
+
+        Every attempt of one call carries the same Idempotency-Key: a retry after a lost
+        answer gets the batch the first attempt opened, not a second one.
+        """
+        key = None if dry_run else {"Idempotency-Key": uuid.uuid4().hex}
+        raw = self.request("POST", f"/open_batch/{self._name(wf)}/{self._name(fmt)}",
+                           body={"dry_run": dry_run or None}, headers=key, retry=not dry_run)
         return json.loads(raw) if fmt == "json" else raw.decode()
 
     def close(self, wf: str, job: str | None = None, records_processed: int | None = None,
               message: str | None = None, batch_id: int | None = None) -> dict:
-        """Mark the open batch (or one job of it) successful."""
+        """Mark the open batch (or one job of it) successful; with batch_id, safe to retry."""
         return self._json("POST", f"/close_batch/{self._name(wf)}", body=dict(
-            job=job, records_processed=records_processed, message=message, batch_id=batch_id))
+            job=job, records_processed=records_processed, message=message, batch_id=batch_id),
+            retry=batch_id is not None)
 
     def fail(self, wf: str, job: str | None = None, message: str | None = None,
              records_processed: int | None = None, batch_id: int | None = None) -> dict:
         """Mark the open batch (or one job of it) failed: the next open reruns its window."""
         return self._json("POST", f"/fail_batch/{self._name(wf)}", body=dict(
-            job=job, records_processed=records_processed, message=message, batch_id=batch_id))
+            job=job, records_processed=records_processed, message=message, batch_id=batch_id),
+            retry=batch_id is not None)
 
     def most_recent(self, wf: str, job: str | None = None) -> int | None:
         """Return the unix time of the last successful batch start, like the Jobs API's most_recent()."""
@@ -141,7 +179,7 @@ class Batchy:
             try:
                 self.fail(wf, job=job, message=message, records_processed=run.records_processed,
                           batch_id=run.batch_id)
-            except (BatchyError, OSError) as fail_error:  # never hide the ETL's own error
+            except (ServiceError, OSError) as fail_error:  # never hide the ETL's own error
                 log.error("batchy: could not record the failure of %s: %s", wf, fail_error)
             raise
         self.close(wf, job=job, records_processed=run.records_processed, message=run.message,
@@ -156,7 +194,7 @@ class Batch:
         self.jobs = jobs
         self.job = job
         if job is not None and job not in jobs:
-            raise BatchyError(404, "job_not_found", f"workflow {wf!r} has no job {job!r}")
+            raise ServiceError(404, "job_not_found", f"workflow {wf!r} has no job {job!r}")
         self.records_processed: int | None = None
         self.message: str | None = None
 

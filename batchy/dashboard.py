@@ -1,7 +1,7 @@
 """The operator's view: an auto-refreshing HTML page of every workflow and job.
 
-The view functions here are pure (state + the Redis clock in, plain dicts out), so
-the page and the Prometheus metrics agree on what "last success" and "open for" mean.
+The view functions here are pure (state + the Redis clock in, plain dicts out); what
+"last success", "open since" and "stale" mean is health.py's, shared with the metrics.
 """
 from __future__ import annotations
 
@@ -11,52 +11,22 @@ from datetime import datetime, timezone
 import redis
 from flask import Blueprint, render_template, request
 
-from . import watermark
+from . import times
+from .health import last_success, open_since, parse_moment, stale_after_seconds
+from .jobs import RUNTIME_FIELDS, Status
 from .db import get_store
 from .errors import InvalidParameter
+from .http import unknown_parameter
 
 bp = Blueprint("dashboard", __name__)
 log = logging.getLogger("batchy")
 
 DEFAULT_REFRESH = 30
 MAX_REFRESH = 86400
-STATUS_CLASSES = {watermark.NEW, watermark.OPEN, watermark.SUCCESS, watermark.FAILED}
+STATUS_CLASSES = {Status.NEW, Status.OPEN, Status.SUCCESS, Status.FAILED}
 # Shown in their own columns, so left out of the job's parameter tooltip.
-SHOWN_FIELDS = set(watermark.RUNTIME_FIELDS)
+SHOWN_FIELDS = set(RUNTIME_FIELDS)
 MAX_MESSAGE_SHOWN = 300
-
-
-def parse_moment(value) -> datetime | None:
-    """Return a stored time as an aware datetime, or None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return watermark.parse_time(value)
-    except ValueError:
-        return None  # one odd value must not take the whole page down
-
-
-def last_success(job: dict) -> datetime | None:
-    """Return when the job's latest successful batch ended (or started, if no end is known)."""
-    moment = parse_moment(job.get("last_success_end")) or parse_moment(job.get("last_success_start"))
-    if moment is None and job.get("status") == watermark.SUCCESS:
-        # State written before last_success_* existed: the current batch is the last success.
-        moment = parse_moment(job.get("batch_end")) or parse_moment(job.get("batch_start"))
-    return moment
-
-
-def open_since(jobs: dict[str, dict]) -> datetime | None:
-    """Return the start of the oldest batch still open in the workflow, or None."""
-    starts = [parse_moment(job.get("batch_start")) for job in jobs.values() if job.get("status") == watermark.OPEN]
-    starts = [s for s in starts if s is not None]
-    return min(starts) if starts else None
-
-
-def stale_after_seconds(settings: dict) -> float | None:
-    hours = settings.get("stale_after_hours")
-    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0:
-        return None
-    return float(hours) * 3600
 
 
 def human_duration(seconds: float | None) -> str:
@@ -85,7 +55,7 @@ def job_view(name: str, job: dict, now: datetime, stale_after: float | None) -> 
     status = str(job.get("status") or "")
     start = parse_moment(job.get("batch_start"))
     end = parse_moment(job.get("batch_end"))
-    running = status == watermark.OPEN
+    running = status == Status.OPEN
     if start and (end or running):
         duration = ((end if end and not running else now) - start).total_seconds()
     else:
@@ -110,7 +80,7 @@ def job_view(name: str, job: dict, now: datetime, stale_after: float | None) -> 
         "to_date": job.get("to_date") or "",
         "records": "" if records is None else f"{records:,}" if isinstance(records, int) else str(records),
         "since": human_duration(since) if success else "never",
-        "since_iso": watermark.format_time(success) if success else "",
+        "since_iso": times.format_time(success) if success else "",
         "stale": bool(stale_after and since is not None and since > stale_after),
         "message": message[:MAX_MESSAGE_SHOWN] + ("…" if len(message) > MAX_MESSAGE_SHOWN else ""),
         "message_full": message,
@@ -136,6 +106,7 @@ def workflow_view(wf: str, data: dict, now: datetime, pause: dict | None = None)
         "stale_after_hours": settings.get("stale_after_hours") if stale_after else None,
         "stale": sum(job["stale"] for job in jobs),
         "pause": pause_view(pause),
+        "error": data.get("error") or "",
     }
 
 
@@ -163,7 +134,7 @@ def page_view(overview: dict[str, dict], now: datetime, pauses: dict | None = No
         "stale": stale,
         "jobs": sum(len(flow["jobs"]) for flow in flows),
         "now": show_time(now),
-        "now_iso": watermark.format_time(now),
+        "now_iso": times.format_time(now),
         "service_pause": pause_view(pauses.get("service")),
         "paused": sum(1 for flow in flows if flow["pause"]),
     }
@@ -171,6 +142,9 @@ def page_view(overview: dict[str, dict], now: datetime, pauses: dict | None = No
 
 def refresh_seconds() -> int:
     """Return ?refresh= (seconds between reloads, 0 = never), 30 by default."""
+    for name in request.args:
+        if name != "refresh":
+            raise unknown_parameter(name, ("refresh",))
     value = request.args.get("refresh", "")
     if value == "":
         return DEFAULT_REFRESH

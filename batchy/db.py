@@ -9,7 +9,8 @@ from flask import Flask, current_app
 
 from . import names, workflows
 from .errors import BatchyError
-from .store import BatchStore, connect
+from .connections import connect
+from .store import BatchStore
 
 log = logging.getLogger("batchy")
 EMBEDDED_WARNING = (
@@ -24,7 +25,7 @@ def init_app(app: Flask) -> None:
     embedded = client is None and not app.config["BATCHY_REDIS_URL"]
     if client is None:
         client = connect(app.config["BATCHY_REDIS_URL"], app.config["BATCHY_REDIS_TIMEOUT"])
-    store = BatchStore(client, app.config)
+    store = BatchStore(client, app.config, clock=app.config.get("CLOCK"))
     app.extensions["batchy"] = store
     if embedded:
         log.warning(EMBEDDED_WARNING)

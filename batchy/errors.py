@@ -53,6 +53,12 @@ class NotFound(BatchyError):
 class WorkflowNotFound(NotFound):
     code = "workflow_not_found"
 
+    @classmethod
+    def named(cls, wf: str, cfg_dir: str = "cfg") -> "WorkflowNotFound":
+        """Return the error for a workflow that is not loaded, saying how to load it."""
+        path = f"{cfg_dir.rstrip('/') or '.'}/{wf}.yaml"
+        return cls(f"workflow {wf!r} is not loaded: create {path} and call /load_cfg/{wf}", workflow=wf)
+
 
 class JobNotFound(NotFound):
     code = "job_not_found"
@@ -81,6 +87,27 @@ class StaleBatch(Conflict):
 
 class BatchOpen(Conflict):
     code = "batch_open"
+
+
+class FutureWindow(Conflict):
+    """A job's next window would start after it ends: from_date later than now."""
+
+    code = "from_date_in_future"
+
+
+class CorruptState(Conflict):
+    """A value stored in Redis is not what Batchy wrote (a hand edit gone wrong)."""
+
+    code = "corrupt_state"
+
+    @classmethod
+    def of_job(cls, wf: str, job: str, problem: str, where: str = "") -> "CorruptState":
+        key = where or wf
+        return cls(
+            f"workflow {wf!r}: job {job!r} in Redis key {key!r} {problem}; fix the field with redis-cli "
+            f"(then HDEL batchy:wf:{wf} version) or replace the state with load_cfg/{wf}?reset=true",
+            workflow=wf, job=job,
+        )
 
 
 class WorkflowExists(Conflict):
@@ -118,7 +145,22 @@ def error_body(status: int, code: str, message: str, **context) -> bytes:
 
 
 def _respond(status: int, code: str, message: str, **context):
-    return error_body(status, code, message, **context), status, JSON_HEADERS
+    # A fresh dict: a handler may add a header (Allow), which must not reach later errors.
+    return error_body(status, code, message, **context), status, dict(JSON_HEADERS)
+
+
+def redis_refusal(exc) -> str | None:
+    """Return why Redis refused a command that it answered, if it refuses all writes now."""
+    import redis
+
+    text = str(exc)  # redis-py drops the error code of the replies it has a class for
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
+        return "Redis is out of memory (maxmemory with noeviction); writes are refused until memory is freed"
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or text.startswith("READONLY"):
+        return "Redis is a read-only replica now (a failover, or a primary turned replica); writes are refused"
+    if text.startswith("MISCONF"):
+        return "Redis cannot persist to disk and refuses writes (MISCONF); see its log"
+    return None
 
 
 def register(app) -> None:
@@ -143,6 +185,15 @@ def register(app) -> None:
     def _redis_down(exc):
         log.warning("redis unavailable: %s", exc)
         return _respond(503, "redis_unavailable", "Redis is not reachable; try again shortly.")
+
+    @app.errorhandler(redis.exceptions.ResponseError)
+    def _redis_refused(exc):
+        why = redis_refusal(exc)
+        if why is None:
+            log.exception("unexpected Redis error reply")
+            return _respond(500, "internal_error", "Internal error; the service log has the details.")
+        log.warning("redis refuses writes: %s", exc)
+        return _respond(503, "redis_refuses_writes", why)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -8,7 +8,9 @@ from datetime import datetime
 
 import orjson
 
-from . import watermark
+from . import times
+from .jobs import DATE_FIELDS
+from .validation import LINE_BREAKING, SPECIAL_FIELDS, written_name
 
 FORMATS = ("json", "infa")
 INFA_DEFAULT_DATE_FORMAT = "MM/DD/YYYY HH24:MI:SS"
@@ -58,7 +60,7 @@ def _key(name: str) -> str:
 
 def infa_date(value: str, fmt: str, tz) -> str:
     """Render an ISO time in tz with an Informatica date format (MM/DD/YYYY HH24:MI:SS)."""
-    return _renderer(fmt)(watermark.parse_time(value).astimezone(tz))
+    return _renderer(fmt)(times.parse_time(value).astimezone(tz))
 
 
 # Tokens rendered straight from a datetime's attributes by str.format, twice as fast as
@@ -99,24 +101,29 @@ def _renderer(fmt: str):
     return strftime
 
 
-_DATE_FIELDS = frozenset(watermark.DATE_FIELDS)
+_DATE_FIELDS = frozenset(DATE_FIELDS)
 _CONTROL_FIELDS = frozenset(INFA_CONTROL_FIELDS)
+# Names of the lines Batchy writes itself, as Informatica compares names (ignoring case).
+_SPECIAL_NAMES = frozenset(written_name(f).casefold() for f in SPECIAL_FIELDS)
 
 
 def infa(jobs: dict[str, dict]) -> str:
     """Return the Informatica parameter file: a [section] per job, a $$name=value per line.
 
-    Dates render in the job's time zone and date format; a text holding a line break is
-    written as a JSON string, so it cannot forge a parameter line.
+    Every parameter is one line and every job one heading, whatever the values (the rule
+    is in docs/workflows.md): dates render in the job's time zone and date format; a text
+    holding a control character or line separator is written as a JSON string with those
+    escaped. What a workflow file or an import refuses but Redis may hold from before is
+    left out: a name the file cannot write, or one already written in the section; an
+    infa_section or infa_date_format that is not one safe line.
     """
     lines = []
     for name, job in jobs.items():
-        fmt = job.get("infa_date_format") or INFA_DEFAULT_DATE_FORMAT
-        tz = watermark.job_zone(job)
-        lines.append(f"[{job.get('infa_section') or name}]")
-        for key, value in job.items():
-            if key in _CONTROL_FIELDS:
-                continue
+        fmt = _safe_setting(job.get("infa_date_format"), "") or INFA_DEFAULT_DATE_FORMAT
+        tz = times.job_zone(job)
+        lines.append(f"[{_safe_setting(job.get('infa_section'), '[]') or name}]")
+        for key in _written_keys(job):
+            value = job[key]
             if value is not None and key in _DATE_FIELDS:
                 lines.append(_date_line(key, value, fmt, tz))
             elif isinstance(value, (dict, list)) or (isinstance(value, str) and len(value) > 256):
@@ -124,6 +131,37 @@ def infa(jobs: dict[str, dict]) -> str:
             else:
                 lines.append(_param_line(key, value))
     return "\n".join(lines) + "\n"
+
+
+def _safe_setting(value, forbidden: str) -> str | None:
+    """Return an infa_section or infa_date_format if it is one line without forbidden characters."""
+    if not isinstance(value, str) or LINE_BREAKING.search(value) or any(c in value for c in forbidden):
+        return None
+    return value
+
+
+def _written_keys(job: dict) -> list[str]:
+    """Return the job's keys written as parameters: a name is written once (Batchy's own
+    fields first), and only a name the file can write."""
+    written, keys = set(), []
+    for key in job:
+        name = _folded_name(key)
+        if name is None or name in written:
+            continue
+        written.add(name)
+        keys.append(key)
+    return keys
+
+
+@functools.lru_cache(maxsize=4096)
+def _folded_name(key: str) -> str | None:
+    """Return the name key is written under, casefolded; None if it is not written."""
+    if key in _CONTROL_FIELDS or not key.strip("$") or "=" in key or LINE_BREAKING.search(key):
+        return None
+    name = written_name(key).casefold()
+    if name in _SPECIAL_NAMES and key not in SPECIAL_FIELDS:
+        return None  # $$from_date, FROM_DATE...: the line is Batchy's
+    return name
 
 
 # Both memos hold what every open renders again: the same parameters, and within a
@@ -142,13 +180,19 @@ def _param_text(value) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return dumps(value) if "\n" in value or "\r" in value else value
+        return _one_line(dumps(value)) if LINE_BREAKING.search(value) else value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    return dumps(value)
+    return _one_line(dumps(value))
+
+
+def _one_line(json_text: str) -> str:
+    """Return JSON text with DEL, the C1 controls, U+2028 and U+2029 escaped too (JSON
+    escapes only the C0 controls), so no reader sees a line break in it."""
+    return LINE_BREAKING.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)
 
 
 def _line(key: str, text: str) -> str:
-    return f"$${key}={text}" if key[:1] != "$" else f"{key}={text}"
+    return f"{written_name(key)}={text}"

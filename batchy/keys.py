@@ -6,11 +6,23 @@ contract operators read with redis-cli; everything else Batchy keeps lives under
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+
 NAMESPACE = "batchy:"
 WORKFLOWS = NAMESPACE + "workflows"  # set of loaded workflow names
 BATCHES = NAMESPACE + "batches"  # zset of "<wf>-<batch_id>" scored by batch start (epoch s)
 PAUSE = NAMESPACE + "pause"  # hash: the service-wide pause, if any
-CHANNEL_PATTERN = NAMESPACE + "changed:*"
+READY_PROBE = NAMESPACE + "ready-probe"  # string, written by /readyz and /metrics to prove Redis takes writes
+CHANNEL_PREFIX = NAMESPACE + "changed:"
+CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
+
+# Fields of the meta hash batchy:wf:<wf>.
+VERSION = "version"  # "<count>-<token>", bumped by every commit (scripts.COMMIT)
+LAST_BATCH_ID = "last_batch_id"
+SETTINGS = "settings"  # the workflow's .batchy settings, JSON
+COUNT_PREFIX = "count:"  # count:<action>: state changes of that kind
+SUCCESS_PREFIX = "success:"  # success:<job>: JSON {batch_id, start, end} of its last success
 
 
 def workflow(wf: str) -> str:
@@ -53,6 +65,12 @@ def turn(wf: str) -> str:
     return f"{NAMESPACE}turn:{wf}"
 
 
+def idempotency(wf: str, key: str) -> str:
+    """String: the batch id an open with this Idempotency-Key made (expires)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]  # any text a client sends, one safe name
+    return f"{NAMESPACE}idem:{wf}:{digest}"
+
+
 def pause_history() -> str:
     """Capped stream of pause and resume events, service-wide and per workflow."""
     return f"{NAMESPACE}pause-history"
@@ -64,4 +82,33 @@ def channel(wf: str) -> str:
 
 
 def workflow_from_channel(name: str) -> str:
-    return name[len(NAMESPACE) + len("changed:"):]
+    """Return the workflow a channel name announces changes of."""
+    return name[len(CHANNEL_PREFIX):]
+
+
+def count_field(action: str) -> str:
+    """Meta field counting the workflow's changes of one kind (open, close, load...)."""
+    return COUNT_PREFIX + action
+
+
+def success_field(job: str) -> str:
+    """Meta field holding the job's last success."""
+    return SUCCESS_PREFIX + job
+
+
+def counts(meta: dict[str, str]) -> dict[str, int]:
+    """Return {action: count} of a meta hash."""
+    n = len(COUNT_PREFIX)
+    return {k[n:]: int(v) for k, v in meta.items() if k.startswith(COUNT_PREFIX)}
+
+
+def success_texts(meta: dict[str, str]) -> dict[str, str]:
+    """Return {job: JSON text of its last success} of a meta hash."""
+    n = len(SUCCESS_PREFIX)
+    return {k[n:]: v for k, v in meta.items() if k.startswith(SUCCESS_PREFIX)}
+
+
+@functools.lru_cache(maxsize=4096)
+def commit_keys(wf: str) -> tuple[str, ...]:
+    """Return the KEYS of scripts.COMMIT for wf, in its order."""
+    return (workflow(wf), meta(wf), history(wf), BATCHES, events(wf), WORKFLOWS, PAUSE, pause(wf), turn(wf))

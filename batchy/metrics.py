@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import watermark
-from .dashboard import last_success, open_since, stale_after_seconds
 from .db import get_store
+from .http import unknown_parameter
+from .health import last_success, open_since, stale_after_seconds
+from .jobs import STATUSES
 from .store import BatchStore
 
 bp = Blueprint("metrics", __name__)
@@ -36,7 +37,11 @@ class BatchyCollector:
 
     def collect(self):
         up = GaugeMetricFamily("batchy_redis_up", "1 if Redis answered this scrape, else 0.")
+        writable = GaugeMetricFamily("batchy_redis_writable",
+                                     "1 if Redis accepted a write this scrape, 0 if it refuses writes "
+                                     "(out of memory, read-only replica) or is down.")
         try:
+            refused = self.store.refuses_writes()
             now = self.store.now()
             names = self.store.workflows()
             overview = self.store.overview(names)
@@ -45,10 +50,14 @@ class BatchyCollector:
             # Still answer 200: "Redis is down" is itself what Prometheus should record.
             log.warning("metrics: redis unavailable: %s", exc)
             up.add_metric([], 0)
+            writable.add_metric([], 0)
             yield up
+            yield writable
             return
         up.add_metric([], 1)
+        writable.add_metric([], 0 if refused else 1)
         yield up
+        yield writable
         yield from families(overview, now.timestamp(), pauses)
 
 
@@ -77,6 +86,9 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
     workflows.add_metric([], len(overview))
     service_paused = GaugeMetricFamily("batchy_service_paused", "1 while the whole service is paused, else 0.")
     service_paused.add_metric([], 1 if pauses.get("service") else 0)
+    corrupt = GaugeMetricFamily("batchy_workflow_corrupt",
+                                "1 while a value stored for the workflow cannot be read (a bad hand edit), else 0.",
+                                labels=wf_labels)
     paused = GaugeMetricFamily("batchy_workflow_paused", "1 while the workflow itself is paused, else 0.",
                                labels=wf_labels)
     for wf in sorted(overview):
@@ -87,6 +99,7 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
         for action in sorted(counts):
             actions.add_metric([wf, action], counts[action])
         paused.add_metric([wf], 1 if paused_workflows.get(wf) else 0)
+        corrupt.add_metric([wf], 1 if data.get("error") else 0)
         since = open_since(data["jobs"])
         open_age.add_metric([wf], max(0.0, now - since.timestamp()) if since else 0.0)
         limit = stale_after_seconds(data.get("settings") or {})
@@ -97,18 +110,20 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
             if moment is not None:
                 success.add_metric([wf, job_name], moment.timestamp())
             current = job.get("status")
-            for name in watermark.STATUSES:
+            for name in STATUSES:
                 status.add_metric([wf, job_name, name], 1 if current == name else 0)
-            if current not in watermark.STATUSES and current:
+            if current not in STATUSES and current:
                 status.add_metric([wf, job_name, str(current)], 1)
             if isinstance(job.get("records_processed"), int):
                 records.add_metric([wf, job_name], job["records_processed"])
     return [*counters.values(), actions, success, open_age, status, records, stale_after, workflows,
-            service_paused, paused]
+            service_paused, paused, corrupt]
 
 
 @bp.get("/metrics")
 def metrics():
+    for name in request.args:
+        raise unknown_parameter(name, ())
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BatchyCollector(get_store()))
     return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST,

@@ -1,7 +1,8 @@
 """The OpenAPI 3 document of the whole HTTP API, served at /openapi.json."""
 from __future__ import annotations
 
-from . import names, watermark
+from . import names
+from .jobs import BATCH_STATUSES
 
 NAME = {"type": "string", "pattern": "^" + names.NAME_RE.pattern + "$", "maxLength": 128}
 NULLABLE_STRING = {"type": ["string", "null"]}
@@ -22,7 +23,7 @@ SCHEMAS = {
         "type": "object",
         "description": "A job's parameters: the special fields below plus any free-form ones.",
         "properties": {
-            "status": {"type": "string", "enum": list(watermark.BATCH_STATUSES)},
+            "status": {"type": "string", "enum": [str(s) for s in BATCH_STATUSES]},
             "batch_id": NULLABLE_INT,
             "from_date": NULLABLE_STRING,
             "to_date": NULLABLE_STRING,
@@ -43,7 +44,7 @@ SCHEMAS = {
         "properties": {
             "workflow": {"type": "string"},
             "batch_id": {"type": "integer"},
-            "status": {"type": "string", "enum": list(watermark.BATCH_STATUSES)},
+            "status": {"type": "string", "enum": [str(s) for s in BATCH_STATUSES]},
             "batch_start": NULLABLE_STRING,
             "batch_end": NULLABLE_STRING,
             "duration_seconds": {"type": ["number", "null"]},
@@ -213,7 +214,7 @@ def spec() -> dict:
                                               [WF, _param("batch_id", "path", ID)])},
         "/batches": {"get": _op("Batches of all workflows by start time", "Batches", [
             _param("from", schema=DATE, description="ISO-8601 or unix seconds"), _param("to", schema=DATE),
-            _param("status", schema={"type": "string", "enum": list(watermark.BATCH_STATUSES)}),
+            _param("status", schema={"type": "string", "enum": [str(s) for s in BATCH_STATUSES]}),
             _param("workflow", schema=NAME), LIMIT,
             _param("offset", schema={"type": "integer", "minimum": 0})])},
         "/most_recent/{wf}": {"get": _op("Start of the last successful batch", "MostRecent", [WF, JOB])},

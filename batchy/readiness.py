@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datetime import date, datetime, tzinfo
 
-from . import watermark
+from . import times
+from .jobs import Status
 from .errors import JobNotFound
 
 READY, WAITING, FAILED = "ready", "waiting", "failed"
@@ -16,24 +17,24 @@ READY, WAITING, FAILED = "ready", "waiting", "failed"
 
 def job_verdict(job: dict, day: date, tz: tzinfo) -> tuple[str, str]:
     """Return (ready|waiting|failed, reason) for one job on day in zone tz."""
-    status = job.get("status") or watermark.NEW
+    status = job.get("status") or Status.NEW
     end_day = _end_day(job.get("batch_end"), tz)
-    if status == watermark.SUCCESS:
+    if status == Status.SUCCESS:
         if end_day is None:
             return WAITING, "success without a readable batch_end"
         if end_day == day:
             return READY, f"succeeded at {job['batch_end']}"
         when = "earlier" if end_day < day else "later"
         return WAITING, f"last success ended {end_day.isoformat()}, {when} than {day.isoformat()}"
-    if status == watermark.FAILED:
+    if status == Status.FAILED:
         # Only a failure on the target date is final; an older one waits for today's rerun.
         if end_day == day:
             return FAILED, f"failed at {job['batch_end']}" + _message(job)
         shown = end_day.isoformat() if end_day else "an unknown date"
         return WAITING, f"last run failed on {shown}; waiting for a rerun"
-    if status == watermark.OPEN:
+    if status == Status.OPEN:
         return WAITING, f"batch {job.get('batch_id')} open since {job.get('batch_start')}"
-    return WAITING, "never run" if status == watermark.NEW else f"status {status!r}"
+    return WAITING, "never run" if status == Status.NEW else f"status {status!r}"
 
 
 def verdict(jobs: dict[str, dict], selected: list[str] | None, day: date, tz: tzinfo, wf: str = "") -> dict:
@@ -77,7 +78,7 @@ def _end_day(value, tz: tzinfo) -> date | None:
     if not value:
         return None
     try:
-        return watermark.parse_time(value, "batch_end").astimezone(tz).date()
+        return times.parse_time(value, "batch_end").astimezone(tz).date()
     except ValueError:
         return None
 

@@ -1,4 +1,30 @@
-"""Lua run by Redis. Each script is atomic: a state change is applied whole or not at all."""
+"""Lua run by Redis. Each script is atomic: a state change is applied whole or not at all.
+
+Meta field names come from keys.py ($VERSION, $COUNT_PREFIX are filled in below), and
+every reply code has a name in Reply.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+from string import Template
+
+from . import keys
+
+
+class Reply(IntEnum):
+    """The first element of COMMIT's reply."""
+
+    APPLIED = 1
+    REFUSED = 0  # the version or the second moved on, or another writer has the turn
+    SNAPSHOT_TAKEN = -1  # a new batch's snapshot key exists already
+    PAUSED = -2  # the service or the workflow is paused
+    DUPLICATE = -3  # an open with this Idempotency-Key was applied already
+
+
+# How COMMIT writes a batch snapshot.
+SNAPSHOT_NEW = "new"  # the key must not exist yet; indexed with its start
+SNAPSHOT_UPDATE = "update"  # written only if it still exists (retention may have dropped it)
+SNAPSHOT_PUT = "put"  # written whole and indexed, replacing any (import)
 
 # Apply one state change to a workflow if it is still the state the change was planned
 # on, at the second of Redis' clock it was planned for.
@@ -8,6 +34,7 @@
 # KEYS[5] audit stream batchy:events:<wf>     KEYS[6] batchy:workflows
 # KEYS[7] service pause batchy:pause          KEYS[8] workflow pause batchy:pause:<wf>
 # KEYS[9] batchy:turn:<wf>: while it exists, only the writer it names may commit
+# KEYS[10], optional: batchy:idem:<wf>:<digest>, the Idempotency-Key of an open
 # ARGV, read in order (n = a count, then that many items):
 #   expected version ("0" for a workflow never written)
 #   the writer's token (random: the new version is "<count>-<token>", never reused, even
@@ -26,13 +53,15 @@
 #   keep                        batches kept in the history index; older ones are deleted
 #   batch key prefix            "<wf>-", to name the snapshots retention deletes
 #   events maxlen, n, n x (field, value)   XADD to the audit stream (n = 0: none)
-#   channel, action             PUBLISH the action after the change; meta count:<action> += 1
+#   channel, action             PUBLISH the action after the change; meta keys.count_field(action) += 1
+#   with KEYS[10]: batch id, ttl ms   remembered under KEYS[10] once applied
 # Returns {1, new_version, TIME} when applied;
 # {0, current_version, TIME, flat HGETALL workflow, flat HGETALL meta, turn} when the
 # state or the second moved on, or another writer has the turn (turn = "1": wait a
 # moment): the caller plans again from this state, no extra read needed;
-# {-1, key} when a new snapshot key exists; {-2, pause key} when paused.
-COMMIT = """
+# {-1, key} when a new snapshot key exists; {-2, pause key} when paused;
+# {-3, batch id} when KEYS[10] exists: that key's open was applied already.
+COMMIT = Template("""
 local A = ARGV
 -- HSET the count field/value pairs at A[from...]; unpack() of more than a few thousand
 -- values overflows Lua's stack, so in chunks.
@@ -45,7 +74,11 @@ end
 
 local expected, token, second, insist, check_pause, replace = A[1], A[2], A[3], A[4], A[5], A[6]
 local now = redis.call('TIME')
-local current = redis.call('HGET', KEYS[2], 'version') or '0'
+if KEYS[10] then
+  local done = redis.call('GET', KEYS[10])
+  if done then return {-3, done} end
+end
+local current = redis.call('HGET', KEYS[2], '$VERSION') or '0'
 local turn = redis.call('GET', KEYS[9])
 local waiting = turn and turn ~= token
 if waiting or current ~= expected or (second ~= '' and now[1] ~= second)
@@ -78,6 +111,7 @@ local keep, prefix, maxlen, nevent = tonumber(A[i + 1]), A[i + 2], A[i + 3], ton
 local event_at = i + 5
 i = event_at + 2 * nevent
 local channel, message = A[i], A[i + 1]
+if KEYS[10] then redis.call('SET', KEYS[10], A[i + 2], 'PX', A[i + 3]) end
 
 if replace == '1' then
   redis.call('DEL', KEYS[1])
@@ -86,8 +120,8 @@ end
 hset(KEYS[1], 8, njobs)
 local version = ((tonumber(string.match(current, '^%d+')) or 0) + 1) .. '-' .. token
 hset(KEYS[2], meta_at, nmeta)
-redis.call('HSET', KEYS[2], 'version', version)
-redis.call('HINCRBY', KEYS[2], 'count:' .. message, 1)
+redis.call('HSET', KEYS[2], '$VERSION', version)
+redis.call('HINCRBY', KEYS[2], '$COUNT_PREFIX' .. message, 1)
 
 for _, b in ipairs(batches) do
   local key, mode = b[1], b[2]
@@ -120,11 +154,19 @@ end
 if turn then redis.call('DEL', KEYS[9]) end
 redis.call('PUBLISH', channel, message)
 return {1, version, now}
-"""
+""").substitute(VERSION=keys.VERSION, COUNT_PREFIX=keys.COUNT_PREFIX)
 
 # Read the clock, a workflow hash and its meta hash atomically, in one reply (cheaper
 # for redis-py than a MULTI/EXEC of three commands).
 # KEYS[1] workflow hash, KEYS[2] meta hash. Returns {TIME, flat HGETALL, flat HGETALL}.
 READ = """
 return {redis.call('TIME'), redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"""
+
+# Give the turn back: a writer that took it (see COMMIT's insist) and then stopped
+# without committing (its plan refused, or an error) must not leave it for 200 ms.
+# KEYS[1] batchy:turn:<wf>; ARGV[1] the writer's token. Returns 1 if it was released.
+RELEASE_TURN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """

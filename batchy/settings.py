@@ -1,4 +1,4 @@
-"""Every BATCHY_* setting, declared once; the README's configuration table lists these."""
+"""Every BATCHY_* setting, declared once; docs/operations.md's configuration table is made from them."""
 from __future__ import annotations
 
 import os
@@ -121,6 +121,13 @@ SETTINGS: tuple[Setting, ...] = (
         _non_negative_int,
     ),
     Setting(
+        "BATCHY_IDEMPOTENCY_HOURS",
+        24.0,
+        "How long an `Idempotency-Key` of `open_batch` is remembered: a retry with the same "
+        "key within this time answers the batch the first call opened instead of opening another.",
+        _positive_float,
+    ),
+    Setting(
         "BATCHY_WAIT_MAX_SECONDS",
         60.0,
         "Longest a single `/wait` request blocks before answering with the current verdict.",
@@ -179,7 +186,7 @@ def load(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] 
 
 
 def markdown_table() -> str:
-    """Return the README's configuration table, made from SETTINGS."""
+    """Return the configuration table of docs/operations.md, made from SETTINGS."""
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for s in SETTINGS:
         default = s.default

@@ -20,8 +20,8 @@ from datetime import date
 import redis
 from flask import Blueprint, current_app, request
 
-from . import keys, names, readiness, watermark
-from .api import check_token, json_response
+from . import keys, names, readiness, times
+from .http import check_token, json_response, unknown_parameter
 from .db import get_store
 from .errors import BatchyError, InvalidParameter, TooManyWaiters, Unavailable
 
@@ -227,7 +227,7 @@ def _params(args) -> tuple[date | None, str, list[str], float, str]:
             raise InvalidParameter(f"date must be YYYY-MM-DD, not {raw_date[:40]!r}", parameter="date") from None
     tz_name = args.get("tz", "") or "UTC"
     try:
-        watermark.zone(tz_name)
+        times.zone(tz_name)
     except (ValueError, TypeError) as exc:
         raise InvalidParameter(str(exc), parameter="tz") from None
     jobs = [name for value in args.getlist("job") for name in value.split(",") if name]
@@ -251,15 +251,21 @@ def _params(args) -> tuple[date | None, str, list[str], float, str]:
     return day, tz_name, jobs, min(timeout, limit), hold
 
 
+PARAMETERS = ("date", "tz", "job", "timeout", "while")
+
+
 @bp.get("/wait/<wf>")
 def wait(wf):
     """Return wf's readiness for a date once it is no longer `while` (waiting), or at the timeout."""
     check_token()
     names.check_workflow(wf)
+    for name in request.args:
+        if name not in PARAMETERS:
+            raise unknown_parameter(name, PARAMETERS)
     day, tz_name, jobs, timeout, hold = _params(request.args)
     for job in jobs:
         names.check_job(job, wf)
-    tz = watermark.zone(tz_name)
+    tz = times.zone(tz_name)
     store = get_store()
     started = time.monotonic()
     deadline = started + timeout

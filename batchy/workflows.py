@@ -1,14 +1,21 @@
-"""Workflow files: safe YAML loading, validation of the special fields, and reload merging."""
+"""Workflow files: safe YAML loading, the workflow settings, and reload merging.
+
+The jobs' parameters are checked by validation.py, which import uses too.
+"""
 from __future__ import annotations
 
 import math
 import os
-from datetime import date, datetime
 
 import yaml
 
 from . import names, watermark
 from .errors import ConfigNotFound, InvalidConfig
+from .jobs import RUNTIME_FIELDS, Status
+from .validation import BadDate, check_sections, check_value, fill_job, has_surrogate
+
+__all__ = ["Config", "check_settings", "check_value", "fill_job", "has_surrogate", "merge", "parse_config",
+           "read_config"]
 
 # The top-level key holding workflow-wide settings; job names cannot start with a dot.
 SETTINGS_KEY = ".batchy"
@@ -16,14 +23,15 @@ WORKFLOW_SETTINGS = {
     "exclusive": "bool",
     "lease_hours": "hours",
     "stale_after_hours": "hours",
+    "allow_params": "names",
 }
 MAX_DEPTH = 20
 MAX_JOBS = 10000
-MAX_STRING = 65536
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases (the 'billion laughs' bomb) and deep nesting."""
+    """SafeLoader that refuses aliases (the 'billion laughs' bomb), deep nesting and
+    duplicate keys, and keeps an impossible date (2026-11-31) for the check that knows its field."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -40,6 +48,28 @@ class _Loader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        # PyYAML silently keeps the last of two equal keys: a lost parameter nobody sees.
+        first: dict[str, int] = {}
+        for key_node, _value in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                if key_node.value in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r} (first at line {first[key_node.value]})",
+                        key_node.start_mark)
+                first[key_node.value] = line
+        return super().construct_mapping(node, deep)
+
+    def construct_timestamp(self, node):
+        try:
+            return self.construct_yaml_timestamp(node)
+        except ValueError as exc:
+            return BadDate(node.value, str(exc))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_timestamp)
 
 
 def config_path(cfg_dir: str, wf: str) -> str:
@@ -74,20 +104,7 @@ class Config:
 
 def parse_config(wf: str, data: bytes | str) -> Config:
     """Parse and validate a workflow file's text."""
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidConfig(f"{wf}.yaml is not UTF-8 (byte {exc.start})", workflow=wf) from None
-    try:
-        doc = yaml.load(data, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        raise InvalidConfig(f"{wf}.yaml is not valid YAML: {_yaml_problem(exc)}", workflow=wf) from None
-    except RecursionError:
-        raise InvalidConfig(f"{wf}.yaml nests too deeply", workflow=wf) from None
-    except (ValueError, OverflowError) as exc:
-        # PyYAML's constructors raise these for values such as 2024-02-30 or a 5000-digit int.
-        raise InvalidConfig(f"{wf}.yaml holds a value that cannot be read: {str(exc)[:200]}", workflow=wf) from None
+    doc, lines = _load(wf, data)
     if doc is None:
         raise InvalidConfig(f"{wf}.yaml is empty: list at least one job", workflow=wf)
     if not isinstance(doc, dict):
@@ -101,10 +118,11 @@ def parse_config(wf: str, data: bytes | str) -> Config:
     if len(doc) > MAX_JOBS:
         raise InvalidConfig(f"{wf}.yaml lists more than {MAX_JOBS} jobs", workflow=wf)
     jobs = {}
-    for job, params in doc.items():
-        if not isinstance(job, str):
-            job = str(job)  # a YAML key like 2024 or true: names are text
+    for key, params in doc.items():
+        job = key if isinstance(key, str) else str(key)  # a YAML key like 2024 or true: names are text
         names.check_job(job, wf)
+        if job in jobs:
+            raise InvalidConfig(f"{wf}.yaml names job {job!r} twice", workflow=wf, job=job)
         if params is None:
             params = {}
         if not isinstance(params, dict):
@@ -113,8 +131,55 @@ def parse_config(wf: str, data: bytes | str) -> Config:
                 workflow=wf,
                 job=job,
             )
-        jobs[job] = fill_job(wf, job, params)
+        try:
+            jobs[job] = fill_job(wf, job, params, settings.get("allow_params", ()))
+        except InvalidConfig as exc:
+            raise _at_line(exc, lines.get((job, exc.context.get("field")))) from None
+    check_sections(wf, jobs)
     return Config(jobs, settings)
+
+
+def _load(wf: str, data: bytes | str) -> tuple[object, dict[tuple[str, str], int]]:
+    """Return the file's document and {(job, parameter): line} of its parameters."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidConfig(f"{wf}.yaml is not UTF-8 (byte {exc.start})", workflow=wf) from None
+    try:
+        return _construct(_Loader(data))
+    except yaml.YAMLError as exc:
+        raise InvalidConfig(f"{wf}.yaml is not valid YAML: {_yaml_problem(exc)}", workflow=wf) from None
+    except RecursionError:
+        raise InvalidConfig(f"{wf}.yaml nests too deeply", workflow=wf) from None
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's constructors raise these for values such as a 5000-digit int.
+        raise InvalidConfig(f"{wf}.yaml holds a value that cannot be read: {str(exc)[:200]}", workflow=wf) from None
+
+
+def _construct(loader: _Loader) -> tuple[object, dict[tuple[str, str], int]]:
+    try:
+        node = loader.get_single_node()
+        return (None if node is None else loader.construct_document(node)), _lines(node)
+    finally:
+        loader.dispose()
+
+
+def _lines(node) -> dict[tuple[str, str], int]:
+    """Return {(job, parameter): line} from the file's top mapping node, keys as written."""
+    lines = {}
+    for job_node, params in node.value if isinstance(node, yaml.MappingNode) else ():
+        for key_node, _value in params.value if isinstance(params, yaml.MappingNode) else ():
+            if isinstance(job_node, yaml.ScalarNode) and isinstance(key_node, yaml.ScalarNode):
+                lines[(job_node.value, key_node.value)] = key_node.start_mark.line + 1
+    return lines
+
+
+def _at_line(exc: InvalidConfig, line: int | None) -> InvalidConfig:
+    """Return exc saying the line of the file it is about, when known."""
+    if line is None:
+        return exc
+    return InvalidConfig(f"{exc.message} (line {line})", **exc.context, line=line)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -125,20 +190,24 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return problem
 
 
-def check_settings(wf: str, raw) -> dict:
-    """Validate the workflow-wide `batchy:` settings."""
+def check_settings(wf: str, raw, where: str = "") -> dict:
+    """Validate the workflow-wide `.batchy:` settings (where: of what, default the file)."""
+    where = where or f"{wf}.yaml"
     if not isinstance(raw, dict):
-        raise InvalidConfig(f"'{SETTINGS_KEY}' in {wf}.yaml must be a mapping", workflow=wf)
+        raise InvalidConfig(f"'{SETTINGS_KEY}' in {where} must be a mapping", workflow=wf)
     settings = {}
     for key, value in raw.items():
         kind = WORKFLOW_SETTINGS.get(key)
         if kind is None:
             known = ", ".join(WORKFLOW_SETTINGS)
-            raise InvalidConfig(f"unknown workflow setting {key!r} in {wf}.yaml (known: {known})", workflow=wf)
+            raise InvalidConfig(f"unknown workflow setting {key!r} in {where} (known: {known})", workflow=wf)
         if kind == "bool" and not isinstance(value, bool):
-            raise InvalidConfig(f"{key} in {wf}.yaml must be true or false, not {value!r}", workflow=wf)
+            raise InvalidConfig(f"{key} in {where} must be true or false, not {value!r}", workflow=wf)
         if kind == "hours" and not _is_positive_number(value):
-            raise InvalidConfig(f"{key} in {wf}.yaml must be a number of hours > 0, not {value!r}", workflow=wf)
+            raise InvalidConfig(f"{key} in {where} must be a number of hours > 0, not {value!r}", workflow=wf)
+        if kind == "names" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise InvalidConfig(f"{key} in {where} must be a list of parameter names, not {value!r:.80}",
+                                workflow=wf)
         settings[key] = value
     return settings
 
@@ -152,144 +221,22 @@ def _is_positive_number(value) -> bool:
     )
 
 
-def fill_job(wf: str, job: str, params: dict) -> dict:
-    """Return the job's parameters validated, with the special fields filled in."""
-    checked = {}
-    for key, value in params.items():
-        if not isinstance(key, str):
-            key = str(key)
-        if not key or len(key) > 256 or _has_control(key) or has_surrogate(key):
-            raise InvalidConfig(f"job {job!r} of {wf!r} has an invalid parameter name {key[:80]!r}", workflow=wf, job=job)
-        checked[key] = check_value(wf, job, key, value)
-    filled = {
-        "status": watermark.NEW,
-        "batch_id": None,
-        "from_date": None,
-        "to_date": None,
-        "batch_start": None,
-        "batch_end": None,
-        "reprocess_hours": 0,
-        "trunc_start": False,
-        "timezone": "UTC",
-    }
-    filled.update(checked)
-    return filled
-
-
-def check_value(wf: str, job: str, key: str, value):
-    """Return a parameter's value validated and made JSON-ready, or raise InvalidConfig."""
-
-    def bad(why: str):
-        return InvalidConfig(f"job {job!r} of {wf!r}: {key} {why}", workflow=wf, job=job, field=key)
-
-    if key == "reprocess_hours":
-        try:
-            return watermark.check_reprocess_hours(value)
-        except ValueError as exc:
-            raise InvalidConfig(f"job {job!r} of {wf!r}: {exc}", workflow=wf, job=job, field=key) from None
-    if key == "trunc_start":
-        if not isinstance(value, bool):
-            raise bad(f"must be true or false, not {value!r}")
-        return value
-    if key == "timezone":
-        try:
-            watermark.zone(value)
-        except (ValueError, TypeError) as exc:
-            raise bad(str(exc)) from None
-        return value
-    if key == "status":
-        if value not in watermark.STATUSES:
-            raise bad(f"must be one of {', '.join(watermark.STATUSES)}, not {value!r}")
-        return value
-    if key in watermark.DATE_FIELDS:
-        if value is None:
-            return None
-        try:
-            moment = watermark.parse_input_time(_yaml_timestamp(value, key), key)
-        except ValueError as exc:
-            raise InvalidConfig(f"job {job!r} of {wf!r}: {exc}", workflow=wf, job=job, field=key) from None
-        return watermark.format_time(moment)
-    if key in ("batch_id", "records_processed"):
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 2**53:
-            raise bad(f"must be a whole number >= 0, not {value!r}")
-        return value
-    if key in ("infa_section", "infa_date_format", "message"):
-        if value is None:
-            return None
-        if not isinstance(value, str) or len(value) > MAX_STRING or has_surrogate(value):
-            raise bad(f"must be text, not {value!r:.80}")
-        if key != "message" and _has_control(value):
-            # A NUL or line break would cut or forge lines of the Informatica parameter file.
-            raise bad("must be a single line of text without control characters")
-        if key == "infa_section" and any(c in value for c in "[]"):
-            raise bad("must not contain [ or ]")
-        return value
-    return _json_ready(value, bad)
-
-
-def _json_ready(value, bad, depth: int = 0):
-    if isinstance(value, datetime):
-        return watermark.format_time(watermark.parse_time(value))
-    if isinstance(value, date):
-        return value.isoformat()
-    if value is None or isinstance(value, (bool, int)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise bad(f"must be a finite number, not {value!r}")
-        return value
-    if isinstance(value, str):
-        if len(value) > MAX_STRING:
-            raise bad(f"is longer than {MAX_STRING} characters")
-        if has_surrogate(value):
-            raise bad("holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
-        return value
-    if isinstance(value, list):
-        return [_json_ready(v, bad, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {_json_ready(str(k), bad, depth + 1): _json_ready(v, bad, depth + 1) for k, v in value.items()}
-    raise bad(f"has a value of type {type(value).__name__} that cannot be stored")
-
-
-def _has_control(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
-
-
-def has_surrogate(text: str) -> bool:
-    """Return True if text holds a lone surrogate (YAML's "\\ud800"): Redis cannot store it as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _yaml_timestamp(value, key: str):
-    """Return a quoted YAML timestamp ('2001-12-14 21:59:43.10 -5') as YAML reads it unquoted."""
-    if isinstance(value, str) and yaml.constructor.SafeConstructor.timestamp_regexp.fullmatch(value.strip()):
-        node = yaml.ScalarNode("tag:yaml.org,2002:timestamp", value.strip())
-        try:
-            return yaml.constructor.SafeConstructor().construct_yaml_timestamp(node)
-        except ValueError as exc:  # 2024-13-45: shaped like a date, but not one
-            raise ValueError(f"{key} {value!r} is not a valid date: {exc}") from None
-    return value
-
-
 def merge(existing: dict[str, dict], configured: dict[str, dict]) -> dict[str, dict]:
     """Return the state after reloading config over existing state.
 
     Jobs in the file get its parameters; a job that has run keeps its runtime state
-    (status, watermark, batch times) so a redeploy never loses a watermark. Jobs no
+    (status, watermark, batch times) so a redeploy never loses a watermark, and a job
+    that never ran keeps the from_date an operator set on it (next_from_date). Jobs no
     longer in the file are dropped; new ones start as configured.
     """
     merged = {}
     for job, params in configured.items():
-        current = existing.get(job)
+        current = existing.get(job) or {}
         new = dict(params)
-        if current is not None and current.get("status", watermark.NEW) != watermark.NEW:
-            for field in watermark.RUNTIME_FIELDS:
+        if current.get("status", Status.NEW) != Status.NEW:
+            for field in RUNTIME_FIELDS:
                 new[field] = current.get(field)
+        elif current.get("next_from_date"):
+            new.update(from_date=current.get("from_date"), next_from_date=current["next_from_date"])
         merged[job] = new
     return merged

@@ -1,6 +1,6 @@
 """The floor of Batchy's stack: Flask + gunicorn + one Redis HGETALL, served like `batchy serve`.
 
-    BATCHY_REDIS_URL=redis://127.0.0.1:6390/0 python bench/baseline.py --port 5001 --workers 2
+    BATCHY_REDIS_URL=redis://127.0.0.1:6390/0 .venv/bin/python -m bench.baseline --port 5001 --workers 2
 
 The app is started through `batchy serve` itself with create_app swapped for the minimal
 app, so every gunicorn setting (worker class, workers, threads, keepalive, access log)
@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def create_baseline_app():

@@ -1,4 +1,4 @@
-"""Drive a load plan from a separate process (wrk, else bench/load.py) and summarise it.
+"""Drive a load plan from a separate process (wrk, else bench.load) and summarise it.
 
 A plan is one list of [method, path, tag] per connection; each connection cycles its
 list one request at a time. With wrk, every connection gets a thread of its own
@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# Where `python -m bench.load` finds the bench package, whatever the caller's working folder.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WRK_LUA = r"""
 local ffi = require("ffi")
@@ -123,11 +124,11 @@ def run(base_url: str, connections: list[list[list[str]]], duration: float, kind
             with open(plan, "w") as fh:
                 json.dump({"host": host, "port": int(port), "connections": connections}, fh)
             proc = subprocess.run(
-                [sys.executable, os.path.join(HERE, "load.py"), plan, "--duration", str(duration)],
-                capture_output=True, text=True, timeout=duration + 60,
+                [sys.executable, "-m", "bench.load", plan, "--duration", str(duration)],
+                capture_output=True, text=True, timeout=duration + 60, cwd=ROOT,
             )
             if proc.returncode:
-                raise RuntimeError(f"load.py failed: {proc.stderr}")
+                raise RuntimeError(f"bench.load failed: {proc.stderr}")
             result = json.loads(proc.stdout)
     result["engine"] = kind
     result["loadgen_cpu_share"] = (_children_cpu() - cpu) / result["duration"]

@@ -1,12 +1,12 @@
 """Python load generator: closed-loop keep-alive HTTP/1.1 connections on one asyncio loop.
 
-Used by bench/run.py when `wrk` is not installed, and run as its own process so its CPU
+Used by bench.run when `wrk` is not installed, and run as its own process so its CPU
 never counts against the server's. Each connection owns a plan (a list of
 [method, path, tag]) that it cycles through, one request at a time, so a connection's
 close never overtakes its own open.
 
-    python bench/load.py PLAN.json --duration 10          # prints a JSON result
-    python bench/load.py --ceiling --duration 3           # this generator's own limit
+    .venv/bin/python -m bench.load PLAN.json --duration 10     # prints a JSON result
+    .venv/bin/python -m bench.load --ceiling --duration 3      # this generator's own limit
 
 PLAN.json: {"host": "127.0.0.1", "port": 5000, "connections": [[[method, path, tag], ...], ...]}
 Result: {"duration": s, "tags": {tag: {"lat_us": [...], "status": {"200": n}}}, "errors": n, "cpu_s": s}

@@ -37,3 +37,18 @@ def hot_open_close(wf: str, connections: int) -> list[list[list[str]]]:
     width = len(str(connections - 1))
     return [[["POST", f"/open_batch/{wf}", "open"], ["POST", f"/close_batch/{wf}?job=s{i:0{width}d}", "close"]]
             for i in range(connections)]
+
+
+def reopen(wfs: list[str], connections: int) -> list[list[list[str]]]:
+    """Each connection opens each of its own workflows in turn and never closes one.
+
+    Once every workflow is open, each open finds its workflow's batch still open: it records
+    that batch's open jobs as abandoned and opens a new batch (the re-open path).
+    """
+    plans = []
+    for i in range(connections):
+        mine = wfs[i::connections]
+        if not mine:
+            raise ValueError("need at least as many workflows as connections")
+        plans.append([["POST", f"/open_batch/{wf}", "open"] for wf in mine])
+    return plans

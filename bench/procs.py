@@ -8,10 +8,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from batchy.testing import RedisServer, ServiceProcess, wait_for
 
-from tests.servers import RedisServer, ServiceProcess, wait_for  # noqa: E402
+# Where `python -m bench...` finds the bench package, whatever the caller's working folder.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SPREAD = 64
 THREE_STEPS = """\
@@ -55,14 +55,14 @@ def write_workflows(cfg_dir: str, connections: int, step_counts) -> dict[str, st
 
 
 class BaselineProcess(ServiceProcess):
-    """bench/baseline.py (the minimal app under `batchy serve`) in its own process."""
+    """bench.baseline (the minimal app under `batchy serve`) in its own process."""
 
     def start(self, wait: bool = True) -> "BaselineProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHY_") and k != "REDIS_URL"}
         env.update(BATCHY_REDIS_URL=self.redis_url, BATCHY_CFG_DIR=self.cfg_dir, **self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, os.path.join(ROOT, "bench", "baseline.py"),
+                [sys.executable, "-m", "bench.baseline",
                  "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
             )

@@ -1,14 +1,15 @@
 """Benchmark Batchy against the floor of its own stack, in one run, and print a table.
 
-    .venv/bin/python bench/run.py            # full run, about 4 minutes (5 rounds)
-    .venv/bin/python bench/run.py --quick    # about a minute
-    .venv/bin/python bench/run.py --json out.json
+    .venv/bin/python -m bench.run            # full run, about 4 minutes (5 rounds)
+    .venv/bin/python -m bench.run --quick    # about a minute
+    .venv/bin/python -m bench.run --smoke    # seconds: only checks the harness works
+    .venv/bin/python -m bench.run --json out.json
 
-Starts its own redis-server, `batchy serve` (gunicorn, as production runs it) and the
-baseline (bench/baseline.py under the same `serve`), loads synthetic workflows through
-/load_cfg, drives 32 keep-alive connections from a separate process (wrk when installed,
-bench/load.py otherwise; BENCH_ENGINE=python forces the latter) and reports every
-figure next to the baseline measured in the same run.
+Run from the repo root. Starts its own redis-server, `batchy serve` (gunicorn, as
+production runs it) and the baseline (bench.baseline under the same `serve`), loads
+synthetic workflows through /load_cfg, drives 32 keep-alive connections from a separate
+process (wrk when installed, bench.load otherwise; BENCH_ENGINE=python forces the latter)
+and reports every figure next to the baseline measured in the same run.
 """
 from __future__ import annotations
 
@@ -22,12 +23,8 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import drive  # noqa: E402
-import plans  # noqa: E402
-from procs import (  # noqa: E402
+from . import drive, load, plans
+from .procs import (
     BaselineProcess, Http, RedisServer, ServiceProcess, cleanup, spread_names, start_timed, write_workflows,
 )
 
@@ -193,6 +190,7 @@ def main(argv=None) -> int:
             ("get_status spread", svc.url, plans.get_status(wfs, conns)),
             ("open/close json spread", svc.url, plans.open_close(wfs, conns, "json")),
             ("open/close infa spread", svc.url, plans.open_close(wfs, conns, "infa")),
+            ("re-open spread", svc.url, plans.reopen(wfs, conns)),
             ("baseline one wf", base.url, plans.get_status(["hot"], conns)),
             ("get_status one wf", svc.url, plans.get_status(["hot"], conns)),
             ("open/close one wf", svc.url, plans.hot_open_close("hot", conns)),
@@ -200,6 +198,9 @@ def main(argv=None) -> int:
         for n in range(mode["rounds"]):
             print(f"load runs, round {n + 1} of {mode['rounds']}:", file=sys.stderr)
             for label, url, plan in runs:
+                if label == "re-open spread":
+                    for wf in wfs:  # so that the run's first opens are re-opens too
+                        http.ok("POST", f"/open_batch/{wf}")
                 phase(label, url, plan, warmup=mode["warmup"] if n == 0 else 0.0)
         for entry in report["load"].values():
             entry.update(aggregate(entry["rounds"]))
@@ -223,6 +224,10 @@ def main(argv=None) -> int:
                 cmds, mix = commands_per_call(r, lambda: http.ok(method, path), calls)
                 rt = trips.per_call(method, path)
             report["redis"][label] = {"commands": cmds, "mix": mix, "round_trips": rt}
+        reopen = ("POST", f"/open_batch/{wf}")
+        cmds, mix = _paired(r, http, calls, reopen, reopen)
+        report["redis"]["open_batch re-open"] = {"commands": cmds, "mix": mix,
+                                                 "round_trips": _paired_trips(trips, reopen, reopen)}
         http.ok("POST", f"/close_batch/{wf}")
 
         # -- job steps: latency, commands, round trips ---------------------------------------
@@ -343,8 +348,6 @@ def _ceiling(mode) -> float | None:
     """The Python generator's own limit, so a reader can see it is not the bottleneck."""
     if drive.engine() != "python" or mode["duration"] < 1:
         return None
-    import load
-
     return load.ceiling(min(3.0, mode["duration"]))["rps"]
 
 
@@ -357,6 +360,7 @@ ROWS = [
     ("spread over 64 workflows", "open_batch json", "open/close json spread", "open", "baseline spread"),
     ("spread over 64 workflows", "close_batch", "open/close json spread", "close", "baseline spread"),
     ("spread over 64 workflows", "open_batch infa", "open/close infa spread", "open", "baseline spread"),
+    ("spread over 64 workflows", "re-open (batch still open)", "re-open spread", "open", "baseline spread"),
     ("all on one workflow", "baseline (1 HGETALL)", "baseline one wf", "get", None),
     ("all on one workflow", "get_status", "get_status one wf", "get", "baseline one wf"),
     ("all on one workflow", "open_batch json", "open/close one wf", "open", "baseline one wf"),
@@ -423,7 +427,8 @@ def targets(report) -> list[dict]:
     add("zero non-2xx responses under load", f"{bad}", bad == 0)
     reads = [report["redis"]["get_status"]["round_trips"]] + [s["get_round_trips"] for s in report["steps"].values()]
     add("<= 1 Redis round trip per read (any job count)", f"max {max(reads):g}", max(reads) <= 1)
-    writes = [report["redis"][k]["round_trips"] for k in ("open_batch json", "open_batch infa", "close_batch")]
+    writes = [report["redis"][k]["round_trips"]
+              for k in ("open_batch json", "open_batch infa", "close_batch", "open_batch re-open")]
     writes += [s[k] for s in report["steps"].values() for k in ("open_round_trips", "close_round_trips")]
     add("<= 3 Redis round trips per state change (any job count)", f"max {max(writes):g}", max(writes) <= 3)
     big = report["steps"].get(1000) or report["steps"].get("1000")

@@ -7,8 +7,9 @@ import fakeredis
 import pytest
 
 from batchy import create_app
+from batchy.testing import RedisServer, ServiceProcess
 
-from .servers import RedisServer, ServiceProcess
+from .reliability_helpers import CommandLog
 
 WF1 = """
 s_extract:
@@ -75,6 +76,13 @@ def real_redis(redis_server):
     client = redis_server.client()
     yield client
     client.flushdb()
+
+
+@pytest.fixture
+def redis_commands(redis_server):
+    """The commands our redis-server runs during the test (MONITOR): what a service process reached."""
+    with CommandLog(redis_server.client()) as log:
+        yield log
 
 
 @pytest.fixture

@@ -1,26 +1,30 @@
-"""Shared tools of the reliability tests: a virtual clock, Redis snapshots, error checks."""
+"""Shared tools of the reliability tests: clocks, Redis snapshots and command logs, error checks, waits."""
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
+import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import redis
 
-from batchy import store
+from batchy import keys
+from batchy.clock import Clock
 
 UTC = timezone.utc
 
 
-class VirtualClock:
+class VirtualClock(Clock):
     """Shift the time Batchy reads from Redis (TIME) to a simulated, monotonic clock.
 
     Only the reading of the clock changes: every rule and every Redis write stays real.
-    One clock serves every app instance in the process, as one Redis serves them all.
+    One clock serves every app instance it is given to (create_app's CLOCK), as one
+    Redis serves them all.
     """
 
     def __init__(self, start: datetime):
+        super().__init__()
         self.virtual = start
         self.real_at = time.time()
 
@@ -31,23 +35,20 @@ class VirtualClock:
     def now(self) -> datetime:
         return self.virtual + timedelta(seconds=time.time() - self.real_at)
 
-    @contextlib.contextmanager
-    def installed(self):
-        clock = self
+    def moment(self, seconds: int) -> datetime:
+        # Keeps the real clock's progress, so batch ids stay monotonic.
+        return datetime.fromtimestamp(int(self.now().timestamp()), UTC)
 
-        class ShiftedDatetime(datetime):
-            @classmethod
-            def fromtimestamp(cls, ts, tz=None):
-                # Keep the real clock's progress so batch ids stay monotonic.
-                return datetime.fromtimestamp(int(clock.now().timestamp()), tz)
 
-        saved = store.datetime, store._utc_second
-        store.datetime = ShiftedDatetime
-        store._utc_second = lambda seconds: ShiftedDatetime.fromtimestamp(seconds, timezone.utc)
-        try:
-            yield self
-        finally:
-            store.datetime, store._utc_second = saved
+class ShiftedClock(Clock):
+    """Redis' clock read later (or earlier) by a fixed delta, as if time had passed."""
+
+    def __init__(self, delta: timedelta):
+        super().__init__()
+        self.delta = delta
+
+    def moment(self, seconds: int) -> datetime:
+        return super().moment(seconds) + self.delta
 
 
 def raw_client(port: int) -> redis.Redis:
@@ -108,3 +109,83 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last!r})")
+
+
+def redis_today(client: redis.Redis, margin: float = 30.0) -> date:
+    """Return today's UTC date by Redis' clock, the one every batch time comes from.
+
+    In the last margin seconds of a UTC day it first waits for the next day, so the
+    batches a test closes right after all end on the date it returns.
+    """
+    seconds, micro = client.time()
+    now = int(seconds) + int(micro) / 1e6
+    left = 86400 - now % 86400
+    if left < margin:
+        time.sleep(left + 0.01)  # a test never straddles midnight
+        now += left + 0.01
+    return datetime.fromtimestamp(now, UTC).date()
+
+
+class CommandLog:
+    """Every command our own redis-server runs from now on (MONITOR), in the order it ran them.
+
+    A service in another process shows how far it got only by what it asks Redis: a
+    test waits on that instead of sleeping and hoping.
+    """
+
+    _marks = itertools.count()
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self.commands: list[list[str]] = []  # [NAME, arg, ...] of clients; a script's calls are left out
+        self.monitor = client.monitor()
+        self.monitor.__enter__()
+        self.reader = threading.Thread(target=self._read, name="redis-monitor", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                command = self.monitor.next_command()
+                if command["client_type"] != "lua":
+                    words = command["command"].split(" ")
+                    self.commands.append([words[0].upper(), *words[1:]])
+        except Exception:  # noqa: BLE001 - close() cut the connection
+            return
+
+    def mark(self) -> int:
+        """Return the position in the log after every command Redis has run so far."""
+        token = f"batchy-test-mark-{next(self._marks)}"
+        self.client.echo(token)
+        return wait_until(lambda: next((i + 1 for i, c in enumerate(self.commands) if c == ["ECHO", token]), 0),
+                          10, "Redis MONITOR to show our mark")
+
+    def count(self, since: int, name: str, *args: str) -> int:
+        """Return how many commands name with these first arguments ran after position since."""
+        want = [name.upper(), *args]
+        return sum(1 for c in self.commands[since:] if c[:len(want)] == want)
+
+    def close(self) -> None:
+        self.monitor.__exit__(None, None, None)
+        self.reader.join(5)
+
+    def __enter__(self) -> "CommandLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def wait_for_waiters(log: CommandLog, since: int, wf: str, reads: int, timeout: float = 10) -> None:
+    """Wait until /wait requests on wf made reads reads of it after position since of log.
+
+    A /wait request subscribes to changes, then reads the workflow, then blocks: once
+    its read has run, any later change wakes it. A worker's first waiter also starts
+    its listener, whose PSUBSCRIBE is followed by one more read of the workflow.
+    """
+    key = keys.workflow(wf)
+    try:
+        wait_until(lambda: log.count(since, "HGETALL", key) >= reads + log.count(since, "PSUBSCRIBE"), timeout,
+                   f"{reads} read(s) of {wf} by /wait requests")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; Redis ran since: {log.commands[since:][-12:]}") from None

@@ -7,8 +7,7 @@ import urllib.request
 import pytest
 
 from batchy.cli import main
-
-from .servers import ServiceProcess
+from batchy.testing import ServiceProcess
 
 
 @pytest.fixture
@@ -52,7 +51,7 @@ def test_unreachable_service_is_a_clear_message(monkeypatch, capsys):
 
 
 def test_export_and_import_between_redis_servers(batchy, redis_server, monkeypatch, tmp_path, capsys):
-    from .servers import RedisServer
+    from batchy.testing import RedisServer
 
     batchy("load", "wf1")
     batchy("open", "wf1")

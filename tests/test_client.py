@@ -1,9 +1,8 @@
 """batchy.client against a live service: the Jobs API loop and the batch context manager."""
 import pytest
 
-from batchy.client import Batchy, BatchyError
-
-from .servers import ServiceProcess
+from batchy.client import Batchy, ServiceError
+from batchy.testing import ServiceProcess
 
 
 @pytest.fixture
@@ -65,10 +64,10 @@ def test_batch_per_step_of_an_open_workflow(api):
 
 
 def test_errors_carry_the_service_error(api):
-    with pytest.raises(BatchyError) as err:
+    with pytest.raises(ServiceError) as err:
         api.close("wf1")
     assert err.value.status == 409 and err.value.code == "not_open"
-    with pytest.raises(BatchyError) as err:
+    with pytest.raises(ServiceError) as err:
         api.status("nope")
     assert err.value.status == 404
 
@@ -76,9 +75,44 @@ def test_errors_carry_the_service_error(api):
 def test_token_is_sent(redis_server, real_redis, cfg_dir):
     svc = ServiceProcess(redis_server.url, str(cfg_dir), env={"BATCHY_API_TOKEN": "tok"}).start()
     try:
-        with pytest.raises(BatchyError) as err:
+        with pytest.raises(ServiceError) as err:
             Batchy(svc.url, token="").load("wf1")
         assert err.value.status == 401
         assert "s_extract" in Batchy(svc.url, token="tok").load("wf1")
     finally:
         svc.stop()
+
+
+def test_an_open_is_retried_with_one_idempotency_key():
+    """A 503 (or a lost answer) is retried; every attempt carries the same key, so the
+    service answers the batch the first attempt opened instead of opening a second."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(self.headers.get("Idempotency-Key"))
+            status, body = (503, b'{"error": "redis_unavailable", "message": "x", "status": 503}') \
+                if len(seen) == 1 else (200, b'{"a": {"batch_id": 7}}')
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = Batchy(f"http://127.0.0.1:{server.server_port}", token="")
+        assert client.open("wf") == {"a": {"batch_id": 7}}
+        assert len(seen) == 2 and seen[0] and seen[0] == seen[1]
+        client.open("wf")
+        assert seen[2] != seen[0]  # a new call, a new key
+    finally:
+        server.shutdown()

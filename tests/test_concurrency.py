@@ -57,16 +57,17 @@ def test_concurrent_open_close_cycles(redis_server, real_redis, cfg_dir, capsys)
 def _queued(lock, waiters: int, timeout: float = 10.0) -> None:
     """Wait until `waiters` threads are blocked in lock.__enter__."""
     deadline = time.monotonic() + timeout
-    while len(lock._waiters) < waiters:
+    while lock.waiting < waiters:
         assert time.monotonic() < deadline, f"{waiters} waiters never queued"
         time.sleep(0.001)
 
 
 def test_write_lock_hands_over_in_arrival_order():
     """Writers to one workflow in a process take their turn in the order they came."""
-    from batchy.store import _WRITE_LOCKS, FairLock
+    from batchy.locks import FairLock, LockTable
 
-    assert all(type(lock) is FairLock for lock in _WRITE_LOCKS)  # what Store.mutate queues on
+    table = LockTable()
+    assert type(table("wf1")) is FairLock  # what Committer.mutate queues on
 
     lock, order = FairLock(), []
 
@@ -84,7 +85,7 @@ def test_write_lock_hands_over_in_arrival_order():
     for t in threads:
         t.join(10)
     assert order == list(range(8))
-    assert not lock._held and not lock._waiters  # free again once the queue ran dry
+    assert not lock.held and not lock.waiting  # free again once the queue ran dry
 
 
 def test_write_lock_release_then_take_again_queues_behind_a_waiter():
@@ -93,7 +94,7 @@ def test_write_lock_release_then_take_again_queues_behind_a_waiter():
     threading.Lock allows exactly that (the releaser still runs and finds it free), which
     let some writers on a hot workflow wait 2 s while others went straight through.
     """
-    from batchy.store import FairLock
+    from batchy.locks import FairLock
 
     lock, got = FairLock(), []
     waiter = threading.Thread(target=lambda: (lock.__enter__(), got.append("waiter"), lock.__exit__(None, None, None)))
@@ -108,7 +109,7 @@ def test_write_lock_release_then_take_again_queues_behind_a_waiter():
 
 
 def test_write_lock_is_released_when_the_change_raises():
-    from batchy.store import FairLock
+    from batchy.locks import FairLock
 
     lock = FairLock()
     with pytest.raises(ValueError):
@@ -124,7 +125,7 @@ def test_write_lock_waiter_interrupted_by_a_signal_leaves_the_lock_usable():
     """A wait cut short by an exception leaves the queue; the lock is never held by nobody."""
     import signal
 
-    from batchy.store import FairLock
+    from batchy.locks import FairLock
 
     class Interrupted(Exception):
         pass
@@ -152,11 +153,41 @@ def test_write_lock_waiter_interrupted_by_a_signal_leaves_the_lock_usable():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert not lock._waiters and got == []
+    assert not lock.waiting and got == []
     holder_out.set()
     t.join(10)
     done = threading.Event()
     other = threading.Thread(target=lambda: (lock.__enter__(), done.set(), lock.__exit__(None, None, None)))
     other.start()
     assert done.wait(10), "the lock was left held after an interrupted wait"
-    assert not lock._held
+    assert not lock.held
+
+
+def test_each_workflow_has_its_own_queue():
+    """A writer stuck on one workflow never delays writers to another."""
+    from batchy.locks import LockTable
+
+    table = LockTable()
+    held = table("slow")
+    assert table("slow") is held  # the same lock while somebody holds it
+    with held:
+        other = table("fast")
+        assert other is not held
+        assert other.acquire(timeout=0.1), "a lock of another workflow waited"
+        other.release()
+        assert not table("slow").acquire(timeout=0.05)  # the held one does wait
+    del held, other
+    assert len(table) == 0  # locks nobody holds are dropped
+
+
+def test_a_timed_out_waiter_leaves_the_queue():
+    from batchy.locks import FairLock
+
+    lock = FairLock()
+    lock.acquire()
+    started = time.monotonic()
+    assert lock.acquire(timeout=0.2) is False
+    assert 0.15 < time.monotonic() - started < 2
+    assert lock.waiting == 0
+    lock.release()
+    assert not lock.held

@@ -8,9 +8,8 @@ from html.parser import HTMLParser
 import fakeredis
 import pytest
 
-from batchy import dashboard, workflows
+from batchy import dashboard, health, workflows
 from batchy.db import get_store
-from batchy.store import BatchStore
 
 from .conftest import make_app
 
@@ -54,10 +53,11 @@ def page(client, path="/"):
     return response.data.decode()
 
 
-def shift_clock(monkeypatch, delta: timedelta):
-    """Make the store's Redis clock read later than it is, as if time had passed."""
-    real = BatchStore.now
-    monkeypatch.setattr(BatchStore, "now", lambda self: real(self) + delta)
+def shift_clock(client, monkeypatch, delta: timedelta):
+    """Make the app's Redis clock read later than it is, as if time had passed."""
+    clock = client.application.extensions["batchy"].clock
+    real = clock.moment
+    monkeypatch.setattr(clock, "moment", lambda seconds: real(seconds) + delta)
 
 
 def test_empty_state_is_friendly(client):
@@ -132,7 +132,7 @@ def test_stale_after_hours_marks_old_successes(client, write_cfg, monkeypatch):
     rows = Rows(page(client)).rows
     assert "data-stale" not in rows[("watched", "job_a")]["attrs"]
 
-    shift_clock(monkeypatch, timedelta(hours=2))
+    shift_clock(client, monkeypatch, timedelta(hours=2))
     text = page(client)
     rows = Rows(text).rows
     watched = rows[("watched", "job_a")]
@@ -148,7 +148,7 @@ def test_stale_after_hours_marks_old_successes(client, write_cfg, monkeypatch):
 def test_open_batch_shows_running_duration(client, monkeypatch):
     client.post("/load_cfg/wf1")
     client.post("/open_batch/wf1")
-    shift_clock(monkeypatch, timedelta(seconds=90))
+    shift_clock(client, monkeypatch, timedelta(seconds=90))
     text = page(client)
     rows = Rows(text).rows
     assert rows[("wf1", "s_extract")]["cells"]["dur"]["text"] == "1m 30s (running)"
@@ -275,8 +275,8 @@ def test_job_view_survives_odd_values():
 def test_last_success_prefers_the_recorded_end():
     job = {"status": "failed", "last_success_start": "2024-03-01T08:00:00+00:00",
            "last_success_end": "2024-03-01T09:30:00+01:00"}
-    assert dashboard.last_success(job) == datetime(2024, 3, 1, 8, 30, tzinfo=timezone.utc)
-    assert dashboard.last_success({"status": "failed"}) is None
+    assert health.last_success(job) == datetime(2024, 3, 1, 8, 30, tzinfo=timezone.utc)
+    assert health.last_success({"status": "failed"}) is None
 
 
 def test_open_since_is_the_oldest_open_start():
@@ -285,8 +285,8 @@ def test_open_since_is_the_oldest_open_start():
         "b": {"status": "open", "batch_start": "2024-03-01T09:00:00+00:00"},
         "c": {"status": "success", "batch_start": "2024-03-01T01:00:00+00:00"},
     }
-    assert dashboard.open_since(jobs) == datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
-    assert dashboard.open_since({"c": jobs["c"]}) is None
+    assert health.open_since(jobs) == datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
+    assert health.open_since({"c": jobs["c"]}) is None
 
 
 def test_pauses_are_shown(client, write_cfg):

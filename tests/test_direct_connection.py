@@ -1,4 +1,4 @@
-"""Each thread's own Redis connection for the commit and read scripts (BatchStore._send).
+"""Each thread's own Redis connection for the commit and read scripts (connections.Transport).
 
 State changes skip redis-py's pool checkout: a thread holds one connection. What that
 must never cost: a reply read as the answer to another command, a socket shared by two
@@ -16,8 +16,7 @@ import pytest
 import redis
 
 from batchy import create_app
-
-from .servers import RedisServer
+from batchy.testing import RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def store(app):
 
 
 def script_clients(server) -> list[dict]:
-    """The connections whose last command was a script: the ones _send uses."""
+    """The connections whose last command was a script: the ones Transport.run uses."""
     gc.collect()  # connections of finished threads close when they are collected
     with server.client() as probe:
         return [c for c in probe.client_list() if c["cmd"] == "evalsha"]
@@ -74,7 +73,7 @@ def test_a_finished_thread_closes_its_connection(app, server):
 def test_an_interrupted_call_leaves_no_reply_for_the_next_one(app, server, monkeypatch):
     st = store(app)
     st.open("wf1")
-    conn = st._connection()
+    conn = st.transport.connection()
     original = type(conn).read_response
 
     def interrupted(self, *args, **kwargs):
@@ -126,11 +125,11 @@ def test_a_forked_child_does_not_share_the_parent_connection(app, server, write_
 def test_an_error_reply_keeps_the_connection(app):
     st = store(app)
     st.open("wf1")
-    conn = st._connection()
+    conn = st.transport.connection()
     failing = st.redis.register_script("return redis.error_reply('boom')")
     with pytest.raises(redis.exceptions.ResponseError, match="boom"):
-        st._send(failing, (), ())
-    assert st._connection() is conn  # the whole error reply was read: nothing left behind
+        st.transport.run(failing, (), ())
+    assert st.transport.connection() is conn  # the whole error reply was read: nothing left behind
     assert st.read("wf1").jobs["s_extract"]["status"] == "open"
 
 
@@ -140,7 +139,7 @@ def test_status_and_changes_read_either_protocol(server, cfg_dir, protocol):
     app = create_app({"BATCHY_REDIS_URL": f"{server.url}?protocol={protocol}", "BATCHY_CFG_DIR": str(cfg_dir)})
     client = app.test_client()
     assert client.post("/load_cfg/wf1").status_code == 200
-    assert store(app)._connection().protocol == protocol
+    assert store(app).transport.connection().protocol == protocol
     opened = client.post("/open_batch/wf1").json
     status = client.get("/get_status/wf1")
     assert status.status_code == 200

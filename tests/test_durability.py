@@ -8,9 +8,11 @@ import time
 import pytest
 
 from batchy import create_app
+from batchy.testing import RedisServer
 
-from .reliability_helpers import raw_client
-from .servers import RedisServer
+from .reliability_helpers import raw_client, wait_until
+
+pytestmark = pytest.mark.slow  # kill -9 under load, three times: seconds
 
 CFG = """
 extract:
@@ -51,7 +53,7 @@ class Writer(threading.Thread):
             resp = self.client.post(f"/open_batch/{self.wf}")
             if resp.status_code != 200:
                 self.errors.append(resp.status_code)
-                time.sleep(0.01)
+                time.sleep(0.01)  # Redis is down: do not spin
                 continue
             jobs = resp.get_json()
             batch_id = next(iter(jobs.values()))["batch_id"]
@@ -104,13 +106,19 @@ def test_acknowledged_changes_survive_kill_9(aof_redis, cfg_dir, write_cfg):
     assert client.post("/load_cfg/dur").status_code == 200
     writer = Writer(client, "dur")
     writer.start()
+
+    def acknowledges(more: int, what: str) -> None:
+        goal = len(writer.acked) + more
+        wait_until(lambda: len(writer.acked) >= goal, 30, f"the writer to acknowledge {more} batches {what}")
+
     # kill -9 Redis under load, three times, while the writer keeps going.
-    for _ in range(3):
-        time.sleep(1.0)
+    for outage in range(3):
+        acknowledges(30, "before the kill" if not outage else "after Redis came back")
+        refused = len(writer.errors)
         aof_redis.kill()
-        time.sleep(0.3)
+        wait_until(lambda: len(writer.errors) > refused, 10, "the writer to see the outage")
         aof_redis.start()
-    time.sleep(0.5)
+    acknowledges(30, "after the last restart")
     writer.stop.set()
     writer.join(10)
     aof_redis.kill()

@@ -3,12 +3,14 @@
 Every test runs twice: on fakeredis and on a real redis-server of our own.
 """
 import json
-import time
+from datetime import timedelta
 
 import fakeredis
 import pytest
 
 from batchy import create_app, keys
+
+from .reliability_helpers import ShiftedClock
 
 
 @pytest.fixture(params=["fakeredis", "redis-server"])
@@ -47,7 +49,7 @@ def test_history_newest_first_with_pagination_and_batch_lookup(env):
     rest = client.get(f"/history/wf1?limit=10&before={page['next_before']}").json
     assert [b["batch_id"] for b in rest["batches"]] == ids[::-1][2:] and rest["next_before"] is None
     entry = page["batches"][0]
-    assert entry["status"] == "success" and entry["records_processed"] == 10  # 5 on each of 2 jobs
+    assert entry["status"] == "success" and entry["records_processed"] == 5  # a whole close: counted once
     assert entry["jobs"]["s_extract"]["from_date"] and entry["jobs"]["s_extract"]["to_date"]
     assert entry["duration_seconds"] >= 0
     one = client.get(f"/batch/wf1/{ids[0]}").json
@@ -176,13 +178,16 @@ def test_pause_refuses_open_with_423_and_keeps_a_history(env):
 
 
 def test_exclusive_workflow_refuses_a_second_open_until_the_lease_expires(env):
-    client, redis, write_cfg, _ = env
-    write_cfg("ex", ".batchy:\n  exclusive: true\n  lease_hours: 0.0005\nj:\n  from_date: 2024-01-01\n")
+    _, redis, write_cfg, make = env
+    write_cfg("ex", ".batchy:\n  exclusive: true\n  lease_hours: 2\nj:\n  from_date: 2024-01-01\n")
+    clock = ShiftedClock(timedelta(0))  # Redis' clock, read as late as the test says
+    client = make(CLOCK=clock)
     client.get("/load_cfg/ex")
     first = client.get("/open_batch/ex").json["j"]
+    clock.delta = timedelta(hours=1, minutes=59)  # still within the lease
     r = client.get("/open_batch/ex")
     assert r.status_code == 409 and r.json["error"] == "batch_open" and r.json["batch_id"] == first["batch_id"]
-    time.sleep(2.1)  # the lease is 1.8 s
+    clock.delta = timedelta(hours=2, seconds=1)  # the lease is over: whoever opened it crashed
     second = client.get("/open_batch/ex")
     assert second.status_code == 200
     assert second.json["j"]["from_date"] == first["from_date"]  # the crashed window is reused

@@ -8,7 +8,6 @@ import fakeredis
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from batchy.store import BatchStore
 
 from .conftest import make_app
 
@@ -80,7 +79,8 @@ def test_open_batch_age_uses_the_redis_clock(client, monkeypatch):
     assert scrape(client)[("batchy_open_batch_age_seconds", wf("wf1"))] == 0
     client.post("/open_batch/wf1")
     start = datetime.fromisoformat(client.get("/get_status/wf1").json["s_extract"]["batch_start"])
-    monkeypatch.setattr(BatchStore, "now", lambda self: start + timedelta(seconds=120))
+    clock = client.application.extensions["batchy"].clock
+    monkeypatch.setattr(clock, "moment", lambda seconds: start + timedelta(seconds=120))
     assert scrape(client)[("batchy_open_batch_age_seconds", wf("wf1"))] == 120
     client.post("/close_batch/wf1", json={"records_processed": 42})
     got = scrape(client)
@@ -109,7 +109,7 @@ def test_redis_down_still_answers_with_redis_up_zero(cfg_dir):
     app = make_app(fakeredis.FakeRedis(server=server, decode_responses=True), cfg_dir)
     server.connected = False
     got = scrape(app.test_client())
-    assert got == {("batchy_redis_up", ()): 0}
+    assert got == {("batchy_redis_up", ()): 0, ("batchy_redis_writable", ()): 0}
 
 
 def test_no_process_state_two_apps_one_redis_agree(fake_redis, cfg_dir):

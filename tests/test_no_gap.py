@@ -24,10 +24,10 @@ from datetime import datetime, timedelta
 import pytest
 
 from batchy import create_app
-from batchy.watermark import parse_time
+from batchy.testing import RedisServer
+from batchy.times import parse_time
 
 from .reliability_helpers import UTC, VirtualClock, raw_client, snapshot
-from .servers import RedisServer
 
 WF = "sim"
 ZONES = ["UTC", "Europe/Paris", "Asia/Beirut", "Australia/Lord_Howe", "America/Havana", "Asia/Kolkata",
@@ -331,18 +331,19 @@ def persistent_redis():
     server.cleanup()
 
 
+@pytest.mark.slow  # 2,000 runs against a real redis-server
 def test_no_gap_in_any_watermark(persistent_redis, tmp_path):
     seed = int(os.environ.get("BATCHY_SIM_SEED") or random.randrange(2**32))
     runs = int(os.environ.get("BATCHY_SIM_RUNS") or 2000)
     print(f"BATCHY_SIM_SEED={seed} BATCHY_SIM_RUNS={runs}")
-    config = {"BATCHY_REDIS_URL": persistent_redis.url, "BATCHY_CFG_DIR": str(tmp_path), "BATCHY_HISTORY_KEEP": 10**6}
-    apps = [create_app(config), create_app(config)]  # two instances, one Redis
     # Start just before the 2024 DST changes of Havana, Santiago, Beirut and Paris.
     clock = VirtualClock(datetime(2024, 3, 1, 12, 0, tzinfo=UTC))
+    config = {"BATCHY_REDIS_URL": persistent_redis.url, "BATCHY_CFG_DIR": str(tmp_path), "BATCHY_HISTORY_KEEP": 10**6,
+              "CLOCK": clock}
+    apps = [create_app(config), create_app(config)]  # two instances, one Redis, one clock
     sim = Sim(seed, apps, persistent_redis, tmp_path, clock)
     started = time.monotonic()
-    with clock.installed():
-        sim.play(runs)
+    sim.play(runs)
     print(f"{dict(sim.stats)} in {time.monotonic() - started:.1f} s, virtual time reached {clock.now()}")
     assert sim.stats["runs"] >= runs
     assert sim.stats["success closes"] and sim.stats["crashes"] and sim.stats["reloads"] > 1

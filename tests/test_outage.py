@@ -11,16 +11,16 @@ import urllib.request
 
 import pytest
 
-from batchy import create_app
-from batchy.store import BatchStore
+from batchy import create_app, scripts
+from batchy.testing import RedisServer, ServiceProcess
 
 from .reliability_helpers import raw_client, snapshot, wait_until
-from .servers import RedisServer, ServiceProcess
 
 # Endpoints that need no Redis: they answer as usual during an outage.
 NO_REDIS = {"api.healthz", "api.openapi", "static"}
 ARGS = {"wf": "wf1", "fmt": "json", "batch_id": "1"}
-QUERY = "from_date=2024-01-01&hours=1&timeout=1&job=s_extract&batch_id=1"
+# What a route requires to reach Redis (every route refuses parameters it does not take).
+QUERY = {"api.rewind": "batch_id=1", "api.set_from_date": "from_date=2024-01-01", "wait.wait": "timeout=1"}
 
 
 def every_route(app):
@@ -32,7 +32,8 @@ def every_route(app):
         for arg in rule.arguments:
             url = url.replace(f"<{arg}>", ARGS[arg])
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            yield rule.endpoint, method, f"{url}?{QUERY}"
+            query = QUERY.get(rule.endpoint)
+            yield rule.endpoint, method, f"{url}?{query}" if query else url
 
 
 def check_unavailable(client, limit: float, only: set | None = None):
@@ -108,6 +109,7 @@ class Blackhole:
 CORE = {("api.get_status", "GET"), ("api.open_batch", "POST")}
 
 
+@pytest.mark.slow  # waits out a Redis timeout per call
 def test_blackholed_redis_answers_503_instead_of_hanging(cfg_dir):
     hole = Blackhole()
     try:
@@ -119,6 +121,7 @@ def test_blackholed_redis_answers_503_instead_of_hanging(cfg_dir):
         hole.close()
 
 
+@pytest.mark.slow  # waits out the default 2 s Redis timeout
 def test_blackholed_redis_answers_within_one_timeout(cfg_dir):
     hole = Blackhole()
     try:
@@ -137,16 +140,17 @@ def test_state_change_cut_between_read_and_commit_leaves_nothing(own_redis, cfg_
     raw = raw_client(own_redis.port)
     before = snapshot(raw)
     raw.close()
-    real_apply = BatchStore._apply
+    transport = app.extensions["batchy"].transport
+    real_run = transport.run
     cut = []
 
-    def apply_after_outage(self, *args, **kwargs):
-        if not cut:
+    def commit_after_outage(script, *args, **kwargs):
+        if not cut and script.script == scripts.COMMIT:
             cut.append(1)
             own_redis.kill()  # Redis dies after the read, before the commit
-        return real_apply(self, *args, **kwargs)
+        return real_run(script, *args, **kwargs)
 
-    monkeypatch.setattr(BatchStore, "_apply", apply_after_outage)
+    monkeypatch.setattr(transport, "run", commit_after_outage)
     for path in ("/close_batch/wf1", "/open_batch/wf1", "/fail_batch/wf1", "/load_cfg/wf1?reset=true"):
         cut.clear()
         resp = client.post(path)
@@ -155,7 +159,7 @@ def test_state_change_cut_between_read_and_commit_leaves_nothing(own_redis, cfg_
         raw = raw_client(own_redis.port)
         assert snapshot(raw) == before, f"{path} left a partial change behind"
         raw.close()
-    monkeypatch.setattr(BatchStore, "_apply", real_apply)
+    monkeypatch.setattr(transport, "run", real_run)
     assert client.post("/close_batch/wf1").status_code == 200
 
 
@@ -169,6 +173,7 @@ def _http(url: str, method: str = "GET", timeout: float = 10):
         return exc.code, json.loads(exc.read()), time.monotonic() - started
 
 
+@pytest.mark.slow  # a gunicorn service through two Redis outages
 def test_live_service_recovers_by_itself(own_redis, cfg_dir):
     svc = ServiceProcess(own_redis.url, str(cfg_dir)).start()
     try:

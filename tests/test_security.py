@@ -3,8 +3,11 @@ import re
 import urllib.error
 import urllib.request
 
+import pytest
+
+from batchy.testing import RedisServer, ServiceProcess
+
 from .conftest import make_app
-from .servers import RedisServer, ServiceProcess
 
 READ_ONLY = {"/healthz", "/readyz", "/get_status/<wf>", "/history/<wf>", "/batch/<wf>/<batch_id>", "/batches",
              "/most_recent/<wf>", "/events/<wf>", "/pause_status", "/pause_history", "/", "/dashboard",
@@ -29,6 +32,7 @@ def test_every_route_is_either_read_only_or_token_guarded(fake_redis, cfg_dir):
     assert len(guarded) >= 20
 
 
+@pytest.mark.slow  # a gunicorn service and a Redis outage
 def test_secrets_never_reach_the_log(cfg_dir):
     password, token = "redis-pw-7f3a9", "api-token-c41d"
     redis = RedisServer("--requirepass", password, "--appendonly", "yes", "--appendfsync", "always").start()

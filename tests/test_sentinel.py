@@ -17,9 +17,11 @@ import pytest
 import redis
 
 from batchy import create_app
+from batchy.testing import RedisServer, free_port
 
 from .reliability_helpers import wait_until
-from .servers import RedisServer, free_port
+
+pytestmark = pytest.mark.slow  # a failover takes seconds
 
 LATER = {"open": {"open", "success", "failed", "abandoned"}, "success": {"success"}}
 
@@ -110,7 +112,7 @@ def test_service_survives_primary_loss_without_losing_acknowledged_changes(clust
         if resp.status_code != 200:
             assert resp.status_code == 503, (resp.status_code, resp.data)
             refused.append(resp.status_code)
-            time.sleep(0.1)
+            time.sleep(0.1)  # no primary yet: retry as an ETL would, without spinning
             continue
         batch_id = next(iter(resp.get_json().values()))["batch_id"]
         acked[batch_id] = "open"

@@ -56,7 +56,7 @@ def test_a_warm_change_is_one_round_trip_a_cold_one_two(two, sent):
     assert client.post("/open_batch/wf1").status_code == 200  # wrote by load: warm already
     assert client.post("/close_batch/wf1").status_code == 200
     assert sent == ["EVALSHA", "EVALSHA"]
-    store_of(a)._forget("wf1")
+    store_of(a).cache.forget("wf1")
     sent.clear()
     assert client.post("/open_batch/wf1").status_code == 200
     assert sent == ["EVALSHA", "EVALSHA"]  # the read script, then the commit
@@ -116,7 +116,7 @@ def test_the_version_is_never_reused_even_when_its_count_goes_back(two, real_red
 
 
 def test_a_hand_edit_is_picked_up_once_the_version_is_deleted(two, real_redis):
-    """README: edit a workflow hash by hand only with HDEL batchy:wf:<wf> version after."""
+    """docs/operations.md: edit a workflow hash by hand only with HDEL batchy:wf:<wf> version after."""
     a, _b = two
     client = a.test_client()
     client.post("/open_batch/wf1")
@@ -132,12 +132,12 @@ def test_a_hand_edit_is_picked_up_once_the_version_is_deleted(two, real_redis):
 def test_times_come_from_redis_even_when_this_host_clock_is_off(two, real_redis):
     a, _b = two
     store = store_of(a)
-    store._clock_offset = 3 * 3600.0  # as if this host's clock were three hours late
+    store.clock.offset = 3 * 3600.0  # as if this host's clock were three hours late
     opened = a.test_client().post("/open_batch/wf1").json
     redis_now = real_redis.time()[0]
     start = _epoch(opened["s_extract"]["batch_start"])
     assert redis_now - 5 <= start <= redis_now
-    assert abs(store._clock_offset) < 5  # learned from the refusal's TIME
+    assert abs(store.clock.offset) < 5  # learned from the refusal's TIME
 
 
 def test_a_deleted_workflow_is_not_recreated_from_the_cache(two, real_redis):
@@ -158,7 +158,7 @@ def test_the_cache_can_be_turned_off(redis_server, real_redis, cfg_dir, sent):
     assert client.post("/open_batch/wf1").status_code == 200
     assert client.post("/close_batch/wf1").status_code == 200
     assert sent == ["EVALSHA"] * 4  # read + commit, twice
-    assert store_of(app)._cache == {}
+    assert len(store_of(app).cache) == 0
 
 
 def test_the_cache_keeps_at_most_its_size(redis_server, real_redis, cfg_dir, write_cfg):
@@ -168,7 +168,7 @@ def test_the_cache_keeps_at_most_its_size(redis_server, real_redis, cfg_dir, wri
     client = app.test_client()
     for n in range(5):
         assert client.post(f"/load_cfg/w{n}").status_code == 200
-    assert list(store_of(app)._cache) == ["w2", "w3", "w4"]  # the least recently written go first
+    assert store_of(app).cache.names() == ["w2", "w3", "w4"]  # the least recently written go first
 
 
 def test_a_commit_that_may_not_have_run_forgets_the_cache(two, monkeypatch):
@@ -177,14 +177,14 @@ def test_a_commit_that_may_not_have_run_forgets_the_cache(two, monkeypatch):
     a, _b = two
     store = store_of(a)
     a.test_client().post("/open_batch/wf1")
-    assert "wf1" in store._cache
+    assert "wf1" in store.cache
 
     def timeout(*args, **kwargs):
         raise redis.TimeoutError("simulated")
 
-    monkeypatch.setattr(store, "_send", timeout)
+    monkeypatch.setattr(store.transport, "run", timeout)
     assert a.test_client().post("/close_batch/wf1").status_code == 503
-    assert "wf1" not in store._cache
+    assert "wf1" not in store.cache
 
 
 # -- the turn: a writer that keeps losing is not starved ------------------------------
@@ -196,9 +196,7 @@ def commit_args(expected: str, token: str, insist: bool, second: str = "") -> li
 
 
 def commit_keys(wf: str) -> tuple[str, ...]:
-    from batchy.store import _commit_keys
-
-    return _commit_keys(wf)
+    return keys.commit_keys(wf)
 
 
 def test_a_writer_that_insists_takes_the_turn_and_others_wait(real_redis):
@@ -207,7 +205,7 @@ def test_a_writer_that_insists_takes_the_turn_and_others_wait(real_redis):
     real_redis.hset(keys.meta("t"), "version", "7-aaaa")
     # The loser insists: refused (stale version) but it now has the turn, for 200 ms at most.
     reply = commit(keys=commit_keys("t"), args=commit_args("6-old", "loser", insist=True))
-    assert reply[0] == 0 and reply[1] == "7-aaaa" and reply[5] == 0
+    assert reply[0] == scripts.Reply.REFUSED and reply[1] == "7-aaaa" and reply[5] == 0
     assert real_redis.get(keys.turn("t")) == "loser"
     assert 0 < real_redis.pttl(keys.turn("t")) <= 200
     # Another writer with the right version is refused while the turn is taken, told to wait.
@@ -289,7 +287,7 @@ def test_a_change_after_redis_lost_its_scripts_still_applies(two, real_redis):
 
 
 def test_the_first_change_after_a_redis_restart_applies(cfg_dir):
-    from .servers import RedisServer
+    from batchy.testing import RedisServer
 
     server = RedisServer("--appendonly", "yes").start()
     try:
@@ -313,7 +311,48 @@ def test_a_change_planned_on_a_fresh_read_answers_in_name_order(redis_server, re
     assert make(redis_server, cfg_dir).test_client().post("/load_cfg/big").status_code == 200
     assert list(real_redis.hgetall("big")) != names  # Redis' own order, not the names'
     fresh = make(redis_server, cfg_dir).test_client()  # no cache: plans from what Redis returns
-    for path in ("/open_batch/big?job=job007", "/close_batch/big?job=job007", "/open_batch/big"):
+    for path in ("/open_batch/big", "/close_batch/big?job=job007", "/open_batch/big"):
         r = fresh.post(path)
         assert r.status_code == 200
         assert list(r.get_json()) == names, path
+
+
+def test_a_turn_left_behind_never_fails_a_writer(two, real_redis):
+    """A writer that took the turn and stopped (its plan refused) used to leave it for 200 ms,
+    while other writers gave up after ~80 ms with 409 busy."""
+    a, _b = two
+    real_redis.set(keys.turn("wf1"), "gone-writer", px=300)
+    started = time.monotonic()
+    r = a.test_client().post("/open_batch/wf1")
+    assert r.status_code == 200, r.json
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_writer_whose_plan_refuses_gives_the_turn_back(two, real_redis):
+    """Another process keeps changing the workflow, so this writer insists and takes the turn;
+    its plan then refuses (nothing left open to close): the turn must not outlive the call."""
+    a, b = two
+    client_a, client_b = a.test_client(), b.test_client()
+    assert client_a.post("/open_batch/wf1").status_code == 200
+    store = store_of(b)
+    real_run = store.transport.run
+    commits = []
+
+    def run(script, script_keys, args):
+        if script.script == scripts.COMMIT:
+            commits.append(args[3])  # insist
+            # another process writes between this writer's read and its commit
+            if len(commits) < 3:
+                assert client_a.post("/open_batch/wf1").status_code == 200
+            elif len(commits) == 3:
+                assert client_a.post("/close_batch/wf1").status_code == 200
+        return real_run(script, script_keys, args)
+
+    store.transport.run = run
+    try:
+        r = client_b.post("/close_batch/wf1?job=s_extract")
+    finally:
+        store.transport.run = real_run
+    assert commits == ["0", "0", "1"]  # lost twice, then insisted (and took the turn)
+    assert r.status_code == 409 and r.json["error"] == "not_open", r.json
+    assert not real_redis.exists(keys.turn("wf1"))

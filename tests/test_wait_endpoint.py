@@ -6,16 +6,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from batchy.client import Batchy
+from batchy.testing import RedisServer, ServiceProcess, wait_for
 
 from .conftest import make_app
-from .servers import RedisServer, ServiceProcess, wait_for
-
-TODAY = datetime.now(timezone.utc).date().isoformat()
+from .reliability_helpers import UTC, CommandLog, VirtualClock, redis_today, wait_for_waiters
 
 
 def get(url: str, path: str, token: str | None = None, timeout: float = 30):
@@ -57,18 +57,25 @@ def batchy(svc, redis_server):
     redis_server.client().flushdb()
 
 
-def test_answers_at_once_with_timeout_zero(svc, batchy):
-    status, body = get(svc.url, f"/wait/wf1?timeout=0&date={TODAY}")
+@pytest.fixture
+def today(redis_server) -> str:
+    """Today's UTC date by Redis' clock, the service's (the batches a test closes end on it)."""
+    return redis_today(redis_server.client()).isoformat()
+
+
+def test_answers_at_once_with_timeout_zero(svc, batchy, today):
+    status, body = get(svc.url, f"/wait/wf1?timeout=0&date={today}")
     assert status == 200
     assert (body["state"], body["ready"], body["timed_out"]) == ("waiting", False, True)
     assert body["missing"] == ["s_extract", "s_load"]
     assert body["jobs"]["s_load"]["reason"] == "never run"
 
 
-def test_wakes_on_close(svc, batchy):
+def test_wakes_on_close(svc, batchy, today, redis_commands):
     batchy.open("wf1")
-    thread, out = in_background(lambda: get(svc.url, f"/wait/wf1?timeout=30&date={TODAY}"))
-    time.sleep(0.5)
+    since = redis_commands.mark()
+    thread, out = in_background(lambda: get(svc.url, f"/wait/wf1?timeout=30&date={today}"))
+    wait_for_waiters(redis_commands, since, "wf1", 1)  # subscribed, read "open": blocked
     assert thread.is_alive(), "answered while the batch was open"
     batchy.close("wf1")
     thread.join(5)
@@ -78,30 +85,31 @@ def test_wakes_on_close(svc, batchy):
     assert body["waited"] < 5
 
 
-def test_selected_job_only(svc, batchy):
+def test_selected_job_only(svc, batchy, today):
     batchy.open("wf1")
     batchy.close("wf1", job="s_extract")
-    status, body = get(svc.url, f"/wait/wf1?job=s_extract&timeout=5&date={TODAY}")
+    status, body = get(svc.url, f"/wait/wf1?job=s_extract&timeout=5&date={today}")
     assert (status, body["state"], list(body["jobs"])) == (200, "ready", ["s_extract"])
 
 
-def test_times_out_with_the_current_verdict(svc, batchy):
+def test_times_out_with_the_current_verdict(svc, batchy, today):
     batchy.open("wf1")
     started = time.monotonic()
-    status, body = get(svc.url, f"/wait/wf1?timeout=0.5&date={TODAY}")
+    status, body = get(svc.url, f"/wait/wf1?timeout=0.5&date={today}")
     assert 0.4 < time.monotonic() - started < 5
     assert (status, body["state"], body["timed_out"]) == (200, "waiting", True)
     assert "open since" in body["jobs"]["s_extract"]["reason"]
 
 
-def test_failure_answers_at_once_and_while_failed_waits_for_the_rerun(svc, batchy):
+def test_failure_answers_at_once_and_while_failed_waits_for_the_rerun(svc, batchy, today, redis_commands):
     batchy.open("wf1")
     batchy.fail("wf1", message="disk full")
-    status, body = get(svc.url, f"/wait/wf1?timeout=30&date={TODAY}", timeout=5)
+    status, body = get(svc.url, f"/wait/wf1?timeout=30&date={today}", timeout=5)
     assert (body["state"], body["failed"]) == ("failed", ["s_extract", "s_load"])
     assert "disk full" in body["jobs"]["s_extract"]["reason"]
-    thread, out = in_background(lambda: get(svc.url, f"/wait/wf1?timeout=30&while=failed&date={TODAY}"))
-    time.sleep(0.5)
+    since = redis_commands.mark()
+    thread, out = in_background(lambda: get(svc.url, f"/wait/wf1?timeout=30&while=failed&date={today}"))
+    wait_for_waiters(redis_commands, since, "wf1", 1)  # subscribed, read "failed": blocked
     assert thread.is_alive()
     batchy.open("wf1")  # the rerun
     thread.join(5)
@@ -116,10 +124,11 @@ def test_yesterday_is_not_today(svc, batchy):
     assert "later than 2000-01-01" in body["jobs"]["s_extract"]["reason"]
 
 
-def test_many_waiters_share_one_subscription_per_process(svc, batchy, redis_server):
+def test_many_waiters_share_one_subscription_per_process(svc, batchy, redis_server, today, redis_commands):
     batchy.open("wf1")
-    waiters = [in_background(lambda: get(svc.url, f"/wait/wf1?timeout=30&date={TODAY}")) for _ in range(20)]
-    time.sleep(1)
+    since = redis_commands.mark()
+    waiters = [in_background(lambda: get(svc.url, f"/wait/wf1?timeout=30&date={today}")) for _ in range(20)]
+    wait_for_waiters(redis_commands, since, "wf1", 20)  # every one subscribed and blocked
     subscribed = [c for c in redis_server.client().client_list() if int(c.get("psub", 0)) > 0]
     assert 1 <= len(subscribed) <= svc.workers
     batchy.close("wf1")
@@ -171,13 +180,17 @@ def test_timeout_is_capped(fake_redis, cfg_dir):
 
 
 def test_waiters_past_the_cap_get_503(fake_redis, cfg_dir):
-    app = make_app(fake_redis, cfg_dir, BATCHY_WAIT_MAX_WAITERS=1)
+    # Noon on a fixed day: the waiter's default date (today) is the day the close below ends on.
+    clock = VirtualClock(datetime(2024, 3, 1, 12, 0, tzinfo=UTC))
+    app = make_app(fake_redis, cfg_dir, BATCHY_WAIT_MAX_WAITERS=1, CLOCK=clock)
     app.test_client().post("/load_cfg/wf1")
-    thread, out = in_background(lambda: app.test_client().get("/wait/wf1?timeout=3").status_code)
+    thread, out = in_background(lambda: app.test_client().get("/wait/wf1?timeout=30").status_code)
     wait_for(lambda: app.extensions["batchy_wait"].waiters == 1, what="the first waiter")
     refused = app.test_client().get("/wait/wf1?timeout=0")
     assert (refused.status_code, refused.json["error"]) == (503, "too_many_waiters")
-    thread.join(5)
+    app.test_client().post("/open_batch/wf1")
+    app.test_client().post("/close_batch/wf1")  # ready: the first waiter answers
+    thread.join(10)
     assert out == [200]
     assert app.test_client().get("/wait/wf1?timeout=0").status_code == 200  # the slot is free again
 
@@ -185,14 +198,15 @@ def test_waiters_past_the_cap_get_503(fake_redis, cfg_dir):
 def test_default_date_is_today_in_the_zone(fake_redis, cfg_dir):
     client = make_app(fake_redis, cfg_dir).test_client()
     client.post("/load_cfg/wf1")
+    zone = ZoneInfo("Pacific/Kiritimati")
+    before = datetime.fromtimestamp(fake_redis.time()[0], zone).date().isoformat()
     body = client.get("/wait/wf1?timeout=0&tz=Pacific/Kiritimati").json
-    now = fake_redis.time()[0]
-    from zoneinfo import ZoneInfo
-
-    assert body["date"] == datetime.fromtimestamp(now, ZoneInfo("Pacific/Kiritimati")).date().isoformat()
+    after = datetime.fromtimestamp(fake_redis.time()[0], zone).date().isoformat()
+    assert body["date"] in (before, after)  # both sides of a midnight in Kiritimati
     assert body["tz"] == "Pacific/Kiritimati"
 
 
+@pytest.mark.slow
 def test_survives_a_redis_restart(wait_cfg):
     """The listener reconnects after Redis restarts: later waiters are woken again."""
     server = RedisServer().start()
@@ -211,8 +225,11 @@ def test_survives_a_redis_restart(wait_cfg):
             return any(int(c.get("psub", 0)) for c in server.client().client_list())
 
         wait_for(subscribed, timeout=10, what="the listener to subscribe again")
-        thread, out = in_background(lambda: get(service.url, f"/wait/wf1?timeout=30&date={TODAY}"))
-        time.sleep(0.5)
+        today = redis_today(server.client()).isoformat()
+        with CommandLog(server.client()) as log:
+            since = log.mark()
+            thread, out = in_background(lambda: get(service.url, f"/wait/wf1?timeout=30&date={today}"))
+            wait_for_waiters(log, since, "wf1", 1)
         client.close("wf1")
         thread.join(5)
         assert out and out[0][1]["state"] == "ready"

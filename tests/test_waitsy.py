@@ -17,9 +17,10 @@ from werkzeug.serving import make_server
 
 from batchy import errors, readiness
 from batchy.client import Batchy
+from batchy.testing import ServiceProcess
 from waitsy import cli as waitsy
 
-from .servers import ServiceProcess
+from .reliability_helpers import redis_today, wait_for_waiters, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWO_JOBS = "s_extract: {}\ns_load: {}\n"
@@ -49,6 +50,7 @@ def svc(redis_server, cfg):
 def workflow(svc, cfg, redis_server):
     """write(name, yaml) -> a loaded workflow (reset); the Batchy client is workflow.client."""
     client = Batchy(svc.url)
+    redis_today(redis_server.client())  # not in a day's last seconds: "today" holds for the whole test
 
     def write(name: str, text: str = TWO_JOBS) -> str:
         (cfg / f"{name}.yaml").write_text(text)
@@ -60,15 +62,19 @@ def workflow(svc, cfg, redis_server):
     redis_server.client().flushdb()
 
 
-def test_blocks_while_open_then_exits_soon_after_close(svc, workflow, capsys):
+def test_blocks_while_open_then_exits_soon_after_close(svc, workflow, capsys, redis_commands):
     wf = workflow("wf1")
     workflow.client.open(wf)
+    since = redis_commands.mark()
     # --interval 30: only push can make it exit within the bound below.
     thread, code = run_in_background(["-wf", wf, "--url", svc.url, "--timeout", "60", "--interval", "30"])
-    time.sleep(1.0)
+    # Its first /wait answers at once (the state to show), its second one blocks.
+    wait_for_waiters(redis_commands, since, wf, 2)
     assert thread.is_alive(), "waitsy exited while the batch was open"
+    since = redis_commands.mark()
     workflow.client.close(wf, job="s_extract")
-    time.sleep(0.3)
+    wait_for_waiters(redis_commands, since, wf, 1)  # the listener read the change for the waiter
+    time.sleep(0.1)  # the point: time for a wrongly woken waitsy to exit
     assert thread.is_alive(), "waitsy exited with one step still open"
     workflow.client.close(wf, job="s_load")
     thread.join(5)
@@ -80,7 +86,7 @@ def test_blocks_while_open_then_exits_soon_after_close(svc, workflow, capsys):
 def test_yesterday_success_does_not_count(svc, workflow, capsys):
     yesterday = datetime.now(timezone.utc) - timedelta(days=1)
     wf = workflow("daily", f"s_extract:\n  status: success\n  batch_end: '{yesterday.isoformat()}'\n")
-    assert waitsy.main(["-wf", wf, "--url", svc.url, "--timeout", "0.5"]) == 1
+    assert waitsy.main(["-wf", wf, "--url", svc.url, "--timeout", "0.3"]) == 1
     assert f"last success ended {yesterday.date().isoformat()}, earlier than" in capsys.readouterr().out
     assert waitsy.main(["-wf", wf, "--url", svc.url, "--date", yesterday.date().isoformat(), "--quiet"]) == 0
     workflow.client.open(wf)
@@ -91,11 +97,13 @@ def test_yesterday_success_does_not_count(svc, workflow, capsys):
 def test_the_zone_decides_the_date(svc, workflow):
     # 23:30 UTC on 10 March is 00:30 on 11 March in Paris: ready for the 11th only in Paris.
     wf = workflow("tzwf", "s_extract:\n  status: success\n  batch_end: '2024-03-10T23:30:00+00:00'\n")
-    base = ["-wf", wf, "--url", svc.url, "--quiet", "--timeout", "0.3"]
-    assert waitsy.main(base + ["--date", "2024-03-11", "--tz", "Europe/Paris"]) == 0
-    assert waitsy.main(base + ["--date", "2024-03-11"]) == 1  # UTC: that was the 10th
-    assert waitsy.main(base + ["--date", "2024-03-10"]) == 0
-    assert waitsy.main(base + ["--date", "2024-03-10", "--tz", "Europe/Paris"]) == 1
+    # A ready answer comes at once, however long the timeout; a waiting one takes all of it.
+    ready, waiting = ["--timeout", "5"], ["--timeout", "0.3"]
+    base = ["-wf", wf, "--url", svc.url, "--quiet"]
+    assert waitsy.main(base + ready + ["--date", "2024-03-11", "--tz", "Europe/Paris"]) == 0
+    assert waitsy.main(base + waiting + ["--date", "2024-03-11"]) == 1  # UTC: that was the 10th
+    assert waitsy.main(base + ready + ["--date", "2024-03-10"]) == 0
+    assert waitsy.main(base + waiting + ["--date", "2024-03-10", "--tz", "Europe/Paris"]) == 1
 
 
 def test_today_follows_tz_for_a_batch_closed_now(svc, workflow):
@@ -108,41 +116,45 @@ def test_today_follows_tz_for_a_batch_closed_now(svc, workflow):
     local_day = end.astimezone(ZoneInfo(zone)).date()
     utc_day = end.astimezone(timezone.utc).date()
     assert local_day != utc_day
-    base = ["-wf", wf, "--url", svc.url, "--quiet", "--timeout", "0.3"]
-    assert waitsy.main(base + ["--tz", zone]) == 0  # today in that zone
-    assert waitsy.main(base + ["--tz", zone, "--date", utc_day.isoformat()]) == 1
+    base = ["-wf", wf, "--url", svc.url, "--quiet"]
+    assert waitsy.main(base + ["--timeout", "5", "--tz", zone]) == 0  # today in that zone
+    assert waitsy.main(base + ["--timeout", "0.3", "--tz", zone, "--date", utc_day.isoformat()]) == 1
 
 
 def test_timeout_gives_1(svc, workflow, capsys):
     wf = workflow("slow")
     workflow.client.open(wf)
     started = time.monotonic()
-    assert waitsy.main(["-wf", wf, "--url", svc.url, "--timeout", "1"]) == 1
-    assert 0.9 < time.monotonic() - started < 10
-    assert "timed out after 1s" in capsys.readouterr().out
+    assert waitsy.main(["-wf", wf, "--url", svc.url, "--timeout", "0.5"]) == 1
+    assert 0.45 < time.monotonic() - started < 10
+    assert "timed out after 0.5s" in capsys.readouterr().out
 
 
-def test_failure_with_fail_on_error_gives_2(svc, workflow, capsys):
+def test_failure_with_fail_on_error_gives_2(svc, workflow, capsys, redis_commands):
     wf = workflow("flaky")
     workflow.client.open(wf)
+    since = redis_commands.mark()
     thread, code = run_in_background(["-wf", wf, "--url", svc.url, "--timeout", "60", "--fail-on-error"])
-    time.sleep(0.5)
+    wait_for_waiters(redis_commands, since, wf, 2)  # blocked in its second /wait
     workflow.client.fail(wf, job="s_load", message="disk full")
     thread.join(5)
     assert code == [2]
     assert "FAILED s_load (failed at" in capsys.readouterr().out
     # Without --fail-on-error a failure keeps it waiting for a rerun.
-    assert waitsy.main(["-wf", wf, "--url", svc.url, "--timeout", "0.5", "--quiet"]) == 1
+    assert waitsy.main(["-wf", wf, "--url", svc.url, "--timeout", "0.3", "--quiet"]) == 1
 
 
-def test_rerun_after_failure_is_followed(svc, workflow):
+def test_rerun_after_failure_is_followed(svc, workflow, redis_commands):
     wf = workflow("rerun")
     workflow.client.open(wf)
     workflow.client.fail(wf)
+    since = redis_commands.mark()
     thread, code = run_in_background(["-wf", wf, "--url", svc.url, "--timeout", "60", "--quiet"])
-    time.sleep(0.5)
+    wait_for_waiters(redis_commands, since, wf, 2)  # blocked while failed
+    since = redis_commands.mark()
     workflow.client.open(wf)
-    time.sleep(0.3)
+    # The listener reads the rerun and wakes the waiter; waitsy's next /wait blocks while waiting.
+    wait_for_waiters(redis_commands, since, wf, 2)
     assert thread.is_alive()
     workflow.client.close(wf)
     thread.join(5)
@@ -178,11 +190,12 @@ def test_several_workflows_and_jobs(svc, workflow):
         workflow.client.open(wf)
     workflow.client.close(first)
     workflow.client.close(second, job="s_extract")
-    base = ["--url", svc.url, "--quiet", "--timeout", "0.5", "-wf", first, "-wf", second]
-    assert waitsy.main(base) == 1
-    assert waitsy.main(base + ["--job", "s_extract"]) == 0
-    assert waitsy.main(base + ["--job", "second:s_extract"]) == 0
-    assert waitsy.main(base + ["--job", "second:s_load"]) == 1
+    base = ["--url", svc.url, "--quiet", "-wf", first, "-wf", second]
+    ready, waiting = ["--timeout", "5"], ["--timeout", "0.3"]  # a ready answer comes at once
+    assert waitsy.main(base + waiting) == 1
+    assert waitsy.main(base + ready + ["--job", "s_extract"]) == 0
+    assert waitsy.main(base + ready + ["--job", "second:s_extract"]) == 0
+    assert waitsy.main(base + waiting + ["--job", "second:s_load"]) == 1
 
 
 def test_json_output(svc, workflow, capsys):
@@ -196,20 +209,28 @@ def test_json_output(svc, workflow, capsys):
     assert lines[-1]["workflows"][wf]["jobs"]["s_load"]["state"] == "ready"
 
 
-def test_service_restart_mid_wait_does_not_crash(redis_server, cfg, capsys):
+@pytest.mark.slow
+def test_service_restart_mid_wait_does_not_crash(redis_server, cfg, capsys, redis_commands):
     (cfg / "restart.yaml").write_text(TWO_JOBS)
     service = ServiceProcess(redis_server.url, str(cfg), workers=1).start()
+    printed = []  # (out, err) of waitsy so far
+
+    def says(text: str) -> bool:
+        printed.append(capsys.readouterr())
+        return any(text in out for out, _ in printed)
+
     try:
         client = Batchy(service.url)
         client.load("restart", reset=True)
         client.open("restart")
+        since = redis_commands.mark()
         thread, code = run_in_background(["-wf", "restart", "--url", service.url, "--timeout", "60",
                                           "--interval", "0.2"])
-        time.sleep(0.5)
+        wait_for_waiters(redis_commands, since, "restart", 2)  # a /wait in flight
         started = time.monotonic()
         service.stop()
         assert time.monotonic() - started < 8, "a /wait waiter held up the graceful stop"
-        time.sleep(0.5)
+        wait_until(lambda: says("service unavailable"), 10, "waitsy to report the service down")
         assert thread.is_alive(), "waitsy gave up while the service was down"
         service.start()
         client.close("restart")
@@ -218,10 +239,11 @@ def test_service_restart_mid_wait_does_not_crash(redis_server, cfg, capsys):
     finally:
         service.stop()
         redis_server.client().flushdb()
-    out = capsys.readouterr()
-    assert "service unavailable" in out.out and "service answers again" in out.out
-    assert out.out.count("service unavailable") == 1
-    assert "Traceback" not in out.out + out.err
+    printed.append(capsys.readouterr())
+    out, err = "".join(o for o, _ in printed), "".join(e for _, e in printed)
+    assert "service unavailable" in out and "service answers again" in out
+    assert out.count("service unavailable") == 1
+    assert "Traceback" not in out + err
 
 
 # -- poll fallback: a service without /wait ----------------------------------------------
@@ -243,7 +265,8 @@ def old_service():
         return state[wf]
 
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits for one.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     server.state, server.hits = state, hits
     server.url = f"http://127.0.0.1:{server.server_port}"
@@ -253,9 +276,8 @@ def old_service():
 
 def test_poll_fallback_against_a_service_without_wait(old_service, capsys):
     thread, code = run_in_background(["-wf", "old", "--url", old_service.url, "--interval", "0.2", "--timeout", "30"])
-    time.sleep(0.8)
+    wait_until(lambda: old_service.hits.count("old") >= 2, 10, "waitsy to poll /get_status twice")
     assert thread.is_alive()
-    assert old_service.hits.count("old") >= 2, "not polling"
     old_service.state["old"]["s_extract"] = {
         "status": "success", "batch_id": 1, "batch_end": datetime.now(timezone.utc).isoformat()}
     thread.join(5)
@@ -273,7 +295,7 @@ def test_poll_fallback_on_a_plain_html_404():
     app = Flask("bare")  # Flask's default HTML 404 for /wait
     app.add_url_rule("/get_status/<wf>", "s", lambda wf: {"a": {"status": "success", "batch_end": "2024-01-02T10:00:00Z"}})
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}"
         assert waitsy.main(["-wf", "x", "--url", url, "--date", "2024-01-02", "--quiet", "--timeout", "5"]) == 0
@@ -282,11 +304,11 @@ def test_poll_fallback_on_a_plain_html_404():
 
 
 def test_down_service_is_retried_until_the_timeout(capsys):
-    from .servers import free_port
+    from batchy.testing import free_port
 
     started = time.monotonic()
-    code = waitsy.main(["-wf", "wf1", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "1"])
-    assert code == 1 and time.monotonic() - started >= 0.9
+    code = waitsy.main(["-wf", "wf1", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "0.5"])
+    assert code == 1 and time.monotonic() - started >= 0.45
     out = capsys.readouterr()
     assert out.out.count("service unavailable") == 1 and "Traceback" not in out.err
 

@@ -3,6 +3,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from batchy import times
+from batchy.jobs import Status
 from batchy import watermark as wm
 from batchy.errors import JobNotFound, NotOpen, StaleBatch
 
@@ -52,7 +54,7 @@ def job(**fields):
     ],
 )
 def test_next_from_date(fields, expected):
-    assert wm.format_time(wm.next_from_date(job(**fields))) == expected
+    assert times.format_time(wm.next_from_date(job(**fields))) == expected
 
 
 @pytest.mark.parametrize(
@@ -76,50 +78,14 @@ def test_next_from_date(fields, expected):
 def test_truncation_in_time_zone(tz, batch_start, expected_local):
     j = job(status="success", batch_start=batch_start, trunc_start=True, timezone=tz)
     start = wm.next_from_date(j)
-    assert wm.format_time(start, wm.zone(tz)) == expected_local
-    assert start <= wm.parse_time(batch_start)  # truncation never moves the watermark forward
-
-
-def test_truncation_never_later_than_the_watermark():
-    tz = wm.zone("America/New_York")
-    moment = datetime(2024, 3, 10, 4, 59, 59, tzinfo=UTC)  # 23:59:59 EST on the 9th
-    start = wm.start_of_day(moment, tz)
-    assert start <= moment
-    assert wm.format_time(start, tz) == "2024-03-09T00:00:00-05:00"
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("2024-01-31", "2024-01-31T00:00:00+00:00"),
-        ("2024-01-31T13:45:00", "2024-01-31T13:45:00+00:00"),
-        ("2024-01-31 13:45:00", "2024-01-31T13:45:00+00:00"),
-        ("2024-01-31T13:45:00Z", "2024-01-31T13:45:00+00:00"),
-        ("2024-01-31T13:45:00+01:00", "2024-01-31T12:45:00+00:00"),
-        ("2024-01-31T13:45:00+0100", "2024-01-31T12:45:00+00:00"),
-        ("2024-01-31T13:45:00.250-05:00", "2024-01-31T18:45:00.250000+00:00"),
-    ],
-)
-def test_parse_time_accepts_what_people_write(text, expected):
-    assert wm.format_time(wm.parse_time(text)) == expected
-
-
-@pytest.mark.parametrize("bad", ["yesterday", "2024-13-01", "31/01/2024", 1467149783, True, "", "x" * 100])
-def test_parse_time_rejects_garbage(bad):
-    with pytest.raises(ValueError):
-        wm.parse_time(bad, "from_date")
+    assert times.format_time(start, times.zone(tz)) == expected_local
+    assert start <= times.parse_time(batch_start)  # truncation never moves the watermark forward
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "2", True, None, 10**9])
 def test_reprocess_hours_must_be_a_sane_number(bad):
     with pytest.raises(ValueError):
         wm.check_reprocess_hours(bad)
-
-
-@pytest.mark.parametrize("name", ["Nowhere/City", "../../etc/passwd", "/etc/localtime", "", "a" * 100])
-def test_unknown_zones_are_refused(name):
-    with pytest.raises(ValueError):
-        wm.zone(name)
 
 
 def test_open_sets_the_window_and_clears_the_previous_outcome():
@@ -146,9 +112,9 @@ def test_successive_windows_leave_no_gap():
     for step in range(5):
         j = wm.open_jobs({"j": j}, now, step + 1)["j"]
         if previous_to is not None:
-            assert wm.parse_time(j["from_date"]) <= wm.parse_time(previous_to)
+            assert times.parse_time(j["from_date"]) <= times.parse_time(previous_to)
         previous_to = j["to_date"]
-        j = wm.close_jobs("wf", {"j": j}, wm.SUCCESS, now + timedelta(minutes=5))["j"]
+        j = wm.close_jobs("wf", {"j": j}, Status.SUCCESS, now + timedelta(minutes=5))["j"]
         now += timedelta(hours=1)
 
 
@@ -162,7 +128,7 @@ def test_abandoned_jobs_are_the_open_ones():
 def test_close_marks_open_jobs_only_and_records_the_outcome():
     jobs = {"a": job(status="open", batch_id=5, batch_start="2024-03-10T11:00:00+00:00"),
             "b": job(status="success", batch_id=5)}
-    closed = wm.close_jobs("wf", jobs, wm.SUCCESS, NOW, current_batch_id=5, records_processed=3, message="ok")
+    closed = wm.close_jobs("wf", jobs, Status.SUCCESS, NOW, current_batch_id=5, records_processed=3, message="ok")
     assert list(closed) == ["a"]
     assert closed["a"]["status"] == "success" and closed["a"]["batch_end"] == "2024-03-10T12:00:00+00:00"
     assert closed["a"]["records_processed"] == 3 and closed["a"]["message"] == "ok"
@@ -172,14 +138,14 @@ def test_close_marks_open_jobs_only_and_records_the_outcome():
 
 def test_a_failure_leaves_no_success_mark():
     jobs = {"a": job(status="open", batch_id=5)}
-    failed = wm.close_jobs("wf", jobs, wm.FAILED, NOW, current_batch_id=5)
+    failed = wm.close_jobs("wf", jobs, Status.FAILED, NOW, current_batch_id=5)
     assert failed["a"]["status"] == "failed" and wm.success_marks(failed) == {}
 
 
 def test_next_from_date_override_is_used_exactly_once():
     j = job(status="success", batch_start="2024-03-09T12:00:00+00:00", reprocess_hours=2, trunc_start=True,
             next_from_date="2024-02-01T07:30:00+00:00")
-    assert wm.format_time(wm.next_from_date(j)) == "2024-02-01T07:30:00+00:00"  # not truncated
+    assert times.format_time(wm.next_from_date(j)) == "2024-02-01T07:30:00+00:00"  # not truncated
     opened = wm.open_jobs({"j": j}, NOW, 1)["j"]
     assert opened["from_date"] == "2024-02-01T07:30:00+00:00" and "next_from_date" not in opened
 
@@ -199,22 +165,22 @@ def test_set_next_from_date_is_refused_while_open_unless_forced():
 @pytest.mark.parametrize("status", ["new", "success", "failed"])
 def test_closing_what_is_not_open_names_its_state(status):
     with pytest.raises(NotOpen) as err:
-        wm.close_jobs("wf", {"a": job(status=status)}, wm.SUCCESS, NOW)
+        wm.close_jobs("wf", {"a": job(status=status)}, Status.SUCCESS, NOW)
     assert status in err.value.message and err.value.context["states"] == {"a": status}
 
 
 def test_close_of_one_job_and_unknown_job():
     jobs = {"a": job(status="open", batch_id=1), "b": job(status="open", batch_id=1)}
-    assert list(wm.close_jobs("wf", jobs, wm.FAILED, NOW, job="b", current_batch_id=1)) == ["b"]
+    assert list(wm.close_jobs("wf", jobs, Status.FAILED, NOW, job="b", current_batch_id=1)) == ["b"]
     with pytest.raises(JobNotFound):
-        wm.close_jobs("wf", jobs, wm.FAILED, NOW, job="zz")
+        wm.close_jobs("wf", jobs, Status.FAILED, NOW, job="zz")
 
 
 def test_stale_batch_id_is_refused():
     jobs = {"a": job(status="open", batch_id=9)}
     with pytest.raises(StaleBatch):
-        wm.close_jobs("wf", jobs, wm.SUCCESS, NOW, batch_id=8, current_batch_id=9)
-    assert wm.close_jobs("wf", jobs, wm.SUCCESS, NOW, batch_id=9, current_batch_id=9)
+        wm.close_jobs("wf", jobs, Status.SUCCESS, NOW, batch_id=8, current_batch_id=9)
+    assert wm.close_jobs("wf", jobs, Status.SUCCESS, NOW, batch_id=9, current_batch_id=9)
 
 
 def test_exclusive_workflows_refuse_a_second_open_until_the_lease_expires():
@@ -231,16 +197,9 @@ def test_exclusive_workflows_refuse_a_second_open_until_the_lease_expires():
     wm.check_exclusive("wf", closed, NOW, {"exclusive": True}, 7)
 
 
-@pytest.mark.parametrize("text", ["0001-01-01", "1899-12-31T23:59:59Z", "9000-01-01", "9999-12-31T23:59:59-05:00"])
-def test_input_times_out_of_range_are_refused(text):
-    with pytest.raises(ValueError, match="from 1900-01-01"):
-        wm.parse_input_time(text, "from_date")
-    assert wm.parse_time(text)  # stored values still read back
-
-
 def test_a_window_truncated_below_the_input_range_still_reruns():
     j = job(status="failed", from_date="1900-01-01T00:00:00+00:00", trunc_start=True, timezone="Asia/Tokyo")
     opened = wm.open_jobs({"j": j}, NOW, 1)["j"]
     again = wm.open_jobs({"j": dict(opened, status="failed")}, NOW, 2)["j"]
     assert again["from_date"] == opened["from_date"]
-    assert wm.parse_time(opened["from_date"]) <= wm.parse_time("1900-01-01T00:00:00+00:00")
+    assert times.parse_time(opened["from_date"]) <= times.parse_time("1900-01-01T00:00:00+00:00")

@@ -125,3 +125,171 @@ def test_reload_keeps_runtime_state_replaces_params_drops_and_adds_jobs():
     # a job that never ran takes the file's from_date
     assert merged["fresh"]["from_date"] == "2023-06-01T00:00:00+00:00" and "src" not in merged["fresh"]
     assert merged["added"]["status"] == "new"
+
+
+# -- an operator's watermark survives a plain reload (item 1) ---------------------------
+
+def test_reload_keeps_next_from_date_of_a_job_that_never_ran():
+    existing = {"sn": {"status": "new", "from_date": "2020-06-01T00:00:00+00:00",
+                       "next_from_date": "2020-06-01T00:00:00+00:00"}}
+    merged = workflows.merge(existing, parse("sn:\n  from_date: 2024-01-01\n").jobs)
+    assert merged["sn"]["next_from_date"] == merged["sn"]["from_date"] == "2020-06-01T00:00:00+00:00"
+
+
+def test_plain_reload_keeps_the_operators_from_date_and_reset_drops_it(client, write_cfg):
+    write_cfg("sn", "s_job:\n  from_date: 2024-01-01\n")
+    assert client.post("/load_cfg/sn").status_code == 200
+    assert client.post("/set_from_date/sn?from_date=2020-06-01").status_code == 200
+    job = client.post("/load_cfg/sn").get_json()["s_job"]
+    assert job["next_from_date"] == job["from_date"] == "2020-06-01T00:00:00+00:00"
+    assert client.post("/open_batch/sn?dry_run=true").get_json()["s_job"]["from_date"] == "2020-06-01T00:00:00+00:00"
+    job = client.post("/load_cfg/sn?reset=true").get_json()["s_job"]
+    assert job["from_date"] == "2024-01-01T00:00:00+00:00" and not job.get("next_from_date")
+    assert client.post("/open_batch/sn").get_json()["s_job"]["from_date"] == "2024-01-01T00:00:00+00:00"
+
+
+# -- typos, duplicate keys, impossible dates (item 4) ----------------------------------
+
+@pytest.mark.parametrize(
+    "key, meant",
+    [("reprocess_hour", "reprocess_hours"), ("trunc_star", "trunc_start"), ("timezon", "timezone"),
+     ("from_dat", "from_date"), ("Reprocess_Hours_", "reprocess_hours"), ("from_dt", "from_date"),
+     ("trunc_strat", "trunc_start"), ("infa_sections", "infa_section")],
+)
+def test_a_key_close_to_a_special_field_is_a_typo(client, write_cfg, key, meant):
+    write_cfg("typo", f"j:\n  src: CRM\n  {key}: 1\n")
+    resp = client.post("/load_cfg/typo")
+    body = resp.get_json()
+    assert resp.status_code == 400 and body["error"] == "invalid_config"
+    assert f"did you mean '{meant}'?" in body["message"]
+    assert f"'{key}'" in body["message"] and "'j'" in body["message"] and "line 3" in body["message"]
+    assert body["job"] == "j" and body["field"] == key and body["line"] == 3
+
+
+@pytest.mark.parametrize("key", ["src_schema", "tgt_table", "state", "end_date", "run_date", "from_time",
+                                 "batch_size", "tgt_date", "$$from_dat", "timezone_offset"])
+def test_free_form_parameters_not_close_to_a_special_field_keep_working(key):
+    assert parse(f"j:\n  {key}: 1\n").jobs["j"][key] == 1
+
+
+def test_allow_params_keeps_a_deliberately_similar_name():
+    cfg = parse(".batchy:\n  allow_params: [from_dt, timezones]\nj:\n  from_dt: 1\n  timezones: [a]\n")
+    assert cfg.jobs["j"]["from_dt"] == 1 and cfg.settings == {"allow_params": ["from_dt", "timezones"]}
+    with pytest.raises(InvalidConfig) as err:
+        parse(".batchy:\n  allow_params: [from_dt]\nj:\n  trunc_star: true\n")
+    assert "did you mean 'trunc_start'?" in err.value.message and "allow_params" in err.value.message
+
+
+@pytest.mark.parametrize("text", [".batchy:\n  allow_params: from_dt\nj:\n",
+                                  ".batchy:\n  allow_params: [1]\nj:\n"])
+def test_allow_params_must_be_a_list_of_names(text):
+    with pytest.raises(InvalidConfig) as err:
+        parse(text)
+    assert "allow_params" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "text, key, line",
+    [("j:\n  src: a\n  tgt: b\n  src: c\n", "src", 4),
+     ("j:\n  src: a\nk:\n  x: 1\nj:\n  src: b\n", "j", 5),
+     ("j: {a: 1, 'a': 2}\n", "a", 1),
+     (".batchy:\n  exclusive: true\n  exclusive: false\nj:\n", "exclusive", 3)],
+)
+def test_duplicate_keys_are_refused_with_the_key_and_the_line(client, write_cfg, text, key, line):
+    write_cfg("dup", text)
+    resp = client.post("/load_cfg/dup")
+    message = resp.get_json()["message"]
+    assert resp.status_code == 400 and f"duplicate key '{key}'" in message and f"line {line}" in message
+
+
+@pytest.mark.parametrize("value", ["2026-11-31", "'2026-11-31'", "2026-11-31 10:00:00", "'2026-02-29T00:00:00Z'"])
+def test_a_date_that_cannot_exist_names_the_job_the_field_and_the_line(client, write_cfg, value):
+    write_cfg("baddate", f"j:\n  src: a\n  to_date: 2026-01-01\n  from_date: {value}\n")
+    resp = client.post("/load_cfg/baddate")
+    body = resp.get_json()
+    assert resp.status_code == 400
+    assert "'j'" in body["message"] and "from_date" in body["message"] and "line 4" in body["message"]
+    assert "cannot be read" in body["message"] and body["field"] == "from_date"
+
+
+def test_an_impossible_date_in_a_free_form_parameter_is_refused_too():
+    with pytest.raises(InvalidConfig) as err:
+        parse("j:\n  cutoff: 2026-11-31\n")
+    assert "cutoff" in err.value.message and "line 2" in err.value.message
+
+
+# -- dates without an offset are in the job's timezone (item 5) ------------------------
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("2026-11-25", "2026-11-25T00:00:00-05:00"),
+        ("'2026-11-25'", "2026-11-25T00:00:00-05:00"),
+        ("2026-11-25 10:30:00", "2026-11-25T10:30:00-05:00"),
+        ("'2026-07-01T10:30:00'", "2026-07-01T10:30:00-04:00"),  # summer: EDT
+        ("2026-11-25T10:00:00Z", "2026-11-25T05:00:00-05:00"),  # an explicit offset is kept
+        ("'2026-11-25T16:00:00+0100'", "2026-11-25T10:00:00-05:00"),
+        ("2001-12-14 21:59:43.10 -5", "2001-12-14T21:59:43.100000-05:00"),
+    ],
+)
+def test_a_time_without_an_offset_is_read_in_the_jobs_timezone(value, expected):
+    for text in (f"j:\n  timezone: America/New_York\n  from_date: {value}\n",
+                 f"j:\n  from_date: {value}\n  timezone: America/New_York\n"):  # key order does not matter
+        assert parse(text).jobs["j"]["from_date"] == expected
+
+
+def test_every_date_field_of_a_file_is_read_in_the_jobs_timezone():
+    fields = ("from_date", "to_date", "batch_start", "batch_end", "next_from_date")
+    text = "j:\n  timezone: Asia/Tokyo\n" + "".join(f"  {f}: 2026-11-25 09:00:00\n" for f in fields)
+    job = parse(text).jobs["j"]
+    assert {job[f] for f in fields} == {"2026-11-25T09:00:00+09:00"}
+
+
+def test_a_new_york_from_date_opens_at_new_york_midnight(client, write_cfg):
+    write_cfg("ny", "j:\n  from_date: 2026-11-25\n  timezone: America/New_York\n")
+    assert client.post("/load_cfg/ny").get_json()["j"]["from_date"] == "2026-11-25T00:00:00-05:00"
+    assert client.post("/open_batch/ny").get_json()["j"]["from_date"] == "2026-11-25T00:00:00-05:00"
+
+
+def test_date_errors_say_how_a_time_without_an_offset_is_read():
+    with pytest.raises(InvalidConfig) as err:
+        parse("j:\n  timezone: Europe/Paris\n  from_date: yesterday\n")
+    assert "without an offset" in err.value.message and "Europe/Paris" in err.value.message
+    with pytest.raises(InvalidConfig) as err:  # inside the range as UTC, outside it once in Tokyo
+        parse("j:\n  timezone: Asia/Tokyo\n  from_date: 1900-01-01\n")
+    assert "from_date" in err.value.message
+
+
+# -- names the Informatica file could not write (item 3, load time) --------------------
+
+@pytest.mark.parametrize(
+    "key, words",
+    [
+        ('"$$from_date"', "written"), ('"$$FROM_DATE"', "written"), ("FROM_DATE", "written"),
+        ('"$$message"', "written"), ('"$$src"', "written"), ('"a=b"', "="),
+        ('"a\\u2028b"', "parameter name"), ('"a\\u0085b"', "parameter name"), ('"a\\u2029b"', "parameter name"),
+        ('"a\\x9bb"', "parameter name"), ('"$$"', "parameter name"),
+    ],
+)
+def test_a_parameter_name_the_param_file_cannot_write_is_refused(client, write_cfg, key, words):
+    write_cfg("names", f"j:\n  src: CRM\n  {key}: 1\n")
+    resp = client.post("/load_cfg/names")
+    body = resp.get_json()
+    assert resp.status_code == 400 and words in body["message"] and "'j'" in body["message"], body
+    assert body["job"] == "j"
+
+
+@pytest.mark.parametrize("field", ["infa_section", "infa_date_format"])
+@pytest.mark.parametrize("char", ["\\x85", "\\u2028", "\\u2029", "\\x9f"])
+def test_infa_fields_refuse_every_line_separator(field, char):
+    with pytest.raises(InvalidConfig) as err:
+        parse(f'j:\n  {field}: "a{char}b"\n')
+    assert field in err.value.message
+
+
+def test_two_jobs_cannot_share_an_informatica_section():
+    with pytest.raises(InvalidConfig) as err:
+        parse("a:\n  infa_section: S\nb:\n  infa_section: s\n")
+    assert "infa_section" in err.value.message and "'b'" in err.value.message
+    with pytest.raises(InvalidConfig):
+        parse("a:\nb:\n  infa_section: a\n")

@@ -1,14 +1,15 @@
 """Waitsy and /wait figures: reaction latency push vs poll, open/close p99 under 200 waiters.
 
-    .venv/bin/python bench/waitsy_bench.py                 # `batchy serve` as shipped
-    .venv/bin/python bench/waitsy_bench.py --compare       # also gunicorn worker models side by side
+    .venv/bin/python -m bench.tools.waitsy_bench              # `batchy serve` as shipped
+    .venv/bin/python -m bench.tools.waitsy_bench --compare    # also gunicorn worker models side by side
 
-Starts its own redis-server and service (tests/servers.py), never a shared one, and
+Starts its own redis-server and service (batchy.testing), never a shared one, and
 prints a table. Figures depend on the machine; run it on an idle one.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing
 import os
 import random
@@ -21,12 +22,12 @@ import time
 import urllib.request
 from datetime import date, timedelta
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from batchy.client import Batchy
+from batchy.testing import RedisServer, ServiceProcess, free_port, wait_for
+from waitsy.cli import main as waitsy
 
-from batchy.client import Batchy  # noqa: E402
-from tests.servers import RedisServer, ServiceProcess, free_port, wait_for  # noqa: E402
-from waitsy.cli import main as waitsy  # noqa: E402
+# The repo root, on the gunicorn processes' PYTHONPATH (for --compare).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 WORKFLOWS = {
     "up": "a: {}\nb: {}\n",  # what waitsy waits for in the reaction runs
@@ -235,6 +236,9 @@ def main(argv=None) -> int:
             models = [("sync -w2", "sync", 2, 1), ("gthread -w2 --threads 32", "gthread", 2, 32),
                       ("gthread -w2 --threads 256", "gthread", 2, 256), ("gevent -w2", "gevent", 2, 1)]
             for name, cls, workers, threads in models:
+                if cls == "gevent" and not importlib.util.find_spec("gevent"):
+                    print(f"{name}: skipped, gevent is not installed (pip install gevent)", file=sys.stderr)
+                    continue
                 server = Gunicorn(redis_server.url, cfg, cls, workers, threads).start()
                 try:
                     if cls == "sync":  # a sync worker holds one request: no waiters possible

@@ -1,9 +1,9 @@
 """Profile `batchy serve` and the baseline under load with py-spy: where does a call's CPU go?
 
     .venv/bin/pip install py-spy
-    .venv/bin/python bench/profile.py [--duration 8] [--out /tmp/batchy-profile]
+    .venv/bin/python -m bench.tools.profile [--duration 8] [--out /tmp/batchy-profile] [--only get_status]
 
-For each scenario it drives 32 connections (as bench/run.py does) while `py-spy record`
+For each scenario it drives 32 connections (as bench.run does) while `py-spy record`
 samples the gunicorn master and its workers (on-CPU samples only), then prints CPU
 milliseconds per call split by package (innermost frame) and the heaviest functions,
 inclusive. The raw collapsed stacks are kept (feed them to flamegraph.pl for a picture).
@@ -19,12 +19,8 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import drive  # noqa: E402
-import plans  # noqa: E402
-from procs import BaselineProcess, Http, RedisServer, ServiceProcess, cleanup, spread_names, write_workflows  # noqa: E402
+from .. import drive, plans
+from ..procs import BaselineProcess, Http, RedisServer, ServiceProcess, cleanup, spread_names, write_workflows
 
 RATE = 250
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")

@@ -1,7 +1,7 @@
 """Instructions per API call, Batchy against the baseline: a figure a noisy machine cannot move.
 
-    .venv/bin/python bench/instructions.py            # ~4 minutes, needs valgrind
-    .venv/bin/python bench/instructions.py --cpu      # CPU microseconds instead (no valgrind; noisy)
+    .venv/bin/python -m bench.tools.instructions          # ~4 minutes, needs valgrind
+    .venv/bin/python -m bench.tools.instructions --cpu    # CPU microseconds instead (no valgrind; noisy)
 
 Each scenario runs the two apps in one Python process, straight through WSGI (no gunicorn,
 no sockets to the client), on a redis-server of its own, and counts the user-space
@@ -9,7 +9,7 @@ instructions of that process with `valgrind --tool=callgrind`. Each scenario run
 few and with many calls; the difference divided by the extra calls is the cost of one call,
 free of start-up and imports. Counts are repeatable to a fraction of a percent whatever else
 the machine runs, so they show what a change to the code did; the load runs of
-bench/run.py show what it does to throughput (gunicorn, the kernel and Redis add to both
+bench.run show what it does to throughput (gunicorn, the kernel and Redis add to both
 sides there).
 """
 from __future__ import annotations
@@ -24,8 +24,10 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from batchy.testing import RedisServer
+
+# Where `python -m bench.tools.instructions` finds the bench package under valgrind.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # scenario: (label, calls per iteration)
 SCENARIOS = {
@@ -47,8 +49,9 @@ def drive(mode: str, iterations: int, redis_url: str) -> float:
 
 def _drive(mode: str, iterations: int, redis_url: str, cfg: str) -> float:
     from batchy import create_app
-    from bench.baseline import create_baseline_app
-    from bench.procs import spread_names, write_workflows
+
+    from ..baseline import create_baseline_app
+    from ..procs import spread_names, write_workflows
 
     write_workflows(cfg, 32, [1])
     os.environ["BATCHY_REDIS_URL"] = redis_url
@@ -97,7 +100,7 @@ def callgrind(mode: str, iterations: int, redis_url: str) -> int:
     """Return the instructions a process running `iterations` of mode executes in all."""
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         sys.executable, os.path.abspath(__file__), "--drive", mode, str(iterations), redis_url],
+         sys.executable, "-m", "bench.tools.instructions", "--drive", mode, str(iterations), redis_url],
         capture_output=True, text=True, cwd=ROOT,
     )
     found = re.search(r"Collected : (\d+)", proc.stderr)
@@ -120,8 +123,6 @@ def main(argv=None) -> int:
     if not args.cpu and not shutil.which("valgrind"):
         print("valgrind is not installed (apt-get install valgrind), or use --cpu", file=sys.stderr)
         return 2
-
-    from tests.servers import RedisServer
 
     server = RedisServer().start()
     rows = {}

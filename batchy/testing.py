@@ -1,6 +1,6 @@
-"""Real processes for tests: a redis-server and a Batchy service, each on a free port.
+"""Real redis-server and Batchy service processes on free ports, for tests and benchmarks.
 
-Tests only ever talk to servers started here, never to one already on the machine.
+Never touches a server it did not start: each one gets a free port and, by default, a temp folder of its own.
 """
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ import redis
 
 
 def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Call predicate until it returns true; raise TimeoutError after timeout seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -52,10 +54,12 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self, **kwargs) -> redis.Redis:
+        """Return a client of this server (decoded replies, its --requirepass if any)."""
         password = self.extra_args[self.extra_args.index("--requirepass") + 1] if "--requirepass" in self.extra_args else None
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, password=password, **kwargs)
 
     def start(self) -> "RedisServer":
+        """Start redis-server (no persistence unless extra_args ask) and wait until it answers PING."""
         args = [
             self.binary,
             "--port", str(self.port),
@@ -71,6 +75,7 @@ class RedisServer:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Send sig and wait for the process to end; keep the folder, so start() can restart it."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -81,9 +86,11 @@ class RedisServer:
         self.proc = None
 
     def kill(self) -> None:
+        """Stop with SIGKILL, as a crash would."""
         self.stop(signal.SIGKILL)
 
     def cleanup(self) -> None:
+        """Stop the server and remove its folder."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -105,6 +112,7 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> "ServiceProcess":
+        """Spawn `batchy serve` in a session of its own; with wait, until /healthz answers 200."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHY_") and k != "REDIS_URL"}
         env.update(BATCHY_REDIS_URL=self.redis_url, BATCHY_CFG_DIR=self.cfg_dir, **self.env)
         log = open(self.log_path, "ab")
@@ -120,10 +128,12 @@ class ServiceProcess:
         return self
 
     def healthy(self) -> bool:
+        """Return whether /healthz answers 200 (raise while nothing listens)."""
         with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
             return resp.status == 200
 
     def stop(self) -> None:
+        """Stop gunicorn and its workers (the whole process group), SIGKILL after 15 s."""
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -134,5 +144,6 @@ class ServiceProcess:
         self.proc = None
 
     def log(self) -> str:
+        """Return what the service wrote to stdout and stderr so far."""
         with open(self.log_path, errors="replace") as fh:
             return fh.read()

@@ -1,0 +1,213 @@
+"""Reading what happened: batch snapshots, the history index, search, audit, most recent.
+
+Reads only; every write goes through commit.py.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import redis
+
+from . import keys
+from .commit import decode
+from .errors import BatchNotFound, CorruptState, InvalidParameter, JobNotFound, WorkflowNotFound
+from .health import loaded_through
+from .jobs import summarize_batch
+from .times import parse_time
+
+
+# An answer of /history stops past this many bytes of snapshots, and says where to go on.
+MAX_ANSWER_BYTES = 2 * 1024 * 1024
+HISTORY_CHUNK = 10  # snapshots read per round trip
+
+
+class History:
+    """Batches, search and audit events of the workflows in one Redis."""
+
+    def __init__(self, client: redis.Redis, not_found: Callable[[str], WorkflowNotFound]):
+        self.redis = client
+        self.not_found = not_found
+
+    def raw_batch(self, wf: str, batch_id: int) -> dict[str, str]:
+        """Return the snapshot of one batch as stored, {job: JSON text}, in name order."""
+        raw = self.redis.hgetall(keys.batch(wf, batch_id))
+        if not raw:
+            raise BatchNotFound(f"workflow {wf!r} has no batch {batch_id} (never opened, or past retention)",
+                                workflow=wf, batch_id=batch_id)
+        return dict(sorted(raw.items()))
+
+    def history(self, wf: str, *, limit: int = 50, before: int | None = None,
+                max_bytes: int = MAX_ANSWER_BYTES) -> tuple[list[dict], bool]:
+        """Return wf's batches newest first, each summarized, and whether more are older.
+
+        An answer stops at limit batches or past max_bytes of snapshots, whichever comes
+        first (a batch of 10,000 jobs is megabytes), with at least one batch.
+        """
+        top = f"({before}" if before is not None else "+inf"
+        ids = self.redis.zrevrangebyscore(keys.history(wf), top, "-inf", start=0, num=limit)
+        if not ids and not self.redis.exists(keys.workflow(wf)):
+            raise self.not_found(wf)
+        entries: list[dict] = []
+        size = 0
+        for start in range(0, len(ids), HISTORY_CHUNK):
+            chunk = ids[start:start + HISTORY_CHUNK]
+            pipe = self.redis.pipeline(transaction=False)
+            for batch_id in chunk:
+                pipe.hgetall(keys.batch(wf, batch_id))
+            for batch_id, raw in zip(chunk, pipe.execute()):
+                if not raw:  # retention may remove a snapshot between the two reads
+                    continue
+                if entries and size > max_bytes:
+                    return entries, True
+                size += sum(len(k) + len(v) for k, v in raw.items())
+                jobs = decode(raw, wf, keys.batch(wf, batch_id), snapshot=True)
+                entries.append(summarize_batch(int(batch_id), jobs))
+        return entries, len(ids) == limit
+
+    def batches(
+        self,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        scan_limit: int = 5000,
+    ) -> tuple[list[dict], int | None]:
+        """Return batches of every workflow that started in [start, end], oldest first.
+
+        Reads the batchy:batches index by score, never the keyspace. Filtering happens
+        as it reads, at most scan_limit index entries per call; the second value is the
+        offset to continue from, or None when the range is exhausted.
+        """
+        low = "-inf" if start is None else start
+        high = "+inf" if end is None else end
+        found: list[dict] = []
+        scanned = 0
+        chunk = 200
+        while len(found) < limit and scanned < scan_limit:
+            members = self.redis.zrangebyscore(keys.BATCHES, low, high, start=offset + scanned, num=chunk)
+            if not members:
+                return found, None
+            pipe = self.redis.pipeline(transaction=False)
+            for member in members:
+                pipe.hgetall(member)
+            for member, raw in zip(members, pipe.execute()):
+                scanned += 1
+                wf, _, batch_id = member.rpartition("-")
+                if not raw or (workflow and wf != workflow):
+                    continue
+                jobs = decode(raw, wf, member, snapshot=True, lenient=True)  # one bad key must not end a search
+                if not jobs:
+                    continue
+                entry = summarize_batch(int(batch_id), jobs)
+                if status and entry["status"] != status:
+                    continue
+                found.append({"workflow": wf, **entry})
+                if len(found) == limit:
+                    break
+            if len(members) < chunk and len(found) < limit:
+                return found, None
+        return found, offset + scanned
+
+    def events(self, wf: str, *, limit: int = 100, before: str | None = None) -> list[dict]:
+        """Return wf's audit events newest first."""
+        top = f"({before}" if before else "+"
+        try:
+            entries = self.redis.xrevrange(keys.events(wf), top, "-", count=limit)
+        except redis.ResponseError as exc:
+            raise InvalidParameter(f"before must be an event id such as 1700000000000-0 ({exc})",
+                                   parameter="before") from None
+        if not entries and not self.redis.exists(keys.workflow(wf)):
+            raise self.not_found(wf)
+        result = []
+        for event_id, fields in entries:
+            event = {"id": event_id, **fields}
+            for name in ("jobs", "from_before", "from_after"):
+                if name in event:
+                    event[name] = json.loads(event[name])
+            result.append(event)
+        return result
+
+    def most_recent(self, wf: str, job: str | None = None) -> dict:
+        """Return the batch_start of wf's (or job's) last successful batch.
+
+        For a whole workflow that is the oldest of its jobs' last successes
+        (health.loaded_through). None if some job never succeeded.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hkeys(keys.workflow(wf))
+        pipe.hgetall(keys.meta(wf))
+        job_names, meta = pipe.execute()
+        if not job_names:
+            raise self.not_found(wf)
+        if job is not None and job not in job_names:
+            raise JobNotFound(f"workflow {wf!r} has no job {job!r}", workflow=wf, job=job)
+        marks = success_marks(meta)
+        names = [job] if job is not None else sorted(job_names)
+        mark = loaded_through([marks.get(name) for name in names])
+        start = mark["start"] if mark else None
+        return {
+            "workflow": wf,
+            "job": job,
+            "most_recent": start,
+            "timestamp": int(parse_time(start).timestamp()) if start else None,
+            "batch_id": mark["batch_id"] if mark else None,
+            "jobs": {name: marks.get(name) for name in names},
+        }
+
+    def overview(self, names: list[str]) -> dict[str, dict]:
+        """Return {wf: {"jobs": {...}, "settings": {...}, "counts": {action: n}, "last_batch_id"}}.
+
+        One pipelined round trip for all workflows (dashboard, metrics).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for wf in names:
+            pipe.hgetall(keys.workflow(wf))
+            pipe.hgetall(keys.meta(wf))
+        replies = pipe.execute()
+        result = {}
+        for wf, raw, meta in zip(names, replies[::2], replies[1::2]):
+            if not raw:
+                continue
+            try:
+                jobs = decode(raw, wf)
+                marks = success_marks(meta)
+                last = int(meta[keys.LAST_BATCH_ID]) if meta.get(keys.LAST_BATCH_ID) else None
+            except (CorruptState, ValueError) as exc:
+                # One broken workflow must not hide the others from the dashboard and metrics.
+                message = exc.message if isinstance(exc, CorruptState) else f"workflow {wf!r}: bad meta: {exc}"
+                result[wf] = {"jobs": {}, "settings": {}, "counts": {}, "last_batch_id": None, "error": message}
+                continue
+            for job, mark in marks.items():
+                if job in jobs and isinstance(mark, dict):
+                    jobs[job].update(last_success_start=mark.get("start"), last_success_end=mark.get("end"))
+            result[wf] = {
+                "jobs": jobs,
+                "settings": _settings(meta),
+                "counts": _counts(meta),
+                "last_batch_id": last,
+            }
+        return result
+
+
+def success_marks(meta: dict[str, str]) -> dict[str, dict]:
+    """Return {job: {batch_id, start, end}} of each job's last success in a meta hash."""
+    return {job: json.loads(text) for job, text in keys.success_texts(meta).items()}
+
+
+def _settings(meta: dict[str, str]) -> dict:
+    try:
+        settings = json.loads(meta.get(keys.SETTINGS) or "{}")
+    except ValueError:
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def _counts(meta: dict[str, str]) -> dict[str, int]:
+    try:
+        return keys.counts(meta)
+    except ValueError:
+        return {}

@@ -1,0 +1,206 @@
+"""HTTP plumbing shared by the blueprints: request parameters, auth, JSON answers."""
+from __future__ import annotations
+
+import difflib
+import functools
+import hmac
+import json
+from datetime import datetime
+
+from flask import Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+from . import formats, names, workflows
+from .errors import InvalidParameter, Unauthorized
+from .times import UTC, parse_input_time
+
+MAX_MESSAGE = 4096
+MAX_WHOLE = 2**53
+
+
+def state_response(change) -> Response:
+    """Answer with every job after a change, from the JSON text just stored when there is one."""
+    if change.after_text is not None:
+        return json_response(formats.json_raw_state(change.after_text))
+    return json_response(change.after)
+
+
+def json_response(body: bytes | dict | list, status: int = 200) -> Response:
+    if not isinstance(body, bytes):
+        body = formats.json_state(body)
+    return Response(body, status=status, mimetype="application/json")
+
+
+def mutation(view):
+    """Guard a state-changing view: POST-only when so configured, and the API token."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        config = current_app.config
+        method = request.method
+        get_allowed = config["BATCHY_ALLOW_GET_MUTATIONS"]
+        # Flask routes HEAD to GET views; link previews send it: HEAD never mutates.
+        if method == "HEAD" or (method == "GET" and not get_allowed):
+            raise MethodNotAllowed(
+                valid_methods=["GET", "POST"] if get_allowed else ["POST"],
+                description="this deployment accepts mutations only as POST" if not get_allowed
+                else "HEAD does not change state: use GET or POST",
+            )
+        if config["BATCHY_API_TOKEN"]:
+            check_token()
+        return view(*args, **kwargs)
+
+    return guarded
+
+
+def check_token() -> None:
+    token = current_app.config["BATCHY_API_TOKEN"]
+    if not token:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")
+
+
+def request_params(*known: str) -> dict:
+    """Return the request's parameters: query string, then a JSON or form body over it.
+
+    A parameter not in known is refused (400) rather than ignored: a typo such as
+    dryrun=true or batchid=1 must not turn into a real change that checks nothing.
+    """
+    req = request._get_current_object()  # one proxy lookup, not one per attribute
+    values = req.args.to_dict() if req.query_string else {}
+    if req.method == "POST" and (req.content_length or "Transfer-Encoding" in req.headers):
+        values.update(_body(req))
+    unknown = [name for name in values if name not in known]
+    if unknown:
+        raise unknown_parameter(unknown[0], known)
+    return values
+
+
+def unknown_parameter(name: str, known) -> InvalidParameter:
+    """Return the error for a parameter an endpoint does not take, with a "did you mean"."""
+    shown = str(name)[:40]
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    if not close and len(str(name)) >= 3:  # records -> records_processed
+        close = [k for k in known if k.startswith(str(name)) or str(name).startswith(k)][:1]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    takes = f" (it takes: {', '.join(known)})" if known else " (it takes none)"
+    return InvalidParameter(f"unknown parameter {shown!r}{hint}{takes}", parameter=shown)
+
+
+def _body(req) -> dict:
+    """Return a POST body's parameters: a JSON object, or a form."""
+    try:
+        if "chunked" in req.headers.get("Transfer-Encoding", "").lower() and req.max_content_length is not None:
+            # Chunked: Werkzeug cuts the body at the limit without a word; read one byte past it.
+            data = req.environ["wsgi.input"].read(req.max_content_length + 1)
+            if len(data) > req.max_content_length:
+                raise RequestEntityTooLarge()
+            if not req.is_json:
+                raise InvalidParameter("a chunked request body must be JSON (Content-Type: application/json)")
+        elif not req.is_json:
+            return req.form.to_dict()
+        else:
+            data = req.get_data(cache=True)
+    except (HTTPException, InvalidParameter):
+        raise  # 413 past BATCHY_MAX_BODY_BYTES, chunked or not
+    except Exception as exc:  # noqa: BLE001 - gunicorn's ParseException family, socket errors
+        raise InvalidParameter(f"the request body could not be read ({type(exc).__name__})") from None
+    try:
+        body = json.loads(data) if data else None
+    except (ValueError, RecursionError):  # not JSON, or nests deeper than the decoder recurses
+        body = None
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    return body
+
+
+def parse_flag(values: dict, name: str) -> bool:
+    value = values.get(name, False)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise InvalidParameter(f"{name} must be true or false, not {str(value)[:40]!r}", parameter=name)
+
+
+def parse_whole_number(values: dict, name: str) -> int | None:
+    """Return a whole number parameter from 0 to 2**53 (what JSON clients read exactly), or None."""
+    value = values.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidParameter(f"{name} must be a whole number >= 0, not {value!r}", parameter=name)
+    if isinstance(value, str):
+        if not value.isascii() or not value.isdigit():
+            raise InvalidParameter(f"{name} must be a whole number >= 0, not {value[:40]!r}", parameter=name)
+        value = int(value[:30])  # past 30 digits it is too large whatever follows
+    if value < 0:
+        raise InvalidParameter(f"{name} must be a whole number >= 0, not {value}", parameter=name)
+    if value > MAX_WHOLE:
+        raise InvalidParameter(f"{name} must be at most {MAX_WHOLE}, not {str(value)[:40]}", parameter=name)
+    return value
+
+
+def parse_text(values: dict, name: str, limit: int = MAX_MESSAGE) -> str | None:
+    value = values.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidParameter(f"{name} must be text", parameter=name)
+    if len(value) > limit:
+        raise InvalidParameter(f"{name} is longer than {limit} characters", parameter=name)
+    if not value.isascii() and workflows.has_surrogate(value):
+        raise InvalidParameter(f"{name} must be UTF-8 text (it holds a lone surrogate)", parameter=name)
+    return value
+
+
+def idempotency_key() -> str | None:
+    """Return the request's Idempotency-Key header: 1 to 200 printable ASCII characters, or None."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 200 or not key.isascii() or not key.isprintable():
+        raise InvalidParameter("the Idempotency-Key header must be 1 to 200 printable ASCII characters",
+                               parameter="Idempotency-Key")
+    return key
+
+
+def actor() -> str:
+    return request.remote_addr or ""
+
+
+def parse_limit(values: dict, default: int = 50, maximum: int = 1000) -> int:
+    value = parse_whole_number(values, "limit")
+    if value is None:
+        return default
+    if not 1 <= value <= maximum:
+        raise InvalidParameter(f"limit must be from 1 to {maximum}", parameter="limit")
+    return value
+
+
+def parse_moment(values: dict, name: str, required: bool = False):
+    """Return an ISO-8601 time (or unix seconds) parameter as an aware datetime."""
+    value = values.get(name)
+    if value is None or value == "":
+        if required:
+            raise InvalidParameter(f"{name} is required (ISO-8601, e.g. 2024-01-31T00:00:00+00:00)", parameter=name)
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        value = int(value)
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = datetime.fromtimestamp(value, UTC)
+        return parse_input_time(value, name)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise InvalidParameter(str(exc), parameter=name) from None
+
+
+def parse_job(values: dict, wf: str) -> str | None:
+    job = values.get("job")
+    return None if job is None else names.check_job(job, wf)

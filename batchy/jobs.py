@@ -1,0 +1,132 @@
+"""What a stored job is: its statuses and the fields Batchy maintains in it.
+
+A job is the JSON object stored in one field of the workflow hash; a workflow's state
+is {job_name: job}. Everything else in a job is a free-form parameter.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+from .times import format_time, parse_time
+
+
+class Status(str, Enum):
+    """A job's status; equal to its text, so stored JSON compares with it directly."""
+
+    NEW = "new"
+    OPEN = "open"
+    SUCCESS = "success"
+    FAILED = "failed"
+    ABANDONED = "abandoned"  # only in a batch snapshot: a newer batch superseded it
+
+    __str__ = str.__str__  # "open", not "Status.OPEN", in messages and templates
+    __format__ = str.__format__
+
+
+# A job in the workflow hash is in one of these.
+STATUSES = (Status.NEW, Status.OPEN, Status.SUCCESS, Status.FAILED)
+# A batch snapshot may also say a batch was superseded.
+BATCH_STATUSES = STATUSES + (Status.ABANDONED,)
+
+# Fields Batchy maintains while batches run; a config reload never overwrites them.
+RUNTIME_FIELDS = (
+    "status",
+    "batch_id",
+    "from_date",
+    "to_date",
+    "batch_start",
+    "batch_end",
+    "records_processed",
+    "message",
+    "next_from_date",
+    "records_scope",
+)
+DATE_FIELDS = ("from_date", "to_date", "batch_start", "batch_end", "next_from_date")
+# What a batch snapshot <wf>-<batch_id> keeps of each job: the run's outcome and window.
+# Its parameters live in the workflow hash; nulls are left out (a 3-step snapshot
+# stays under 1 KB of Redis memory however history grows). The batch id is in the key.
+SNAPSHOT_FIELDS = ("status", "from_date", "to_date", "batch_start", "batch_end", "records_processed", "records_scope",
+                   "message")
+# records_scope "batch": records_processed is the whole batch's count, given to a
+# whole-workflow close and kept on each of its jobs; history counts it once.
+BATCH_SCOPE = "batch"
+
+
+def snapshot(job: dict) -> dict:
+    """Return what a batch snapshot keeps of a job."""
+    return {key: job[key] for key in SNAPSHOT_FIELDS if job.get(key) is not None}
+
+
+def batch_status(jobs: dict[str, dict]) -> str:
+    """Return one status for a batch snapshot: open, failed, abandoned, success or new."""
+    statuses = {job.get("status") for job in jobs.values()}
+    for status in (Status.OPEN, Status.FAILED, Status.ABANDONED, Status.SUCCESS):
+        if status in statuses:
+            return status
+    return Status.NEW
+
+
+def summarize_batch(batch_id: int, jobs: dict[str, dict]) -> dict:
+    """Return a history entry: the batch's status, window, times, duration and counts per job."""
+    starts = [parse_time(j["batch_start"]) for j in jobs.values() if j.get("batch_start")]
+    ends = [parse_time(j["batch_end"]) for j in jobs.values() if j.get("batch_end")]
+    started = min(starts) if starts else None
+    ended = max(ends) if ends and len(ends) == len(jobs) else None
+    records = [j["records_processed"] for j in jobs.values()
+               if isinstance(j.get("records_processed"), int) and j.get("records_scope") != BATCH_SCOPE]
+    # A whole-workflow close's count is on each job it closed (one per batch): count it once.
+    batch_counts = [j["records_processed"] for j in jobs.values()
+                    if isinstance(j.get("records_processed"), int) and j.get("records_scope") == BATCH_SCOPE]
+    if batch_counts:
+        records.append(max(batch_counts))
+    per_job = {}
+    for name, job in jobs.items():
+        start, end = job.get("batch_start"), job.get("batch_end")
+        per_job[name] = {
+            "status": job.get("status"),
+            "from_date": job.get("from_date"),
+            "to_date": job.get("to_date"),
+            "batch_start": start,
+            "batch_end": end,
+            "duration_seconds": (parse_time(end) - parse_time(start)).total_seconds() if start and end else None,
+            "records_processed": job.get("records_processed"),
+            "message": job.get("message"),
+        }
+    return {
+        "batch_id": batch_id,
+        "status": batch_status(jobs),
+        "batch_start": format_time(started) if started else None,
+        "batch_end": format_time(ended) if ended else None,
+        "duration_seconds": (ended - started).total_seconds() if started and ended else None,
+        "records_processed": sum(records) if records else None,
+        "jobs": per_job,
+    }
+
+
+def stored_problem(job, statuses=STATUSES) -> str | None:
+    """Return what is wrong with a job as read from Redis, or None if Batchy can use it.
+
+    Only the fields Batchy reads are checked; parameters are free-form.
+    """
+    if not isinstance(job, dict):
+        return f"is not a JSON object but {type(job).__name__}"
+    status = job.get("status", Status.NEW)
+    if status not in statuses:
+        return f"has status {status!r}, not one of {', '.join(statuses)}"
+    for field in DATE_FIELDS:
+        value = job.get(field)
+        if value is not None:
+            try:
+                parse_time(value, field)
+            except ValueError as exc:
+                return f"has an unreadable {field}: {exc}"
+    for field in ("batch_id", "records_processed"):
+        value = job.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"has {field} {value!r}, not a whole number"
+    hours = job.get("reprocess_hours")
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0):
+        return f"has reprocess_hours {hours!r}, not a number >= 0"
+    if not isinstance(job.get("timezone") or "UTC", str):
+        return "has a timezone that is not text"
+    return None

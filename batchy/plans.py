@@ -1,0 +1,298 @@
+"""Every state change, planned from a State of the workflow: pure, no Redis, no Flask.
+
+A plan reads a State (one consistent read of the workflow and the Redis clock second
+it was read at) and returns the Change that commit.py applies atomically, or raises a
+BatchyError. Plans never change a job in place: the state may be shared with the cache.
+
+Where each rule lives: the batch id in next_batch_id, the window of each job in
+watermark.open_jobs (from_date = watermark.next_from_date, to_date = the open's
+moment), the rewind target in rewind_targets, an imported batch's start in
+snapshot_start, the audit event in audit_event.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+
+from . import formats, keys, scripts, watermark, workflows
+from .errors import CorruptState, InvalidConfig, InvalidParameter, JobNotFound, WorkflowExists
+from .jobs import Status, snapshot
+from .times import format_now, parse_time
+
+
+@dataclass
+class State:
+    """One consistent read of a workflow, at one second of Redis' clock."""
+
+    wf: str
+    now: datetime
+    jobs: dict[str, dict]
+    meta: dict[str, str]
+    raw: dict[str, str] = field(default_factory=dict)  # the jobs as stored (JSON text)
+    version: str = "0"
+    floor: int = 0  # lowest batch id still free, raised when a snapshot key was taken
+    second: str = ""  # the Redis TIME seconds `now` was made from, as the commit checks it
+
+    @property
+    def last_batch_id(self) -> int | None:
+        value = self.meta.get(keys.LAST_BATCH_ID)
+        if not value:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise self.corrupt(keys.LAST_BATCH_ID, value) from None
+
+    @property
+    def settings(self) -> dict:
+        text = self.meta.get(keys.SETTINGS) or "{}"
+        try:
+            settings = _settings(text)
+        except ValueError:
+            settings = None
+        if not isinstance(settings, dict):
+            raise self.corrupt(keys.SETTINGS, text)
+        return settings
+
+    def corrupt(self, field: str, value: str) -> CorruptState:
+        return CorruptState(
+            f"workflow {self.wf!r}: field {field!r} of {keys.meta(self.wf)!r} holds {value[:80]!r}, which Batchy "
+            f"did not write; reload the workflow with load_cfg/{self.wf}?reset=true", workflow=self.wf)
+
+
+class SnapshotWrite(NamedTuple):
+    """One batch snapshot a change writes; mode is one of scripts.SNAPSHOT_*."""
+
+    batch_id: int | str
+    mode: str
+    score: float  # the batch's start (epoch seconds), for the batchy:batches index
+    jobs: dict[str, dict]
+
+
+@dataclass
+class Change:
+    """What one commit writes; see scripts.COMMIT for how each part is applied."""
+
+    action: str  # open, close, fail, load, reset, set, rewind, import: the audit and count name
+    writes: dict[str, dict] = field(default_factory=dict)  # jobs written to the workflow hash
+    replace: bool = False  # the workflow hash is replaced by writes (load, import)
+    meta: dict[str, str] = field(default_factory=dict)
+    snapshots: list[SnapshotWrite] = field(default_factory=list)
+    batch_id: int | None = None
+    check_pause: bool = False
+    # Set by commit: every job after the change, and once committed the JSON text
+    # stored for each (answers are built from it without encoding the jobs again).
+    after: dict[str, dict] = field(default_factory=dict)
+    after_text: dict[str, str] | None = None
+    # Nothing to write: the call repeats one already applied (a retried close).
+    noop: bool = False
+    idempotency_key: str | None = None  # an open's Idempotency-Key (scripts.COMMIT, KEYS[10])
+
+
+@functools.lru_cache(maxsize=1024)
+def _settings(text: str) -> dict:
+    """Return a workflow's settings from their JSON text (the same text on every open).
+
+    Shared between calls: read-only, as the plans that read it are pure.
+    """
+    return json.loads(text)
+
+
+def next_batch_id(now: datetime, last_batch_id: int | None, floor: int = 0) -> int:
+    """Return the id of a batch opened at now: its epoch second, unless taken.
+
+    Ids strictly increase per workflow, so opens within one second take the next free
+    numbers; floor skips past a snapshot key that exists already.
+    """
+    return max(int(now.timestamp()), (last_batch_id or 0) + 1, floor)
+
+
+def plan_load(state: State, config: workflows.Config, *, reset: bool = False) -> Change:
+    """Store config as the jobs; unless reset, jobs that have run keep their runtime state.
+
+    A batch still open for a job that a reset or the file drops can never be closed:
+    its snapshot ends as abandoned.
+    """
+    check_from_dates(state, config.jobs, InvalidConfig)
+    jobs = dict(config.jobs) if reset else workflows.merge(state.jobs, config.jobs)
+    if reset:
+        dropped, reason = state.jobs, "abandoned by load_cfg?reset=true"
+    else:
+        dropped = {name: job for name, job in state.jobs.items() if name not in config.jobs}
+        reason = "abandoned: the job was removed from the workflow file"
+    meta = {keys.SETTINGS: formats.dumps(config.settings)}
+    if reset:
+        try:
+            state.last_batch_id
+        except CorruptState:  # repaired as well as can be: ids go on from the clock
+            meta[keys.LAST_BATCH_ID] = str(int(state.now.timestamp()))
+    return Change(
+        action="reset" if reset else "load",
+        writes=jobs,
+        replace=True,
+        meta=meta,
+        snapshots=[SnapshotWrite(old_id, scripts.SNAPSHOT_UPDATE, 0, snap)
+                   for old_id, snap in watermark.abandoned_jobs(dropped, None, reason).items()],
+    )
+
+
+def check_from_dates(state: State, jobs: dict[str, dict], error=InvalidParameter) -> None:
+    """Refuse jobs (a file or an import) whose from_date or next_from_date is later than now."""
+    for name, job in jobs.items():
+        for what in ("from_date", "next_from_date"):
+            if job.get(what):
+                problem = watermark.future_problem(parse_time(job[what], what), state.now, what)
+                if problem:
+                    raise error(f"job {name!r} of {state.wf!r}: {problem}", workflow=state.wf, job=name, field=what)
+
+
+def plan_open(state: State, idempotency_key: str | None = None) -> Change:
+    """Open a new batch of every job; jobs still open in an older batch are abandoned."""
+    watermark.check_exclusive(state.wf, state.jobs, state.now, state.settings, state.last_batch_id)
+    batch_id = next_batch_id(state.now, state.last_batch_id, state.floor)
+    opened = watermark.open_jobs(state.jobs, state.now, batch_id, state.wf)
+    snapshots = [SnapshotWrite(batch_id, scripts.SNAPSHOT_NEW, state.now.timestamp(),
+                               {name: snapshot(job) for name, job in opened.items()})]
+    for old_id, jobs in watermark.abandoned_jobs(state.jobs, batch_id).items():
+        snapshots.append(SnapshotWrite(old_id, scripts.SNAPSHOT_UPDATE, 0, jobs))
+    return Change(
+        action="open",
+        writes=opened,
+        meta={keys.LAST_BATCH_ID: str(batch_id)},
+        snapshots=snapshots,
+        batch_id=batch_id,
+        check_pause=True,
+        idempotency_key=idempotency_key,
+    )
+
+
+def plan_close(
+    state: State,
+    outcome: str,
+    *,
+    job: str | None = None,
+    batch_id: int | None = None,
+    records_processed: int | None = None,
+    message: str | None = None,
+) -> Change:
+    """Mark the open jobs (or one job) success or failed, here and in their batch snapshot."""
+    closed = watermark.close_jobs(
+        state.wf,
+        state.jobs,
+        outcome,
+        state.now,
+        job=job,
+        batch_id=batch_id,
+        current_batch_id=state.last_batch_id,
+        records_processed=records_processed,
+        message=message,
+    )
+    if not closed:  # a retry of a close already applied: answer with the state as it is
+        return Change(action="close" if outcome == Status.SUCCESS else "fail", noop=True,
+                      batch_id=state.last_batch_id)
+    by_batch: dict[int, dict[str, dict]] = {}
+    for name, new in closed.items():
+        by_batch.setdefault(new["batch_id"], {})[name] = snapshot(new)
+    marks = watermark.success_marks(closed)
+    return Change(
+        action="close" if outcome == Status.SUCCESS else "fail",
+        writes=closed,
+        meta={keys.success_field(name): formats.dumps(mark) for name, mark in marks.items()},
+        snapshots=[SnapshotWrite(bid, scripts.SNAPSHOT_UPDATE, 0, snap) for bid, snap in by_batch.items()],
+        batch_id=state.last_batch_id,
+    )
+
+
+def target_jobs(wf: str, jobs: dict[str, dict], job: str | None) -> list[str]:
+    """Return the jobs a call names: one job, or every job when job is None."""
+    if job is None:
+        return list(jobs)
+    if job not in jobs:
+        raise JobNotFound(f"workflow {wf!r} has no job {job!r}", workflow=wf, job=job)
+    return [job]
+
+
+def plan_set_from_date(state: State, moment: datetime, *, job: str | None = None, force: bool = False) -> Change:
+    """Make the next batch of the workflow (or one job) extract from moment exactly."""
+    problem = watermark.future_problem(moment, state.now, "from_date")
+    if problem:
+        raise InvalidParameter(problem, parameter="from_date", workflow=state.wf)
+    targets = {name: moment for name in target_jobs(state.wf, state.jobs, job)}
+    changed = watermark.set_next_from_date(state.wf, state.jobs, targets, force=force)
+    return Change(action="set", writes=changed, batch_id=state.last_batch_id)
+
+
+def rewind_targets(wf: str, jobs: dict[str, dict], snapshot_jobs: dict[str, dict], batch_id: int,
+                   job: str | None = None) -> dict[str, datetime]:
+    """Return {job: from_date of batch batch_id} for the jobs a rewind moves back.
+
+    A whole-workflow rewind moves the jobs that batch ran; one named job must be in it.
+    """
+    targets = {}
+    for name in target_jobs(wf, jobs, job):
+        if name in snapshot_jobs and snapshot_jobs[name].get("from_date"):
+            targets[name] = parse_time(snapshot_jobs[name]["from_date"])
+        elif job is not None:
+            raise JobNotFound(f"batch {batch_id} of {wf!r} has no job {name!r}", workflow=wf, job=name)
+    return targets
+
+
+def plan_rewind(state: State, batch_id: int, snapshot_jobs: dict[str, dict], *, job: str | None = None,
+                force: bool = False) -> Change:
+    """Make the next batch (of one job) extract from where batch batch_id did."""
+    targets = rewind_targets(state.wf, state.jobs, snapshot_jobs, batch_id, job)
+    for name, moment in targets.items():
+        problem = watermark.future_problem(moment, state.now, f"batch {batch_id}'s from_date of {name!r}")
+        if problem:
+            raise InvalidParameter(problem, workflow=state.wf, job=name, batch_id=batch_id)
+    changed = watermark.set_next_from_date(state.wf, state.jobs, targets, force=force)
+    return Change(action="rewind", writes=changed, batch_id=batch_id)
+
+
+def snapshot_start(batch_id: int | str, jobs: dict[str, dict]) -> float:
+    """Return when an imported batch started: its earliest batch_start, else its id."""
+    stamps = [parse_time(j["batch_start"]).timestamp() for j in jobs.values() if j.get("batch_start")]
+    return min(stamps) if stamps else float(batch_id)
+
+
+def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], meta: dict[str, str], *,
+                replace: bool = False) -> Change:
+    """Restore a workflow from an export entry; an existing one only with replace."""
+    if state.jobs and not replace:
+        raise WorkflowExists(f"workflow {state.wf!r} already exists here; import with --replace to overwrite",
+                             workflow=state.wf)
+    check_from_dates(state, jobs)
+    # Batch ids stay strictly increasing: never below what either side used.
+    known = [int(b) for b in batches] + [int(meta.get(keys.LAST_BATCH_ID) or 0), state.last_batch_id or 0]
+    return Change(
+        action="import",
+        writes=jobs,
+        replace=True,
+        meta={**meta, keys.LAST_BATCH_ID: str(max(known))},
+        snapshots=[SnapshotWrite(b, scripts.SNAPSHOT_PUT, snapshot_start(b, snap), snap)
+                   for b, snap in batches.items()],
+    )
+
+
+def watermarks(jobs: dict[str, dict]) -> dict[str, str | None]:
+    """Return each job's watermark: the from_date its next batch starts from once an
+    operator set one, else the from_date of its latest window."""
+    return {name: job.get("next_from_date") or job.get("from_date") for name, job in jobs.items()}
+
+
+def audit_event(state: State, change: Change, actor: str) -> dict[str, str]:
+    """Return the audit stream entry of a change: what moved each job's watermark, and who."""
+    writes = change.writes
+    before = watermarks({name: job for name, job in state.jobs.items() if change.replace or name in writes})
+    return {
+        "time": format_now(state.now),
+        "action": change.action,
+        "batch_id": "" if change.batch_id is None else str(change.batch_id),
+        "actor": actor or "",
+        "jobs": formats.dumps(sorted(writes)),
+        "from_before": formats.dumps(before),
+        "from_after": formats.dumps(watermarks(writes)),
+    }

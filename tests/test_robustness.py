@@ -1,0 +1,288 @@
+"""The promise at its edges: each defect a tester found, as a test that failed before its fix."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batchy import keys
+
+from .conftest import make_app
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def any_client(request, fake_redis, cfg_dir):
+    """A test client on the embedded store, then on a real redis-server of our own."""
+    if request.param == "fakeredis":
+        return make_app(fake_redis, cfg_dir).test_client()
+    request.getfixturevalue("real_redis")
+    server = request.getfixturevalue("redis_server")
+    from batchy import create_app
+
+    return create_app({"BATCHY_REDIS_URL": server.url, "BATCHY_CFG_DIR": str(cfg_dir)}).test_client()
+
+
+def redis_of(client):
+    return client.application.extensions["batchy"].redis
+
+
+# -- 2. no from_date later than now, no backwards window -----------------------------
+
+
+def test_set_from_date_in_the_future_is_refused(any_client):
+    any_client.post("/load_cfg/wf1")
+    for force in ("false", "true"):
+        r = any_client.post(f"/set_from_date/wf1?from_date=2062-01-01&force={force}")
+        assert r.status_code == 400, r.json
+        assert r.json["parameter"] == "from_date" and "later than now" in r.json["message"]
+    assert any_client.get("/get_status/wf1").json["s_extract"]["from_date"].startswith("2024-01-01")
+
+
+def test_a_workflow_file_with_a_future_from_date_is_refused(any_client, write_cfg):
+    write_cfg("future", "a:\n  from_date: 2099-01-01\n")
+    r = any_client.post("/load_cfg/future")
+    assert r.status_code == 400 and r.json["job"] == "a" and "later than now" in r.json["message"], r.json
+    assert any_client.get("/get_status/future").status_code == 404
+
+
+def test_a_stored_future_from_date_never_opens_a_backwards_window(any_client):
+    any_client.post("/load_cfg/wf1")
+    redis = redis_of(any_client)
+    job = json.loads(redis.hget("wf1", "s_extract"))
+    redis.hset("wf1", "s_extract", json.dumps({**job, "from_date": "2062-01-01T00:00:00+00:00"}))
+    redis.hdel(keys.meta("wf1"), "version")
+    r = any_client.post("/open_batch/wf1")
+    assert r.status_code == 409 and r.json["error"] == "from_date_in_future" and r.json["job"] == "s_extract"
+    assert json.loads(redis.hget("wf1", "s_load"))["status"] == "new"  # nothing opened
+
+
+def test_rewind_cannot_reach_the_future(any_client):
+    any_client.post("/load_cfg/wf1")
+    batch_id = any_client.post("/open_batch/wf1").json["s_extract"]["batch_id"]
+    any_client.post("/close_batch/wf1")
+    redis = redis_of(any_client)
+    snap = json.loads(redis.hget(keys.batch("wf1", batch_id), "s_extract"))
+    redis.hset(keys.batch("wf1", batch_id), "s_extract", json.dumps({**snap, "from_date": "2090-01-01T00:00:00Z"}))
+    r = any_client.post(f"/rewind/wf1?batch_id={batch_id}&job=s_extract")
+    assert r.status_code == 400 and "later than now" in r.json["message"], r.json
+
+
+# -- 3. every snapshot reaches a final status --------------------------------------------
+
+
+def test_a_reset_abandons_the_open_batch_in_history(any_client):
+    any_client.post("/load_cfg/wf1")
+    batch_id = any_client.post("/open_batch/wf1").json["s_extract"]["batch_id"]
+    assert any_client.post("/load_cfg/wf1?reset=true").status_code == 200
+    entry = any_client.get("/history/wf1").json["batches"][0]
+    assert entry["batch_id"] == batch_id and entry["status"] == "abandoned"
+    assert "reset" in entry["jobs"]["s_extract"]["message"]
+    assert any_client.get("/batches?status=open").json["batches"] == []
+
+
+def test_a_job_dropped_from_the_file_abandons_its_open_batch(any_client, write_cfg):
+    write_cfg("two", "a: {}\nb: {}\n")
+    any_client.post("/load_cfg/two")
+    batch_id = any_client.post("/open_batch/two").json["a"]["batch_id"]
+    any_client.post("/close_batch/two?job=a")
+    write_cfg("two", "a: {}\n")
+    assert list(any_client.post("/load_cfg/two").json) == ["a"]
+    entry = any_client.get("/history/two").json["batches"][0]
+    assert entry["batch_id"] == batch_id
+    assert entry["jobs"]["a"]["status"] == "success"
+    assert entry["jobs"]["b"]["status"] == "abandoned" and "removed" in entry["jobs"]["b"]["message"]
+
+
+# -- 5. one malformed stored value ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ['{"status": "open"', "[]", '{"status": "opened"}', '{"from_date": "soon"}'])
+def test_a_malformed_value_is_reported_for_its_workflow_only(any_client, write_cfg, value):
+    write_cfg("me", "a: {}\n")
+    for wf in ("wf1", "me"):
+        any_client.post(f"/load_cfg/{wf}")
+    redis = redis_of(any_client)
+    redis.hset("me", "a", value)
+    redis.hdel(keys.meta("me"), "version")
+    for method, path in (("POST", "/open_batch/me"), ("GET", "/wait/me?timeout=0")):
+        r = any_client.open(path, method=method)
+        assert r.status_code == 409 and r.json["error"] == "corrupt_state", (path, r.json)
+        assert r.json["workflow"] == "me" and r.json["job"] == "a" and "reset=true" in r.json["message"]
+    status = any_client.get("/get_status/me")
+    if value in ('{"status": "open"', "[]"):
+        assert status.status_code == 409  # never an answer that is not JSON
+    else:
+        assert status.status_code == 200 and status.json["a"]  # valid JSON: shown as stored
+    page = any_client.get("/")
+    assert page.status_code == 200 and b'data-corrupt="me"' in page.data and b'data-workflow="wf1"' in page.data
+    metrics = any_client.get("/metrics").data.decode()
+    assert "batchy_redis_up 1.0" in metrics and 'batchy_workflow_corrupt{workflow="me"} 1.0' in metrics
+    assert any_client.post("/open_batch/wf1").status_code == 200  # the others keep working
+    repaired = any_client.post("/load_cfg/me?reset=true")
+    assert repaired.status_code == 200 and repaired.json["a"]["status"] == "new", repaired.json
+    assert any_client.post("/open_batch/me").status_code == 200
+
+
+def test_a_malformed_meta_field_is_repaired_by_a_reset(any_client):
+    any_client.post("/load_cfg/wf1")
+    redis = redis_of(any_client)
+    redis.hset(keys.meta("wf1"), mapping={keys.LAST_BATCH_ID: "soon", keys.VERSION: "x"})
+    r = any_client.post("/open_batch/wf1")
+    assert r.status_code == 409 and r.json["error"] == "corrupt_state", r.json
+    assert any_client.post("/load_cfg/wf1?reset=true").status_code == 200
+    assert any_client.post("/open_batch/wf1").status_code == 200
+
+
+# -- 12. a typo is a 400, never a real change -------------------------------------------------
+
+
+@pytest.mark.parametrize("path, typo, meant", [
+    ("/open_batch/wf1?dryrun=true", "dryrun", "dry_run"),
+    ("/close_batch/wf1?records=503", "records", "records_processed"),
+    ("/close_batch/wf1?batchid=1", "batchid", "batch_id"),
+    ("/set_from_date/wf1?fromdate=2024-01-01", "fromdate", "from_date"),
+    ("/load_cfg/wf1?rest=true", "rest", "reset"),
+])
+def test_unknown_parameters_are_refused_before_anything_changes(any_client, path, typo, meant):
+    any_client.post("/load_cfg/wf1")
+    any_client.post("/open_batch/wf1")
+    before = any_client.get("/get_status/wf1").json
+    r = any_client.post(path)
+    assert r.status_code == 400 and r.json["parameter"] == typo, r.json
+    assert f"did you mean {meant!r}" in r.json["message"]
+    assert any_client.get("/get_status/wf1").json == before
+    r = any_client.post(path.split("?")[0], json={typo: "1"})  # in a JSON body too
+    assert r.status_code == 400 and r.json["parameter"] == typo
+
+
+@pytest.mark.parametrize("path", ["/get_status/wf1?x=1", "/history/wf1?limt=5", "/?refreh=5", "/metrics?x=1",
+                                  "/wait/wf1?timout=1", "/pause_status?x=1"])
+def test_reads_refuse_unknown_parameters_too(any_client, path):
+    any_client.post("/load_cfg/wf1")
+    r = any_client.get(path)
+    assert r.status_code == 400 and r.json["error"] == "invalid_parameter", (path, r.data[:200])
+
+
+# -- retries are safe -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("outcome", ["close_batch", "fail_batch"])
+def test_a_repeated_close_with_batch_id_answers_the_state(any_client, outcome):
+    any_client.post("/load_cfg/wf1")
+    batch_id = any_client.post("/open_batch/wf1").json["s_extract"]["batch_id"]
+    first = any_client.post(f"/{outcome}/wf1", json={"batch_id": batch_id})
+    assert first.status_code == 200
+    meta = dict(redis_of(any_client).hgetall(keys.meta("wf1")))
+    again = any_client.post(f"/{outcome}/wf1", json={"batch_id": batch_id})
+    assert again.status_code == 200 and again.json == first.json
+    assert dict(redis_of(any_client).hgetall(keys.meta("wf1"))) == meta  # nothing written, nothing counted
+    other = "fail_batch" if outcome == "close_batch" else "close_batch"
+    assert any_client.post(f"/{other}/wf1", json={"batch_id": batch_id}).status_code == 409  # not the same call
+    assert any_client.post(f"/{outcome}/wf1").status_code == 409  # without batch_id: nothing open
+
+
+def test_a_retried_per_job_close_is_idempotent_too(any_client):
+    any_client.post("/load_cfg/wf1")
+    batch_id = any_client.post("/open_batch/wf1").json["s_extract"]["batch_id"]
+    path = f"/close_batch/wf1?job=s_extract&batch_id={batch_id}"
+    assert any_client.post(path).status_code == 200
+    again = any_client.post(path)
+    assert again.status_code == 200 and again.json["s_extract"]["status"] == "success"
+    assert again.json["s_load"]["status"] == "open"
+
+
+# -- 13. the smaller ones -------------------------------------------------------------------------
+
+
+def test_resume_of_an_unknown_workflow_is_404_and_writes_nothing(any_client):
+    redis = redis_of(any_client)
+    before = sorted(redis.keys("*"))
+    r = any_client.post("/resume/nosuch")
+    assert r.status_code == 404 and r.json["error"] == "workflow_not_found"
+    assert sorted(redis.keys("*")) == before
+
+
+def test_a_whole_workflow_close_counts_its_records_once(any_client):
+    any_client.post("/load_cfg/wf1")
+    any_client.post("/open_batch/wf1")
+    assert any_client.post("/close_batch/wf1", json={"records_processed": 300}).status_code == 200
+    assert any_client.get("/history/wf1").json["batches"][0]["records_processed"] == 300
+    any_client.post("/open_batch/wf1")
+    any_client.post("/close_batch/wf1?job=s_extract&records_processed=10")
+    any_client.post("/close_batch/wf1?job=s_load&records_processed=5")
+    assert any_client.get("/history/wf1").json["batches"][0]["records_processed"] == 15
+
+
+def test_load_and_most_recent_answer_in_name_order(any_client, write_cfg):
+    write_cfg("order", "zeta: {}\nalpha: {}\nmid: {}\n")
+    assert list(any_client.post("/load_cfg/order").json) == ["alpha", "mid", "zeta"]
+    assert list(any_client.get("/most_recent/order").json["jobs"]) == ["alpha", "mid", "zeta"]
+
+
+def test_history_before_takes_any_batch_id(any_client):
+    any_client.post("/load_cfg/wf1")
+    any_client.post("/open_batch/wf1")
+    assert len(any_client.get(f"/history/wf1?before={2**53}").json["batches"]) == 1
+    r = any_client.get("/history/wf1?before=123456789012345678901234")
+    assert r.status_code == 400 and "at most" in r.json["message"], r.json
+
+
+def test_a_405_never_leaves_its_allow_header_on_later_errors(fake_redis, cfg_dir):
+    client = make_app(fake_redis, cfg_dir, BATCHY_ALLOW_GET_MUTATIONS=False).test_client()
+    assert client.get("/open_batch/wf1").headers["Allow"] == "POST"
+    later = client.get("/get_status/nosuch")
+    assert later.status_code == 404 and "Allow" not in later.headers
+
+
+def test_not_found_names_the_configured_folder(fake_redis, tmp_path):
+    client = make_app(fake_redis, tmp_path / "flows").test_client()
+    message = client.get("/get_status/nosuch").json["message"]
+    assert f"create {tmp_path / 'flows'}/nosuch.yaml" in message and "create cfg/" not in message
+
+
+def test_a_retried_open_with_its_idempotency_key_answers_the_same_batch(any_client):
+    any_client.post("/load_cfg/wf1")
+    key = {"Idempotency-Key": "run-2024-03-01T02:00"}
+    first = any_client.post("/open_batch/wf1", headers=key)
+    assert first.status_code == 200
+    batch_id = first.json["s_extract"]["batch_id"]
+    again = any_client.post("/open_batch/wf1", headers=key)
+    assert again.status_code == 200 and again.json == first.json  # not a new batch, nothing abandoned
+    infa = any_client.post("/open_batch/wf1/infa", headers=key)
+    assert infa.status_code == 200 and b"$$from_date" in infa.data
+    history = any_client.get("/history/wf1").json["batches"]
+    assert [b["batch_id"] for b in history] == [batch_id] and history[0]["status"] == "open"
+    other = any_client.post("/open_batch/wf1", headers={"Idempotency-Key": "the next run"})
+    assert other.json["s_extract"]["batch_id"] > batch_id
+    late = any_client.post("/open_batch/wf1", headers=key)  # a retry after another run opened
+    assert late.status_code == 409 and late.json["error"] == "stale_batch", late.json
+    bad = any_client.post("/open_batch/wf1", headers={"Idempotency-Key": "x" * 201})
+    assert bad.status_code == 400 and bad.json["parameter"] == "Idempotency-Key"
+
+
+def test_the_idempotency_key_holds_across_processes(redis_server, real_redis, cfg_dir):
+    from batchy import create_app
+
+    config = {"BATCHY_REDIS_URL": redis_server.url, "BATCHY_CFG_DIR": str(cfg_dir)}
+    a, b = create_app(config).test_client(), create_app(config).test_client()
+    a.post("/load_cfg/wf1")
+    first = a.post("/open_batch/wf1", headers={"Idempotency-Key": "k1"}).json
+    assert b.post("/open_batch/wf1", headers={"Idempotency-Key": "k1"}).json == first
+    ttl = real_redis.pttl(keys.idempotency("wf1", "k1"))
+    assert 23 * 3600_000 < ttl <= 24 * 3600_000
+
+
+def test_history_pages_by_size_as_well_as_by_count(any_client, write_cfg):
+    write_cfg("wide", "".join(f"job{n:03d}: {{}}\n" for n in range(50)))
+    any_client.post("/load_cfg/wide")
+    for _ in range(4):
+        any_client.post("/open_batch/wide")
+        any_client.post("/close_batch/wide")
+    store = any_client.application.extensions["batchy"]
+    entries, more = store.reads.history("wide", limit=10, max_bytes=10_000)  # about one batch's snapshot
+    assert 1 <= len(entries) < 4 and more
+    older, _ = store.reads.history("wide", limit=10, before=entries[-1]["batch_id"])
+    assert [e["batch_id"] for e in entries + older] == sorted((e["batch_id"] for e in entries + older), reverse=True)
+    assert len(entries + older) == 4
+    page = any_client.get("/history/wide?limit=2").json
+    assert len(page["batches"]) == 2 and page["next_before"] == page["batches"][-1]["batch_id"]

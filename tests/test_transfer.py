@@ -1,0 +1,170 @@
+"""Export and import: a valid state goes round unchanged; a bad export file writes nothing."""
+from __future__ import annotations
+
+import copy
+import json
+
+import fakeredis
+import pytest
+
+from batchy import keys
+from batchy.cli import main
+from batchy.errors import BadRequest
+
+from .conftest import make_app
+
+
+def store_of(app):
+    return app.extensions["batchy"]
+
+
+@pytest.fixture
+def exported(client, app):
+    """An export of wf1 after a success, a failure and an operator's set_from_date."""
+    for path in ("/load_cfg/wf1", "/open_batch/wf1", "/close_batch/wf1", "/open_batch/wf1",
+                 "/fail_batch/wf1?message=boom", "/set_from_date/wf1?from_date=2024-03-01&job=s_extract"):
+        assert client.post(path).status_code == 200, path
+    return json.loads(json.dumps(store_of(app).export()))
+
+
+@pytest.fixture
+def target(cfg_dir):
+    """(store, redis) of an empty second service."""
+    redis = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    return store_of(make_app(redis, cfg_dir)), redis
+
+
+def test_export_then_import_gives_the_same_state(exported, app, target, fake_redis):
+    store, redis = target
+    assert store.import_(exported) == ["wf1"]
+    for key in ("wf1", keys.history("wf1")):
+        assert redis.dump(key) is not None
+    assert redis.hgetall("wf1") == fake_redis.hgetall("wf1")  # the stored JSON texts, byte for byte
+    batch_ids = list(exported["workflows"]["wf1"]["batches"])
+    for batch_id in batch_ids:
+        assert redis.hgetall(keys.batch("wf1", batch_id)) == fake_redis.hgetall(keys.batch("wf1", batch_id))
+    assert store.history("wf1") == store_of(app).history("wf1")
+    again = json.loads(json.dumps(store.export()))
+    assert again["workflows"]["wf1"]["jobs"] == exported["workflows"]["wf1"]["jobs"]
+    assert again["workflows"]["wf1"]["batches"] == exported["workflows"]["wf1"]["batches"]
+
+
+def test_an_abandoned_batch_and_allowed_similar_names_import(client, app, write_cfg, target):
+    write_cfg("ab", ".batchy:\n  allow_params: [from_dt]\nj:\n  from_dt: 1\n")
+    for path in ("/load_cfg/ab", "/open_batch/ab", "/open_batch/ab"):
+        assert client.post(path).status_code == 200
+    doc = json.loads(json.dumps(store_of(app).export(["ab"])))
+    assert "abandoned" in {snap["j"]["status"] for snap in doc["workflows"]["ab"]["batches"].values()}
+    store, _ = target
+    assert store.import_(doc) == ["ab"]
+    assert store.status("ab")["j"]["from_dt"] == 1
+
+
+def edit(doc, path, value):
+    """Return a copy of doc with the value at path (a tuple of keys) set, or deleted if value is DELETE."""
+    doc = copy.deepcopy(doc)
+    node = doc["workflows"]["wf1"]
+    for key in path[:-1]:
+        node = node[key] if key != "<batch>" else node[next(iter(node))]
+    last = path[-1] if path[-1] != "<batch>" else next(iter(node))
+    node[last] = value
+    return doc
+
+
+J = ("jobs", "s_extract")
+B = ("batches", "<batch>")
+# (path in the wf1 entry, value, words the message must hold besides 'wf1')
+BAD = [
+    (J + ("infa_section",), "S]\n[forged", ["s_extract", "infa_section"]),
+    (J + ("infa_section",), "S\u2028$$from_date=01/01/1900", ["s_extract", "infa_section"]),
+    (J + ("infa_date_format",), "MM/DD\n$$from_date=01/01/1900", ["s_extract", "infa_date_format"]),
+    (J + ("infa_date_format",), "MM\x85DD", ["s_extract", "infa_date_format"]),
+    (J + ("from_date",), "garbage", ["s_extract", "from_date"]),
+    (J + ("from_date",), "2026-11-31T00:00:00+00:00", ["s_extract", "from_date"]),
+    (J + ("batch_start",), 1700000000, ["s_extract", "batch_start"]),
+    (J + ("next_from_date",), "0001-01-01T00:00:00+00:00", ["s_extract", "next_from_date"]),
+    (J + ("reprocess_hours",), -5, ["s_extract", "reprocess_hours"]),
+    (J + ("reprocess_hours",), "2", ["s_extract", "reprocess_hours"]),
+    (J + ("trunc_start",), "yes", ["s_extract", "trunc_start"]),
+    (J + ("timezone",), "Mars/Olympus", ["s_extract", "timezone"]),
+    (J + ("status",), "running", ["s_extract", "status"]),
+    (J + ("status",), "abandoned", ["s_extract", "status"]),
+    (J + ("batch_id",), "12", ["s_extract", "batch_id"]),
+    (J + ("batch_id",), 1.5, ["s_extract", "batch_id"]),
+    (J + ("records_processed",), -1, ["s_extract", "records_processed"]),
+    (J + ("message",), ["a"], ["s_extract", "message"]),
+    (J + ("$$from_date",), "01/01/1900", ["s_extract", "$$from_date"]),
+    (J + ("reprocess_hour",), 3, ["s_extract", "reprocess_hour", "did you mean"]),
+    (J + ("a\u2028b",), 1, ["s_extract", "parameter name"]),
+    (J, 5, ["s_extract"]),
+    (("jobs", "bad name"), {}, ["job name"]),
+    (("jobs",), {}, ["no jobs"]),
+    (("jobs",), [], ["jobs"]),
+    (("meta",), "x", ["meta"]),
+    (("meta", "last_batch_id"), "abc", ["last_batch_id"]),
+    (("meta", "last_batch_id"), "-1", ["last_batch_id"]),
+    (("meta", "settings"), "{not json", ["settings"]),
+    (("meta", "settings"), '{"exclusive": 1}', ["exclusive"]),
+    (("meta", "count:open"), "many", ["count:open"]),
+    (("meta", "success:s_extract"), '{"batch_id": 1, "start": "soon", "end": null}', ["success:s_extract", "start"]),
+    (("meta", "success:s_extract"), "[]", ["success:s_extract"]),
+    (("meta", "success:bad name"), '{"batch_id": 1, "start": null, "end": null}', ["job name"]),
+    (("meta", "colour"), "red", ["colour"]),
+    (("batches",), [], ["batches"]),
+    (("batches", "abc"), {"s_extract": {"status": "success"}}, ["batch", "abc"]),
+    (("batches", "-5"), {"s_extract": {"status": "success"}}, ["batch", "-5"]),
+    (("batches", "0012"), {"s_extract": {"status": "success"}}, ["batch", "0012"]),
+    (("batches", "12"), [], ["batch 12"]),
+    (("batches", "12"), {}, ["batch 12"]),
+    (("batches", "12"), {"s_extract": "success"}, ["batch 12", "s_extract"]),
+    (("batches", "12"), {"bad name": {}}, ["job name"]),
+    (B + ("s_extract",), {"status": "running"}, ["s_extract", "status"]),
+    (B + ("s_extract",), {"status": "success", "from_date": "garbage"}, ["s_extract", "from_date"]),
+    (B + ("s_extract",), {"status": "success", "batch_end": 5}, ["s_extract", "batch_end"]),
+    (B + ("s_extract",), {"status": "success", "records_processed": "x"}, ["s_extract", "records_processed"]),
+]
+
+
+@pytest.mark.parametrize("path, value, words", BAD, ids=lambda v: repr(v)[:50])
+def test_a_bad_export_file_is_refused_whole_before_anything_is_written(exported, target, path, value, words):
+    store, redis = target
+    doc = edit(exported, path, value)
+    doc["workflows"] = {"aaa": copy.deepcopy(exported["workflows"]["wf1"]), **doc["workflows"]}  # a good one first
+    with pytest.raises(BadRequest) as err:
+        store.import_(doc)
+    assert err.value.status == 400 and err.value.code in ("invalid_parameter", "invalid_config", "invalid_name")
+    assert "'wf1'" in err.value.message, err.value.message
+    for word in words:
+        assert word in err.value.message, err.value.message
+    assert redis.keys("*") == []  # not even the good workflow before it
+
+
+@pytest.mark.parametrize("doc", [[], {}, {"workflows": []}, {"format": "other/2", "workflows": {}},
+                                 {"workflows": {"wf1": []}}, {"workflows": {"bad name": {"jobs": {"j": {}}}}}])
+def test_what_is_not_an_export_is_refused(target, doc):
+    store, redis = target
+    with pytest.raises(BadRequest):
+        store.import_(doc)
+    assert redis.keys("*") == []
+
+
+def test_an_existing_workflow_is_refused_before_anything_is_written(exported, target):
+    store, redis = target
+    store.import_({"workflows": {"zzz": exported["workflows"]["wf1"]}})
+    before = sorted(redis.keys("*"))
+    doc = {"workflows": {"aaa": exported["workflows"]["wf1"], "zzz": exported["workflows"]["wf1"]}}
+    with pytest.raises(Exception) as err:
+        store.import_(doc)
+    assert "replace" in str(err.value) and "zzz" in str(err.value)
+    assert sorted(redis.keys("*")) == before
+
+
+def test_batchy_import_refuses_a_forged_file(exported, redis_server, real_redis, monkeypatch, tmp_path, capsys):
+    doc = edit(exported, J + ("infa_section",), "S]\n$$from_date=01/01/1900 00:00:00\n[S")
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(doc))
+    monkeypatch.setenv("BATCHY_REDIS_URL", redis_server.url)
+    assert main(["import", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "'wf1'" in err and "'s_extract'" in err and "infa_section" in err
+    assert real_redis.keys("*") == []
