@@ -158,7 +158,7 @@ def set_from_date(wf):
     names.check_workflow(wf)
     values = request_params("from_date", "job", "force")
     change = get_store().set_from_date(
-        wf, parse_moment(values, "from_date", required=True), job=parse_job(values, wf),
+        wf, parse_moment(values, "from_date", required=True, local=True), job=parse_job(values, wf),
         force=parse_flag(values, "force"), actor=actor(),
     )
     return state_response(change)

@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 
 from . import formats, names, workflows
 from .errors import InvalidParameter, Unauthorized
-from .times import UTC, parse_input_time
+from .times import UTC, has_offset, parse_input_time
 
 MAX_MESSAGE = 4096
 MAX_WHOLE = 2**53
@@ -184,8 +184,12 @@ def parse_limit(values: dict, default: int = 50, maximum: int = 1000) -> int:
     return value
 
 
-def parse_moment(values: dict, name: str, required: bool = False):
-    """Return an ISO-8601 time (or unix seconds) parameter as an aware datetime."""
+def parse_moment(values: dict, name: str, required: bool = False, local: bool = False):
+    """Return an ISO-8601 time (or unix seconds) parameter as an aware datetime.
+
+    With local, a time written without an offset comes back naive: a wall time the
+    caller reads in each job's own timezone (times.in_zone).
+    """
     value = values.get(name)
     if value is None or value == "":
         if required:
@@ -196,7 +200,8 @@ def parse_moment(values: dict, name: str, required: bool = False):
     try:
         if isinstance(value, int) and not isinstance(value, bool):
             value = datetime.fromtimestamp(value, UTC)
-        return parse_input_time(value, name)
+        moment = parse_input_time(value, name)
+        return moment.replace(tzinfo=None) if local and not has_offset(value) else moment
     except (ValueError, OverflowError, OSError) as exc:
         raise InvalidParameter(str(exc), parameter=name) from None
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 from . import formats, keys, scripts, watermark, workflows
 from .errors import CorruptState, InvalidConfig, InvalidParameter, JobNotFound, WorkflowExists
 from .jobs import Status, snapshot
-from .times import format_now, parse_time
+from .times import format_now, in_zone, job_zone, parse_time
 
 
 @dataclass
@@ -217,10 +217,13 @@ def target_jobs(wf: str, jobs: dict[str, dict], job: str | None) -> list[str]:
 
 def plan_set_from_date(state: State, moment: datetime, *, job: str | None = None, force: bool = False) -> Change:
     """Make the next batch of the workflow (or one job) extract from moment exactly."""
-    problem = watermark.future_problem(moment, state.now, "from_date")
-    if problem:
-        raise InvalidParameter(problem, parameter="from_date", workflow=state.wf)
-    targets = {name: moment for name in target_jobs(state.wf, state.jobs, job)}
+    targets = {}
+    for name in target_jobs(state.wf, state.jobs, job):
+        # A time without an offset is a wall time in each job's own zone.
+        targets[name] = in_zone(moment, job_zone(state.jobs[name]))
+        problem = watermark.future_problem(targets[name], state.now, "from_date")
+        if problem:
+            raise InvalidParameter(problem, parameter="from_date", workflow=state.wf, job=name)
     changed = watermark.set_next_from_date(state.wf, state.jobs, targets, force=force)
     return Change(action="set", writes=changed, batch_id=state.last_batch_id)
 

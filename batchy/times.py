@@ -115,3 +115,19 @@ def start_of_day(moment: datetime, tz) -> datetime:
     local = moment.astimezone(tz)
     midnight = datetime.combine(local.date(), time(0), tzinfo=tz).astimezone(UTC)
     return min(midnight, moment.astimezone(UTC))
+
+
+def has_offset(value) -> bool:
+    """Return True if a time as given carries its own offset (Z, +01:00, -5...)."""
+    if isinstance(value, datetime):
+        return value.tzinfo is not None
+    if not isinstance(value, str):
+        return False  # a date
+    text = value.strip()
+    split = re.search(r"[Tt ]", text)  # offsets follow the time; a date's dashes are not one
+    return split is not None and re.search(r"[Zz+-]", text[split.end():]) is not None
+
+
+def in_zone(moment: datetime, tz) -> datetime:
+    """Return moment, or a wall time without an offset (naive) read in zone tz."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=tz)

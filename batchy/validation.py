@@ -208,7 +208,7 @@ def read_time(value, key: str, tz) -> datetime:
     if isinstance(value, str) and TIMESTAMP.fullmatch(value.strip()):
         value = _construct_timestamp(value.strip(), key)  # '2001-12-14 21:59:43.10 -5', as YAML reads it unquoted
     moment = times.parse_input_time(value, key)
-    if has_offset(value):
+    if times.has_offset(value):
         return moment
     moment = moment.replace(tzinfo=tz)
     if not times.MIN_TIME <= moment < times.MAX_TIME:  # in range as UTC, no longer in tz
@@ -226,17 +226,6 @@ def _construct_timestamp(text: str, key: str):
         return yaml.constructor.SafeConstructor().construct_yaml_timestamp(node)
     except ValueError as exc:  # 2024-13-45: shaped like a date, but not one
         raise ValueError(f"{key} {BadDate(repr(text), str(exc)).problem()}") from None
-
-
-def has_offset(value) -> bool:
-    """Return True if a time as given carries its own offset (Z, +01:00, -5...)."""
-    if isinstance(value, datetime):
-        return value.tzinfo is not None
-    if not isinstance(value, str):
-        return False  # a date
-    text = value.strip()
-    split = re.search(r"[Tt ]", text)  # offsets follow the time; a date's dashes are not one
-    return split is not None and re.search(r"[Zz+-]", text[split.end():]) is not None
 
 
 def _json_ready(value, bad, depth: int = 0):

@@ -286,3 +286,12 @@ def test_history_pages_by_size_as_well_as_by_count(any_client, write_cfg):
     assert len(entries + older) == 4
     page = any_client.get("/history/wide?limit=2").json
     assert len(page["batches"]) == 2 and page["next_before"] == page["batches"][-1]["batch_id"]
+
+
+def test_set_from_date_without_an_offset_is_read_in_each_jobs_zone(any_client):
+    any_client.post("/load_cfg/wf1")  # s_extract: UTC, s_load: Europe/Paris
+    jobs = any_client.post("/set_from_date/wf1?from_date=2024-02-01").json
+    assert jobs["s_extract"]["next_from_date"] == "2024-02-01T00:00:00+00:00"
+    assert jobs["s_load"]["next_from_date"] == "2024-02-01T00:00:00+01:00"
+    given = any_client.post("/set_from_date/wf1", json={"from_date": "2024-02-01T00:00:00Z", "job": "s_load"}).json
+    assert given["s_load"]["next_from_date"] == "2024-02-01T01:00:00+01:00"  # an offset is kept as given
