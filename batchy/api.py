@@ -7,8 +7,8 @@ from . import formats, names, workflows
 from .db import get_store
 from .errors import InvalidParameter, Unavailable
 from .http import (
-    actor, idempotency_key, json_response, mutation, parse_flag, parse_job, parse_limit, parse_moment, parse_text,
-    parse_whole_number, request_params, state_response,
+    actor, check_read, idempotency_key, json_response, mutation, parse_flag, parse_job, parse_limit,
+    parse_moment, parse_text, parse_whole_number, request_params, state_response,
 )
 from .jobs import BATCH_STATUSES, Status
 
@@ -41,8 +41,34 @@ def load_cfg(wf):
     return json_response(get_store().load(wf, config, reset=reset, actor=actor()))
 
 
+@bp.route("/load_cfg", methods=MUTATING)
+@mutation
+def load_all():
+    reset = parse_flag(request_params("reset"), "reset")
+    cfg = current_app.config
+    loaded, failed = get_store().load_all(cfg["BATCHY_CFG_DIR"], cfg["BATCHY_MAX_CFG_BYTES"], reset=reset,
+                                          actor=actor())
+    return json_response({"loaded": loaded, "failed": failed})
+
+
+@bp.get("/workflows")
+def list_workflows():
+    check_read("status")
+    request_params()
+    return json_response({"workflows": get_store().summaries()})
+
+
+@bp.route("/remove_workflow/<wf>", methods=MUTATING)
+@mutation
+def remove_workflow(wf):
+    names.check_workflow(wf)
+    purge = parse_flag(request_params("purge_history"), "purge_history")
+    return json_response(get_store().remove(wf, purge_history=purge, actor=actor()))
+
+
 @bp.get("/get_status/<wf>")
 def get_status(wf):
+    check_read("status")
     names.check_workflow(wf)
     if request.query_string:
         request_params()
@@ -102,6 +128,7 @@ def fail_batch(wf):
 
 @bp.get("/history/<wf>")
 def history(wf):
+    check_read("history")
     names.check_workflow(wf)
     values = request_params("limit", "before")
     entries, more = get_store().history(wf, limit=parse_limit(values), before=parse_whole_number(values, "before"))
@@ -111,6 +138,7 @@ def history(wf):
 
 @bp.get("/batch/<wf>/<batch_id>")
 def batch(wf, batch_id):
+    check_read("history")
     names.check_workflow(wf)
     request_params()
     bid = parse_whole_number({"batch_id": batch_id}, "batch_id")
@@ -119,6 +147,7 @@ def batch(wf, batch_id):
 
 @bp.get("/batches")
 def batches():
+    check_read("history")
     values = request_params("status", "workflow", "from", "to", "limit", "offset")
     status = values.get("status")
     if status is not None and status not in BATCH_STATUSES:
@@ -140,12 +169,14 @@ def batches():
 
 @bp.get("/most_recent/<wf>")
 def most_recent(wf):
+    check_read("history")
     names.check_workflow(wf)
     return json_response(get_store().most_recent(wf, parse_job(request_params("job"), wf)))
 
 
 @bp.get("/events/<wf>")
 def events(wf):
+    check_read("events")
     names.check_workflow(wf)
     values = request_params("limit", "before")
     before = parse_text(values, "before", 40)
@@ -199,12 +230,14 @@ def resume(wf=None):
 
 @bp.get("/pause_status")
 def pause_status():
+    check_read("status")
     request_params()
     return json_response(get_store().pauses())
 
 
 @bp.get("/pause_history")
 def pause_history():
+    check_read("status")
     return json_response({"history": get_store().pause_history(parse_limit(request_params("limit"), 100))})
 
 

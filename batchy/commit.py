@@ -16,13 +16,13 @@ check in COMMIT still guards across processes.
 from __future__ import annotations
 
 import json
-
-import orjson
 import random
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+import orjson
 
 from . import formats, keys, scripts
 from .clock import Clock
@@ -30,7 +30,7 @@ from .connections import Transport
 from .errors import BatchyError, Busy, CorruptState, StaleBatch, Unavailable, WorkflowNotFound
 from .jobs import BATCH_STATUSES, STATUSES, stored_problem
 from .locks import LockTable
-from .plans import Change, State, audit_event
+from .plans import Change, State, audit_event, plan_remove
 
 # A writer gives up with 409 busy only past its time budget and after this many tries.
 MIN_ATTEMPTS = 5
@@ -139,6 +139,7 @@ class Committer:
         self._commit = client.register_script(scripts.COMMIT)
         self._read = client.register_script(scripts.READ)
         self._release = client.register_script(scripts.RELEASE_TURN)
+        self._remove = client.register_script(scripts.REMOVE)
         # Every change answers within about one Redis timeout of arriving.
         self.budget = float(settings.get("BATCHY_REDIS_TIMEOUT", 2.0))
         self._idempotency_ms = float(settings.get("BATCHY_IDEMPOTENCY_HOURS", 24.0)) * 3_600_000
@@ -299,6 +300,43 @@ class Committer:
             state, fresh = self._state(wf, *reply[2:5], lenient=writer.lenient), True
             if int(reply[5]):
                 time.sleep(random.uniform(0.0005, 0.002))
+
+    def remove(self, wf: str, *, purge: bool = False, actor: str = "") -> None:
+        """Remove wf's state (history kept, open batches abandoned, or purged), audited."""
+        deadline = time.monotonic() + self.budget
+        lock = self.locks(wf)
+        if not lock.acquire(timeout=self.budget):
+            raise Unavailable(f"earlier changes to {wf!r} did not complete within {self.budget:g} s; retry",
+                              workflow=wf)
+        try:
+            while True:
+                state = self.read(wf, lenient=True)  # a corrupt workflow can be removed too
+                change = plan_remove(state)
+                event = audit_event(state, change, actor)
+                event["jobs"] = formats.dumps(sorted(state.jobs))
+                args: list = [state.version, "1" if purge else "0", keys.batch_prefix(wf), self._events_keep,
+                              len(change.snapshots)]
+                for batch_id, _mode, _score, snapshot in change.snapshots:
+                    args += [keys.batch(wf, batch_id), len(snapshot)]
+                    for name, job in snapshot.items():
+                        args += [name, formats.dumps(job)]
+                args.append(len(event))
+                for item in event.items():
+                    args += item
+                args.append(keys.channel(wf))
+                try:
+                    done = int(self.transport.run(self._remove, keys.commit_keys(wf)[:5] + (
+                        keys.WORKFLOWS, keys.pause(wf), keys.turn(wf)), args))
+                finally:
+                    self.cache.forget(wf)
+                if done == 1:
+                    return
+                if done == -1:
+                    raise self.not_found(wf)
+                if time.monotonic() > deadline:
+                    raise Busy(f"workflow {wf!r} is changing too fast to remove; retry", workflow=wf)
+        finally:
+            lock.release()
 
     def _repeated_open(self, wf: str, batch_id: int, writer: "_Writer") -> Change:
         """Answer an open retried with its Idempotency-Key: the batch it opened, if still current."""

@@ -16,7 +16,7 @@ from .health import last_success, open_since, parse_moment, stale_after_seconds
 from .jobs import RUNTIME_FIELDS, Status
 from .db import get_store
 from .errors import InvalidParameter
-from .http import unknown_parameter
+from .http import check_read, unknown_parameter
 
 bp = Blueprint("dashboard", __name__)
 log = logging.getLogger("batchy")
@@ -142,6 +142,7 @@ def page_view(overview: dict[str, dict], now: datetime, pauses: dict | None = No
 
 def refresh_seconds() -> int:
     """Return ?refresh= (seconds between reloads, 0 = never), 30 by default."""
+    check_read("dashboard")
     for name in request.args:
         if name != "refresh":
             raise unknown_parameter(name, ("refresh",))

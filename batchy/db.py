@@ -1,14 +1,11 @@
 """The app's Redis connection: made once per app in init_app, reached through get_store()."""
 from __future__ import annotations
 
-import glob
 import logging
-import os
 
+import redis
 from flask import Flask, current_app
 
-from . import names, workflows
-from .errors import BatchyError
 from .connections import connect
 from .store import BatchStore
 
@@ -20,7 +17,10 @@ EMBEDDED_WARNING = (
 
 
 def init_app(app: Flask) -> None:
-    """Create the app's store; with no Redis configured, an embedded one holding cfg/."""
+    """Create the app's store; with no Redis configured, an embedded one holding cfg/.
+
+    With BATCHY_LOAD_ON_START (or the embedded store) every file in BATCHY_CFG_DIR is loaded.
+    """
     client = app.config.get("REDIS_CLIENT")
     embedded = client is None and not app.config["BATCHY_REDIS_URL"]
     if client is None:
@@ -29,6 +29,7 @@ def init_app(app: Flask) -> None:
     app.extensions["batchy"] = store
     if embedded:
         log.warning(EMBEDDED_WARNING)
+    if embedded or app.config["BATCHY_LOAD_ON_START"]:
         preload(store, app.config["BATCHY_CFG_DIR"], app.config["BATCHY_MAX_CFG_BYTES"])
 
 
@@ -37,17 +38,18 @@ def get_store() -> BatchStore:
 
 
 def preload(store: BatchStore, cfg_dir: str, max_bytes: int) -> list[str]:
-    """Load every valid workflow file in cfg_dir, so a fresh embedded store is usable at once."""
-    loaded = []
-    for path in sorted(glob.glob(os.path.join(cfg_dir, "*.y*ml"))):
-        wf = os.path.splitext(os.path.basename(path))[0]
-        try:
-            names.check_workflow(wf)
-            store.load(wf, workflows.read_config(cfg_dir, wf, max_bytes), actor="startup")
-        except BatchyError as exc:
-            log.warning("not preloading %s: %s", path, exc.message)
-            continue
-        loaded.append(wf)
+    """Load every workflow file in cfg_dir (a plain load: runtime state is kept).
+
+    A file that fails is logged and skipped; an unreachable Redis is logged too, and
+    the service starts anyway (/readyz tells, POST /load_cfg loads later).
+    """
+    try:
+        loaded, failed = store.load_all(cfg_dir, max_bytes, actor="startup")
+    except (redis.RedisError, OSError) as exc:
+        log.warning("could not load the workflows of %s at start: %s", cfg_dir, exc)
+        return []
+    for wf, error in failed.items():
+        log.warning("not loading %s at start: %s", wf, error["message"])
     if loaded:
-        log.warning("embedded store preloaded from %s: %s", cfg_dir, ", ".join(loaded))
-    return loaded
+        log.warning("loaded at start from %s: %s", cfg_dir, ", ".join(loaded))
+    return list(loaded)

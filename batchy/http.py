@@ -46,21 +46,52 @@ def mutation(view):
                 description="this deployment accepts mutations only as POST" if not get_allowed
                 else "HEAD does not change state: use GET or POST",
             )
-        if config["BATCHY_API_TOKEN"]:
-            check_token()
+        check_token()
         return view(*args, **kwargs)
 
     return guarded
 
 
+def _tokens(*names: str) -> tuple[str, ...]:
+    """Return the non-empty tokens of the named settings (each one token, or a comma list)."""
+    config = current_app.config
+    return tuple(t for name in names for t in _split(str(config.get(name) or "")))
+
+
+@functools.lru_cache(maxsize=64)
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _bearer_matches(tokens: tuple[str, ...]) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given_bytes = given.strip().encode()
+    # Compare with every token, so the time taken says nothing about which one matched.
+    found = [hmac.compare_digest(given_bytes, token.encode()) for token in tokens]
+    return scheme.lower() == "bearer" and any(found)
+
+
 def check_token() -> None:
-    token = current_app.config["BATCHY_API_TOKEN"]
-    if not token:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    """Require a write token, when any is configured (BATCHY_API_TOKEN, BATCHY_API_TOKENS)."""
+    tokens = _tokens("BATCHY_API_TOKEN", "BATCHY_API_TOKENS")
+    if tokens and not _bearer_matches(tokens):
         raise Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")
+
+
+def check_wait_token() -> None:
+    """Require a write or a read token for /wait, when any token is configured."""
+    tokens = _tokens("BATCHY_API_TOKEN", "BATCHY_API_TOKENS", "BATCHY_READ_TOKENS")
+    if tokens and not _bearer_matches(tokens):
+        raise Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")
+
+
+def check_read(scope: str) -> None:
+    """Require a read or write token for a read in BATCHY_PROTECTED_READS, when read tokens are set."""
+    read_tokens = _tokens("BATCHY_READ_TOKENS")
+    if not read_tokens or scope not in _tokens("BATCHY_PROTECTED_READS"):
+        return
+    if not _bearer_matches(read_tokens + _tokens("BATCHY_API_TOKEN", "BATCHY_API_TOKENS")):
+        raise Unauthorized(f"this deployment protects {scope} reads: send 'Authorization: Bearer <read token>'")
 
 
 def request_params(*known: str) -> dict:

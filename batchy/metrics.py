@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .db import get_store
-from .http import unknown_parameter
+from .http import check_read, unknown_parameter
 from .health import last_success, open_since, stale_after_seconds
 from .jobs import STATUSES
 from .store import BatchStore
@@ -122,6 +122,7 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
 
 @bp.get("/metrics")
 def metrics():
+    check_read("metrics")
     for name in request.args:
         raise unknown_parameter(name, ())
     registry = CollectorRegistry(auto_describe=False)

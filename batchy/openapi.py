@@ -10,6 +10,26 @@ NULLABLE_INT = {"type": ["integer", "null"]}
 ID = {"type": "string", "pattern": "^[0-9]{1,18}$"}
 
 SCHEMAS = {
+    "LoadAll": {
+        "type": "object",
+        "required": ["loaded", "failed"],
+        "properties": {"loaded": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/State"}},
+                       "failed": {"type": "object", "additionalProperties": {"type": "object"}}},
+    },
+    "Workflows": {
+        "type": "object",
+        "required": ["workflows"],
+        "properties": {"workflows": {"type": "array", "items": {
+            "type": "object", "required": ["workflow", "jobs", "last_batch_id", "paused"],
+            "properties": {"workflow": {"type": "string"}, "jobs": {"type": "integer"},
+                           "last_batch_id": {"type": ["integer", "null"]}, "paused": {"type": "boolean"}}}}},
+    },
+    "Removed": {
+        "type": "object",
+        "required": ["workflow", "removed", "history"],
+        "properties": {"workflow": {"type": "string"}, "removed": {"type": "boolean"},
+                       "history": {"type": "string", "enum": ["kept", "purged"]}},
+    },
     "Error": {
         "type": "object",
         "required": ["error", "message", "status"],
@@ -178,7 +198,7 @@ def _mutating(summary: str, schema: str, params: list, ok: dict | None = None) -
         "properties": {p["name"]: p["schema"] for p in params if p["in"] == "query"},
         "additionalProperties": False,
     }
-    post = _op(summary, schema, [p for p in params if p["in"] == "path"], ok, mutating=True)
+    post = _op(summary, schema, [p for p in params if p["in"] in ("path", "header")], ok, mutating=True)
     post["requestBody"] = {"required": False, "content": {"application/json": {"schema": body_schema}}}
     return {"get": get, "post": post}
 
@@ -190,6 +210,9 @@ CLOSE_PARAMS = [
     _param("batch_id", schema=WHOLE, description="Refuse (409) unless this is the current batch"),
 ]
 INFA = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+IDEM = _param("Idempotency-Key", "header", {"type": "string", "minLength": 1, "maxLength": 200,
+                                            "pattern": "^[ -~]+$"},
+              description="A retry with the same key answers the batch the first call opened")
 
 
 def spec() -> dict:
@@ -198,12 +221,16 @@ def spec() -> dict:
         "/healthz": {"get": _op("Process alive", "Health", [])},
         "/readyz": {"get": _op("Redis answers", "Health", [])},
         "/load_cfg/{wf}": _mutating("Load or reload cfg/<wf>.yaml", "State", [WF, _param("reset", schema=FLAG)]),
+        "/load_cfg": _mutating("Load every workflow file of the cfg folder", "LoadAll", [_param("reset", schema=FLAG)]),
+        "/workflows": {"get": _op("Every loaded workflow", "Workflows", [])},
+        "/remove_workflow/{wf}": _mutating("Remove a workflow (history kept, or purged)", "Removed",
+                                           [WF, _param("purge_history", schema=FLAG)]),
         "/get_status/{wf}": {"get": _op("Current state of every job", "State", [WF])},
-        "/open_batch/{wf}": _mutating("Open a batch (JSON)", "State", [WF, _param("dry_run", schema=FLAG)]),
+        "/open_batch/{wf}": _mutating("Open a batch (JSON)", "State", [WF, _param("dry_run", schema=FLAG), IDEM]),
         "/open_batch/{wf}/{fmt}": _mutating(
             "Open a batch as JSON or an Informatica parameter file", "State",
             [WF, _param("fmt", "path", {"type": "string", "enum": ["json", "infa"]}),
-             _param("dry_run", schema=FLAG)],
+             _param("dry_run", schema=FLAG), IDEM],
             ok={"content": {**_json("State")["content"], **INFA["content"]}},
         ),
         "/close_batch/{wf}": _mutating("Mark open jobs successful", "State", CLOSE_PARAMS),

@@ -280,6 +280,14 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], m
     )
 
 
+def plan_remove(state: State) -> Change:
+    """Remove the workflow: batches still open can never close, so they end abandoned."""
+    abandoned = watermark.abandoned_jobs(state.jobs, None, "abandoned: the workflow was removed")
+    return Change(action="remove", replace=True,
+                  snapshots=[SnapshotWrite(old_id, scripts.SNAPSHOT_UPDATE, 0, snap)
+                             for old_id, snap in abandoned.items()])
+
+
 def watermarks(jobs: dict[str, dict]) -> dict[str, str | None]:
     """Return each job's watermark: the from_date its next batch starts from once an
     operator set one, else the from_date of its latest window."""

@@ -170,3 +170,41 @@ RELEASE_TURN = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# Remove a workflow: its state, bookkeeping, pause and turn go; its audit stream stays,
+# with the removal in it; its batch history stays (open batches marked abandoned) or
+# is purged. Applied only if the workflow is still the version the caller read.
+# KEYS[1] workflow hash  KEYS[2] meta  KEYS[3] history zset  KEYS[4] batchy:batches
+# KEYS[5] audit stream  KEYS[6] batchy:workflows  KEYS[7] workflow pause  KEYS[8] turn
+# ARGV: expected version, purge ("1"/"0"), batch key prefix, events maxlen,
+#   n, n x (key, m, m x (job, json))   snapshot updates (only if the key exists; not when purging)
+#   n, n x (field, value)              the audit event
+#   channel
+# Returns 1 when removed, 0 when the version moved on (read again), -1 when there is no such workflow.
+REMOVE = Template("""
+local A = ARGV
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if (redis.call('HGET', KEYS[2], '$VERSION') or '0') ~= A[1] then return 0 end
+local purge, prefix = A[2], A[3]
+local i = 5
+for _ = 1, tonumber(A[i]) do
+  local key, m = A[i + 1], tonumber(A[i + 2])
+  if purge ~= '1' and redis.call('EXISTS', key) == 1 and m > 0 then
+    redis.call('HSET', key, unpack(A, i + 3, i + 2 + 2 * m))
+  end
+  i = i + 2 + 2 * m
+end
+if purge == '1' then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    redis.call('DEL', prefix .. id)
+    redis.call('ZREM', KEYS[4], prefix .. id)
+  end
+  redis.call('DEL', KEYS[3])
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[7], KEYS[8])
+redis.call('SREM', KEYS[6], KEYS[1])
+local nevent = tonumber(A[i + 1])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', A[4], '*', unpack(A, i + 2, i + 1 + 2 * nevent))
+redis.call('PUBLISH', A[i + 2 + 2 * nevent], 'remove')
+return 1
+""").substitute(VERSION=keys.VERSION)

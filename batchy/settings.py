@@ -60,6 +60,25 @@ SETTINGS: tuple[Setting, ...] = (
         "`Authorization: Bearer <token>`; empty disables the check.",
     ),
     Setting(
+        "BATCHY_API_TOKENS",
+        "",
+        "More write tokens, comma-separated, accepted like `BATCHY_API_TOKEN`: deploy the new "
+        "token here, move the clients over, then drop the old one (rotation without downtime).",
+    ),
+    Setting(
+        "BATCHY_READ_TOKENS",
+        "",
+        "Read tokens, comma-separated. When set, the reads named in `BATCHY_PROTECTED_READS` "
+        "require `Authorization: Bearer <token>` with a read or a write token.",
+    ),
+    Setting(
+        "BATCHY_PROTECTED_READS",
+        "events,history",
+        "Which reads the read tokens protect, comma-separated, from: `events` (/events: it holds "
+        "callers' addresses), `history` (/history, /batch, /batches, /most_recent), `status` "
+        "(/get_status, /workflows, /pause_status, /pause_history, /wait), `dashboard`, `metrics`.",
+    ),
+    Setting(
         "BATCHY_ALLOW_GET_MUTATIONS",
         True,
         "Accept GET on mutating endpoints, as the original URLs do. Set to false where "
@@ -119,6 +138,14 @@ SETTINGS: tuple[Setting, ...] = (
         "change costs one Redis round trip instead of two. Never trusted blindly: the "
         "commit script checks the cached `version` and re-reads on a mismatch. 0 disables.",
         _non_negative_int,
+    ),
+    Setting(
+        "BATCHY_LOAD_ON_START",
+        False,
+        "Load every workflow file of `BATCHY_CFG_DIR` when the service starts (a plain load: "
+        "runtime state is kept), so a fresh deployment comes up with its workflows. The "
+        "embedded store always does.",
+        _bool,
     ),
     Setting(
         "BATCHY_IDEMPOTENCY_HOURS",

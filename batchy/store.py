@@ -13,10 +13,10 @@ from . import keys, plans, transfer
 from .clock import Clock
 from .commit import Committer, StateCache, check_raw, decode
 from .connections import Transport
-from .errors import redis_refusal
+from .errors import BatchyError, redis_refusal
 from .history import History
 from .pauses import Pauses
-from .workflows import Config
+from .workflows import Config, names_in, read_config
 
 __all__ = ["BatchStore", "decode"]
 
@@ -143,6 +143,35 @@ class BatchStore:
         snapshot = decode(self.raw_batch(wf, batch_id), wf, keys.batch(wf, batch_id), snapshot=True)
         return self.mutate(wf, lambda state: plans.plan_rewind(state, batch_id, snapshot, job=job, force=force),
                            actor=actor)
+
+    def remove(self, wf: str, *, purge_history: bool = False, actor: str = "") -> dict:
+        """Remove wf: its state goes; its history stays (open batches abandoned) or is purged."""
+        self.committer.remove(wf, purge=purge_history, actor=actor)
+        return {"workflow": wf, "removed": True, "history": "purged" if purge_history else "kept"}
+
+    def load_all(self, cfg_dir: str, max_bytes: int, *, reset: bool = False,
+                 actor: str = "") -> tuple[dict[str, dict], dict[str, dict]]:
+        """Load every workflow file in cfg_dir; return (states loaded, errors of the others)."""
+        loaded, failed = {}, {}
+        for wf in names_in(cfg_dir):
+            try:
+                loaded[wf] = self.load(wf, read_config(cfg_dir, wf, max_bytes), reset=reset, actor=actor)
+            except BatchyError as exc:
+                failed[wf] = {"error": exc.code, "message": exc.message, "status": exc.status}
+        return loaded, failed
+
+    def summaries(self) -> list[dict]:
+        """Return each loaded workflow's name, job count, last batch id and pause, in name order."""
+        names = self.workflows()
+        pipe = self.redis.pipeline(transaction=False)
+        for wf in names:
+            pipe.hlen(keys.workflow(wf))
+            pipe.hget(keys.meta(wf), keys.LAST_BATCH_ID)
+            pipe.exists(keys.pause(wf))
+        replies = pipe.execute()
+        return [{"workflow": wf, "jobs": jobs, "last_batch_id": int(last) if last and last.isdigit() else None,
+                 "paused": bool(paused)}
+                for wf, jobs, last, paused in zip(names, replies[::3], replies[1::3], replies[2::3]) if jobs]
 
     # -- pauses, export / import ---------------------------------------------------
 

@@ -21,7 +21,7 @@ import redis
 from flask import Blueprint, current_app, request
 
 from . import keys, names, readiness, times
-from .http import check_token, json_response, unknown_parameter
+from .http import check_wait_token, json_response, unknown_parameter
 from .db import get_store
 from .errors import BatchyError, InvalidParameter, TooManyWaiters, Unavailable
 
@@ -257,7 +257,7 @@ PARAMETERS = ("date", "tz", "job", "timeout", "while")
 @bp.get("/wait/<wf>")
 def wait(wf):
     """Return wf's readiness for a date once it is no longer `while` (waiting), or at the timeout."""
-    check_token()
+    check_wait_token()
     names.check_workflow(wf)
     for name in request.args:
         if name not in PARAMETERS:

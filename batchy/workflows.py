@@ -84,6 +84,17 @@ def config_path(cfg_dir: str, wf: str) -> str:
     )
 
 
+def names_in(cfg_dir: str) -> list[str]:
+    """Return the workflow names of the files (<wf>.yaml, <wf>.yml) in cfg_dir, in name order."""
+    try:
+        entries = os.listdir(cfg_dir)
+    except OSError:
+        return []
+    found = {os.path.splitext(e)[0] for e in entries
+             if e.endswith((".yaml", ".yml")) and os.path.isfile(os.path.join(cfg_dir, e))}
+    return sorted(found)
+
+
 def read_config(cfg_dir: str, wf: str, max_bytes: int) -> "Config":
     """Read, parse and validate wf's file from cfg_dir."""
     path = config_path(cfg_dir, wf)

@@ -80,7 +80,7 @@ def test_embedded_serve_preloads_cfg_and_warns(cfg_dir):
         with urllib.request.urlopen(svc.url + "/open_batch/wf1") as resp:
             assert json.loads(resp.read())["s_extract"]["status"] == "open"
         log = svc.log()
-        assert "EMBEDDED IN-MEMORY" in log and "preloaded" in log
+        assert "EMBEDDED IN-MEMORY" in log and "loaded at start" in log
         assert log.count("Booting worker") == 1  # one process holds the embedded store
     finally:
         svc.stop()

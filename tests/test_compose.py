@@ -48,3 +48,19 @@ def test_dockerfile_copies_what_exists_and_runs_batchy_serve():
     cmd = re.search(r"^CMD (.+)$", text, re.M).group(1)
     assert yaml.safe_load(cmd)[:2] == ["batchy", "serve"]
     assert "EXPOSE 5000" in text
+
+
+def test_compose_refuses_to_start_without_a_token_and_loads_cfg_at_start():
+    env = compose()["services"]["batchy"]["environment"]
+    assert re.fullmatch(r"\$\{BATCHY_API_TOKEN:\?.+\}", env["BATCHY_API_TOKEN"])  # ${VAR:?message}: an error when unset
+    assert env["BATCHY_LOAD_ON_START"] in ("true", True)
+
+
+def test_the_build_context_leaves_local_state_out():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".venv", ".git", "tests"):
+        assert entry in ignored
+    for line in (ROOT / "Dockerfile").read_text().splitlines():  # nothing the image needs is ignored
+        if line.startswith("COPY "):
+            for source in shlex.split(line)[1:-1]:
+                assert source.rstrip("/") not in ignored, source

@@ -295,3 +295,46 @@ def test_set_from_date_without_an_offset_is_read_in_each_jobs_zone(any_client):
     assert jobs["s_load"]["next_from_date"] == "2024-02-01T00:00:00+01:00"
     given = any_client.post("/set_from_date/wf1", json={"from_date": "2024-02-01T00:00:00Z", "job": "s_load"}).json
     assert given["s_load"]["next_from_date"] == "2024-02-01T01:00:00+01:00"  # an offset is kept as given
+
+
+# -- issue 16: the workflow lifecycle --------------------------------------------------------
+
+
+def test_list_load_all_and_remove(any_client, write_cfg):
+    write_cfg("second", "a: {}\n")
+    write_cfg("broken", "a: [unclosed\n")
+    r = any_client.post("/load_cfg")
+    assert r.status_code == 200
+    assert sorted(r.json["loaded"]) == ["second", "wf1"] and list(r.json["failed"]) == ["broken"]
+    assert r.json["failed"]["broken"]["error"] == "invalid_config"
+    any_client.post("/open_batch/wf1")
+    listed = any_client.get("/workflows").json["workflows"]
+    assert [w["workflow"] for w in listed] == ["second", "wf1"]
+    assert listed[1]["jobs"] == 2 and listed[1]["last_batch_id"] and listed[1]["paused"] is False
+
+    removed = any_client.post("/remove_workflow/wf1")
+    assert removed.json == {"workflow": "wf1", "removed": True, "history": "kept"}
+    assert any_client.get("/get_status/wf1").status_code == 404
+    assert [w["workflow"] for w in any_client.get("/workflows").json["workflows"]] == ["second"]
+    history = any_client.get("/history/wf1").json["batches"]  # kept, and no batch left open
+    assert history and history[0]["status"] == "abandoned"
+    assert any_client.get("/events/wf1").json["events"][0]["action"] == "remove"
+    assert any_client.post("/remove_workflow/wf1").status_code == 404
+
+    any_client.post("/load_cfg/wf1")
+    any_client.post("/open_batch/wf1")
+    purged = any_client.post("/remove_workflow/wf1?purge_history=true").json
+    assert purged["history"] == "purged"
+    redis = redis_of(any_client)
+    assert not redis.exists(keys.history("wf1")) and not [k for k in redis.keys("wf1-*")]
+    assert not [m for m in redis.zrange(keys.BATCHES, 0, -1) if m.startswith("wf1-")]
+    assert any_client.post("/load_cfg/wf1").json["s_extract"]["status"] == "new"  # starts afresh
+
+
+def test_workflows_are_loaded_at_start_when_asked(redis_server, real_redis, cfg_dir):
+    from batchy import create_app
+
+    config = {"BATCHY_REDIS_URL": redis_server.url, "BATCHY_CFG_DIR": str(cfg_dir)}
+    assert create_app(config).test_client().get("/get_status/wf1").status_code == 404
+    app = create_app({**config, "BATCHY_LOAD_ON_START": True})
+    assert app.test_client().get("/get_status/wf1").status_code == 200

@@ -11,7 +11,7 @@ from .conftest import make_app
 
 READ_ONLY = {"/healthz", "/readyz", "/get_status/<wf>", "/history/<wf>", "/batch/<wf>/<batch_id>", "/batches",
              "/most_recent/<wf>", "/events/<wf>", "/pause_status", "/pause_history", "/", "/dashboard",
-             "/metrics", "/openapi.json"}
+             "/metrics", "/openapi.json", "/workflows"}
 
 
 def test_every_route_is_either_read_only_or_token_guarded(fake_redis, cfg_dir):
@@ -59,3 +59,37 @@ def test_secrets_never_reach_the_log(cfg_dir):
     log = svc.log()
     assert "POST /open_batch/wf1" in log  # the access log is there...
     assert password not in log and token not in log  # ...without the secrets
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_two_write_tokens_for_rotation(fake_redis, cfg_dir):
+    client = make_app(fake_redis, cfg_dir, BATCHY_API_TOKEN="old", BATCHY_API_TOKENS="new, newer").test_client()
+    for token in ("old", "new", "newer"):
+        assert client.post("/load_cfg/wf1", headers=bearer(token)).status_code == 200, token
+    assert client.post("/load_cfg/wf1", headers=bearer("other")).status_code == 401
+    assert client.post("/load_cfg/wf1").status_code == 401
+
+
+def test_a_read_token_protects_the_configured_reads_only(fake_redis, cfg_dir):
+    client = make_app(fake_redis, cfg_dir, BATCHY_API_TOKEN="w", BATCHY_READ_TOKENS="r").test_client()
+    client.post("/load_cfg/wf1", headers=bearer("w"))
+    for path in ("/events/wf1", "/history/wf1", "/batches", "/most_recent/wf1"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=bearer("r")).status_code == 200, path
+        assert client.get(path, headers=bearer("w")).status_code == 200, path  # a write token reads too
+    assert client.get("/get_status/wf1").status_code == 200  # state stays open by default
+    assert client.get("/wait/wf1?timeout=0", headers=bearer("r")).status_code == 200
+    assert client.post("/open_batch/wf1", headers=bearer("r")).status_code == 401  # a read token never writes
+
+
+def test_protected_reads_are_configurable(fake_redis, cfg_dir):
+    client = make_app(fake_redis, cfg_dir, BATCHY_READ_TOKENS="r",
+                      BATCHY_PROTECTED_READS="status,dashboard,metrics").test_client()
+    client.post("/load_cfg/wf1")
+    for path in ("/get_status/wf1", "/workflows", "/", "/metrics"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=bearer("r")).status_code == 200, path
+    assert client.get("/events/wf1").status_code == 200  # not listed: open
