@@ -174,6 +174,17 @@ def most_recent(wf):
     return json_response(get_store().most_recent(wf, parse_job(request_params("job"), wf)))
 
 
+@bp.get("/coverage/<wf>")
+def coverage(wf):
+    check_read("history")
+    names.check_workflow(wf)
+    values = request_params("job", "from", "to")
+    start, end = parse_moment(values, "from"), parse_moment(values, "to")
+    if start and end and end <= start:
+        raise InvalidParameter("to must be later than from", parameter="to")
+    return json_response(get_store().coverage(wf, parse_job(values, wf), start, end))
+
+
 @bp.get("/events/<wf>")
 def events(wf):
     check_read("events")

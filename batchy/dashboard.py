@@ -25,7 +25,7 @@ DEFAULT_REFRESH = 30
 MAX_REFRESH = 86400
 STATUS_CLASSES = {Status.NEW, Status.OPEN, Status.SUCCESS, Status.FAILED}
 # Shown in their own columns, so left out of the job's parameter tooltip.
-SHOWN_FIELDS = set(RUNTIME_FIELDS)
+SHOWN_FIELDS = set(RUNTIME_FIELDS) | {"last_success_start", "last_success_end", "coverage_holes"}
 MAX_MESSAGE_SHOWN = 300
 
 
@@ -85,6 +85,7 @@ def job_view(name: str, job: dict, now: datetime, stale_after: float | None) -> 
         "message": message[:MAX_MESSAGE_SHOWN] + ("…" if len(message) > MAX_MESSAGE_SHOWN else ""),
         "message_full": message,
         "params": ", ".join(f"{k}={v}" for k, v in params.items()),
+        "holes": job.get("coverage_holes") or 0,
     }
 
 

@@ -5,16 +5,18 @@ Reads only; every write goes through commit.py.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Callable
 
 import redis
 
+from . import coverage as coverage_mod
 from . import keys
 from .commit import decode
 from .errors import BatchNotFound, CorruptState, InvalidParameter, JobNotFound, WorkflowNotFound
 from .health import loaded_through
 from .jobs import summarize_batch
-from .times import parse_time
+from .times import UTC, format_time, job_zone, parse_time
 
 
 # An answer of /history stops past this many bytes of snapshots, and says where to go on.
@@ -158,6 +160,37 @@ class History:
             "jobs": {name: marks.get(name) for name in names},
         }
 
+    def coverage(self, wf: str, job: str | None = None, start: float | None = None,
+                 end: float | None = None) -> dict[str, dict]:
+        """Return {job: {"covered": [[from, to]...], "holes": [[from, to]...]}}, times in the job's zone.
+
+        Holes lie between the job's first covered start (or start) and its latest covered
+        end (or end): time that no successful window covered.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(keys.workflow(wf))
+        pipe.hgetall(keys.meta(wf))
+        raw, meta = pipe.execute()
+        if not raw:
+            raise self.not_found(wf)
+        jobs = decode(raw, wf, lenient=True)
+        if job is not None and job not in raw:
+            raise JobNotFound(f"workflow {wf!r} has no job {job!r}", workflow=wf, job=job)
+        texts = keys.coverage_texts(meta)
+        result = {}
+        for name in [job] if job is not None else sorted(raw):
+            try:
+                ledger = coverage_mod.loads(texts.get(name))
+            except ValueError:
+                raise CorruptState.of_job(wf, name, "has a coverage ledger Batchy cannot read",
+                                          keys.meta(wf)) from None
+            tz = job_zone(jobs.get(name) or {})
+            result[name] = {
+                "covered": _render(coverage_mod.clip(ledger, start, end), tz),
+                "holes": _render(coverage_mod.holes(ledger, start, end), tz),
+            }
+        return result
+
     def overview(self, names: list[str]) -> dict[str, dict]:
         """Return {wf: {"jobs": {...}, "settings": {...}, "counts": {action: n}, "last_batch_id"}}.
 
@@ -181,6 +214,12 @@ class History:
                 message = exc.message if isinstance(exc, CorruptState) else f"workflow {wf!r}: bad meta: {exc}"
                 result[wf] = {"jobs": {}, "settings": {}, "counts": {}, "last_batch_id": None, "error": message}
                 continue
+            for job, text in keys.coverage_texts(meta).items():
+                if job in jobs:
+                    try:
+                        jobs[job]["coverage_holes"] = len(coverage_mod.holes(coverage_mod.loads(text)))
+                    except ValueError:
+                        jobs[job]["coverage_holes"] = None
             for job, mark in marks.items():
                 if job in jobs and isinstance(mark, dict):
                     jobs[job].update(last_success_start=mark.get("start"), last_success_end=mark.get("end"))
@@ -211,3 +250,11 @@ def _counts(meta: dict[str, str]) -> dict[str, int]:
         return keys.counts(meta)
     except ValueError:
         return {}
+
+
+def _render(intervals: list, tz) -> list[list[str]]:
+    return [[format_time(_moment(low), tz), format_time(_moment(high), tz)] for low, high in intervals]
+
+
+def _moment(epoch: float):
+    return datetime.fromtimestamp(epoch, UTC)

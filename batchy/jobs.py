@@ -40,6 +40,8 @@ RUNTIME_FIELDS = (
     "message",
     "next_from_date",
     "records_scope",
+    "caught_up",
+    "behind_seconds",
 )
 DATE_FIELDS = ("from_date", "to_date", "batch_start", "batch_end", "next_from_date")
 # What a batch snapshot <wf>-<batch_id> keeps of each job: the run's outcome and window.

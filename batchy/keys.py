@@ -23,6 +23,7 @@ LAST_BATCH_ID = "last_batch_id"
 SETTINGS = "settings"  # the workflow's .batchy settings, JSON
 COUNT_PREFIX = "count:"  # count:<action>: state changes of that kind
 SUCCESS_PREFIX = "success:"  # success:<job>: JSON {batch_id, start, end} of its last success
+COVERAGE_PREFIX = "coverage:"  # coverage:<job>: JSON [[start, end], ...], its successful windows merged
 
 
 def workflow(wf: str) -> str:
@@ -94,6 +95,17 @@ def count_field(action: str) -> str:
 def success_field(job: str) -> str:
     """Meta field holding the job's last success."""
     return SUCCESS_PREFIX + job
+
+
+def coverage_field(job: str) -> str:
+    """Meta field holding the job's coverage ledger (coverage.py)."""
+    return COVERAGE_PREFIX + job
+
+
+def coverage_texts(meta: dict[str, str]) -> dict[str, str]:
+    """Return {job: JSON text of its coverage ledger} of a meta hash."""
+    n = len(COVERAGE_PREFIX)
+    return {k[n:]: v for k, v in meta.items() if k.startswith(COVERAGE_PREFIX)}
 
 
 def counts(meta: dict[str, str]) -> dict[str, int]:

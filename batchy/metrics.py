@@ -86,6 +86,9 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
     workflows.add_metric([], len(overview))
     service_paused = GaugeMetricFamily("batchy_service_paused", "1 while the whole service is paused, else 0.")
     service_paused.add_metric([], 1 if pauses.get("service") else 0)
+    holes = GaugeMetricFamily("batchy_coverage_holes",
+                              "Stretches of time between the job's first and latest successful window that no "
+                              "successful window covered (GET /coverage).", labels=job_labels)
     corrupt = GaugeMetricFamily("batchy_workflow_corrupt",
                                 "1 while a value stored for the workflow cannot be read (a bad hand edit), else 0.",
                                 labels=wf_labels)
@@ -114,10 +117,12 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
                 status.add_metric([wf, job_name, name], 1 if current == name else 0)
             if current not in STATUSES and current:
                 status.add_metric([wf, job_name, str(current)], 1)
+            if isinstance(job.get("coverage_holes"), int):
+                holes.add_metric([wf, job_name], job["coverage_holes"])
             if isinstance(job.get("records_processed"), int):
                 records.add_metric([wf, job_name], job["records_processed"])
     return [*counters.values(), actions, success, open_age, status, records, stale_after, workflows,
-            service_paused, paused, corrupt]
+            service_paused, paused, corrupt, holes]
 
 
 @bp.get("/metrics")

@@ -24,6 +24,13 @@ SCHEMAS = {
             "properties": {"workflow": {"type": "string"}, "jobs": {"type": "integer"},
                            "last_batch_id": {"type": ["integer", "null"]}, "paused": {"type": "boolean"}}}}},
     },
+    "Coverage": {
+        "type": "object",
+        "additionalProperties": {
+            "type": "object", "required": ["covered", "holes"],
+            "properties": {k: {"type": "array", "items": {"type": "array", "items": {"type": "string"}}}
+                           for k in ("covered", "holes")}},
+    },
     "Removed": {
         "type": "object",
         "required": ["workflow", "removed", "history"],
@@ -244,6 +251,8 @@ def spec() -> dict:
             _param("status", schema={"type": "string", "enum": [str(s) for s in BATCH_STATUSES]}),
             _param("workflow", schema=NAME), LIMIT,
             _param("offset", schema={"type": "integer", "minimum": 0})])},
+        "/coverage/{wf}": {"get": _op("Covered intervals and holes per job", "Coverage", [
+            WF, JOB, _param("from", schema=DATE), _param("to", schema=DATE)])},
         "/most_recent/{wf}": {"get": _op("Start of the last successful batch", "MostRecent", [WF, JOB])},
         "/events/{wf}": {"get": _op("Audit log, newest first", "Events",
                                     [WF, LIMIT, _param("before", schema={"type": "string", "maxLength": 40})])},

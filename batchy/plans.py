@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from . import formats, keys, scripts, watermark, workflows
+from . import coverage, formats, keys, scripts, watermark, workflows
 from .errors import CorruptState, InvalidConfig, InvalidParameter, JobNotFound, WorkflowExists
 from .jobs import Status, snapshot
 from .times import format_now, in_zone, job_zone, parse_time
@@ -153,7 +153,7 @@ def plan_open(state: State, idempotency_key: str | None = None) -> Change:
     """Open a new batch of every job; jobs still open in an older batch are abandoned."""
     watermark.check_exclusive(state.wf, state.jobs, state.now, state.settings, state.last_batch_id)
     batch_id = next_batch_id(state.now, state.last_batch_id, state.floor)
-    opened = watermark.open_jobs(state.jobs, state.now, batch_id, state.wf)
+    opened = watermark.open_jobs(state.jobs, state.now, batch_id, state.wf, state.settings)
     snapshots = [SnapshotWrite(batch_id, scripts.SNAPSHOT_NEW, state.now.timestamp(),
                                {name: snapshot(job) for name, job in opened.items()})]
     for old_id, jobs in watermark.abandoned_jobs(state.jobs, batch_id).items():
@@ -197,13 +197,28 @@ def plan_close(
     for name, new in closed.items():
         by_batch.setdefault(new["batch_id"], {})[name] = snapshot(new)
     marks = watermark.success_marks(closed)
+    meta = {keys.success_field(name): formats.dumps(mark) for name, mark in marks.items()}
+    for name in marks:
+        if closed[name].get("from_date") and closed[name].get("to_date"):
+            meta[keys.coverage_field(name)] = formats.dumps(covered(state, name, closed[name]))
     return Change(
         action="close" if outcome == Status.SUCCESS else "fail",
         writes=closed,
-        meta={keys.success_field(name): formats.dumps(mark) for name, mark in marks.items()},
+        meta=meta,
         snapshots=[SnapshotWrite(bid, scripts.SNAPSHOT_UPDATE, 0, snap) for bid, snap in by_batch.items()],
         batch_id=state.last_batch_id,
     )
+
+
+def covered(state: State, name: str, job: dict) -> list:
+    """Return job name's coverage ledger with the window of job (just succeeded) merged in."""
+    field = keys.coverage_field(name)
+    try:
+        ledger = coverage.loads(state.meta.get(field))
+    except ValueError:
+        raise state.corrupt(field, state.meta.get(field) or "") from None
+    start, end = parse_time(job["from_date"]).timestamp(), parse_time(job["to_date"]).timestamp()
+    return coverage.add(ledger, start, end)
 
 
 def target_jobs(wf: str, jobs: dict[str, dict], job: str | None) -> list[str]:

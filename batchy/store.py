@@ -91,6 +91,10 @@ class BatchStore:
     def events(self, wf: str, *, limit: int = 100, before: str | None = None) -> list[dict]:
         return self.reads.events(wf, limit=limit, before=before)
 
+    def coverage(self, wf: str, job: str | None = None, start: datetime | None = None,
+                 end: datetime | None = None) -> dict[str, dict]:
+        return self.reads.coverage(wf, job, start.timestamp() if start else None, end.timestamp() if end else None)
+
     def most_recent(self, wf: str, job: str | None = None) -> dict:
         return self.reads.most_recent(wf, job)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from . import keys, names, plans, workflows
+from . import coverage, keys, names, plans, workflows
 from .commit import decode
 from .errors import InvalidConfig, InvalidName, InvalidParameter, WorkflowExists
 from .jobs import BATCH_STATUSES
@@ -163,6 +163,7 @@ _META_HELP = {
     keys.SETTINGS: " (the workflow settings as JSON)",
     "count": " (a whole number)",
     "success": " (JSON {batch_id, start, end})",
+    "coverage": " (JSON [[start, end], ...] in epoch seconds, sorted and disjoint)",
 }
 
 
@@ -174,6 +175,13 @@ def _meta_value_ok(wf: str, field: str, text: str) -> bool:
     if field.startswith(keys.SUCCESS_PREFIX):
         _job_name(wf, field[len(keys.SUCCESS_PREFIX):], f"meta field {field[:80]!r}")
         return _success_ok(_json(text))
+    if field.startswith(keys.COVERAGE_PREFIX):
+        _job_name(wf, field[len(keys.COVERAGE_PREFIX):], f"meta field {field[:80]!r}")
+        try:
+            ledger = coverage.loads(text)
+        except ValueError:
+            return False
+        return all(a[1] < b[0] for a, b in zip(ledger, ledger[1:]))
     raise InvalidParameter(f"unknown meta field {field[:80]!r} of {wf!r} in the export", workflow=wf,
                            field=field[:80])
 

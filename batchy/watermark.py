@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 from .errors import BatchOpen, FutureWindow, JobNotFound, NotOpen, StaleBatch
+from . import windows
 from .jobs import BATCH_SCOPE, Status, snapshot
 from .times import UTC, format_now, format_time, job_zone, parse_time, start_of_day
 
@@ -31,7 +32,8 @@ def next_from_date(job: dict) -> datetime:
     """Return the from_date the job's next batch must extract from.
 
     An operator's next_from_date (set or rewind) wins, exactly as given.
-    After a success: the previous batch_start minus reprocess_hours. Otherwise (new,
+    After a success: the previous to_date minus reprocess_hours (to_date is the open's
+    batch_start unless a window policy ended the window earlier: windows.py). Otherwise (new,
     failed, or open and never closed) the same from_date again, so a failed or
     crashed window is extracted once more; a job never given one starts at
     BEGINNING_OF_TIME. With trunc_start, the result goes back to midnight in the
@@ -40,8 +42,9 @@ def next_from_date(job: dict) -> datetime:
     if job.get("next_from_date"):  # set or rewound by an operator: used exactly as given
         return parse_time(job["next_from_date"], "next_from_date")
     hours = check_reprocess_hours(job.get("reprocess_hours") or 0)
-    if job.get("status") == Status.SUCCESS and job.get("batch_start"):
-        start = parse_time(job["batch_start"], "batch_start") - _hours(hours)
+    ended = job.get("to_date") or job.get("batch_start")
+    if job.get("status") == Status.SUCCESS and ended:
+        start = parse_time(ended, "to_date") - _hours(hours)
     elif job.get("from_date"):
         start = parse_time(job["from_date"], "from_date")
     else:
@@ -56,8 +59,12 @@ def _hours(hours: float) -> timedelta:
     return timedelta(hours=hours)
 
 
-def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int, wf: str = "") -> dict[str, dict]:
+def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int, wf: str = "",
+              settings: dict | None = None) -> dict[str, dict]:
     """Return every job opened for batch batch_id at now, with its new window.
+
+    The window is [next_from_date, now), or where the job's window policy ends it
+    (windows.window), with caught_up and behind_seconds then.
 
     A window never runs backwards: a from_date later than now (stored before such
     values were refused) is FutureWindow, not a window that skips data once closed.
@@ -76,11 +83,17 @@ def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int, wf: str = "")
         new = dict(job)
         new.pop("next_from_date", None)  # consumed by this open
         new.pop("records_scope", None)
+        policy = windows.policy_of(job, settings or {})
+        to_date = start
+        if policy.active:
+            span = windows.window(begin, now, policy, tz)
+            to_date = format_time(span.end, tz)
+            new.update(caught_up=span.caught_up, behind_seconds=span.behind_seconds)
         new.update(
             status=Status.OPEN,
             batch_id=batch_id,
             from_date=format_time(begin, tz),
-            to_date=start,
+            to_date=to_date,
             batch_start=start,
             batch_end=None,
             records_processed=None,

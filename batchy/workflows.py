@@ -9,7 +9,7 @@ import os
 
 import yaml
 
-from . import names, watermark
+from . import names, watermark, windows
 from .errors import ConfigNotFound, InvalidConfig
 from .jobs import RUNTIME_FIELDS, Status
 from .validation import BadDate, check_sections, check_value, fill_job, has_surrogate
@@ -24,6 +24,8 @@ WORKFLOW_SETTINGS = {
     "lease_hours": "hours",
     "stale_after_hours": "hours",
     "allow_params": "names",
+    # Window policy defaults for every job (windows.py); a job's own fields win.
+    **{field: "policy" for field in windows.POLICY_FIELDS},
 }
 MAX_DEPTH = 20
 MAX_JOBS = 10000
@@ -146,8 +148,19 @@ def parse_config(wf: str, data: bytes | str) -> Config:
             jobs[job] = fill_job(wf, job, params, settings.get("allow_params", ()))
         except InvalidConfig as exc:
             raise _at_line(exc, lines.get((job, exc.context.get("field")))) from None
+        check_job_policy(wf, job, jobs[job], settings)
     check_sections(wf, jobs)
     return Config(jobs, settings)
+
+
+def check_job_policy(wf: str, job: str, params: dict, settings: dict) -> None:
+    """Refuse a window policy whose fields do not fit together (the job's over the workflow's)."""
+    merged = {k: settings[k] for k in windows.POLICY_FIELDS if settings.get(k) is not None}
+    merged.update({k: params[k] for k in windows.POLICY_FIELDS if params.get(k) is not None})
+    try:
+        windows.check_policy(merged)
+    except ValueError as exc:
+        raise InvalidConfig(f"job {job!r} of {wf!r}: {exc}", workflow=wf, job=job) from None
 
 
 def _load(wf: str, data: bytes | str) -> tuple[object, dict[tuple[str, str], int]]:
@@ -216,6 +229,11 @@ def check_settings(wf: str, raw, where: str = "") -> dict:
             raise InvalidConfig(f"{key} in {where} must be true or false, not {value!r}", workflow=wf)
         if kind == "hours" and not _is_positive_number(value):
             raise InvalidConfig(f"{key} in {where} must be a number of hours > 0, not {value!r}", workflow=wf)
+        if kind == "policy":
+            try:
+                windows.check_field(key, value)
+            except ValueError as exc:
+                raise InvalidConfig(f"{exc} (in {where})", workflow=wf) from None
         if kind == "names" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise InvalidConfig(f"{key} in {where} must be a list of parameter names, not {value!r:.80}",
                                 workflow=wf)

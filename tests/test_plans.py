@@ -41,10 +41,13 @@ def test_open_writes_every_job_and_abandons_the_running_batch():
 
 
 def test_close_records_a_success_mark_only_for_successes():
-    jobs = {"a": {"status": "open", "batch_id": 9, "batch_start": "2024-03-01T11:00:00+00:00"},
-            "b": {"status": "open", "batch_id": 9, "batch_start": "2024-03-01T11:00:00+00:00"}}
+    window = {"from_date": "2024-03-01T00:00:00+00:00", "to_date": "2024-03-01T11:00:00+00:00"}
+    jobs = {"a": {"status": "open", "batch_id": 9, "batch_start": "2024-03-01T11:00:00+00:00", **window},
+            "b": {"status": "open", "batch_id": 9, "batch_start": "2024-03-01T11:00:00+00:00", **window}}
     closed = plans.plan_close(state(jobs, last_batch_id=9), Status.SUCCESS, job="a")
-    assert list(closed.writes) == ["a"] and list(closed.meta) == [keys.success_field("a")]
+    assert list(closed.writes) == ["a"]
+    assert sorted(closed.meta) == [keys.coverage_field("a"), keys.success_field("a")]
+    assert closed.meta[keys.coverage_field("a")] == f"[[{EPOCH - 12 * 3600}.0,{EPOCH - 3600}.0]]"
     failed = plans.plan_close(state(jobs, last_batch_id=9), Status.FAILED)
     assert failed.action == "fail" and failed.meta == {}
 

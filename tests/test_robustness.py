@@ -338,3 +338,65 @@ def test_workflows_are_loaded_at_start_when_asked(redis_server, real_redis, cfg_
     assert create_app(config).test_client().get("/get_status/wf1").status_code == 404
     app = create_app({**config, "BATCHY_LOAD_ON_START": True})
     assert app.test_client().get("/get_status/wf1").status_code == 200
+
+
+# -- issue 14: window policies and the coverage ledger --------------------------------------
+
+
+def test_an_outage_is_caught_up_in_bounded_aligned_pieces_without_a_hole(fake_redis, cfg_dir, write_cfg):
+    from datetime import datetime, timedelta, timezone
+
+    from .reliability_helpers import VirtualClock
+
+    clock = VirtualClock(datetime(2024, 3, 8, 10, 30, tzinfo=timezone.utc))
+    client = make_app(fake_redis, cfg_dir, CLOCK=clock).test_client()
+    write_cfg("hourly", "s:\n  from_date: 2024-03-01T00:00:00Z\n  batch_size: hour\n  max_window_hours: 24\n")
+    client.post("/load_cfg/hourly")
+    windows = []
+    for _ in range(20):
+        job = client.post("/open_batch/hourly").json["s"]
+        windows.append((job["from_date"], job["to_date"]))
+        assert client.post("/close_batch/hourly").status_code == 200
+        if job["caught_up"]:
+            break
+        assert job["behind_seconds"] > 0
+    assert len(windows) == 8  # 7 full days, then the morning of the 8th up to 10:00
+    assert windows[0] == ("2024-03-01T00:00:00+00:00", "2024-03-02T00:00:00+00:00")
+    assert windows[-1] == ("2024-03-08T00:00:00+00:00", "2024-03-08T10:00:00+00:00")
+    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:]))  # tiled: no gap, no overlap
+    ledger = client.get("/coverage/hourly").json["s"]
+    assert ledger == {"covered": [["2024-03-01T00:00:00+00:00", "2024-03-08T10:00:00+00:00"]], "holes": []}
+    clock.advance(timedelta(minutes=40).total_seconds())  # 11:10: one more whole hour
+    job = client.post("/open_batch/hourly").json["s"]
+    assert (job["from_date"], job["to_date"], job["caught_up"]) == (
+        "2024-03-08T10:00:00+00:00", "2024-03-08T11:00:00+00:00", True)
+
+
+def test_a_skip_forward_shows_as_a_hole_until_a_rerun_covers_it(fake_redis, cfg_dir, write_cfg):
+    from datetime import datetime, timezone
+
+    from .reliability_helpers import VirtualClock
+
+    clock = VirtualClock(datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc))
+    client = make_app(fake_redis, cfg_dir, CLOCK=clock).test_client()
+    write_cfg("w", "s:\n  from_date: 2024-03-01T00:00:00Z\n")
+    client.post("/load_cfg/w")
+    client.post("/open_batch/w")
+    client.post("/close_batch/w")  # covered 00:00 - 12:00
+    clock.advance(6 * 3600)
+    client.post("/set_from_date/w?from_date=2024-03-01T14:00:00Z")  # an operator skips 12:00 - 14:00
+    client.post("/open_batch/w")
+    client.post("/close_batch/w")
+    ledger = client.get("/coverage/w").json["s"]
+    assert ledger["holes"] == [["2024-03-01T12:00:00+00:00", "2024-03-01T14:00:00+00:00"]]
+    assert len(ledger["covered"]) == 2
+    assert 'batchy_coverage_holes{job="s",workflow="w"} 1.0' in client.get("/metrics").data.decode()
+    assert b'data-holes="1"' in client.get("/").data
+    window = client.get("/coverage/w?from=2024-03-01T13:00:00Z&to=2024-03-01T15:00:00Z").json["s"]
+    assert window == {"covered": [["2024-03-01T14:00:00+00:00", "2024-03-01T15:00:00+00:00"]],
+                      "holes": [["2024-03-01T13:00:00+00:00", "2024-03-01T14:00:00+00:00"]]}
+    client.post("/set_from_date/w?from_date=2024-03-01T11:00:00Z")  # the operator reloads the gap
+    client.post("/open_batch/w")
+    client.post("/close_batch/w")
+    assert client.get("/coverage/w").json["s"]["holes"] == []
+    assert client.get("/coverage/w?job=nosuch").status_code == 404

@@ -167,7 +167,7 @@ def test_a_key_close_to_a_special_field_is_a_typo(client, write_cfg, key, meant)
 
 
 @pytest.mark.parametrize("key", ["src_schema", "tgt_table", "state", "end_date", "run_date", "from_time",
-                                 "batch_size", "tgt_date", "$$from_dat", "timezone_offset"])
+                                 "batch_name", "tgt_date", "$$from_dat", "timezone_offset"])
 def test_free_form_parameters_not_close_to_a_special_field_keep_working(key):
     assert parse(f"j:\n  {key}: 1\n").jobs["j"][key] == 1
 

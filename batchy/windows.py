@@ -1,0 +1,135 @@
+"""Window policies: how far a window reaches. Pure: no Redis, no Flask.
+
+With no policy a window ends at the open: [from_date, now), the seed's rule. A policy,
+set on a job or workflow-wide under `.batchy` (the job's own wins), changes where it ends:
+
+    settle_minutes    the window ends this long before now (rows that become visible late)
+    batch_size        the end is the last boundary of this unit (hour, day, week, month)
+                      in the job's timezone, so a run loads whole units, never a partial one
+    week_start        the day weeks start on (monday by default)
+    max_window_hours  a window is at most this long: a long outage is caught up in pieces
+
+The newest end a window may have is `limit` = now - settle, floored to a unit boundary.
+A window that reaches it is caught up; behind_seconds says how far it is from it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+
+from .times import UTC, start_of_day
+
+UNITS = ("hour", "day", "week", "month")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# The longest a unit can be (a DST day has 25 h): a max window shorter cannot hold one.
+LONGEST_UNIT_HOURS = {"hour": 1, "day": 25, "week": 169, "month": 745}
+MAX_HOURS = 24 * 366 * 100
+POLICY_FIELDS = ("max_window_hours", "settle_minutes", "batch_size", "week_start")
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_window_hours: float | None = None
+    settle_minutes: float = 0
+    batch_size: str | None = None
+    week_start: str = "monday"
+
+    @property
+    def active(self) -> bool:
+        return self != NO_POLICY
+
+
+NO_POLICY = Policy()
+
+
+def check_field(key: str, value):
+    """Return a policy field's value if valid, else raise ValueError naming the rule."""
+    if key == "max_window_hours":
+        if not _number(value) or not 0 < value <= MAX_HOURS:
+            raise ValueError(f"max_window_hours must be a number of hours > 0, not {value!r}")
+    elif key == "settle_minutes":
+        if not _number(value) or not 0 <= value <= MAX_HOURS * 60:
+            raise ValueError(f"settle_minutes must be a number of minutes >= 0, not {value!r}")
+    elif key == "batch_size":
+        if value not in UNITS:
+            raise ValueError(f"batch_size must be one of {', '.join(UNITS)}, not {value!r}")
+    elif key == "week_start":
+        if value not in WEEKDAYS:
+            raise ValueError(f"week_start must be a day name such as monday, not {value!r}")
+    return value
+
+
+def check_policy(fields: dict) -> None:
+    """Raise ValueError if a policy's fields do not fit together."""
+    size, limit = fields.get("batch_size"), fields.get("max_window_hours")
+    if size and limit is not None and limit < LONGEST_UNIT_HOURS[size]:
+        raise ValueError(f"max_window_hours {limit:g} is shorter than one batch_size {size} "
+                         f"(up to {LONGEST_UNIT_HOURS[size]} h): no window could hold a whole {size}")
+    if fields.get("week_start") not in (None, "monday") and size != "week":
+        raise ValueError("week_start applies to batch_size week only")
+
+
+def policy_of(job: dict, settings: dict) -> Policy:
+    """Return the policy of a job: its own fields over the workflow's settings."""
+    merged = {k: settings[k] for k in POLICY_FIELDS if settings.get(k) is not None}
+    merged.update({k: job[k] for k in POLICY_FIELDS if job.get(k) is not None})
+    return Policy(**merged) if merged else NO_POLICY
+
+
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def floor_to_unit(moment: datetime, unit: str, tz, week_start: str = "monday") -> datetime:
+    """Return the last boundary of unit at or before moment, in zone tz (DST-correct).
+
+    A boundary is a wall time (the hour, midnight, the week's first midnight, the 1st):
+    a day in Europe/Paris may last 23 or 25 hours. Hours are real hours (UTC).
+    """
+    if unit == "hour":
+        return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    local = moment.astimezone(tz)
+    day = local.date()
+    if unit == "week":
+        day -= timedelta(days=(day.weekday() - WEEKDAYS.index(week_start)) % 7)
+    elif unit == "month":
+        day = day.replace(day=1)
+    boundary = _midnight(day, tz)
+    if boundary > moment:  # a midnight that does not exist landed after moment
+        boundary = _midnight(day - timedelta(days=1), tz)
+    return boundary
+
+
+def _midnight(day, tz) -> datetime:
+    """Return the first instant of a calendar day in tz (on a DST jump at 00:00, the jump)."""
+    return start_of_day(datetime.combine(day, time(12), tzinfo=tz), tz)
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+    caught_up: bool
+    behind_seconds: float
+
+
+def window(start: datetime, now: datetime, policy: Policy, tz) -> Window:
+    """Return the window a job opened at now extracts from start on.
+
+    Never backwards: when nothing complete is newer than start (settle lag, a unit not
+    yet over), the window is empty, [start, start), and caught up.
+    """
+    limit = now - timedelta(minutes=policy.settle_minutes) if policy.settle_minutes else now
+    if policy.batch_size:
+        limit = floor_to_unit(limit, policy.batch_size, tz, policy.week_start)
+    end = limit
+    if policy.max_window_hours is not None:
+        cap = start + timedelta(hours=policy.max_window_hours)
+        if cap < end:
+            end = floor_to_unit(cap, policy.batch_size, tz, policy.week_start) if policy.batch_size else cap
+            if end <= start:  # an unaligned start: at least reach the next boundary
+                end = min(limit, cap)
+    if end <= start:
+        return Window(start, start, True, 0.0)
+    return Window(start, end, end >= limit, max(0.0, (limit - end).total_seconds()))

@@ -1,0 +1,41 @@
+"""The coverage ledger, pure: merging as it goes, holes, and its size over a year."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batchy import coverage
+
+
+def test_windows_merge_when_they_touch_or_overlap():
+    ledger = []
+    for start, end in [(0, 10), (20, 30), (10, 20), (25, 40), (50, 60)]:
+        ledger = coverage.add(ledger, start, end)
+    assert ledger == [[0, 40], [50, 60]]
+    assert coverage.add(ledger, 5, 5) == ledger  # an empty window covers nothing
+    assert coverage.add(ledger, 35, 55) == [[0, 60]]
+
+
+def test_holes_lie_between_the_first_and_the_latest_covered_time_or_the_range_asked():
+    ledger = [[0, 10], [20, 30], [40, 50]]
+    assert coverage.holes(ledger) == [[10, 20], [30, 40]]
+    assert coverage.holes(ledger, 5, 45) == [[10, 20], [30, 40]]
+    assert coverage.holes(ledger, -5, 60) == [[-5, 0], [10, 20], [30, 40], [50, 60]]
+    assert coverage.holes([], 0, 5) == [[0, 5]] and coverage.holes([]) == []
+    assert coverage.clip(ledger, 5, 25) == [[5, 10], [20, 25]]
+    assert coverage.covers(ledger, 21, 29) and not coverage.covers(ledger, 5, 15)
+
+
+def test_a_year_of_hourly_windows_is_one_small_interval():
+    ledger = []
+    for hour in range(366 * 24):
+        ledger = coverage.add(ledger, hour * 3600.0, (hour + 1) * 3600.0)
+    assert ledger == [[0.0, 366 * 24 * 3600.0]]
+    assert len(json.dumps(ledger)) < 40  # bytes kept in Redis for the job
+
+
+@pytest.mark.parametrize("text", ["{}", "[[1]]", "[[2, 1]]", '[["a", 2]]', "nope"])
+def test_a_ledger_that_is_not_one_is_refused(text):
+    with pytest.raises(ValueError):
+        coverage.loads(text)
