@@ -15,69 +15,22 @@ check in COMMIT still guards across processes.
 """
 from __future__ import annotations
 
-import json
 import random
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-import orjson
-
 from . import formats, keys, scripts
 from .clock import Clock
 from .connections import Transport
-from .errors import BatchyError, Busy, CorruptState, StaleBatch, Unavailable, WorkflowNotFound
-from .jobs import BATCH_STATUSES, STATUSES, stored_problem
+from .errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFound
+from .cache import StateCache
+from .jobs import decode
 from .locks import LockTable
 from .plans import Change, State, audit_event, plan_remove
 
 # A writer gives up with 409 busy only past its time budget and after this many tries.
 MIN_ATTEMPTS = 5
-
-
-class StateCache:
-    """Each workflow as this process last committed it, least recently written first.
-
-    Nothing in it is trusted: COMMIT refuses a change planned on a state that moved,
-    and the refusal carries the real state. Entries are (jobs as JSON text, meta,
-    jobs decoded or None).
-    """
-
-    def __init__(self, size: int = 1024):
-        self.size = size
-        self._entries: dict[str, tuple[dict[str, str], dict[str, str], dict[str, dict] | None]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, wf: str):
-        return self._entries.get(wf)
-
-    def put(self, wf: str, entry) -> None:
-        if not self.size:
-            return
-        with self._lock:
-            self._entries.pop(wf, None)
-            self._entries[wf] = entry
-            while len(self._entries) > self.size:
-                del self._entries[next(iter(self._entries))]
-
-    def forget(self, wf: str) -> None:
-        with self._lock:
-            self._entries.pop(wf, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-    def names(self) -> list[str]:
-        """Return the remembered workflows, least recently written first."""
-        return list(self._entries)
-
-    def __contains__(self, wf: str) -> bool:
-        return wf in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 @dataclass
@@ -87,41 +40,6 @@ class _Writer:
     token: str
     insisted: bool = False
     lenient: bool = False  # plan on the readable jobs only (see decode)
-
-
-def decode(raw: dict[str, str], wf: str = "", key: str = "", *, snapshot: bool = False,
-           lenient: bool = False) -> dict[str, dict]:
-    """Return a workflow or snapshot hash as {job: {...}}, jobs in name order.
-
-    Redis keeps no field order in a large hash; name order makes every answer stable.
-    A job Batchy cannot use (a hand edit gone wrong) is CorruptState naming it, or,
-    when lenient, left out (a reset replaces it; a search across workflows goes on).
-    """
-    jobs = {}
-    for name in sorted(raw):
-        try:
-            job = json.loads(raw[name])
-        except ValueError as exc:
-            problem = f"is not valid JSON ({exc})"
-        else:
-            problem = stored_problem(job, BATCH_STATUSES if snapshot else STATUSES)
-        if problem is None:
-            jobs[name] = job
-        elif not lenient:
-            raise CorruptState.of_job(wf, name, problem, key)
-    return jobs
-
-
-def check_raw(wf: str, raw: dict[str, str]) -> dict[str, str]:
-    """Return raw if every job in it is a JSON object, else CorruptState (answers stay valid JSON)."""
-    for name, text in raw.items():
-        try:
-            ok = isinstance(orjson.loads(text), dict)
-        except orjson.JSONDecodeError:
-            ok = False
-        if not ok:
-            raise CorruptState.of_job(wf, name, "is not a JSON object")
-    return raw
 
 
 class Committer:

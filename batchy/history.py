@@ -12,10 +12,9 @@ import redis
 
 from . import coverage as coverage_mod
 from . import keys
-from .commit import decode
 from .errors import BatchNotFound, CorruptState, InvalidParameter, JobNotFound, WorkflowNotFound
 from .health import loaded_through
-from .jobs import summarize_batch
+from .jobs import decode, summarize_batch
 from .times import UTC, format_time, job_zone, parse_time
 
 

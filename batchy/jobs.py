@@ -5,7 +5,12 @@ is {job_name: job}. Everything else in a job is a free-form parameter.
 """
 from __future__ import annotations
 
+import json
 from enum import Enum
+
+import orjson
+
+from .errors import CorruptState
 
 from .times import format_time, parse_time
 
@@ -132,3 +137,38 @@ def stored_problem(job, statuses=STATUSES) -> str | None:
     if not isinstance(job.get("timezone") or "UTC", str):
         return "has a timezone that is not text"
     return None
+
+
+def decode(raw: dict[str, str], wf: str = "", key: str = "", *, snapshot: bool = False,
+           lenient: bool = False) -> dict[str, dict]:
+    """Return a workflow or snapshot hash as {job: {...}}, jobs in name order.
+
+    Redis keeps no field order in a large hash; name order makes every answer stable.
+    A job Batchy cannot use (a hand edit gone wrong) is CorruptState naming it, or,
+    when lenient, left out (a reset replaces it; a search across workflows goes on).
+    """
+    jobs = {}
+    for name in sorted(raw):
+        try:
+            job = json.loads(raw[name])
+        except ValueError as exc:
+            problem = f"is not valid JSON ({exc})"
+        else:
+            problem = stored_problem(job, BATCH_STATUSES if snapshot else STATUSES)
+        if problem is None:
+            jobs[name] = job
+        elif not lenient:
+            raise CorruptState.of_job(wf, name, problem, key)
+    return jobs
+
+
+def check_raw(wf: str, raw: dict[str, str]) -> dict[str, str]:
+    """Return raw if every job in it is a JSON object, else CorruptState (answers stay valid JSON)."""
+    for name, text in raw.items():
+        try:
+            ok = isinstance(orjson.loads(text), dict)
+        except orjson.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise CorruptState.of_job(wf, name, "is not a JSON object")
+    return raw

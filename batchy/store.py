@@ -10,11 +10,13 @@ from datetime import datetime
 import redis
 
 from . import keys, plans, transfer
+from .cache import StateCache
 from .clock import Clock
-from .commit import Committer, StateCache, check_raw, decode
+from .commit import Committer
 from .connections import Transport
 from .errors import BatchyError, redis_refusal
 from .history import History
+from .jobs import check_raw, decode
 from .pauses import Pauses
 from .workflows import Config, names_in, read_config
 

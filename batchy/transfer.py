@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 
 from . import coverage, keys, names, plans, workflows
-from .commit import decode
 from .errors import InvalidConfig, InvalidName, InvalidParameter, WorkflowExists
-from .jobs import BATCH_STATUSES
+from .jobs import BATCH_STATUSES, decode
 from .times import format_time, parse_input_time
 from .validation import check_sections, is_whole_number
 

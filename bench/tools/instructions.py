@@ -35,6 +35,7 @@ SCENARIOS = {
     "get": ("get_status", 1),
     "json": ("open_batch json + close_batch", 2),
     "infa": ("open_batch infa + close_batch", 2),
+    "reopen": ("open_batch re-open (batch open)", 1),
 }
 
 
@@ -84,6 +85,8 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str) -> float:
             call(base, "GET", f"/get_status/{wf}")
         elif mode == "get":
             call(app, "GET", f"/get_status/{wf}")
+        elif mode == "reopen":  # the workflow's batch is still open: it is abandoned for a new one
+            call(app, "POST", f"/open_batch/{wf}")
         else:
             call(app, "POST", f"/open_batch/{wf}{suffix}")
             call(app, "POST", f"/close_batch/{wf}")
