@@ -6,6 +6,9 @@
         rows = extract(since=batch.from_date, until=batch.to_date)
         batch.records_processed = load(rows)
     # closed on success; on an exception: failed with its message, and re-raised
+
+Answers are the service's JSON, decoded: times are ISO-8601 strings there. Only a Batch
+turns the window into datetimes (batch.from_date, batch.window(job)).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime
+from typing import NamedTuple
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -105,16 +109,33 @@ class Batchy:
         """Load (or reload) cfg/<wf>.yaml into the service; return the resulting state."""
         return self._json("POST", f"/load_cfg/{self._name(wf)}", body={"reset": reset or None})
 
+    def load_all(self, reset: bool = False) -> dict:
+        """Load every file of the service's cfg/; return {"loaded": {wf: state}, "failed": {wf: error}}.
+
+        A file that fails does not stop the others: check "failed", the call itself succeeds.
+        """
+        return self._json("POST", "/load_cfg", body={"reset": reset or None})
+
+    def workflows(self) -> list[dict]:
+        """Return every loaded workflow: its name, number of jobs, last batch id and pause."""
+        return self._json("GET", "/workflows")["workflows"]
+
+    def remove(self, wf: str, purge_history: bool = False) -> dict:
+        """Remove a loaded workflow; its batch history is kept unless purge_history."""
+        return self._json("POST", f"/remove_workflow/{self._name(wf)}",
+                          body={"purge_history": purge_history or None})
+
     def status(self, wf: str) -> dict:
         return self._json("GET", f"/get_status/{self._name(wf)}")
 
-    def open(self, wf: str, fmt: str = "json", dry_run: bool = False):
+    def open(self, wf: str, fmt: str = "json", dry_run: bool = False, idempotency_key: str | None = None):
         """Open a batch; return {job: {...}} (fmt json) or the parameter file text (fmt infa).
 
-        Every attempt of one call carries the same Idempotency-Key: a retry after a lost
-        answer gets the batch the first attempt opened, not a second one.
+        Every attempt of one call carries the same Idempotency-Key (idempotency_key, else a
+        new one per call): a retry after a lost answer gets the batch the first attempt
+        opened, not a second one. Pass your own key to make a rerun of a whole script safe.
         """
-        key = None if dry_run else {"Idempotency-Key": uuid.uuid4().hex}
+        key = None if dry_run else {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         raw = self.request("POST", f"/open_batch/{self._name(wf)}/{self._name(fmt)}",
                            body={"dry_run": dry_run or None}, headers=key, retry=not dry_run)
         return json.loads(raw) if fmt == "json" else raw.decode()
@@ -133,16 +154,40 @@ class Batchy:
             job=job, records_processed=records_processed, message=message, batch_id=batch_id),
             retry=batch_id is not None)
 
-    def most_recent(self, wf: str, job: str | None = None) -> int | None:
-        """Return the unix time of the last successful batch start, like the Jobs API's most_recent()."""
-        return self._json("GET", f"/most_recent/{self._name(wf)}", {"job": job})["timestamp"]
+    def most_recent(self, wf: str, job: str | None = None, full: bool = False):
+        """Return the unix time of the last successful batch start, like the Jobs API's most_recent().
+
+        With full, the whole answer instead: ISO time, batch id, and each job's last success.
+        """
+        answer = self._json("GET", f"/most_recent/{self._name(wf)}", {"job": job})
+        return answer if full else answer["timestamp"]
 
     def history(self, wf: str, limit: int = 50, before: int | None = None) -> list[dict]:
-        """Return the workflow's batches, newest first."""
+        """Return the workflow's batches, newest first; before=<the last batch_id> pages on."""
         return self._json("GET", f"/history/{self._name(wf)}", {"limit": limit, "before": before})["batches"]
 
-    def events(self, wf: str, limit: int = 100) -> list[dict]:
-        return self._json("GET", f"/events/{self._name(wf)}", {"limit": limit})["events"]
+    def snapshot(self, wf: str, batch_id: int) -> dict:
+        """Return one batch's snapshot {job: {...}}."""
+        return self._json("GET", f"/batch/{self._name(wf)}/{int(batch_id)}")
+
+    def batches(self, status: str | None = None, workflow: str | None = None,
+                start: str | int | datetime | None = None, end: str | int | datetime | None = None,
+                limit: int = 50, offset: int = 0) -> list[dict]:
+        """Return batches of every workflow by start time (start, end: ISO-8601, unix seconds or datetime)."""
+        start, end = (t.isoformat() if isinstance(t, datetime) else t for t in (start, end))
+        query = {"status": status, "workflow": workflow, "from": start, "to": end, "limit": limit,
+                 "offset": offset or None}
+        return self._json("GET", "/batches", query)["batches"]
+
+    def coverage(self, wf: str, job: str | None = None, start: str | int | datetime | None = None,
+                 end: str | int | datetime | None = None) -> dict:
+        """Return {job: {"covered": [[from, to], ...], "holes": [[from, to], ...]}}: what succeeded, what not."""
+        start, end = (t.isoformat() if isinstance(t, datetime) else t for t in (start, end))
+        return self._json("GET", f"/coverage/{self._name(wf)}", {"job": job, "from": start, "to": end})
+
+    def events(self, wf: str, limit: int = 100, before: str | None = None) -> list[dict]:
+        """Return the workflow's audit events, newest first; before=<the last event id> pages on."""
+        return self._json("GET", f"/events/{self._name(wf)}", {"limit": limit, "before": before})["events"]
 
     def set_from_date(self, wf: str, from_date: str | datetime, job: str | None = None, force: bool = False) -> dict:
         """Make the next batch start exactly at from_date (ISO-8601 or an aware datetime)."""
@@ -163,12 +208,23 @@ class Batchy:
     def resume(self, wf: str | None = None) -> dict:
         return self._json("POST", "/resume" + (f"/{self._name(wf)}" if wf else ""), body={})
 
+    def pause_status(self) -> dict:
+        """Return {"service": pause or None, "workflows": {wf: pause}}."""
+        return self._json("GET", "/pause_status")
+
+    def pause_history(self, limit: int = 100) -> list[dict]:
+        """Return every pause and resume, newest first."""
+        return self._json("GET", "/pause_history", {"limit": limit})["history"]
+
     @contextmanager
     def batch(self, wf: str, job: str | None = None, open: bool = True):
         """Run one batch: open it (or join the open one), close on success, fail on error.
 
         With job, only that step is closed or failed; with open=False the batch that is
-        already open is used (a step of a workflow opened by someone else).
+        already open is used (a step of a workflow opened by someone else). The close or
+        fail always names the batch_id, so it is safe to retry and never closes a newer
+        batch. batch.records_processed set to an int is sent with that one close (or
+        fail); set to {job: n}, each job is closed (or failed) on its own with its count.
         """
         jobs = self.open(wf) if open else self.status(wf)
         run = Batch(wf, jobs, job)
@@ -176,18 +232,36 @@ class Batchy:
             yield run
         except BaseException as exc:
             message = run.message or f"{type(exc).__name__}: {exc}"[:4000]
-            try:
-                self.fail(wf, job=job, message=message, records_processed=run.records_processed,
-                          batch_id=run.batch_id)
-            except (ServiceError, OSError) as fail_error:  # never hide the ETL's own error
-                log.error("batchy: could not record the failure of %s: %s", wf, fail_error)
+            for step, records, batch_id in run._outcomes():
+                try:
+                    self.fail(wf, job=step, message=message, records_processed=records, batch_id=batch_id)
+                except (ServiceError, OSError) as fail_error:  # never hide the ETL's own error
+                    log.error("batchy: could not record the failure of %s: %s", wf, fail_error)
             raise
-        self.close(wf, job=job, records_processed=run.records_processed, message=run.message,
-                   batch_id=run.batch_id)
+        for step, records, batch_id in run._outcomes():
+            self.close(wf, job=step, records_processed=records, message=run.message, batch_id=batch_id)
+
+
+class Window(NamedTuple):
+    """A job's window as aware datetimes (None where the service has no time yet)."""
+
+    from_date: datetime | None
+    to_date: datetime | None
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 class Batch:
-    """One open batch, as handed to the ETL code by Batchy.batch()."""
+    """One open batch, as handed to the ETL code by Batchy.batch().
+
+    batch.jobs is the service's answer as it came ({job: {...}}, times as ISO-8601
+    strings): the same thing client.open() returns, and json.dumps(batch.jobs) works.
+    The window as aware datetimes is batch.from_date / batch.to_date (of job=, or of the
+    only job) and batch.window(name) for any job. Converting inside batch.jobs instead
+    would give one field two types depending on where it was read, and break json.dumps.
+    """
 
     def __init__(self, wf: str, jobs: dict, job: str | None = None):
         self.workflow = wf
@@ -195,8 +269,37 @@ class Batch:
         self.job = job
         if job is not None and job not in jobs:
             raise ServiceError(404, "job_not_found", f"workflow {wf!r} has no job {job!r}")
-        self.records_processed: int | None = None
+        self._records: int | dict[str, int] | None = None
         self.message: str | None = None
+
+    @property
+    def records_processed(self) -> int | dict[str, int] | None:
+        """Rows processed: an int for the whole batch (or job=), or {job: n} for each job."""
+        return self._records
+
+    @records_processed.setter
+    def records_processed(self, value: int | dict[str, int] | None) -> None:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(self._covered()))
+            if unknown:
+                raise ValueError(f"records_processed names {', '.join(map(repr, unknown))}, not a job of "
+                                 f"this batch ({', '.join(self._covered())})")
+            value = dict(value)
+        self._records = value
+
+    def _covered(self) -> list[str]:
+        return [self.job] if self.job is not None else list(self.jobs)
+
+    def _outcomes(self) -> list[tuple[str | None, int | None, int | None]]:
+        """Return (job, records_processed, batch_id) of each close or fail to send."""
+        if not isinstance(self._records, dict):
+            return [(self.job, self._records, self.batch_id)]
+        # Each job named, and each other job of the batch still open (others closed themselves).
+        steps = [name for name in self._covered()
+                 if name in self._records or self.jobs[name].get("status") == "open"]
+        if not steps:  # nothing to do: one call, so the service says why (409 not_open)
+            return [(self.job, None, self.batch_id)]
+        return [(name, self._records.get(name), self.jobs[name].get("batch_id")) for name in steps]
 
     @property
     def params(self) -> dict:
@@ -212,10 +315,20 @@ class Batch:
         ids = {j.get("batch_id") for j in ([self.jobs[self.job]] if self.job else self.jobs.values())}
         return ids.pop() if len(ids) == 1 else None
 
-    @property
-    def from_date(self) -> datetime:
-        return datetime.fromisoformat(self.params["from_date"])
+    def window(self, job: str | None = None) -> Window:
+        """Return (from_date, to_date) of job (default: job=, or the only job) as aware datetimes."""
+        if job is None:
+            params = self.params
+        elif job in self.jobs:
+            params = self.jobs[job]
+        else:
+            raise ServiceError(404, "job_not_found", f"workflow {self.workflow!r} has no job {job!r}")
+        return Window(_time(params.get("from_date")), _time(params.get("to_date")))
 
     @property
-    def to_date(self) -> datetime:
-        return datetime.fromisoformat(self.params["to_date"])
+    def from_date(self) -> datetime | None:
+        return self.window().from_date
+
+    @property
+    def to_date(self) -> datetime | None:
+        return self.window().to_date

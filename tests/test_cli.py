@@ -1,13 +1,20 @@
 """The batchy command against a live service (gunicorn) on a real redis-server."""
+import http.server
 import json
+import os
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
 
-from batchy.cli import main
+from batchy import cli as cli_mod
+from batchy.cli import env_lines, main
+from batchy.openapi import spec
 from batchy.testing import ServiceProcess
+
+BIN = os.path.dirname(sys.executable)  # the venv's batchy and waitsy
 
 
 @pytest.fixture
@@ -23,6 +30,14 @@ def batchy(service, monkeypatch, capsys):
     return run
 
 
+def shell(service, script: str) -> subprocess.CompletedProcess:
+    """Run a bash script with the venv's batchy first on PATH, against the service."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHY_")}
+    env.update(BATCHY_URL=service.url, PATH=os.pathsep.join([BIN, env.get("PATH", "")]))
+    return subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
 def test_operator_session(batchy, tmp_path):
     code, out, _ = batchy("load", "wf1")
     assert code == 0 and set(json.loads(out)) == {"s_extract", "s_load"}
@@ -33,21 +48,398 @@ def test_operator_session(batchy, tmp_path):
     code, out, _ = batchy("fail", "wf1", "--message", "boom")
     assert code == 0 and json.loads(out)["s_load"]["status"] == "failed"
     code, out, err = batchy("close", "wf1")
-    assert code == 1 and "no open job" in err and "409" in err
+    assert code == 4 and "no open job" in err and "409" in err
     code, out, _ = batchy("status", "wf1")
     assert json.loads(out)["s_load"]["message"] == "boom"
     code, out, _ = batchy("history", "wf1", "--limit", "1")
     assert code == 0 and json.loads(out)[0]["status"] == "failed"
     code, _, err = batchy("status", "nope")
-    assert code == 1 and "not loaded" in err
+    assert code == 3 and "not loaded" in err
     code, out, _ = batchy("open", "wf1", "--dry-run")
     assert code == 0 and json.loads(out)["s_load"]["status"] == "open"
 
 
-def test_unreachable_service_is_a_clear_message(monkeypatch, capsys):
+def test_fail_takes_dash_m_like_pause(batchy):
+    batchy("load", "wf1")
+    batchy("open", "wf1")
+    code, out, _ = batchy("fail", "wf1", "-m", "source down", "--job", "s_load")
+    assert code == 0 and json.loads(out)["s_load"]["message"] == "source down"
+    code, out, _ = batchy("close", "wf1", "-m", "fine")
+    assert code == 0 and json.loads(out)["s_extract"]["message"] == "fine"
+
+
+def test_history_pages_with_before_and_batch_shows_one(batchy):
+    batchy("load", "wf1")
+    ids = []
+    for _ in range(3):
+        ids.append(json.loads(batchy("open", "wf1")[1])["s_extract"]["batch_id"])
+        batchy("close", "wf1")
+    code, out, _ = batchy("history", "wf1", "--limit", "2")
+    first = json.loads(out)
+    assert code == 0 and [b["batch_id"] for b in first] == ids[:0:-1]
+    code, out, _ = batchy("history", "wf1", "--limit", "2", "--before", str(first[-1]["batch_id"]))
+    assert code == 0 and [b["batch_id"] for b in json.loads(out)] == [ids[0]]
+    code, out, _ = batchy("batch", "wf1", str(ids[0]))
+    snapshot = json.loads(out)
+    assert code == 0 and set(snapshot) == {"s_extract", "s_load"} and snapshot["s_extract"]["status"] == "success"
+    assert batchy("batch", "wf1", "12345")[0] == 3
+
+
+def test_batches_filters_by_status_workflow_and_time(batchy, write_cfg):
+    write_cfg("other", "job:\n")
+    batchy("load", "wf1")
+    batchy("load", "other")
+    batchy("open", "wf1")
+    batchy("fail", "wf1")
+    batchy("open", "other")
+    batchy("close", "other")
+    code, out, _ = batchy("batches", "--status", "failed")
+    assert code == 0 and [(b["workflow"], b["status"]) for b in json.loads(out)] == [("wf1", "failed")]
+    code, out, _ = batchy("batches", "--workflow", "other", "--from", "2024-01-01", "--to", "2999-01-01")
+    assert code == 0 and [b["workflow"] for b in json.loads(out)] == ["other"]
+    code, out, _ = batchy("batches", "--limit", "1", "--offset", "1")
+    assert code == 0 and len(json.loads(out)) == 1
+    code, out, _ = batchy("batches", "--to", "2000-01-01")
+    assert code == 0 and json.loads(out) == []
+    assert batchy("batches", "--status", "nonsense")[0] == 2  # click checks the choice
+
+
+def test_most_recent_and_events(batchy):
+    batchy("load", "wf1")
+    code, out, _ = batchy("most-recent", "wf1")
+    assert code == 0 and json.loads(out)["most_recent"] is None
+    opened = json.loads(batchy("open", "wf1")[1])
+    batchy("close", "wf1", "--job", "s_extract")
+    code, out, _ = batchy("most-recent", "wf1", "--job", "s_extract")
+    answer = json.loads(out)
+    assert code == 0 and answer["batch_id"] == opened["s_extract"]["batch_id"] and answer["job"] == "s_extract"
+    assert json.loads(batchy("most-recent", "wf1")[1])["most_recent"] is None  # s_load never succeeded
+    code, out, _ = batchy("events", "wf1", "--limit", "2")
+    newest = json.loads(out)
+    assert code == 0 and [e["action"] for e in newest] == ["close", "open"]
+    code, out, _ = batchy("events", "wf1", "--before", newest[-1]["id"])
+    assert code == 0 and [e["action"] for e in json.loads(out)] == ["load"]
+
+
+def test_coverage_shows_what_succeeded_and_the_holes(batchy):
+    batchy("load", "wf1")
+    batchy("open", "wf1")
+    batchy("close", "wf1")
+    code, out, _ = batchy("coverage", "wf1", "--job", "s_extract", "--from", "2023-01-01")
+    answer = json.loads(out)
+    assert code == 0 and list(answer) == ["s_extract"]
+    assert answer["s_extract"]["covered"] and answer["s_extract"]["holes"][0][0].startswith("2023-01-01")
+    code, out, _ = batchy("coverage", "wf1", "--table")
+    assert code == 0 and out.splitlines()[0].split() == ["JOB", "KIND", "FROM", "TO"]
+    assert batchy("coverage", "wf1", "--from", "2024-02-01", "--to", "2024-01-01")[0] == 8
+
+
+def test_pause_status_and_history(batchy):
+    batchy("load", "wf1")
+    code, out, _ = batchy("pause-status")
+    assert code == 0 and json.loads(out) == {"service": None, "workflows": {}}
+    batchy("pause", "wf1", "-m", "deploying")
+    code, out, _ = batchy("pause-status")
+    assert code == 0 and json.loads(out)["workflows"]["wf1"]["message"] == "deploying"
+    batchy("resume", "wf1")
+    code, out, _ = batchy("pause-history", "--limit", "5")
+    assert code == 0 and [p["action"] for p in json.loads(out)] == ["resume", "pause"]
+
+
+def test_list_and_remove(batchy, write_cfg):
+    write_cfg("other", "job:\n")
+    code, out, _ = batchy("list")
+    assert code == 0 and json.loads(out) == []
+    batchy("load", "wf1")
+    batchy("load", "other")
+    opened = json.loads(batchy("open", "other")[1])["job"]["batch_id"]
+    code, out, _ = batchy("list")
+    assert code == 0 and json.loads(out) == [
+        {"workflow": "other", "jobs": 1, "last_batch_id": opened, "paused": False},
+        {"workflow": "wf1", "jobs": 2, "last_batch_id": None, "paused": False},
+    ]
+    code, out, _ = batchy("remove", "other")
+    assert code == 0 and json.loads(out) == {"workflow": "other", "removed": True, "history": "kept"}
+    assert [w["workflow"] for w in json.loads(batchy("list")[1])] == ["wf1"]
+    assert batchy("remove", "other")[0] == 3
+    code, out, _ = batchy("remove", "wf1", "--purge-history")
+    assert code == 0 and json.loads(out)["history"] == "purged"
+
+
+def test_load_all_loads_every_file_and_exits_8_when_one_fails(batchy, write_cfg):
+    write_cfg("other", "job:\n")
+    code, out, err = batchy("load", "--all")
+    assert code == 0 and sorted(json.loads(out)["loaded"]) == ["other", "wf1"] and err == ""
+    write_cfg("broken", "job: [not, a, mapping]\n")
+    code, out, err = batchy("load", "--all", "--reset")
+    answer = json.loads(out)
+    assert code == 8 and sorted(answer["loaded"]) == ["other", "wf1"] and list(answer["failed"]) == ["broken"]
+    assert "broken" in err and "invalid_config" in err
+    assert batchy("load")[0] == 2  # neither a workflow nor --all
+    assert batchy("load", "wf1", "--all")[0] == 2
+
+
+def test_quiet_prints_nothing_and_json_is_the_default_off_a_terminal(batchy):
+    code, out, err = batchy("load", "wf1", "--quiet")
+    assert (code, out, err) == (0, "", "")
+    code, out, err = batchy("open", "wf1", "-q", "--format", "infa")
+    assert (code, out, err) == (0, "", "")
+    code, out, err = batchy("close", "wf1", "-q")
+    assert (code, out) == (0, "")
+    code, out, err = batchy("close", "wf1", "-q")  # an error still says why, on stderr
+    assert code == 4 and out == "" and "not_open" in err
+    assert json.loads(batchy("status", "wf1")[1]) == json.loads(batchy("status", "wf1", "--json")[1])
+    code, out, _ = batchy("status", "wf1", "--table")
+    assert code == 0 and out.splitlines()[0].split() == [c.upper() for c in cli_mod.STATE_COLUMNS]
+    assert out.splitlines()[1].split()[:2] == ["s_extract", "success"]
+    assert batchy("open", "wf1", "--format", "env", "--json")[0] == 2  # env is text, not JSON
+
+
+def test_tables_on_a_terminal(service, monkeypatch):
+    """Through a real pseudo-terminal: what an operator sees, without --table."""
+    monkeypatch.setenv("BATCHY_URL", service.url)
+    urllib.request.urlopen(service.url + "/load_cfg/wf1").close()
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "batchy.cli", "list"], stdout=slave, stderr=subprocess.PIPE,
+                              timeout=30)
+        os.close(slave)
+        slave = None
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the writer closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if slave is not None:
+            os.close(slave)
+    lines = seen.decode().replace("\r\n", "\n").splitlines()
+    assert proc.returncode == 0
+    assert lines[0].split() == ["WORKFLOW", "JOBS", "LAST_BATCH_ID", "PAUSED"]
+    assert lines[1].split() == ["wf1", "2", "-", "no"]
+
+
+def test_table_formatter():
+    rows = [{"a": 1, "b": None, "c": True}, {"a": "longer", "b": ["x", "y"], "c": "x" * 80}]
+    assert cli_mod.table(rows, ["a", "b", "c"]).splitlines() == [
+        "A       B    C",
+        "1       -    yes",
+        "longer  x,y  " + "x" * 57 + "...",
+    ]
+
+
+def test_open_with_an_idempotency_key_opens_once(batchy):
+    batchy("load", "wf1")
+    first = json.loads(batchy("open", "wf1", "--idempotency-key", "nightly-1")[1])
+    again = json.loads(batchy("open", "wf1", "--idempotency-key", "nightly-1")[1])
+    assert again["s_extract"]["batch_id"] == first["s_extract"]["batch_id"]
+    assert len(json.loads(batchy("history", "wf1")[1])) == 1
+
+
+# -- exit codes: one per class (docs/api.md#exit-codes) ------------------------------
+
+def test_exit_0_ok(batchy):
+    assert batchy("load", "wf1")[0] == 0
+
+
+def test_exit_2_usage(batchy):
+    code, _, err = batchy("history")
+    assert code == 2 and "Missing argument" in err
+
+
+def test_exit_3_not_found(batchy):
+    batchy("load", "wf1")
+    assert batchy("status", "nope")[0] == 3
+    assert batchy("load", "nosuch")[0] == 3  # config_not_found
+    assert batchy("close", "wf1", "--job", "nosuch")[0] == 3
+
+
+def test_exit_4_conflict(batchy):
+    batchy("load", "wf1")
+    code, _, err = batchy("close", "wf1")
+    assert code == 4 and "not_open" in err
+    old = json.loads(batchy("open", "wf1")[1])["s_extract"]["batch_id"]
+    batchy("open", "wf1")
+    code, _, err = batchy("close", "wf1", "--batch-id", str(old))
+    assert code == 4 and "stale_batch" in err
+
+
+def test_exit_5_paused(batchy):
+    batchy("load", "wf1")
+    batchy("pause", "wf1", "-m", "deploying")
+    code, _, err = batchy("open", "wf1")
+    assert code == 5 and "deploying" in err and "423" in err
+
+
+def test_exit_6_unauthorized(redis_server, real_redis, cfg_dir, monkeypatch, capsys):
+    svc = ServiceProcess(redis_server.url, str(cfg_dir), env={"BATCHY_API_TOKEN": "tok"}).start()
+    try:
+        monkeypatch.setenv("BATCHY_URL", svc.url)
+        monkeypatch.setenv("BATCHY_API_TOKEN", "wrong")
+        assert main(["load", "wf1"]) == 6
+        assert "401" in capsys.readouterr().err
+        monkeypatch.setenv("BATCHY_API_TOKEN", "tok")
+        assert main(["load", "wf1", "-q"]) == 0
+    finally:
+        svc.stop()
+
+
+def test_exit_7_unreachable_service_is_a_clear_message(monkeypatch, capsys):
     monkeypatch.setenv("BATCHY_URL", "http://127.0.0.1:9")
-    assert main(["status", "wf1"]) == 1
+    assert main(["status", "wf1"]) == 7
     assert "cannot reach Batchy" in capsys.readouterr().err
+
+
+def test_exit_8_bad_input(batchy):
+    batchy("load", "wf1")
+    code, _, err = batchy("set-from-date", "wf1", "not-a-date")
+    assert code == 8 and "400" in err
+    assert batchy("batches", "--from", "yesterday-ish")[0] == 8
+
+
+@pytest.fixture
+def answering():
+    """A stand-in service that answers every request with one (status, code)."""
+    reply = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"error": reply["code"], "message": "stand-in", "status": reply["status"]}).encode()
+            self.send_response(reply["status"])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def set_reply(status, code):
+        reply.update(status=status, code=code)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield set_reply
+    server.shutdown()
+
+
+@pytest.mark.parametrize("status, code, exit_code", [
+    (500, "internal_error", 1), (405, "method_not_allowed", 1), (401, "unauthorized", 6),
+    (503, "redis_unavailable", 7), (413, "request_entity_too_large", 8),
+])
+def test_exit_code_by_status(answering, monkeypatch, capsys, status, code, exit_code):
+    monkeypatch.setenv("BATCHY_URL", answering(status, code))
+    monkeypatch.setattr("batchy.client.time.sleep", lambda seconds: None)  # the 503 is retried
+    assert main(["status", "wf1"]) == exit_code
+    assert f"{status} {code}" in capsys.readouterr().err
+
+
+# -- open --format env ---------------------------------------------------------------
+
+def test_env_format_evals_in_bash(batchy, service, write_cfg):
+    write_cfg("single", "etl.job-1:\n  from_date: 2024-05-01\n")
+    batchy("load", "wf1")
+    batchy("load", "single")
+    done = shell(service, """
+        eval "$(batchy open wf1 --format env)"
+        printf '%s\\n' "$BATCHY_BATCH_ID" "$BATCHY_S_EXTRACT_FROM_DATE" "$BATCHY_S_EXTRACT_TO_DATE" \\
+                       "$BATCHY_S_LOAD_FROM_DATE" "$BATCHY_S_LOAD_TO_DATE" "${BATCHY_FROM_DATE-unset}"
+        eval "$(batchy open single --format env)"
+        printf '%s\\n' "$BATCHY_BATCH_ID" "$BATCHY_ETL_JOB_1_FROM_DATE" "$BATCHY_FROM_DATE" "$BATCHY_TO_DATE"
+    """)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    wf1 = json.loads(batchy("status", "wf1")[1])
+    single = json.loads(batchy("status", "single")[1])["etl.job-1"]
+    assert lines[:6] == [str(wf1["s_extract"]["batch_id"]), wf1["s_extract"]["from_date"], wf1["s_extract"]["to_date"],
+                         wf1["s_load"]["from_date"], wf1["s_load"]["to_date"], "unset"]
+    assert lines[6:] == [str(single["batch_id"]), "2024-05-01T00:00:00+00:00", single["from_date"], single["to_date"]]
+    assert wf1["s_extract"]["status"] == "open" and single["status"] == "open"
+
+
+def test_env_values_are_quoted_for_the_shell(service, tmp_path):
+    hostile = "it's $(touch pwned) `x` \"y\" a b"
+    text = env_lines({"j": {"batch_id": 7, "from_date": hostile, "to_date": None}})
+    assert text.splitlines()[0] == "export BATCHY_BATCH_ID=7"
+    done = subprocess.run(["bash", "-c", text + 'printf "%s|%s|%s" "$BATCHY_J_FROM_DATE" "$BATCHY_FROM_DATE" '
+                                                '"$BATCHY_TO_DATE"'],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.stdout == f"{hostile}|{hostile}|" and not (tmp_path / "pwned").exists()
+
+
+def test_env_refuses_two_jobs_with_one_name_before_opening(batchy, write_cfg):
+    write_cfg("clash", "s-load:\n  from_date: 2024-01-01\ns.load:\n  from_date: 2024-01-01\n")
+    batchy("load", "clash")
+    code, out, err = batchy("open", "clash", "--format", "env")
+    assert code == 8 and out == "" and "'s-load' and 's.load'" in err and "BATCHY_S_LOAD_" in err
+    assert {job["status"] for job in json.loads(batchy("status", "clash")[1]).values()} == {"new"}
+
+
+# -- wait: waitsy itself -------------------------------------------------------------
+
+def test_wait_runs_waitsy_with_its_arguments_and_exit_codes(batchy, capsys):
+    batchy("load", "wf1")
+    assert main(["wait", "-wf", "wf1", "--timeout", "0.5", "--quiet"]) == 1  # waitsy's "timed out"
+    batchy("open", "wf1")
+    batchy("close", "wf1")
+    assert main(["wait", "-wf", "wf1", "--timeout", "10", "--quiet"]) == 0
+    assert main(["wait", "--help"]) == 0
+    assert "usage: waitsy" in capsys.readouterr().out
+
+
+# -- parity: every API parameter has an option ---------------------------------------
+
+COMMAND_OF = {
+    "/load_cfg/{wf}": "load", "/load_cfg": "load", "/workflows": "list", "/remove_workflow/{wf}": "remove",
+    "/get_status/{wf}": "status", "/open_batch/{wf}": "open", "/open_batch/{wf}/{fmt}": "open",
+    "/close_batch/{wf}": "close", "/fail_batch/{wf}": "fail", "/history/{wf}": "history",
+    "/batch/{wf}/{batch_id}": "batch", "/batches": "batches", "/most_recent/{wf}": "most-recent",
+    "/coverage/{wf}": "coverage",
+    "/events/{wf}": "events", "/set_from_date/{wf}": "set-from-date", "/rewind/{wf}": "rewind",
+    "/pause": "pause", "/pause/{wf}": "pause", "/resume": "resume", "/resume/{wf}": "resume",
+    "/pause_status": "pause-status", "/pause_history": "pause-history", "/wait/{wf}": "wait",
+}
+# Endpoints for machines and browsers, not for a shell script: no command.
+NOT_COMMANDS = {"/healthz", "/readyz", "/", "/dashboard", "/metrics", "/openapi.json"}
+OPTION_OF = {"fmt": "--format", "Idempotency-Key": "--idempotency-key"}
+
+
+@pytest.mark.parametrize("path", sorted(spec()["paths"]))
+def test_every_api_parameter_is_an_option(path):
+    if path in NOT_COMMANDS:
+        return
+    assert path in COMMAND_OF, f"{path} has no batchy command: add one, or list it in NOT_COMMANDS"
+    command = cli_mod.cli.commands[COMMAND_OF[path]]
+    if command.name == "wait":
+        return  # waitsy's own arguments (docs/waitsy.md)
+    arguments = {p.name for p in command.params if p.param_type_name == "argument"}
+    options = {opt for p in command.params for opt in p.opts if opt.startswith("--")}
+    for operation in spec()["paths"][path].values():
+        for param in operation.get("parameters", []):
+            name = param["name"]
+            flag = OPTION_OF.get(name, "--" + name.replace("_", "-"))
+            assert name in arguments or flag in options, f"batchy {command.name}: no {flag} for {path}'s {name}"
+
+
+def test_embedded_serve_preloads_cfg_and_warns(cfg_dir):
+    svc = ServiceProcess("", str(cfg_dir), workers=3).start()
+    try:
+        with urllib.request.urlopen(svc.url + "/open_batch/wf1") as resp:
+            assert json.loads(resp.read())["s_extract"]["status"] == "open"
+        log = svc.log()
+        assert "EMBEDDED IN-MEMORY" in log and "loaded at start" in log
+        assert log.count("Booting worker") == 1  # one process holds the embedded store
+    finally:
+        svc.stop()
 
 
 def test_export_and_import_between_redis_servers(batchy, redis_server, monkeypatch, tmp_path, capsys):
@@ -74,18 +466,6 @@ def test_export_and_import_between_redis_servers(batchy, redis_server, monkeypat
         other.cleanup()
 
 
-def test_embedded_serve_preloads_cfg_and_warns(cfg_dir):
-    svc = ServiceProcess("", str(cfg_dir), workers=3).start()
-    try:
-        with urllib.request.urlopen(svc.url + "/open_batch/wf1") as resp:
-            assert json.loads(resp.read())["s_extract"]["status"] == "open"
-        log = svc.log()
-        assert "EMBEDDED IN-MEMORY" in log and "loaded at start" in log
-        assert log.count("Booting worker") == 1  # one process holds the embedded store
-    finally:
-        svc.stop()
-
-
 def test_module_entry_points_run():
     out = subprocess.run([sys.executable, "-m", "batchy.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "serve" in out.stdout
+    assert out.returncode == 0 and "serve" in out.stdout and "Exit codes" in out.stdout

@@ -1,7 +1,10 @@
 """batchy.client against a live service: the Jobs API loop and the batch context manager."""
+import json
+from datetime import datetime
+
 import pytest
 
-from batchy.client import Batchy, ServiceError
+from batchy.client import Batchy, ServiceError, Window
 from batchy.testing import ServiceProcess
 
 
@@ -61,6 +64,101 @@ def test_batch_per_step_of_an_open_workflow(api):
     with pytest.raises(ValueError):
         with api.batch("wf1", open=False) as both:
             both.params  # two jobs: ambiguous
+
+
+def test_the_window_is_datetimes_and_the_jobs_stay_json(api):
+    with api.batch("wf1") as batch:
+        for job in ("s_extract", "s_load"):
+            window = batch.window(job)
+            assert isinstance(window, Window) and all(isinstance(t, datetime) and t.tzinfo for t in window)
+            assert window == (datetime.fromisoformat(batch.jobs[job]["from_date"]),
+                              datetime.fromisoformat(batch.jobs[job]["to_date"]))
+        assert batch.window("s_load").from_date.utcoffset().total_seconds() in (3600, 7200)  # Europe/Paris
+        assert json.loads(json.dumps(batch.jobs)) == batch.jobs  # the service's answer, as it came
+        with pytest.raises(ValueError):
+            batch.window()  # two jobs: which one?
+        with pytest.raises(ServiceError):
+            batch.window("nosuch")
+    with api.batch("wf1", job="s_extract") as step:
+        assert step.window() == step.window("s_extract") == (step.from_date, step.to_date)
+        from_date, to_date = step.window()
+        assert to_date > from_date
+
+
+def test_per_job_records_close_each_job_with_its_own_count(api, service):
+    with api.batch("wf1") as batch:
+        batch.records_processed = {"s_load": 10, "s_extract": 5}
+    state = api.status("wf1")
+    assert {job: (s["status"], s["records_processed"]) for job, s in state.items()} == {
+        "s_extract": ("success", 5), "s_load": ("success", 10)}
+    closes = [e for e in api.events("wf1", limit=3) if e["action"] == "close"]
+    assert sorted(e["jobs"][0] for e in closes) == ["s_extract", "s_load"]
+    assert {e["batch_id"] for e in closes} == {str(batch.batch_id)}  # each close names the batch
+    assert api.history("wf1", limit=1)[0]["records_processed"] == 15
+
+
+def test_per_job_records_leave_no_job_open_and_fail_each_job(api):
+    with api.batch("wf1") as batch:
+        batch.records_processed = {"s_load": 3}  # s_extract: closed too, without a count
+    state = api.status("wf1")
+    assert (state["s_load"]["records_processed"], state["s_extract"]["records_processed"]) == (3, None)
+    assert {s["status"] for s in state.values()} == {"success"}
+    with pytest.raises(RuntimeError):
+        with api.batch("wf1") as batch:
+            batch.records_processed = {"s_load": 1, "s_extract": 2}
+            raise RuntimeError("load died")
+    state = api.status("wf1")
+    assert {job: (s["status"], s["records_processed"]) for job, s in state.items()} == {
+        "s_extract": ("failed", 2), "s_load": ("failed", 1)}
+    assert "load died" in state["s_load"]["message"]
+
+
+def test_per_job_records_name_jobs_of_the_batch_only(api):
+    with pytest.raises(ValueError, match="nosuch"):
+        with api.batch("wf1") as batch:
+            batch.records_processed = {"nosuch": 1}
+    assert {s["status"] for s in api.status("wf1").values()} == {"failed"}  # the ETL's error failed it
+
+
+def test_an_int_keeps_the_one_whole_workflow_close(api):
+    with api.batch("wf1") as batch:
+        batch.records_processed = 7
+    assert {(s["status"], s["records_processed"]) for s in api.status("wf1").values()} == {("success", 7)}
+    assert [e["action"] for e in api.events("wf1", limit=2)] == ["close", "open"]  # one close
+
+
+def test_the_batch_close_names_its_batch_id(api):
+    """A run overtaken by a newer one cannot close the newer one's window."""
+    with pytest.raises(ServiceError) as err:
+        with api.batch("wf1"):
+            api.open("wf1")  # another run opens meanwhile
+    assert err.value.code == "stale_batch"
+    assert {s["status"] for s in api.status("wf1").values()} == {"open"}  # the newer batch is untouched
+
+
+def test_reads_and_admin_calls(api, write_cfg):
+    write_cfg("other", "job:\n")
+    write_cfg("broken", "job: [1]\n")
+    done = api.load_all()
+    assert sorted(done["loaded"]) == ["other", "wf1"] and list(done["failed"]) == ["broken"]
+    opened = api.open("wf1", idempotency_key="run-1")
+    assert api.open("wf1", idempotency_key="run-1") == opened
+    batch_id = opened["s_extract"]["batch_id"]
+    api.close("wf1")
+    assert [w["workflow"] for w in api.workflows()] == ["other", "wf1"]
+    assert api.workflows()[1]["last_batch_id"] == batch_id
+    assert api.snapshot("wf1", batch_id)["s_extract"]["status"] == "success"
+    assert [b["batch_id"] for b in api.batches(workflow="wf1", start=datetime(2024, 1, 1).astimezone())] == [batch_id]
+    assert api.batches(status="failed") == []
+    full = api.most_recent("wf1", full=True)
+    assert full["batch_id"] == batch_id and full["timestamp"] == api.most_recent("wf1")
+    newest = api.events("wf1", limit=1)
+    assert [e["action"] for e in api.events("wf1", before=newest[0]["id"])][:1] == ["open"]
+    api.pause("other", message="why")
+    assert api.pause_status()["workflows"]["other"]["message"] == "why"
+    assert api.pause_history(limit=1)[0]["action"] == "pause"
+    assert api.remove("other", purge_history=True) == {"workflow": "other", "removed": True, "history": "purged"}
+    assert [w["workflow"] for w in api.workflows()] == ["wf1"]
 
 
 def test_errors_carry_the_service_error(api):
