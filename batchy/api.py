@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from . import formats, names, workflows
+from . import formats, lateness, names, workflows
 from .db import get_store
 from .errors import InvalidParameter, Unavailable
 from .http import (
@@ -49,6 +49,14 @@ def load_all():
     loaded, failed = get_store().load_all(cfg["BATCHY_CFG_DIR"], cfg["BATCHY_MAX_CFG_BYTES"], reset=reset,
                                           actor=actor())
     return json_response({"loaded": loaded, "failed": failed})
+
+
+@bp.get("/late")
+def late():
+    check_read("status")
+    request_params()
+    store = get_store()
+    return json_response(lateness.late_list(store.overview(store.workflows()), store.now()))
 
 
 @bp.get("/workflows")

@@ -456,6 +456,13 @@ def resume(wf):
     _show(_client().resume(wf), _pairs)
 
 
+@service_command("late")
+def late():
+    """Print late jobs and stuck batches (expected_by, max_age_hours, max_open_hours)."""
+    _show(_client().late(), lambda rows: table(rows, ["workflow", "job", "kind", "since", "reason"])
+          if rows else "nothing is late")
+
+
 PAUSE_COLUMNS = ["scope", "since", "actor", "message"]
 
 

@@ -208,6 +208,10 @@ class Batchy:
     def resume(self, wf: str | None = None) -> dict:
         return self._json("POST", "/resume" + (f"/{self._name(wf)}" if wf else ""), body={})
 
+    def late(self) -> list[dict]:
+        """Return the late jobs and stuck batches: [{workflow, job, kind, reason, since}]."""
+        return self._json("GET", "/late")
+
     def pause_status(self) -> dict:
         """Return {"service": pause or None, "workflows": {wf: pause}}."""
         return self._json("GET", "/pause_status")

@@ -6,12 +6,14 @@ reads the same Redis, so whichever one Prometheus reaches reports the same numbe
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 import redis
 from flask import Blueprint, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from . import lateness
 from .db import get_store
 from .http import check_read, unknown_parameter
 from .health import last_success, open_since, stale_after_seconds
@@ -86,6 +88,12 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
     workflows.add_metric([], len(overview))
     service_paused = GaugeMetricFamily("batchy_service_paused", "1 while the whole service is paused, else 0.")
     service_paused.add_metric([], 1 if pauses.get("service") else 0)
+    late = GaugeMetricFamily("batchy_job_late", "1 while the job is late (GET /late), else 0.", labels=job_labels)
+    job_success = GaugeMetricFamily("batchy_job_last_success_timestamp_seconds",
+                                    "Unix time the job's latest successful batch ended.", labels=job_labels)
+    stuck = GaugeMetricFamily("batchy_batch_stuck",
+                              "1 while the workflow's batch is open longer than its max_open_hours, else 0.",
+                              labels=wf_labels)
     holes = GaugeMetricFamily("batchy_coverage_holes",
                               "Stretches of time between the job's first and latest successful window that no "
                               "successful window covered (GET /coverage).", labels=job_labels)
@@ -103,6 +111,9 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
             actions.add_metric([wf, action], counts[action])
         paused.add_metric([wf], 1 if paused_workflows.get(wf) else 0)
         corrupt.add_metric([wf], 1 if data.get("error") else 0)
+        when = datetime.fromtimestamp(now, timezone.utc)
+        settings = data.get("settings") or {}
+        stuck.add_metric([wf], 1 if lateness.workflow_stuck(data["jobs"], settings, when) else 0)
         since = open_since(data["jobs"])
         open_age.add_metric([wf], max(0.0, now - since.timestamp()) if since else 0.0)
         limit = stale_after_seconds(data.get("settings") or {})
@@ -112,6 +123,8 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
             moment = last_success(job)
             if moment is not None:
                 success.add_metric([wf, job_name], moment.timestamp())
+                job_success.add_metric([wf, job_name], moment.timestamp())
+            late.add_metric([wf, job_name], 1 if lateness.job_lateness(job, settings, when) else 0)
             current = job.get("status")
             for name in STATUSES:
                 status.add_metric([wf, job_name, name], 1 if current == name else 0)
@@ -122,7 +135,7 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
             if isinstance(job.get("records_processed"), int):
                 records.add_metric([wf, job_name], job["records_processed"])
     return [*counters.values(), actions, success, open_age, status, records, stale_after, workflows,
-            service_paused, paused, corrupt, holes]
+            service_paused, paused, corrupt, holes, late, job_success, stuck]
 
 
 @bp.get("/metrics")

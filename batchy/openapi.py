@@ -31,6 +31,13 @@ SCHEMAS = {
             "properties": {k: {"type": "array", "items": {"type": "array", "items": {"type": "string"}}}
                            for k in ("covered", "holes")}},
     },
+    "Late": {
+        "type": "array",
+        "items": {"type": "object", "required": ["workflow", "job", "kind", "reason", "since"],
+                  "properties": {"workflow": {"type": "string"}, "job": {"type": ["string", "null"]},
+                                 "kind": {"type": "string", "enum": ["late", "stuck"]},
+                                 "reason": {"type": "string"}, "since": {"type": ["string", "null"]}}},
+    },
     "Removed": {
         "type": "object",
         "required": ["workflow", "removed", "history"],
@@ -230,6 +237,7 @@ def spec() -> dict:
         "/load_cfg/{wf}": _mutating("Load or reload cfg/<wf>.yaml", "State", [WF, _param("reset", schema=FLAG)]),
         "/load_cfg": _mutating("Load every workflow file of the cfg folder", "LoadAll", [_param("reset", schema=FLAG)]),
         "/workflows": {"get": _op("Every loaded workflow", "Workflows", [])},
+        "/late": {"get": _op("Late jobs and stuck batches", "Late", [])},
         "/remove_workflow/{wf}": _mutating("Remove a workflow (history kept, or purged)", "Removed",
                                            [WF, _param("purge_history", schema=FLAG)]),
         "/get_status/{wf}": {"get": _op("Current state of every job", "State", [WF])},

@@ -12,7 +12,7 @@ from datetime import date, datetime
 
 import yaml
 
-from . import times, watermark, windows
+from . import lateness, times, watermark, windows
 from .errors import InvalidConfig
 from .jobs import DATE_FIELDS, RUNTIME_FIELDS, STATUSES, Status
 
@@ -23,7 +23,8 @@ LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 INFA_FIELDS = ("infa_section", "infa_date_format")
 # Every field Batchy gives a meaning to; a name close to one of them is taken for a typo.
 SPECIAL_FIELDS = tuple(dict.fromkeys(
-    RUNTIME_FIELDS + ("reprocess_hours", "trunc_start", "timezone") + INFA_FIELDS + windows.POLICY_FIELDS))
+    RUNTIME_FIELDS + ("reprocess_hours", "trunc_start", "timezone") + INFA_FIELDS + windows.POLICY_FIELDS
+    + lateness.JOB_FIELDS))
 DEFAULTS = {
     "status": Status.NEW,
     "batch_id": None,
@@ -149,6 +150,11 @@ def check_value(wf: str, job: str, key: str, value, tz=times.UTC):
             return watermark.check_reprocess_hours(value)
         except ValueError as exc:
             raise InvalidConfig(f"job {job!r} of {wf!r}: {exc}", workflow=wf, job=job, field=key) from None
+    if key in lateness.JOB_FIELDS:
+        try:
+            return lateness.check_field(key, value)
+        except ValueError as exc:
+            raise bad(str(exc).split(" ", 1)[1]) from None
     if key in windows.POLICY_FIELDS:
         try:
             return windows.check_field(key, value)

@@ -9,7 +9,7 @@ import os
 
 import yaml
 
-from . import names, watermark, windows
+from . import lateness, names, watermark, windows
 from .errors import ConfigNotFound, InvalidConfig
 from .jobs import RUNTIME_FIELDS, Status
 from .validation import BadDate, check_sections, check_value, fill_job, has_surrogate
@@ -26,6 +26,8 @@ WORKFLOW_SETTINGS = {
     "allow_params": "names",
     # Window policy defaults for every job (windows.py); a job's own fields win.
     **{field: "policy" for field in windows.POLICY_FIELDS},
+    # When a job is late or a batch stuck (lateness.py); a job's own fields win.
+    **{field: "late" for field in lateness.WORKFLOW_FIELDS},
 }
 MAX_DEPTH = 20
 MAX_JOBS = 10000
@@ -229,9 +231,9 @@ def check_settings(wf: str, raw, where: str = "") -> dict:
             raise InvalidConfig(f"{key} in {where} must be true or false, not {value!r}", workflow=wf)
         if kind == "hours" and not _is_positive_number(value):
             raise InvalidConfig(f"{key} in {where} must be a number of hours > 0, not {value!r}", workflow=wf)
-        if kind == "policy":
+        if kind in ("policy", "late"):
             try:
-                windows.check_field(key, value)
+                (windows if kind == "policy" else lateness).check_field(key, value)
             except ValueError as exc:
                 raise InvalidConfig(f"{exc} (in {where})", workflow=wf) from None
         if kind == "names" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):

@@ -399,7 +399,7 @@ def test_wait_runs_waitsy_with_its_arguments_and_exit_codes(batchy, capsys):
 # -- parity: every API parameter has an option ---------------------------------------
 
 COMMAND_OF = {
-    "/load_cfg/{wf}": "load", "/load_cfg": "load", "/workflows": "list", "/remove_workflow/{wf}": "remove",
+    "/load_cfg/{wf}": "load", "/load_cfg": "load", "/workflows": "list", "/late": "late", "/remove_workflow/{wf}": "remove",
     "/get_status/{wf}": "status", "/open_batch/{wf}": "open", "/open_batch/{wf}/{fmt}": "open",
     "/close_batch/{wf}": "close", "/fail_batch/{wf}": "fail", "/history/{wf}": "history",
     "/batch/{wf}/{batch_id}": "batch", "/batches": "batches", "/most_recent/{wf}": "most-recent",

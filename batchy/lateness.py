@@ -1,0 +1,105 @@
+"""Late and stuck jobs: what /late, the metrics and the alerts report. Pure.
+
+Settings (on a job, or workflow-wide under `.batchy`; the job's own wins):
+    expected_by     "HH:MM": a success is due every day by then, in the job's timezone;
+                    or a 5-field cron expression: a success is due between two firings
+    max_age_hours   the last success may be at most this old
+and on the workflow: max_open_hours, the longest a batch may stay open.
+
+A job is late when the due time passed without a success in its period (since the
+day's midnight for HH:MM, since the previous firing for a cron expression), or when
+its last success is older than max_age_hours. A workflow whose batch stays open longer
+than max_open_hours is stuck.
+"""
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, time, timedelta
+
+from croniter import croniter
+
+from . import times
+from .health import last_success, open_since
+
+JOB_FIELDS = ("expected_by", "max_age_hours")
+WORKFLOW_FIELDS = JOB_FIELDS + ("max_open_hours",)
+_CLOCK = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
+
+
+def check_field(key: str, value):
+    """Return a lateness setting's value if valid, else raise ValueError naming the rule."""
+    if key == "expected_by":
+        if not isinstance(value, str) or not (_CLOCK.fullmatch(value) or _cron_ok(value)):
+            raise ValueError(f"expected_by must be HH:MM or a 5-field cron expression, not {value!r}")
+    elif key in ("max_age_hours", "max_open_hours"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 0 < value <= 24 * 366 * 100:
+            raise ValueError(f"{key} must be a number of hours > 0, not {value!r}")
+    return value
+
+
+def _cron_ok(text: str) -> bool:
+    return len(text.split()) == 5 and croniter.is_valid(text)
+
+
+def due(expected_by: str, now: datetime, tz) -> tuple[datetime, datetime]:
+    """Return (period start, due time) of the latest due time at or before now."""
+    clock = _CLOCK.fullmatch(expected_by)
+    local = now.astimezone(tz)
+    if clock:
+        at = time(int(clock.group(1)), int(clock.group(2)))
+        day = local.date() if local.time() >= at else local.date() - timedelta(days=1)
+        noon = datetime.combine(day, time(12), tzinfo=tz)
+        return times.start_of_day(noon, tz), datetime.combine(day, at, tzinfo=tz).astimezone(times.UTC)
+    it = croniter(expected_by, local)
+    due_at = it.get_prev(datetime)
+    return it.get_prev(datetime).astimezone(times.UTC), due_at.astimezone(times.UTC)
+
+
+def job_lateness(job: dict, settings: dict, now: datetime) -> dict | None:
+    """Return {"kind": "late", "reason", "since"} when the job is late at now, else None."""
+    expected_by = job.get("expected_by") or settings.get("expected_by")
+    max_age = job.get("max_age_hours") or settings.get("max_age_hours")
+    success = last_success(job)
+    tz = times.job_zone(job)
+    if expected_by:
+        start, due_at = due(expected_by, now, tz)
+        if success is None or success < start:
+            return {"kind": "late", "since": times.format_time(due_at, tz),
+                    "reason": f"no success since {times.format_time(start, tz)}, due by "
+                              f"{times.format_time(due_at, tz)} (expected_by {expected_by})"}
+    if max_age:
+        limit = now - timedelta(hours=max_age)
+        if success is None or success < limit:
+            last = times.format_time(success, tz) if success else "never"
+            return {"kind": "late", "since": times.format_time((success or limit) + timedelta(hours=max_age), tz)
+                    if success else None,
+                    "reason": f"last success {last}, older than max_age_hours {max_age:g}"}
+    return None
+
+
+def workflow_stuck(jobs: dict[str, dict], settings: dict, now: datetime) -> dict | None:
+    """Return {"kind": "stuck", "reason", "since"} when the open batch outlived max_open_hours."""
+    limit = settings.get("max_open_hours")
+    since = open_since(jobs)
+    if not limit or since is None or now - since <= timedelta(hours=limit):
+        return None
+    return {"kind": "stuck", "since": times.format_time(since + timedelta(hours=limit)),
+            "reason": f"a batch open since {times.format_time(since)}, longer than max_open_hours {limit:g}"}
+
+
+def late_list(overview: dict[str, dict], now: datetime) -> list[dict]:
+    """Return every late job and stuck workflow of an overview (history.History.overview)."""
+    found = []
+    for wf in sorted(overview):
+        data = overview[wf]
+        settings = data.get("settings") or {}
+        stuck = workflow_stuck(data["jobs"], settings, now)
+        if stuck:
+            found.append({"workflow": wf, "job": None, **stuck})
+        for name, job in data["jobs"].items():
+            late = job_lateness(job, settings, now)
+            if late:
+                found.append({"workflow": wf, "job": name, **late})
+    return found

@@ -1,0 +1,98 @@
+"""Late jobs and stuck batches: the rules, GET /late, the metrics and the alert rules."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from batchy import lateness
+
+from .conftest import make_app
+from .reliability_helpers import VirtualClock
+
+UTC = timezone.utc
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize("expected_by, now, start, due_at", [
+    ("06:00", "2024-03-05 07:00", "2024-03-05 00:00", "2024-03-05 06:00"),
+    ("06:00", "2024-03-05 05:00", "2024-03-04 00:00", "2024-03-04 06:00"),  # today's not due yet
+    ("30 * * * *", "2024-03-05 07:45", "2024-03-05 06:30", "2024-03-05 07:30"),  # hourly at :30
+])
+def test_due_times(expected_by, now, start, due_at):
+    assert lateness.due(expected_by, at(now), UTC) == (at(start), at(due_at))
+
+
+def test_a_job_is_late_without_a_success_in_its_period():
+    job = {"status": "success", "last_success_end": "2024-03-04T23:00:00+00:00"}
+    late = lateness.job_lateness(job, {"expected_by": "06:00"}, at("2024-03-05 07:00"))
+    assert late["kind"] == "late" and late["since"] == "2024-03-05T06:00:00+00:00"
+    ontime = {"status": "success", "last_success_end": "2024-03-05T03:00:00+00:00"}
+    assert lateness.job_lateness(ontime, {"expected_by": "06:00"}, at("2024-03-05 07:00")) is None
+    assert lateness.job_lateness({"status": "new"}, {"max_age_hours": 2}, at("2024-03-05 07:00"))["since"] is None
+    paris = {"status": "success", "timezone": "Europe/Paris", "last_success_end": "2024-03-04T23:30:00+00:00"}
+    assert lateness.job_lateness(paris, {"expected_by": "06:00"}, at("2024-03-05 06:00")) is None  # 00:30 Paris
+
+
+@pytest.mark.parametrize("key, value", [("expected_by", "25:00"), ("expected_by", "61 * * * *"),
+                                        ("expected_by", 6), ("max_age_hours", 0), ("max_open_hours", -1)])
+def test_bad_settings_are_refused(key, value):
+    with pytest.raises(ValueError, match=key):
+        lateness.check_field(key, value)
+
+
+def test_a_job_that_never_runs_is_in_late_and_in_the_metrics(fake_redis, cfg_dir, write_cfg):
+    clock = VirtualClock(datetime(2024, 3, 5, 5, 0, tzinfo=UTC))
+    client = make_app(fake_redis, cfg_dir, CLOCK=clock).test_client()
+    write_cfg("nightly", ".batchy:\n  max_open_hours: 2\nload:\n  expected_by: '06:00'\n")
+    assert client.post("/load_cfg/nightly").status_code == 200
+    assert client.get("/late").json == [{"workflow": "nightly", "job": "load", "kind": "late",
+                                         "since": "2024-03-04T06:00:00+00:00",
+                                         "reason": client.get("/late").json[0]["reason"]}]
+    client.post("/open_batch/nightly")
+    client.post("/close_batch/nightly")  # 05:00: today's run succeeded
+    assert client.get("/late").json == []
+    clock.advance(24 * 3600 + 3 * 3600)  # the next day at 08:00, its run never happened; one opened, hangs
+    client.post("/open_batch/nightly")
+    clock.advance(3 * 3600)
+    found = client.get("/late").json
+    assert {(f["kind"], f["job"]) for f in found} == {("late", "load"), ("stuck", None)}
+    metrics = client.get("/metrics").data.decode()
+    assert 'batchy_job_late{job="load",workflow="nightly"} 1.0' in metrics
+    assert 'batchy_batch_stuck{workflow="nightly"} 1.0' in metrics
+    assert 'batchy_job_last_success_timestamp_seconds{job="load",workflow="nightly"}' in metrics
+
+
+def test_a_workflow_file_with_a_bad_expected_by_is_refused(fake_redis, cfg_dir, write_cfg):
+    client = make_app(fake_redis, cfg_dir).test_client()
+    write_cfg("bad", "a:\n  expected_by: 'noon'\n")
+    r = client.post("/load_cfg/bad")
+    assert r.status_code == 400 and "expected_by" in r.json["message"]
+
+
+def test_the_alert_rules_check_with_promtool():
+    promtool = shutil.which("promtool")
+    if promtool is None:  # .ci/run installs Debian's prometheus package, which carries it
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    result = subprocess.run([promtool, "check", "rules", str(ROOT / "docs" / "batchy-alerts.yml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 5 rules found" in result.stdout
+
+
+def test_every_metric_the_alerts_use_is_exported(fake_redis, cfg_dir):
+    import re
+
+    client = make_app(fake_redis, cfg_dir).test_client()
+    client.post("/load_cfg/wf1")
+    exported = client.get("/metrics").data.decode()
+    rules = (ROOT / "docs" / "batchy-alerts.yml").read_text()
+    for name in set(re.findall(r"\b(batchy_[a-z_]+)\b", rules)):
+        assert f"# TYPE {name} " in exported, name
