@@ -159,6 +159,23 @@ class History:
             "jobs": {name: marks.get(name) for name in names},
         }
 
+    def gate_state(self, wf: str) -> tuple[dict[str, dict], dict[str, list]]:
+        """Return wf's jobs and their coverage ledgers, in one atomic read."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(keys.workflow(wf))
+        pipe.hgetall(keys.meta(wf))
+        raw, meta = pipe.execute()
+        if not raw:
+            raise self.not_found(wf)
+        ledgers = {}
+        for name, text in keys.coverage_texts(meta).items():
+            try:
+                ledgers[name] = coverage_mod.loads(text)
+            except ValueError:
+                raise CorruptState.of_job(wf, name, "has a coverage ledger Batchy cannot read",
+                                          keys.meta(wf)) from None
+        return decode(raw, wf), ledgers
+
     def coverage(self, wf: str, job: str | None = None, start: float | None = None,
                  end: float | None = None) -> dict[str, dict]:
         """Return {job: {"covered": [[from, to]...], "holes": [[from, to]...]}}, times in the job's zone.

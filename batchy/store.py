@@ -93,6 +93,10 @@ class BatchStore:
     def events(self, wf: str, *, limit: int = 100, before: str | None = None) -> list[dict]:
         return self.reads.events(wf, limit=limit, before=before)
 
+    def gate_state(self, wf: str) -> tuple[dict[str, dict], dict[str, list]]:
+        """Return wf's jobs and each job's coverage ledger, read together (a coverage gate)."""
+        return self.reads.gate_state(wf)
+
     def coverage(self, wf: str, job: str | None = None, start: datetime | None = None,
                  end: datetime | None = None) -> dict[str, dict]:
         return self.reads.coverage(wf, job, start.timestamp() if start else None, end.timestamp() if end else None)

@@ -15,15 +15,15 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, timedelta
 
 import redis
 from flask import Blueprint, current_app, request
 
-from . import keys, names, readiness, times
+from . import gates, keys, names, readiness, times
 from .http import check_wait_token, json_response, unknown_parameter
 from .db import get_store
-from .errors import BatchyError, InvalidParameter, TooManyWaiters, Unavailable
+from .errors import BatchyError, InvalidParameter, JobNotFound, TooManyWaiters, Unavailable
 
 log = logging.getLogger("batchy")
 bp = Blueprint("wait", __name__)
@@ -251,7 +251,36 @@ def _params(args) -> tuple[date | None, str, list[str], float, str]:
     return day, tz_name, jobs, min(timeout, limit), hold
 
 
-PARAMETERS = ("date", "tz", "job", "timeout", "while")
+PARAMETERS = ("date", "tz", "job", "timeout", "while", "through", "since", "deadline", "on_deadline")
+ON_DEADLINE = ("fail", "proceed", "skip")
+
+
+def _gate_params(args, now, tz) -> tuple:
+    """Return (since, through, deadline, on_deadline) from the query (None when not asked)."""
+    through = since = deadline = None
+    try:
+        if args.get("through"):
+            through = gates.moment(args["through"], now, tz, "through")
+            since = gates.moment(args["since"], now, tz, "since") if args.get("since") else \
+                through - timedelta(hours=24)
+        elif args.get("since"):
+            raise InvalidParameter("since needs through: the end of the range to wait for", parameter="since")
+        if args.get("deadline"):
+            text = args["deadline"]
+            if re.fullmatch(r"[0-9]{1,2}:[0-9]{2}", text):  # HH:MM today in tz
+                hour, minute = (int(x) for x in text.split(":"))
+                deadline = now.astimezone(tz).replace(hour=hour, minute=minute, second=0, microsecond=0)
+            else:
+                deadline = gates.moment(text, now, tz, "deadline")
+    except ValueError as exc:
+        raise InvalidParameter(str(exc), parameter="through") from None
+    if through is not None and since >= through:
+        raise InvalidParameter("since must be earlier than through", parameter="since")
+    action = args.get("on_deadline") or "fail"
+    if action not in ON_DEADLINE:
+        raise InvalidParameter(f"on_deadline must be one of {', '.join(ON_DEADLINE)}, not {action[:40]!r}",
+                               parameter="on_deadline")
+    return since, through, deadline, action
 
 
 @bp.get("/wait/<wf>")
@@ -268,25 +297,42 @@ def wait(wf):
     tz = times.zone(tz_name)
     store = get_store()
     started = time.monotonic()
+    now = store.now()
+    since, through, gate_deadline, action = _gate_params(request.args, now, tz)
+    if gate_deadline is not None:  # wait no longer than the deadline
+        timeout = max(0.0, min(timeout, (gate_deadline - now).total_seconds()))
     deadline = started + timeout
     if day is None:
-        day = readiness.today(store.now(), tz)
+        day = readiness.today(now, tz)
+    today = readiness.today(now, tz)
     hub = notifier()
+
+    def judge(state):
+        if through is not None:
+            found, ledgers = state
+            selected = _selected(wf, found, jobs)
+            return gates.coverage_verdict(found, ledgers, selected, since, through)
+        return gates.date_missed(readiness.verdict(state, jobs, day, tz, wf), day, today)
+
+    def read():
+        return store.gate_state(wf) if through is not None else store.status(wf)
+
     with hub.watch(wf) as watch:
         if timeout > 0:
             hub.subscribe()  # before the first read, so no change can slip between
         seen = watch.generation
-        state = store.status(wf)
+        state = read()
         while True:
-            result = readiness.verdict(state, jobs, day, tz, wf)
+            result = judge(state)
             remaining = deadline - time.monotonic()
             if result["state"] != hold or remaining <= 0 or hub.closing:
                 break
             generation, fresh = hub.wait(watch, seen, remaining)
             if generation != seen:
                 seen = generation
-                # The listener read it once for every waiter; None: it could not, read here.
-                state = fresh if fresh is not None else store.status(wf)
+                # The listener read the jobs once for every waiter; None (or a coverage
+                # gate, which needs the ledger too): read here.
+                state = fresh if fresh is not None and through is None else read()
     waited = time.monotonic() - started
     body = {
         "workflow": wf,
@@ -297,4 +343,19 @@ def wait(wf):
         "timeout": timeout,
         "timed_out": result["state"] == hold and not hub.closing,
     }
+    if through is not None:
+        body.update(since=times.format_time(since, tz), through=times.format_time(through, tz))
+    if gate_deadline is not None:
+        passed = not result["ready"] and store.now() >= gate_deadline.replace(microsecond=0)
+        body["deadline"] = {"at": times.format_time(gate_deadline, tz), "passed": passed,
+                            "action": action if passed else None}
     return json_response(body)
+
+
+def _selected(wf: str, found: dict, jobs: list[str]) -> list[str]:
+    names_ = list(dict.fromkeys(jobs)) if jobs else list(found)
+    for name in names_:
+        if name not in found:
+            raise JobNotFound(f"workflow {wf!r} has no job {name!r} (jobs: {', '.join(sorted(found))})",
+                              workflow=wf, job=name)
+    return names_

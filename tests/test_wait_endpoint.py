@@ -120,7 +120,7 @@ def test_yesterday_is_not_today(svc, batchy):
     batchy.open("wf1")
     batchy.close("wf1")
     status, body = get(svc.url, "/wait/wf1?timeout=0&date=2000-01-01")
-    assert (body["state"], body["date"]) == ("waiting", "2000-01-01")
+    assert (body["state"], body["date"]) == ("missed", "2000-01-01")  # a past day cannot succeed any more
     assert "later than 2000-01-01" in body["jobs"]["s_extract"]["reason"]
 
 

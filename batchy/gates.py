@@ -1,0 +1,91 @@
+"""Gates that know windows: is an upstream's data complete up to a time? Pure.
+
+A coverage gate is ready when the coverage ledger of every selected job covers all of
+[since, through): the question a daily job asks of an hourly upstream, or a job of a
+backfill. It is missed, at once instead of at a timeout, when it can never become
+ready: a hole in that range lies behind the job's watermark (the next window starts
+after it) and no open window covers it, so only an operator (a rewind, a backfill) can
+fill it. A date gate on a past day that did not succeed is missed too.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, tzinfo
+
+from . import coverage, readiness, times, watermark
+from .jobs import Status
+
+READY, WAITING, MISSED = readiness.READY, readiness.WAITING, "missed"
+KEYWORDS = ("today", "yesterday", "now")
+
+
+def moment(text: str, now: datetime, tz: tzinfo, name: str) -> datetime:
+    """Return a gate time: ISO-8601 (no offset: in tz), or today / yesterday / now in tz.
+
+    today is midnight at the start of today (yesterday's data complete).
+    """
+    if text == "now":
+        return now
+    if text in ("today", "yesterday"):
+        day = now.astimezone(tz).date() - timedelta(days=1 if text == "yesterday" else 0)
+        return times.start_of_day(datetime.combine(day, datetime.min.time().replace(hour=12), tzinfo=tz), tz)
+    moment = times.parse_input_time(text, name)
+    return moment if times.has_offset(text) else moment.replace(tzinfo=None).replace(tzinfo=tz)
+
+
+def coverage_verdict(jobs: dict[str, dict], ledgers: dict[str, list], selected: list[str], since: datetime,
+                     through: datetime) -> dict:
+    """Return {"state", "ready", "missing", "failed", "jobs": {job: {...}}} for [since, through)."""
+    low, high = since.timestamp(), through.timestamp()
+    detail = {}
+    for name in selected:
+        job = jobs[name]
+        ledger = ledgers.get(name) or []
+        holes = coverage.holes(ledger, low, high)
+        state, reason = READY, f"covered from {times.format_time(since)} to {times.format_time(through)}"
+        if holes:
+            state, reason = WAITING, f"not yet covered: {_show(holes)}"
+            stuck = [h for h in holes if _behind(job, h)]
+            if stuck:
+                state, reason = MISSED, (f"never covered: {_show(stuck)} lies behind the watermark and no open "
+                                         "window covers it; rewind or backfill that range")
+        detail[name] = {"state": state, "status": job.get("status"), "batch_id": job.get("batch_id"),
+                        "holes": [[times.format_time(_at(a)), times.format_time(_at(b))] for a, b in holes],
+                        "reason": reason}
+    missed = [n for n, d in detail.items() if d["state"] == MISSED]
+    missing = [n for n, d in detail.items() if d["state"] != READY]
+    state = MISSED if missed else WAITING if missing else READY
+    return {"state": state, "ready": state == READY, "missing": missing, "failed": [], "missed": missed,
+            "jobs": detail}
+
+
+def date_missed(result: dict, day: date, today: date) -> dict:
+    """Return a date gate's verdict, missed when the day is over and it is not ready."""
+    if result["state"] == WAITING and day < today:
+        return {**result, "state": MISSED, "missed": list(result["missing"]),
+                "reason": f"{day.isoformat()} is over and not every step succeeded on it"}
+    return {**result, "missed": []}
+
+
+def _behind(job: dict, hole: list) -> bool:
+    """Return True if no future window of job can cover hole (it starts after the hole ends)."""
+    status = job.get("status")
+    if status == Status.OPEN and job.get("from_date") and job.get("to_date"):
+        start, end = times.parse_time(job["from_date"]), times.parse_time(job["to_date"])
+        if start.timestamp() <= hole[0] and end.timestamp() >= hole[1]:
+            return False  # the running batch covers it, if it succeeds
+        if status == Status.OPEN:
+            return start.timestamp() >= hole[1]
+    try:
+        upcoming = watermark.next_from_date(job)
+    except ValueError:
+        return False
+    return upcoming.timestamp() >= hole[1]
+
+
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, times.UTC)
+
+
+def _show(intervals: list) -> str:
+    return ", ".join(f"[{times.format_time(_at(a))}, {times.format_time(_at(b))})" for a, b in intervals[:3]) + \
+        (f" and {len(intervals) - 3} more" if len(intervals) > 3 else "")
