@@ -1,0 +1,189 @@
+"""The one pub/sub listener per process that wakes the requests waiting on a workflow.
+
+Every state change PUBLISHes on keys.channel(wf). One listener thread per process
+PSUBSCRIBEs keys.CHANNEL_PATTERN; when a workflow somebody waits on changes, it reads
+the workflow once and wakes that workflow's waiters through a Condition, so N waiters
+cost one Redis connection and one read per change, not N of each.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+
+import redis
+
+from . import keys
+from .errors import BatchyError, TooManyWaiters, Unavailable
+
+log = logging.getLogger("batchy")
+
+SLICE = 0.5  # seconds the listener blocks on pub/sub before checking for shutdown
+
+
+class _Watch:
+    """The waiters of one workflow: how many, the change count, the last state read."""
+
+    def __init__(self, lock: threading.Lock):
+        self.waiters = 0
+        self.generation = 0
+        self.jobs: dict | None = None
+        self.changed = threading.Condition(lock)
+
+
+class Notifier:
+    """One pub/sub listener per process that wakes the requests waiting on a workflow."""
+
+    def __init__(self, store, subscribe_timeout: float, max_waiters: int):
+        self.store = store
+        self.subscribe_timeout = subscribe_timeout
+        self.max_waiters = max_waiters
+        self.waiters = 0
+        self.closing = False
+        self._lock = threading.Lock()
+        self._watches: dict[str, _Watch] = {}
+        self._subscribed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._worker = None
+
+    def start(self) -> None:
+        """Start the listener thread in this process unless it runs already."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._subscribed.clear()
+            self._worker = _gunicorn_worker()
+            self._thread = threading.Thread(target=self._run, name="batchy-wait-listener", daemon=True)
+            self._thread.start()
+
+    def subscribe(self) -> None:
+        """Make sure changes reach us from now on, else raise Unavailable."""
+        self.start()
+        if not self._subscribed.wait(self.subscribe_timeout):
+            raise Unavailable("Redis pub/sub is not reachable; try again shortly.")
+
+    @contextmanager
+    def watch(self, wf: str):
+        """Register a waiter on wf for the duration of the block, or raise TooManyWaiters."""
+        with self._lock:
+            if self.waiters >= self.max_waiters:
+                # Each waiter holds a worker thread: past the cap it would take one that
+                # open/close needs. Waitsy retries a 503 after a pause.
+                raise TooManyWaiters(
+                    f"this service process already holds {self.max_waiters} /wait requests "
+                    "(BATCHY_WAIT_MAX_WAITERS); retry shortly"
+                )
+            self.waiters += 1
+            watch = self._watches.get(wf)
+            if watch is None:
+                watch = self._watches[wf] = _Watch(self._lock)
+            watch.waiters += 1
+        try:
+            yield watch
+        finally:
+            with self._lock:
+                self.waiters -= 1
+                watch.waiters -= 1
+                if watch.waiters == 0 and self._watches.get(wf) is watch:
+                    del self._watches[wf]
+
+    def wait(self, watch: _Watch, seen: int, timeout: float) -> tuple[int, dict | None]:
+        """Block until the workflow changed after generation seen (or timeout); return (generation, jobs)."""
+        with self._lock:
+            if watch.generation == seen and not self.closing:
+                watch.changed.wait(timeout)
+            return watch.generation, watch.jobs
+
+    # -- the listener thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.1
+        lost = False
+        while not self._stopping():
+            pubsub = None
+            try:
+                pubsub = self.store.redis.pubsub()
+                pubsub.psubscribe(keys.CHANNEL_PATTERN)
+                while not self._stopping():
+                    message = pubsub.get_message(timeout=SLICE)
+                    if message is None:
+                        continue
+                    if message["type"] == "psubscribe":
+                        self._subscribed.set()
+                        backoff = 0.1
+                        if lost:
+                            log.warning("wait listener: pub/sub is back")
+                            lost = False
+                        # Changes published while we were not subscribed were missed.
+                        self._refresh(None)
+                    elif message["type"] == "pmessage":
+                        changed = {keys.workflow_from_channel(message["channel"])}
+                        # Drain a burst first: one read per workflow, however many changes.
+                        while (more := pubsub.get_message(timeout=0)) is not None:
+                            if more["type"] == "pmessage":
+                                changed.add(keys.workflow_from_channel(more["channel"]))
+                        self._refresh(changed)
+            except (redis.RedisError, OSError, ValueError) as exc:
+                if not lost:
+                    log.warning("wait listener lost Redis pub/sub (%s); reconnecting", exc)
+                    lost = True
+                self._subscribed.clear()
+                self._refresh(None, read=False)
+                self._sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:  # noqa: BLE001 - the listener must outlive any surprise
+                log.exception("wait listener failed; restarting it")
+                self._subscribed.clear()
+                self._sleep(1.0)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001 - closing a dead connection
+                        pass
+        self._subscribed.clear()
+        with self._lock:
+            self.closing = True
+            for watch in self._watches.values():
+                watch.changed.notify_all()
+
+    def _stopping(self) -> bool:
+        # gunicorn's graceful stop waits for in-flight requests: answer waiters at once
+        # so a restart takes a moment, not graceful_timeout.
+        return self.closing or (self._worker is not None and not getattr(self._worker, "alive", True))
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping() and time.monotonic() < deadline:
+            time.sleep(min(SLICE, max(0.0, deadline - time.monotonic())))
+
+    def _refresh(self, changed: set[str] | None, read: bool = True) -> None:
+        """Read each changed workflow somebody waits on once, then wake its waiters."""
+        with self._lock:
+            wanted = [wf for wf in self._watches if changed is None or wf in changed]
+        for wf in wanted:
+            jobs = None
+            if read:
+                try:
+                    jobs = self.store.status(wf)
+                except (BatchyError, redis.RedisError, OSError, ValueError):
+                    jobs = None  # each waiter reads for itself and answers the error
+            with self._lock:
+                watch = self._watches.get(wf)
+                if watch is not None:
+                    watch.generation += 1
+                    watch.jobs = jobs
+                    watch.changed.notify_all()
+
+
+def _gunicorn_worker():
+    """Return the gunicorn worker running this process, if any (its SIGTERM handler's owner)."""
+    owner = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if owner is not None and type(owner).__module__.startswith("gunicorn.workers") and hasattr(owner, "alive"):
+        return owner
+    return None
