@@ -6,6 +6,7 @@ import logging
 import redis
 from flask import Flask, current_app
 
+from . import webhooks
 from .connections import connect
 from .store import BatchStore
 
@@ -29,6 +30,7 @@ def init_app(app: Flask) -> None:
     app.extensions["batchy"] = store
     if embedded:
         log.warning(EMBEDDED_WARNING)
+    app.extensions["batchy_webhooks"] = webhooks.start(app, store)
     if embedded or app.config["BATCHY_LOAD_ON_START"]:
         preload(store, app.config["BATCHY_CFG_DIR"], app.config["BATCHY_MAX_CFG_BYTES"])
 

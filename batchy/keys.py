@@ -124,3 +124,43 @@ def success_texts(meta: dict[str, str]) -> dict[str, str]:
 def commit_keys(wf: str) -> tuple[str, ...]:
     """Return the KEYS of scripts.COMMIT for wf, in its order."""
     return (workflow(wf), meta(wf), history(wf), BATCHES, events(wf), WORKFLOWS, PAUSE, pause(wf), turn(wf))
+
+
+# -- backfills (backfills.py): a past range reloaded in chunks, beside the watermark ----------
+
+BACKFILL_COUNT_PREFIX = "count:"  # count:<status>: a backfill's chunks in that status
+
+
+def backfills(wf: str) -> str:
+    """Zset of the workflow's backfill ids, scored by id (ids are creation seconds, increasing)."""
+    return f"{NAMESPACE}backfills:{wf}"
+
+
+def backfill(wf: str, backfill_id: int | str) -> str:
+    """Hash of one backfill: its range, jobs, step, max_attempts, status and chunk counts."""
+    return f"{NAMESPACE}backfill:{wf}:{backfill_id}"
+
+
+def backfill_chunks(wf: str, backfill_id: int | str) -> str:
+    """Hash of a backfill's chunks: chunk number -> JSON of the chunk (window, status, attempts)."""
+    return f"{NAMESPACE}backfill:{wf}:{backfill_id}:chunks"
+
+
+def backfill_queue(wf: str, backfill_id: int | str) -> str:
+    """Zset of the chunks a worker may lease: pending ones scored by number, leased ones by lease end (ms)."""
+    return f"{NAMESPACE}backfill:{wf}:{backfill_id}:queue"
+
+
+def backfill_count_field(status: str) -> str:
+    """Field of the backfill hash counting its chunks in status."""
+    return BACKFILL_COUNT_PREFIX + status
+
+
+WEBHOOK_OUTBOX = NAMESPACE + "webhook-outbox"  # list of JSON events not yet delivered, newest first
+WEBHOOK_SENDING = NAMESPACE + "webhook-sending"  # list: the event being delivered now
+WEBHOOK_LEADER = NAMESPACE + "webhook-leader"  # string, expiring: the process that checks and delivers
+
+
+def webhook_seen(event_id: str) -> str:
+    """String, expiring: an event already queued (each is announced once)."""
+    return f"{NAMESPACE}webhook-seen:{event_id}"

@@ -148,6 +148,20 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
     ),
     Setting(
+        "BATCHY_WEBHOOK_URL",
+        "",
+        "POST a JSON event (with a `text` field, so a Slack or Teams incoming webhook takes it as "
+        "is) when a batch fails, a job becomes late or a batch stuck: once per event across all "
+        "processes, in the background, retried while the receiver is down. Empty: none.",
+    ),
+    Setting(
+        "BATCHY_WEBHOOK_INTERVAL",
+        30.0,
+        "Seconds between two rounds of the webhook process: checking lateness (even when no ETL "
+        "calls the API) and delivering what is queued.",
+        _positive_float,
+    ),
+    Setting(
         "BATCHY_IDEMPOTENCY_HOURS",
         24.0,
         "How long an `Idempotency-Key` of `open_batch` is remembered: a retry with the same "

@@ -5,22 +5,24 @@ committed by commit.py in one round trip.
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 import redis
 
-from . import keys, plans, transfer
+from . import keys, plans, transfer, webhooks
 from .cache import StateCache
 from .clock import Clock
 from .commit import Committer
 from .connections import Transport
 from .errors import BatchyError, redis_refusal
 from .history import History
-from .jobs import check_raw, decode
+from .jobs import Status, check_raw, decode
 from .pauses import Pauses
 from .workflows import Config, names_in, read_config
 
 __all__ = ["BatchStore", "decode"]
+log = logging.getLogger("batchy")
 
 
 class BatchStore:
@@ -28,6 +30,7 @@ class BatchStore:
 
     def __init__(self, client: redis.Redis, settings: dict, clock: Clock | None = None):
         self.redis = client
+        self.webhooks = bool(settings.get("BATCHY_WEBHOOK_URL"))
         self.clock = clock or Clock()
         self.transport = Transport(client)
         self.cache = StateCache(settings.get("BATCHY_STATE_CACHE", 1024))
@@ -139,7 +142,15 @@ class BatchStore:
             return plans.plan_close(state, outcome, job=job, batch_id=batch_id,
                                     records_processed=records_processed, message=message)
 
-        return self.mutate(wf, plan, actor=actor)
+        change = self.mutate(wf, plan, actor=actor)
+        if self.webhooks and outcome == Status.FAILED and not change.noop:
+            try:
+                text, ident = webhooks.failure_text(wf, change.writes)
+                webhooks.announce(self.redis, "failed", text, ident, workflow=wf, batch_id=change.batch_id,
+                                  jobs=sorted(change.writes))
+            except redis.RedisError as exc:  # the failure is recorded; only its announcement is lost
+                log.warning("webhooks: could not queue the failure of %s: %s", wf, exc)
+        return change
 
     def set_from_date(self, wf: str, moment: datetime, *, job: str | None = None, force: bool = False,
                       actor: str = "") -> plans.Change:
