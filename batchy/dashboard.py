@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import redis
 from flask import Blueprint, render_template, request
 
-from . import times
+from . import lateness, times
 from .health import last_success, open_since, parse_moment, stale_after_seconds
 from .jobs import RUNTIME_FIELDS, Status
 from .db import get_store
@@ -46,12 +46,21 @@ def human_duration(seconds: float | None) -> str:
     return f"{days}d {hours:02d}h"
 
 
-def show_time(moment: datetime | None) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+def show_time(moment: datetime | None, tz=timezone.utc) -> str:
+    """Return a time as the page shows it: in the page's one zone, to the second."""
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
 
-def job_view(name: str, job: dict, now: datetime, stale_after: float | None) -> dict:
-    """Return what the page shows of one job."""
+def show_value(value) -> str:
+    """Return a parameter's value as YAML writes it (true, false, null), not Python."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
+def job_view(name: str, job: dict, now: datetime, stale_after: float | None, tz=timezone.utc,
+             settings: dict | None = None) -> dict:
+    """Return what the page shows of one job, its times in zone tz."""
     status = str(job.get("status") or "")
     start = parse_moment(job.get("batch_start"))
     end = parse_moment(job.get("batch_end"))
@@ -70,13 +79,13 @@ def job_view(name: str, job: dict, now: datetime, stale_after: float | None) -> 
         "status": status,
         "status_class": status if status in STATUS_CLASSES else "other",
         "batch_id": "" if job.get("batch_id") is None else job.get("batch_id"),
-        "start": show_time(start),
+        "start": show_time(start, tz),
         "start_iso": job.get("batch_start") or "",
-        "end": "" if running else show_time(end),
+        "end": "" if running else show_time(end, tz),
         "end_iso": "" if running else job.get("batch_end") or "",
         "duration": human_duration(duration),
         "running": running and duration is not None,
-        "from_date": (job.get("from_date") or "").replace("T", " "),
+        "from_date": show_time(parse_moment(job.get("from_date")), tz),
         "to_date": job.get("to_date") or "",
         "records": "" if records is None else f"{records:,}" if isinstance(records, int) else str(records),
         "since": human_duration(since) if success else "never",
@@ -84,16 +93,18 @@ def job_view(name: str, job: dict, now: datetime, stale_after: float | None) -> 
         "stale": bool(stale_after and since is not None and since > stale_after),
         "message": message[:MAX_MESSAGE_SHOWN] + ("…" if len(message) > MAX_MESSAGE_SHOWN else ""),
         "message_full": message,
-        "params": ", ".join(f"{k}={v}" for k, v in params.items()),
+        "params": ", ".join(f"{k}={show_value(v)}" for k, v in params.items()),
+        "late": (lateness.job_lateness(job, settings or {}, now) or {}).get("reason", ""),
         "holes": job.get("coverage_holes") or 0,
     }
 
 
-def workflow_view(wf: str, data: dict, now: datetime, pause: dict | None = None) -> dict:
+def workflow_view(wf: str, data: dict, now: datetime, pause: dict | None = None, tz=timezone.utc) -> dict:
     """Return what the page shows of one workflow: its header and its job rows."""
     settings = data.get("settings") or {}
     stale_after = stale_after_seconds(settings)
-    jobs = [job_view(name, job, now, stale_after) for name, job in data["jobs"].items()]
+    jobs = [job_view(name, job, now, stale_after, tz, settings) for name, job in data["jobs"].items()]
+    stuck = lateness.workflow_stuck(data["jobs"], settings, now)
     since = open_since(data["jobs"])
     counts = data.get("counts") or {}
     return {
@@ -106,23 +117,29 @@ def workflow_view(wf: str, data: dict, now: datetime, pause: dict | None = None)
         "open_for": human_duration((now - since).total_seconds()) if since else "",
         "stale_after_hours": settings.get("stale_after_hours") if stale_after else None,
         "stale": sum(job["stale"] for job in jobs),
-        "pause": pause_view(pause),
+        "pause": pause_view(pause, tz),
         "error": data.get("error") or "",
+        "stuck": stuck["reason"] if stuck else "",
+        "late": sum(1 for job in jobs if job["late"]),
+        "failing": sum(1 for job in jobs if job["status"] == Status.FAILED),
     }
 
 
-def pause_view(pause: dict | None) -> dict | None:
-    """Return a pause record as shown: since (UTC) and message, or None when not paused."""
+def pause_view(pause: dict | None, tz=timezone.utc) -> dict | None:
+    """Return a pause record as shown: since and message, or None when not paused."""
     if not pause:
         return None
-    return {"since": show_time(parse_moment(pause.get("since"))), "message": pause.get("message") or ""}
+    return {"since": show_time(parse_moment(pause.get("since")), tz), "message": pause.get("message") or ""}
 
 
-def page_view(overview: dict[str, dict], now: datetime, pauses: dict | None = None) -> dict:
-    """Return the whole page's data: workflows in name order, pauses and a status summary."""
+def page_view(overview: dict[str, dict], now: datetime, pauses: dict | None = None, tz=timezone.utc,
+              tz_name: str = "UTC") -> dict:
+    """Return the whole page's data: workflows needing attention first (late, failing, stuck,
+    unreadable), then by name; pauses; a status summary; every time in zone tz."""
     pauses = pauses or {}
     paused = pauses.get("workflows") or {}
-    flows = [workflow_view(wf, overview[wf], now, paused.get(wf)) for wf in sorted(overview)]
+    flows = [workflow_view(wf, overview[wf], now, paused.get(wf), tz) for wf in sorted(overview)]
+    flows.sort(key=lambda f: not (f["late"] or f["failing"] or f["stuck"] or f["error"]))
     summary = {status: 0 for status in ("new", "open", "success", "failed")}
     stale = 0
     for flow in flows:
@@ -134,19 +151,31 @@ def page_view(overview: dict[str, dict], now: datetime, pauses: dict | None = No
         "summary": summary,
         "stale": stale,
         "jobs": sum(len(flow["jobs"]) for flow in flows),
-        "now": show_time(now),
+        "now": show_time(now, tz),
         "now_iso": times.format_time(now),
-        "service_pause": pause_view(pauses.get("service")),
+        "tz": tz_name,
+        "late": sum(flow["late"] for flow in flows),
+        "stuck": sum(1 for flow in flows if flow["stuck"]),
+        "service_pause": pause_view(pauses.get("service"), tz),
         "paused": sum(1 for flow in flows if flow["pause"]),
     }
+
+
+def page_zone() -> tuple:
+    """Return ?tz= (the page's one time zone, UTC by default) as (zone, name)."""
+    name = request.args.get("tz", "") or "UTC"
+    try:
+        return times.zone(name), name
+    except (ValueError, TypeError) as exc:
+        raise InvalidParameter(str(exc), parameter="tz") from None
 
 
 def refresh_seconds() -> int:
     """Return ?refresh= (seconds between reloads, 0 = never), 30 by default."""
     check_read("dashboard")
     for name in request.args:
-        if name != "refresh":
-            raise unknown_parameter(name, ("refresh",))
+        if name not in ("refresh", "tz"):
+            raise unknown_parameter(name, ("refresh", "tz"))
     value = request.args.get("refresh", "")
     if value == "":
         return DEFAULT_REFRESH
@@ -162,6 +191,7 @@ def refresh_seconds() -> int:
 @bp.get("/dashboard")
 def dashboard():
     refresh = refresh_seconds()
+    tz, tz_name = page_zone()
     store = get_store()
     try:
         now = store.now()
@@ -174,5 +204,6 @@ def dashboard():
         html = render_template("dashboard.html", page=None, refresh=refresh,
                                error="Redis is not reachable; this page retries by itself.")
         return html, 503, {"Cache-Control": "no-store"}
-    html = render_template("dashboard.html", page=page_view(overview, now, pauses), refresh=refresh, error=None)
+    html = render_template("dashboard.html", page=page_view(overview, now, pauses, tz, tz_name), refresh=refresh,
+                           error=None)
     return html, 200, {"Cache-Control": "no-store"}

@@ -167,7 +167,9 @@ def test_dashboard_rows_colours_and_screenshot(service, real_redis, write_cfg, p
         ("wf1", "s_load"): "success",
     }
     assert {key: row["status"] for key, row in by_job.items()} == expected
-    assert [row["workflow"] for row in rows] == sorted(row["workflow"] for row in rows)
+    # Workflows that need attention (a failed job here: nightly) come first, then by name.
+    order = list(dict.fromkeys(row["workflow"] for row in rows))
+    assert order[0] == "nightly" and order[1:] == sorted(order[1:]), order
     for key, status in expected.items():
         assert by_job[key]["badge"] == status
         assert rgb(by_job[key]["colour"]) == COLOURS[status], key
@@ -219,3 +221,19 @@ def test_empty_state_in_browser(service, page):
     assert page.locator("tr.job-row").count() == 0
     distinct, inked, _ = pixel_stats(page.screenshot())
     assert distinct > 10 and inked > 0.02
+
+
+def test_the_filter_box_hides_what_does_not_match_and_survives_a_refresh(service, write_cfg, page):
+    write_cfg("sales", "orders: {}\nrefunds: {}\n")
+    write_cfg("stock", "levels: {}\n")
+    for wf in ("sales", "stock"):
+        post(service, f"/load_cfg/{wf}")
+    page.goto(service.url + "/?refresh=1")
+    page.fill("#filter", "refund")
+    assert page.is_visible("tr[data-job=refunds]")
+    assert page.is_hidden("tr[data-job=orders]") and page.is_hidden("tbody[data-workflow=stock]")
+    post(service, "/open_batch/stock")  # the next refresh brings new data: the filter still applies
+    page.wait_for_selector("tr[data-job=levels][data-status=open]", state="attached")
+    assert page.is_hidden("tbody[data-workflow=stock]") and page.is_visible("tr[data-job=refunds]")
+    page.fill("#filter", "")
+    assert page.is_visible("tr[data-job=levels]")

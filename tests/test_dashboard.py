@@ -90,7 +90,7 @@ def test_lists_every_workflow_and_job(client, write_cfg, path):
     assert "status-success" in extract["cells"]["status"]["class"]
     assert extract["cells"]["num"]["text"] == "1,234,567"
     assert extract["cells"]["message"]["text"] == "all good"
-    assert extract["cells"]["from"]["text"] == "2024-01-01 00:00:00+00:00"
+    assert extract["cells"]["from"]["text"] == "2024-01-01 00:00:00"  # in the page's zone, UTC by default
     assert extract["cells"]["batch"]["text"] == str(status["s_extract"]["batch_id"])
     start = datetime.fromisoformat(status["s_extract"]["batch_start"]).astimezone(timezone.utc)
     assert extract["cells"]["start"]["title"] == status["s_extract"]["batch_start"]
@@ -186,7 +186,7 @@ def test_refresh_interval(client, query, seconds):
         assert f"refreshes every {seconds} s" in text
     else:
         assert "http-equiv" not in text
-        assert "<script>" not in text
+        assert "var seconds" not in text  # no refresh script (the filter box's script stays)
         assert "auto-refresh off" in text
 
 
@@ -312,3 +312,29 @@ def test_pauses_are_shown(client, write_cfg):
     text = page(client)
     assert 'id="service-pause"' not in text
     assert "data-count=\"paused\"" not in text
+
+
+def test_one_time_zone_per_page_and_yaml_booleans(client, write_cfg):
+    write_cfg("paris", "s:\n  from_date: 2024-01-01T00:00:00Z\n  trunc_start: false\n  flag: true\n")
+    client.post("/load_cfg/paris")
+    client.post("/open_batch/paris")
+    text = page(client, "/?tz=Europe/Paris")
+    row = Rows(text).rows[("paris", "s")]
+    assert row["cells"]["from"]["text"] == "2024-01-01 01:00:00"  # midnight UTC shown in Paris time
+    assert "Started (Europe/Paris)" in text and "(UTC)" not in text
+    assert "flag=true" in row["cells"]["job"]["title"] and "True" not in row["cells"]["job"]["title"]
+    assert client.get("/?tz=Mars/Olympus").status_code == 400
+
+
+def test_late_failing_and_stuck_come_first_with_their_links(client, write_cfg):
+    write_cfg("aaa", "a: {}\n")
+    write_cfg("zzz", ".batchy:\n  max_age_hours: 1\nz: {}\n")
+    for wf in ("aaa", "zzz"):
+        client.post(f"/load_cfg/{wf}")
+    text = page(client)
+    assert text.index('id="wf-zzz"') < text.index('id="wf-aaa"')  # zzz never succeeded: late
+    rows = Rows(text).rows
+    assert rows[("zzz", "z")]["attrs"]["data-late"] == "true" and "data-late" not in rows[("aaa", "a")]["attrs"]
+    for link in ("history/zzz", "events/zzz", "coverage/zzz", "backfills/zzz"):
+        assert f'href="{link}"' in text
+    assert 'id="filter"' in text
