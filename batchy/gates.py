@@ -67,19 +67,19 @@ def date_missed(result: dict, day: date, today: date) -> dict:
 
 
 def _behind(job: dict, hole: list) -> bool:
-    """Return True if no future window of job can cover hole (it starts after the hole ends)."""
-    status = job.get("status")
-    if status == Status.OPEN and job.get("from_date") and job.get("to_date"):
-        start, end = times.parse_time(job["from_date"]), times.parse_time(job["to_date"])
-        if start.timestamp() <= hole[0] and end.timestamp() >= hole[1]:
-            return False  # the running batch covers it, if it succeeds
-        if status == Status.OPEN:
-            return start.timestamp() >= hole[1]
-    try:
-        upcoming = watermark.next_from_date(job)
-    except ValueError:
-        return False
-    return upcoming.timestamp() >= hole[1]
+    """Return True if part of hole can never be covered: it starts before every window to come.
+
+    The windows to come start at the open batch's from_date (if it is open) or at the
+    job's next from_date, and only go forward from there.
+    """
+    if job.get("status") == Status.OPEN and job.get("from_date"):
+        start = times.parse_time(job["from_date"]).timestamp()
+    else:
+        try:
+            start = watermark.next_from_date(job).timestamp()
+        except ValueError:
+            return False
+    return start > hole[0]
 
 
 def _at(epoch: float) -> datetime:

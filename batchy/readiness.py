@@ -1,7 +1,7 @@
 """Readiness of a workflow for a date: the rule `/wait` and Waitsy answer with.
 
 Pure functions over the workflow's jobs ({job: {status, batch_end, ...}}): no Redis,
-no Flask. `waitsy/cli.py` carries a copy of this rule (it may not import batchy);
+no Flask. `waitsy/readiness.py` carries a copy of this rule (it may not import batchy);
 a change here must be made there too, and tests/test_waitsy.py checks they agree.
 """
 from __future__ import annotations
