@@ -87,7 +87,7 @@ class Committer:
 
     def _planned(self, wf: str, raw: dict[str, str], meta: dict[str, str], seconds: int,
                  jobs: dict[str, dict] | None = None, lenient: bool = False) -> State:
-        jobs = decode(raw, wf, lenient=lenient) if jobs is None else jobs
+        jobs = decode(raw, wf, lenient=lenient, shared=True) if jobs is None else jobs
         return State(wf, self.clock.moment(seconds), jobs, meta, raw, meta.get(keys.VERSION, "0"),
                      second=str(seconds))
 

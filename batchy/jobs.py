@@ -5,6 +5,7 @@ is {job_name: job}. Everything else in a job is a free-form parameter.
 """
 from __future__ import annotations
 
+import functools
 import json
 from enum import Enum
 
@@ -140,21 +141,19 @@ def stored_problem(job, statuses=STATUSES) -> str | None:
 
 
 def decode(raw: dict[str, str], wf: str = "", key: str = "", *, snapshot: bool = False,
-           lenient: bool = False) -> dict[str, dict]:
+           lenient: bool = False, shared: bool = False) -> dict[str, dict]:
     """Return a workflow or snapshot hash as {job: {...}}, jobs in name order.
 
     Redis keeps no field order in a large hash; name order makes every answer stable.
     A job Batchy cannot use (a hand edit gone wrong) is CorruptState naming it, or,
     when lenient, left out (a reset replaces it; a search across workflows goes on).
+    shared: the jobs may be the same objects as for an earlier read of the same text
+    (decoded and checked once: the plans, which never change a job in place).
     """
+    statuses = BATCH_STATUSES if snapshot else STATUSES
     jobs = {}
     for name in sorted(raw):
-        try:
-            job = json.loads(raw[name])
-        except ValueError as exc:
-            problem = f"is not valid JSON ({exc})"
-        else:
-            problem = stored_problem(job, BATCH_STATUSES if snapshot else STATUSES)
+        job, problem = _decoded(raw[name], statuses) if shared else _decode_one(raw[name], statuses)
         if problem is None:
             jobs[name] = job
         elif not lenient:
@@ -162,13 +161,30 @@ def decode(raw: dict[str, str], wf: str = "", key: str = "", *, snapshot: bool =
     return jobs
 
 
+def _decode_one(text: str, statuses) -> tuple[dict | None, str | None]:
+    try:
+        job = json.loads(text)
+    except ValueError as exc:
+        return None, f"is not valid JSON ({exc})"
+    return job, stored_problem(job, statuses)
+
+
+# A workflow's jobs are read again after every change another process made, most of them
+# unchanged: each text is decoded and checked once.
+_decoded = functools.lru_cache(maxsize=4096)(_decode_one)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_object(text: str) -> bool:
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
 def check_raw(wf: str, raw: dict[str, str]) -> dict[str, str]:
     """Return raw if every job in it is a JSON object, else CorruptState (answers stay valid JSON)."""
     for name, text in raw.items():
-        try:
-            ok = isinstance(orjson.loads(text), dict)
-        except orjson.JSONDecodeError:
-            ok = False
-        if not ok:
+        if not _is_object(text):
             raise CorruptState.of_job(wf, name, "is not a JSON object")
     return raw
