@@ -552,5 +552,11 @@ def main(argv=None) -> int:
     return code if isinstance(code, int) else EXIT_OK  # an int: ctx.exit(code), as `wait` does
 
 
+from . import runner  # noqa: E402 - run and backfill, which reuse this module's helpers
+
+for _command in runner.COMMANDS:
+    cli.add_command(_command)
+
+
 if __name__ == "__main__":
     sys.exit(main())

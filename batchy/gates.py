@@ -58,6 +58,30 @@ def coverage_verdict(jobs: dict[str, dict], ledgers: dict[str, list], selected: 
             "jobs": detail}
 
 
+def refilled(result: dict, filling: dict[str, list]) -> dict:
+    """Return a coverage verdict where a backfill still running fills a missed job's holes.
+
+    filling: {job: [[start, end], ...]} of the pending and leased chunks of running
+    backfills (epoch seconds): such a hole may still be covered, so the gate waits.
+    """
+    if result["state"] != MISSED:
+        return result
+    jobs = dict(result["jobs"])
+    for name in result["missed"]:
+        chunks = sorted(filling.get(name) or [])
+        merged: list = []
+        for low, high in chunks:
+            merged = coverage.add(merged, low, high)
+        holes = [[times.parse_time(a).timestamp(), times.parse_time(b).timestamp()] for a, b in jobs[name]["holes"]]
+        if holes and all(coverage.covers(merged, a, b) for a, b in holes):
+            jobs[name] = {**jobs[name], "state": WAITING, "reason": "a running backfill may still cover "
+                          + jobs[name]["reason"].split(": ", 1)[-1].split(" lies behind")[0]}
+    missed = [n for n in result["missed"] if jobs[n]["state"] == MISSED]
+    missing = [n for n, d in jobs.items() if d["state"] != READY]
+    state = MISSED if missed else WAITING if missing else READY
+    return {**result, "state": state, "ready": state == READY, "missed": missed, "missing": missing, "jobs": jobs}
+
+
 def date_missed(result: dict, day: date, today: date) -> dict:
     """Return a date gate's verdict, missed when the day is over and it is not ready."""
     if result["state"] == WAITING and day < today:

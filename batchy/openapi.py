@@ -293,6 +293,9 @@ def spec() -> dict:
         "/openapi.json": {"get": _op("This document", None, [],
                                      ok={"content": {"application/json": {"schema": {"type": "object"}}}})},
     }
+    from .backfill_api import openapi_paths
+
+    paths.update(openapi_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "Batchy", "version": "1.0.0",

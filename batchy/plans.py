@@ -322,3 +322,21 @@ def audit_event(state: State, change: Change, actor: str) -> dict[str, str]:
         "from_before": formats.dumps(before),
         "from_after": formats.dumps(watermarks(writes)),
     }
+
+
+def plan_backfill_coverage(state: State, job: str, start: datetime, end: datetime) -> Change:
+    """Merge a backfill chunk's window [start, end), just recorded successful, into job's coverage ledger.
+
+    Nothing to write when the ledger covers it already (a retried close) or the job is gone.
+    """
+    if job not in state.jobs:
+        return Change(action="backfill_coverage", noop=True)
+    field = keys.coverage_field(job)
+    try:
+        ledger = coverage.loads(state.meta.get(field))
+    except ValueError:
+        raise state.corrupt(field, state.meta.get(field) or "") from None
+    low, high = start.timestamp(), end.timestamp()
+    if coverage.covers(ledger, low, high):
+        return Change(action="backfill_coverage", noop=True)
+    return Change(action="backfill_coverage", meta={field: formats.dumps(coverage.add(ledger, low, high))})

@@ -140,7 +140,8 @@ def wait(wf):
         if through is not None:
             found, ledgers = state
             selected = _selected(wf, found, jobs)
-            return gates.coverage_verdict(found, ledgers, selected, since, through)
+            result = gates.coverage_verdict(found, ledgers, selected, since, through)
+            return gates.refilled(result, _filling(wf)) if result["state"] == gates.MISSED else result
         return gates.date_missed(readiness.verdict(state, jobs, day, tz, wf), day, today)
 
     def read():
@@ -179,6 +180,23 @@ def wait(wf):
         body["deadline"] = {"at": times.format_time(gate_deadline, tz), "passed": passed,
                             "action": action if passed else None}
     return json_response(body)
+
+
+def _filling(wf: str) -> dict[str, list]:
+    """Return {job: [[start, end], ...]} of the chunks running backfills of wf may still load."""
+    from .backfill_api import get_backfills
+    from .times import parse_time
+
+    backfills = get_backfills()
+    filling: dict[str, list] = {}
+    for entry in backfills.list(wf):
+        if entry.get("status") != "running":
+            continue
+        for chunk in backfills.get(wf, entry["backfill_id"])["chunks"]:
+            if chunk["status"] in ("pending", "leased"):
+                filling.setdefault(chunk["job"], []).append(
+                    [parse_time(chunk["from_date"]).timestamp(), parse_time(chunk["to_date"]).timestamp()])
+    return filling
 
 
 def _selected(wf: str, found: dict, jobs: list[str]) -> list[str]:

@@ -407,6 +407,10 @@ COMMAND_OF = {
     "/events/{wf}": "events", "/set_from_date/{wf}": "set-from-date", "/rewind/{wf}": "rewind",
     "/pause": "pause", "/pause/{wf}": "pause", "/resume": "resume", "/resume/{wf}": "resume",
     "/pause_status": "pause-status", "/pause_history": "pause-history", "/wait/{wf}": "wait",
+    "/backfill/{wf}": "backfill create", "/backfills/{wf}": "backfill list", "/backfill/{wf}/{backfill_id}":
+    "backfill status", "/backfill/{wf}/{backfill_id}/lease": "backfill lease",
+    "/backfill/{wf}/{backfill_id}/close": "backfill close", "/backfill/{wf}/{backfill_id}/fail": "backfill fail",
+    "/backfill/{wf}/{backfill_id}/cancel": "backfill cancel",
 }
 # Endpoints for machines and browsers, not for a shell script: no command.
 NOT_COMMANDS = {"/healthz", "/readyz", "/", "/dashboard", "/metrics", "/openapi.json"}
@@ -418,7 +422,9 @@ def test_every_api_parameter_is_an_option(path):
     if path in NOT_COMMANDS:
         return
     assert path in COMMAND_OF, f"{path} has no batchy command: add one, or list it in NOT_COMMANDS"
-    command = cli_mod.cli.commands[COMMAND_OF[path]]
+    command = cli_mod.cli
+    for name in COMMAND_OF[path].split():  # "backfill create": a group's subcommand
+        command = command.commands[name]
     if command.name == "wait":
         return  # waitsy's own arguments (docs/waitsy.md)
     arguments = {p.name for p in command.params if p.param_type_name == "argument"}

@@ -99,3 +99,22 @@ def test_the_pure_verdict_names_each_hole():
     verdict = gates.coverage_verdict(jobs, ledger, ["a"], since, through)
     assert verdict["state"] == "waiting"
     assert verdict["jobs"]["a"]["holes"] == [["2024-03-01T12:00:00+00:00", "2024-03-02T00:00:00+00:00"]]
+
+
+def test_a_hole_a_running_backfill_will_fill_is_waited_for(hourly):
+    client, _clock = hourly
+    run_once(client)  # 00:00 - 06:00
+    client.post("/set_from_date/up?from_date=2024-03-01T08:00:00Z")  # the 06:00 - 08:00 hole
+    for _ in range(3):
+        run_once(client)
+    gate = "/wait/up?through=2024-03-02T00:00:00Z&timeout=0"
+    assert client.get(gate).json["state"] == "missed"
+    created = client.post("/backfill/up?from=2024-03-01T06:00:00Z&to=2024-03-01T08:00:00Z&chunk_hours=1")
+    assert created.status_code == 201, created.json
+    answer = client.get(gate).json
+    assert answer["state"] == "waiting" and "running backfill" in answer["jobs"]["h"]["reason"], answer
+    backfill_id = created.json["backfill_id"]
+    for _ in range(2):
+        chunk = client.post(f"/backfill/up/{backfill_id}/lease").json
+        client.post(f"/backfill/up/{backfill_id}/close?chunk={chunk['chunk']}&attempt={chunk['attempt']}")
+    assert client.get(gate).json["state"] == "ready"

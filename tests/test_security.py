@@ -11,7 +11,8 @@ from .conftest import make_app
 
 READ_ONLY = {"/healthz", "/readyz", "/get_status/<wf>", "/history/<wf>", "/batch/<wf>/<batch_id>", "/batches",
              "/most_recent/<wf>", "/events/<wf>", "/pause_status", "/pause_history", "/", "/dashboard",
-             "/metrics", "/openapi.json", "/workflows", "/coverage/<wf>", "/late"}
+             "/metrics", "/openapi.json", "/workflows", "/coverage/<wf>", "/late", "/backfills/<wf>",
+             "/backfill/<wf>/<backfill_id>"}
 
 
 def test_every_route_is_either_read_only_or_token_guarded(fake_redis, cfg_dir):

@@ -1,0 +1,215 @@
+"""Backfills in Redis: create, read, lease, close or fail, cancel. No Flask here.
+
+Each backfill is a hash (keys.backfill), its chunks a hash of JSON (keys.backfill_chunks)
+and a queue of the chunks a worker may lease (keys.backfill_queue); every chunk change
+is one Lua script (scripts.BACKFILL_*) that also appends it to the workflow's audit
+stream. The workflow's own state is never touched, except the coverage ledger: a
+successful chunk's window is merged into it by a committed change (plans.plan_backfill_coverage
+through store.mutate), after the chunk is recorded successful, so the ledger never holds
+more than what succeeded; a retried close merges it again (a no-op if it is there).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from . import backfill, formats, keys, plans, scripts
+from .backfill import BackfillNotFound, NotLeased, StaleAttempt
+from .errors import InvalidParameter
+from .store import BatchStore
+from .times import UTC, format_time, parse_time, zone
+
+Reply = scripts.BackfillReply
+
+
+def _pairs(flat: list) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+def _counts(record: dict[str, str]) -> dict[str, int]:
+    return {str(s): int(record.get(keys.backfill_count_field(s)) or 0) for s in backfill.CHUNK_STATUSES}
+
+
+class Backfills:
+    """The backfills of the workflows in one store's Redis."""
+
+    def __init__(self, store: BatchStore, events_keep: int):
+        self.store = store
+        self.events_keep = events_keep
+        client = store.redis
+        self._create = client.register_script(scripts.BACKFILL_CREATE)
+        self._lease = client.register_script(scripts.BACKFILL_LEASE)
+        self._finish = client.register_script(scripts.BACKFILL_FINISH)
+        self._cancel = client.register_script(scripts.BACKFILL_CANCEL)
+
+    def _run(self, script, script_keys, args) -> list:
+        return self.store.transport.run(script, tuple(script_keys), args)
+
+    def _missing(self, wf: str, backfill_id: int) -> Exception:
+        """Return the 404 for a backfill not found: of the workflow if that is gone too."""
+        if not self.store.redis.exists(keys.workflow(wf)):
+            return self.store.committer.not_found(wf)
+        return BackfillNotFound(f"workflow {wf!r} has no backfill {backfill_id}", workflow=wf, backfill_id=backfill_id)
+
+    # -- create ------------------------------------------------------------------------
+
+    def create(self, wf: str, start: datetime, end: datetime, *, jobs: list[str] | None = None,
+               batch_size: str | None = None, chunk_hours: float | None = None,
+               max_attempts: int = backfill.DEFAULT_MAX_ATTEMPTS, actor: str = "") -> dict:
+        """Create a backfill of [start, end) for jobs (default all); return it with its chunks."""
+        state = self.store.read(wf)
+        if not state.jobs:
+            raise self.store.committer.not_found(wf)
+        chunks = backfill.plan(wf, state.jobs, state.settings, start, end, state.now, names=jobs,
+                               batch_size=batch_size, chunk_hours=chunk_hours)
+        names = list(dict.fromkeys(chunk["job"] for chunk in chunks))
+        zones = {name: state.jobs[name].get("timezone") or "UTC" for name in names}
+        record = {
+            "workflow": wf,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "jobs": formats.dumps(names),
+            "zones": formats.dumps(zones),
+            "batch_size": batch_size or "",
+            "chunk_hours": "" if chunk_hours is None else repr(chunk_hours),
+            "max_attempts": str(max_attempts),
+            "chunks": str(len(chunks)),
+            "status": backfill.RUNNING,
+            "actor": actor,
+        }
+        backfill_id = int(state.now.timestamp())
+        message = f"{len(chunks)} chunk(s) of [{record['from']}, {record['to']})"
+        while True:
+            record["backfill_id"] = str(backfill_id)
+            args: list = [backfill_id, self.events_keep, actor, record["jobs"], message, len(record)]
+            for item in record.items():
+                args += item
+            args.append(len(chunks))
+            args += [formats.dumps(chunk) for chunk in chunks]
+            reply = self._run(self._create, (keys.workflow(wf), keys.backfills(wf), keys.backfill(wf, backfill_id),
+                                             keys.backfill_chunks(wf, backfill_id),
+                                             keys.backfill_queue(wf, backfill_id), keys.events(wf)), args)
+            code = int(reply[0])
+            if code == Reply.APPLIED:
+                break
+            if code == Reply.NO_WORKFLOW or code == Reply.NO_BACKFILL:
+                raise self.store.committer.not_found(wf)
+            backfill_id = int(reply[1])  # taken by a backfill created the same second: the next free id
+        counts = {str(backfill.ChunkStatus.PENDING): len(chunks)}
+        answer = backfill.summary({**record, "created": _created(reply)}, counts)
+        answer["chunks"] = [backfill.render_chunk(n, chunk, zone(zones[chunk["job"]]))
+                            for n, chunk in enumerate(chunks)]
+        return answer
+
+    # -- reads -------------------------------------------------------------------------
+
+    def get(self, wf: str, backfill_id: int) -> dict:
+        """Return a backfill with every chunk and its progress."""
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.hgetall(keys.backfill(wf, backfill_id))
+        pipe.hgetall(keys.backfill_chunks(wf, backfill_id))
+        record, raw = pipe.execute()
+        if not record:
+            raise self._missing(wf, backfill_id)
+        zones = json.loads(record.get("zones") or "{}")
+        answer = backfill.summary(record, _counts(record))
+        answer["chunks"] = [
+            backfill.render_chunk(n, chunk, zone(zones.get(chunk["job"]) or "UTC"))
+            for n, chunk in sorted((int(n), json.loads(text)) for n, text in raw.items())
+        ]
+        return answer
+
+    def list(self, wf: str, limit: int = 50) -> list[dict]:
+        """Return wf's backfills newest first, without their chunks."""
+        ids = self.store.redis.zrevrange(keys.backfills(wf), 0, limit - 1)
+        if not ids and not self.store.redis.exists(keys.workflow(wf)):
+            raise self.store.committer.not_found(wf)
+        pipe = self.store.redis.pipeline(transaction=False)
+        for backfill_id in ids:
+            pipe.hgetall(keys.backfill(wf, backfill_id))
+        return [backfill.summary(record, _counts(record)) for record in pipe.execute() if record]
+
+    # -- chunk changes -----------------------------------------------------------------
+
+    def lease(self, wf: str, backfill_id: int, lease_seconds: float = backfill.DEFAULT_LEASE_SECONDS,
+              actor: str = "") -> dict | None:
+        """Lease the next chunk due (attempt + 1) for lease_seconds; None when none is due now."""
+        lease_ms = max(1, round(lease_seconds * 1000))
+        script_keys = (keys.workflow(wf), keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
+                       keys.backfill_queue(wf, backfill_id), keys.events(wf), keys.PAUSE, keys.pause(wf))
+        while True:
+            reply = self._run(self._lease, script_keys, (lease_ms, self.events_keep, actor, backfill_id))
+            code = int(reply[0])
+            if code == Reply.PAUSED:
+                self.store.pausing.check(wf)  # raises Paused with the pause's message
+                continue  # resumed in between
+            break
+        if code == Reply.NO_WORKFLOW:
+            raise self.store.committer.not_found(wf)
+        if code == Reply.NO_BACKFILL:
+            raise self._missing(wf, backfill_id)
+        if code == Reply.NOTHING:
+            return None
+        number, chunk, record = int(reply[1]), json.loads(reply[2]), _pairs(reply[3])
+        shown = backfill.render_chunk(number, chunk, _zone(record, chunk["job"]))
+        return {"backfill_id": backfill_id, "workflow": wf, "chunk": number, "job": chunk["job"],
+                "from_date": chunk["from_date"], "to_date": chunk["to_date"], "attempt": chunk["attempts"],
+                "max_attempts": int(record["max_attempts"]), "lease_until": shown["lease_until"]}
+
+    def finish(self, wf: str, backfill_id: int, number: int, attempt: int, outcome: str, *,
+               records_processed: int | None = None, message: str | None = None, actor: str = "") -> dict:
+        """End attempt of chunk number with outcome (success or failed); return the chunk and the progress.
+
+        A success merges the chunk's window into its job's coverage ledger.
+        """
+        reply = self._run(self._finish, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
+                                         keys.backfill_queue(wf, backfill_id), keys.events(wf)),
+                          (number, attempt, outcome, "" if records_processed is None else records_processed,
+                           message or "", self.events_keep, actor, backfill_id))
+        code = int(reply[0])
+        if code == Reply.NO_BACKFILL:
+            raise self._missing(wf, backfill_id)
+        if code == Reply.NO_CHUNK:
+            raise InvalidParameter(f"backfill {backfill_id} of {wf!r} has no chunk {number}", parameter="chunk",
+                                   workflow=wf, backfill_id=backfill_id)
+        chunk = json.loads(reply[1])
+        context = dict(workflow=wf, backfill_id=backfill_id, chunk=number, attempt=attempt,
+                       chunk_status=chunk["status"], attempts=chunk["attempts"])
+        if code == Reply.STALE_ATTEMPT:
+            why = (f"attempt {attempt} was never leased" if attempt > chunk["attempts"] else
+                   f"attempt {attempt} is over (it failed, or its lease ran out and the chunk was leased again), "
+                   "so its outcome is not recorded")
+            raise StaleAttempt(f"chunk {number} of backfill {backfill_id} is on attempt {chunk['attempts']} "
+                               f"({chunk['status']}), not {attempt}: {why}", **context)
+        if code == Reply.NOT_LEASED:
+            raise NotLeased(f"chunk {number} of backfill {backfill_id} is {chunk['status']}, not leased: attempt "
+                            f"{attempt} ended already (or never started)", **context)
+        record = _pairs(reply[2])
+        if outcome == backfill.ChunkStatus.SUCCESS:
+            self.store.mutate(wf, lambda state: plans.plan_backfill_coverage(
+                state, chunk["job"], parse_time(chunk["from_date"]), parse_time(chunk["to_date"])), actor=actor)
+        counts = _counts(record)
+        return {"backfill_id": backfill_id, "workflow": wf,
+                **backfill.render_chunk(number, chunk, _zone(record, chunk["job"])),
+                "backfill_status": backfill.status_of(record.get("status", ""), counts),
+                "progress": backfill.progress(counts, int(record["chunks"]))}
+
+    def cancel(self, wf: str, backfill_id: int, actor: str = "") -> dict:
+        """Cancel a backfill: pending chunks are cancelled; leased ones may still close."""
+        record = self.store.redis.hgetall(keys.backfill(wf, backfill_id))
+        reply = self._run(self._cancel, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
+                                         keys.backfill_queue(wf, backfill_id), keys.events(wf)),
+                          (self.events_keep, actor, backfill_id, record.get("jobs") or "[]"))
+        if int(reply[0]) == Reply.NO_BACKFILL:
+            raise self._missing(wf, backfill_id)
+        record = _pairs(reply[2])
+        return {**backfill.summary(record, _counts(record)), "cancelled_chunks": int(reply[1])}
+
+
+def _zone(record: dict[str, str], job: str):
+    return zone(json.loads(record.get("zones") or "{}").get(job) or "UTC")
+
+
+def _created(reply: list) -> str:
+    """Return the creation time BACKFILL_CREATE stored (the TIME it replied), as it wrote it."""
+    return format_time(datetime.fromtimestamp(int(reply[1][0]), UTC))
