@@ -159,7 +159,7 @@ class History:
             "jobs": {name: marks.get(name) for name in names},
         }
 
-    def gate_state(self, wf: str) -> tuple[dict[str, dict], dict[str, list]]:
+    def gate_state(self, wf: str, lenient: bool = False) -> tuple[dict[str, dict], dict[str, list]]:
         """Return wf's jobs and their coverage ledgers, in one atomic read."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hgetall(keys.workflow(wf))
@@ -174,7 +174,7 @@ class History:
             except ValueError:
                 raise CorruptState.of_job(wf, name, "has a coverage ledger Batchy cannot read",
                                           keys.meta(wf)) from None
-        return decode(raw, wf), ledgers
+        return decode(raw, wf, lenient=lenient), ledgers
 
     def coverage(self, wf: str, job: str | None = None, start: float | None = None,
                  end: float | None = None) -> dict[str, dict]:
@@ -183,24 +183,13 @@ class History:
         Holes lie between the job's first covered start (or start) and its latest covered
         end (or end): time that no successful window covered.
         """
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hgetall(keys.workflow(wf))
-        pipe.hgetall(keys.meta(wf))
-        raw, meta = pipe.execute()
-        if not raw:
-            raise self.not_found(wf)
-        jobs = decode(raw, wf, lenient=True)
-        if job is not None and job not in raw:
+        jobs, ledgers = self.gate_state(wf, lenient=True)
+        if job is not None and job not in jobs:
             raise JobNotFound(f"workflow {wf!r} has no job {job!r}", workflow=wf, job=job)
-        texts = keys.coverage_texts(meta)
         result = {}
-        for name in [job] if job is not None else sorted(raw):
-            try:
-                ledger = coverage_mod.loads(texts.get(name))
-            except ValueError:
-                raise CorruptState.of_job(wf, name, "has a coverage ledger Batchy cannot read",
-                                          keys.meta(wf)) from None
-            tz = job_zone(jobs.get(name) or {})
+        for name in [job] if job is not None else sorted(jobs):
+            ledger = ledgers.get(name) or []
+            tz = job_zone(jobs[name])
             result[name] = {
                 "covered": _render(coverage_mod.clip(ledger, start, end), tz),
                 "holes": _render(coverage_mod.holes(ledger, start, end), tz),
