@@ -99,6 +99,15 @@ def job_view(name: str, job: dict, now: datetime, stale_after: float | None, tz=
     }
 
 
+def backfill_view(entry: dict) -> dict:
+    """Return what the page shows of a running backfill: its id, range and progress."""
+    progress = entry.get("progress") or {}
+    done = sum(progress.get(s, 0) for s in ("success", "failed", "cancelled"))
+    return {"id": entry.get("backfill_id"), "done": done, "chunks": progress.get("chunks", 0),
+            "failed": progress.get("failed", 0), "percent": int(round(100 * (progress.get("done") or 0))),
+            "range": f"{entry.get('from', '')} - {entry.get('to', '')}"}
+
+
 def workflow_view(wf: str, data: dict, now: datetime, pause: dict | None = None, tz=timezone.utc) -> dict:
     """Return what the page shows of one workflow: its header and its job rows."""
     settings = data.get("settings") or {}
@@ -122,6 +131,7 @@ def workflow_view(wf: str, data: dict, now: datetime, pause: dict | None = None,
         "stuck": stuck["reason"] if stuck else "",
         "late": sum(1 for job in jobs if job["late"]),
         "failing": sum(1 for job in jobs if job["status"] == Status.FAILED),
+        "backfills": [backfill_view(b) for b in data.get("backfills") or []],
     }
 
 
@@ -187,6 +197,16 @@ def refresh_seconds() -> int:
     return int(value)
 
 
+def running_backfills(overview: dict[str, dict]) -> None:
+    """Add each workflow's running backfills (with their progress) to the overview."""
+    from .backfill_api import get_backfills
+
+    backfills = get_backfills()
+    for wf, data in overview.items():
+        if not data.get("error"):
+            data["backfills"] = [b for b in backfills.list(wf, limit=20) if b.get("status") == "running"]
+
+
 @bp.get("/")
 @bp.get("/dashboard")
 def dashboard():
@@ -198,6 +218,7 @@ def dashboard():
         names = store.workflows()
         overview = store.overview(names)
         pauses = store.pauses(names)
+        running_backfills(overview)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         # An HTML page, not the JSON error: the open tab keeps refreshing and recovers by itself.
         log.warning("dashboard: redis unavailable: %s", exc)

@@ -338,3 +338,15 @@ def test_late_failing_and_stuck_come_first_with_their_links(client, write_cfg):
     for link in ("history/zzz", "events/zzz", "coverage/zzz", "backfills/zzz"):
         assert f'href="{link}"' in text
     assert 'id="filter"' in text
+
+
+def test_running_backfills_show_their_progress(client):
+    client.post("/load_cfg/wf1")
+    created = client.post("/backfill/wf1?from=2024-01-01T00:00:00Z&to=2024-01-05T00:00:00Z&job=s_extract"
+                          "&batch_size=day").json
+    chunk = client.post(f"/backfill/wf1/{created['backfill_id']}/lease").json
+    client.post(f"/backfill/wf1/{created['backfill_id']}/close?chunk={chunk['chunk']}&attempt={chunk['attempt']}")
+    text = page(client)
+    assert f'data-backfill="{created["backfill_id"]}"' in text and "1/4 chunks" in text
+    client.post(f"/backfill/wf1/{created['backfill_id']}/cancel")
+    assert "data-backfill" not in page(client)  # only running ones
