@@ -4,7 +4,7 @@
 
 The app is started through `batchy serve` itself with create_app swapped for the minimal
 app, so every gunicorn setting (worker class, workers, threads, keepalive, access log)
-is the one production uses, and stays so when cli.py changes.
+is the one production uses, and stays so when batchy/cli/serve.py changes.
 """
 from __future__ import annotations
 

@@ -12,9 +12,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from batchy import backfill, backfill_api, create_app, keys, runner, scripts
+from batchy import backfill, backfill_api, create_app, keys, scripts
 from batchy.backfill import BackfillNotFound, NotLeased, StaleAttempt
 from batchy.backfills import Backfills
+from batchy.cli import backfill_run as runner
 from batchy.client import Batchy
 from batchy.errors import InvalidParameter
 from batchy.times import format_time

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import click
 import pytest
 
-from batchy import create_app, runner
+from batchy import cli as runner, create_app
 from batchy.client import Batchy
 from batchy.times import format_time
 

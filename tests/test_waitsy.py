@@ -378,8 +378,10 @@ def test_a_gate_past_its_deadline_takes_its_fallback_at_once(svc, workflow, hour
     # 00:00 is today's midnight: always past; so is yesterday 23:00 in Paris (22:00 UTC at the latest).
     deadline = {"HH:MM": ["--deadline", "00:00"],
                 "ISO": ["--deadline", (start + timedelta(hours=1)).isoformat()],
+                # --since: Paris' day starts an hour before the upstream's first UTC hour, which
+                # would make the gate missed (exit 4) rather than waiting, whatever the time of day.
                 "ISO in --tz": ["--deadline", (start + timedelta(hours=23)).strftime("%Y-%m-%dT%H:%M"),
-                                "--tz", "Europe/Paris"]}[form]
+                                "--tz", "Europe/Paris", "--since", start.isoformat()]}[form]
     began = time.monotonic()
     assert waitsy.main(["-wf", wf, "--url", svc.url, "--through", "today", "--timeout", "30",
                         "--on-deadline", action, "--json"] + deadline) == code

@@ -1,0 +1,66 @@
+"""Steering the service: set-from-date, rewind, pause, resume, pause-status, pause-history."""
+from __future__ import annotations
+
+import click
+
+from ..client import Batchy
+from .output import limit_option, pairs, service_command, show, state_table, table
+
+PAUSE_COLUMNS = ["scope", "since", "actor", "message"]
+
+
+@service_command("set-from-date")
+@click.argument("wf")
+@click.argument("from_date")
+@click.option("--job", help="Only this job step.")
+@click.option("--force", is_flag=True, help="Even while a batch is open.")
+def set_from_date(wf, from_date, job, force):
+    """Make the next batch of WF extract from FROM_DATE exactly (ISO-8601)."""
+    show(Batchy().set_from_date(wf, from_date, job=job, force=force), state_table)
+
+
+@service_command()
+@click.argument("wf")
+@click.argument("batch_id", type=int)
+@click.option("--job", help="Only this job step.")
+@click.option("--force", is_flag=True, help="Even while a batch is open.")
+def rewind(wf, batch_id, job, force):
+    """Make the next batch of WF extract from where BATCH_ID started."""
+    show(Batchy().rewind(wf, batch_id, job=job, force=force), state_table)
+
+
+@service_command()
+@click.argument("wf", required=False)
+@click.option("--message", "-m", default="", help="Why; shown to whoever is refused.")
+def pause(wf, message):
+    """Refuse new batches of WF (or of every workflow) until resumed."""
+    show(Batchy().pause(wf, message=message), pairs)
+
+
+@service_command()
+@click.argument("wf", required=False)
+def resume(wf):
+    """Allow new batches of WF (or of the whole service) again."""
+    show(Batchy().resume(wf), pairs)
+
+
+@service_command("pause-status")
+def pause_status():
+    """Print what is paused: the whole service, and each paused workflow."""
+    show(Batchy().pause_status(), _pause_status_text)
+
+
+def _pause_status_text(answer: dict) -> str:
+    rows = ([answer["service"]] if answer.get("service") else []) + list((answer.get("workflows") or {}).values())
+    return table(rows, PAUSE_COLUMNS) if rows else "nothing is paused"
+
+
+@service_command("pause-history")
+@limit_option(20)
+def pause_history(limit):
+    """Print every pause and resume, newest first."""
+    show(Batchy().pause_history(limit=limit),
+         lambda rows: table(rows, ["id", "time", "action", "scope", "actor", "message"]))
+
+
+COMMANDS = [set_from_date, rewind, pause, resume, pause_status, pause_history]

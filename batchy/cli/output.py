@@ -1,0 +1,193 @@
+"""What the service commands print, and how they exit.
+
+A table on a terminal and JSON otherwise (--json / --table choose), nothing with
+--quiet, and an exit code per class of error, so a script can tell "paused" from
+"failed" (docs/api.md#exit-codes).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shlex
+import sys
+from contextlib import contextmanager
+
+import click
+
+from ..client import Batchy, ServiceError
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # anything else: a 500, an unexpected answer, export/import errors
+EXIT_USAGE = 2  # click's own: a bad option or argument
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_PAUSED = 5
+EXIT_UNAUTHORIZED = 6
+EXIT_UNAVAILABLE = 7  # a 503, or the service cannot be reached at all
+EXIT_BAD_INPUT = 8
+EXIT_BY_STATUS = {
+    400: EXIT_BAD_INPUT, 401: EXIT_UNAUTHORIZED, 404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT,
+    413: EXIT_BAD_INPUT, 423: EXIT_PAUSED, 503: EXIT_UNAVAILABLE,
+}
+
+
+EXIT_CODES_HELP = """\b
+Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 conflict, 5 paused,
+6 unauthorized, 7 unavailable (503 or unreachable), 8 bad input (400);
+`batchy wait` exits with waitsy's codes. Output: a table on a terminal, JSON
+otherwise; --json, --table and --quiet choose."""
+
+
+class Failed(click.ClickException):
+    """An error with the exit code of its class (EXIT_*)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextmanager
+def service_errors():
+    """Turn the service's errors into `batchy`'s exit codes (EXIT_BY_STATUS)."""
+    try:
+        yield
+    except ServiceError as exc:
+        raise Failed(f"{exc.message} ({exc.status} {exc.code})", EXIT_BY_STATUS.get(exc.status, EXIT_ERROR)) from None
+    except OSError as exc:
+        raise Failed(f"cannot reach Batchy at {Batchy().url}: {exc}", EXIT_UNAVAILABLE) from None
+
+
+def output_options(fn):
+    """Add --json/--table and --quiet to a command."""
+    fn = click.option("--quiet", "-q", is_flag=True, help="Print nothing on success: the exit code says.")(fn)
+    return click.option("--json/--table", "as_json", default=None,
+                        help="JSON (the default when stdout is not a terminal) or a table (on a terminal).")(fn)
+
+
+def limit_option(default: int, maximum: int = 1000):
+    """Add --limit (1 to maximum) to a command."""
+    return click.option("--limit", default=default, show_default=True, type=click.IntRange(1, maximum))
+
+
+_OUTPUT = "batchy.output"
+
+
+def service_command(*args, **kwargs):
+    """Declare a command that talks to the service: --json/--table, --quiet, exit codes by error."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def run(*a, as_json, quiet, **kw):
+            click.get_current_context().meta[_OUTPUT] = (as_json, quiet)
+            with service_errors():
+                return fn(*a, **kw)
+
+        return click.command(*args, **kwargs)(output_options(run))
+
+    return decorate
+
+
+def json_flag() -> bool | None:
+    """Return the running command's --json (True) or --table (False), None when neither was given."""
+    return click.get_current_context().meta[_OUTPUT][0]
+
+
+def _output() -> tuple[bool, bool]:
+    """Return (as_json, quiet) of the running command."""
+    as_json, quiet = click.get_current_context().meta.get(_OUTPUT, (None, False))
+    return (not sys.stdout.isatty()) if as_json is None else as_json, quiet
+
+
+def show(data, human=None) -> None:
+    """Print data as JSON, or on a terminal as human(data); nothing with --quiet."""
+    as_json, quiet = _output()
+    if not quiet:
+        _echo(json.dumps(data, indent=2) if as_json or human is None else human(data))
+
+
+def show_text(text: str) -> None:
+    """Print a text answer (a parameter file, export lines) as it is; nothing with --quiet."""
+    if not _output()[1]:
+        _echo(text)
+
+
+def _echo(text: str) -> None:
+    try:
+        click.echo(text, nl=not text.endswith("\n"))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (| head): not a service error, and no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+# -- tables: the human output --------------------------------------------------------
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    elif isinstance(value, dict):
+        value = json.dumps(value, separators=(",", ":"))
+    text = " ".join(str(value).split())  # one line per row
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def table(rows: list[dict], columns: list[str], header: bool = True) -> str:
+    """Return rows as aligned columns, under a header of the column names."""
+    lines = ([[c.upper() for c in columns]] if header else []) + [[_cell(r.get(c)) for c in columns] for r in rows]
+    if not lines:
+        return ""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def pairs(data: dict) -> str:
+    """Return data as two aligned columns, key and value, without a header."""
+    return table([{"k": k, "v": v} for k, v in data.items()], ["k", "v"], header=False)
+
+
+STATE_COLUMNS = ["job", "status", "batch_id", "from_date", "to_date", "records_processed", "message"]
+BATCH_COLUMNS = ["batch_id", "status", "batch_start", "batch_end", "duration_seconds", "records_processed"]
+
+
+def state_table(state: dict) -> str:
+    """Return a workflow's state ({job: fields}) as a table of its jobs."""
+    return table([{"job": job, **fields} for job, fields in state.items()], STATE_COLUMNS)
+
+
+# -- shell output: open --format env ------------------------------------------------
+
+def env_name(job: str) -> str:
+    """Return the part of a job's variable names: upper-cased, every other character `_`."""
+    return re.sub(r"[^A-Z0-9_]", "_", job.upper())
+
+
+def env_names(jobs) -> dict[str, str]:
+    """Return {job: env name}; refuse two jobs that would write the same variables."""
+    names: dict[str, str] = {}
+    for job in jobs:
+        taken = next((other for other, name in names.items() if name == env_name(job)), None)
+        if taken is not None:
+            raise Failed(f"jobs {taken!r} and {job!r} both become BATCHY_{env_name(job)}_*: --format env cannot "
+                         f"tell them apart (rename one, or use --format json)", EXIT_BAD_INPUT)
+        names[job] = env_name(job)
+    return names
+
+
+def env_lines(jobs: dict) -> str:
+    """Return a batch as `export` lines for `eval "$(batchy open WF --format env)"`."""
+    ids = {params.get("batch_id") for params in jobs.values()}
+    if len(ids) != 1:
+        raise Failed(f"the jobs have different batch ids ({sorted(map(str, ids))}): use --format json")
+    values = {"BATCHY_BATCH_ID": ids.pop()}
+    for job, name in env_names(jobs).items():
+        values[f"BATCHY_{name}_FROM_DATE"] = jobs[job].get("from_date")
+        values[f"BATCHY_{name}_TO_DATE"] = jobs[job].get("to_date")
+    if len(jobs) == 1:
+        (only,) = jobs.values()
+        values["BATCHY_FROM_DATE"], values["BATCHY_TO_DATE"] = only.get("from_date"), only.get("to_date")
+    return "".join(f"export {k}={shlex.quote('' if v is None else str(v))}\n" for k, v in values.items())

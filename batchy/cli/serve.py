@@ -1,0 +1,128 @@
+"""Running the service (`batchy serve`), and moving its state between Redis servers (export, import)."""
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+
+from .. import settings as settings_mod
+
+
+@click.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")
+@click.option("--port", default=5000, show_default=True, type=int, help="Port to bind.")
+@click.option("--workers", type=int, default=None, help="gunicorn worker processes [BATCHY_WORKERS].")
+@click.option("--threads", type=int, default=None, help="Threads per worker [BATCHY_THREADS].")
+def serve(host, port, workers, threads):
+    """Run the service under gunicorn."""
+    from gunicorn.app.base import BaseApplication
+
+    from ..db import EMBEDDED_WARNING
+
+    conf = settings_mod.load()
+    workers = workers or conf["BATCHY_WORKERS"]
+    if not conf["BATCHY_REDIS_URL"]:
+        click.secho("WARNING: " + EMBEDDED_WARNING, fg="red", bold=True, err=True)
+        workers = 1  # the embedded store lives inside one process
+    logging.basicConfig(level=conf["BATCHY_LOG_LEVEL"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "gthread",
+        # gthread: each /wait waiter holds a thread, and /wait admits at most BATCHY_WAIT_MAX_WAITERS,
+        # so adding that many keeps BATCHY_THREADS free for everything else (docs/waitsy.md).
+        "threads": (threads or conf["BATCHY_THREADS"]) + conf["BATCHY_WAIT_MAX_WAITERS"],
+        "timeout": 120,
+        "graceful_timeout": 10,
+        "keepalive": 5,
+        # gunicorn's own 4 KB request-line limit answers an HTML 414 before the app
+        # sees the request: allow the longest GET the OpenAPI document admits.
+        "limit_request_line": 8190,
+        "accesslog": "-",
+        "errorlog": "-",
+        # gunicorn >= 24 opens a control socket at one fixed path per user: several
+        # services on a host would fight over it, and Batchy does not use it.
+        "control_socket_disable": True,
+    }
+
+    class Server(BaseApplication):
+        def load_config(self):
+            for key, value in options.items():
+                if key in self.cfg.settings:  # older gunicorns lack some settings
+                    self.cfg.set(key, value)
+
+        def load(self):
+            from .. import create_app  # read at load time: bench/baseline.py swaps it
+
+            _json_gunicorn_errors()
+            return create_app()
+
+    Server().run()
+
+
+def _json_gunicorn_errors() -> None:
+    """Give the requests gunicorn refuses itself Batchy's one JSON error shape.
+
+    A request line over 8190 bytes or a malformed header never reaches Flask: gunicorn
+    answers it from its worker with an HTML page (found by fuzzing with schemathesis).
+    gunicorn writes those answers through util.write_error only; this replaces it.
+    """
+    from gunicorn import util
+
+    from ..errors import error_body
+
+    def write_error(sock, status_int, reason, mesg):
+        body = error_body(status_int, reason.lower().replace(" ", "_"), mesg or reason)
+        head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        util.write_nonblock(sock, head.encode("latin1") + body)
+
+    util.write_error = write_error
+
+
+def _direct_store():
+    from ..connections import connect
+    from ..store import BatchStore
+
+    conf = settings_mod.load()
+    if not conf["BATCHY_REDIS_URL"]:
+        raise click.ClickException("export and import talk to Redis directly: set BATCHY_REDIS_URL")
+    return BatchStore(connect(conf["BATCHY_REDIS_URL"], conf["BATCHY_REDIS_TIMEOUT"]), conf)
+
+
+@click.command()
+@click.argument("workflows", nargs=-1)
+@click.option("--output", "-o", type=click.File("w"), default="-", help="File to write (default: stdout).")
+@click.option("--no-history", is_flag=True, help="Only the current state, not the batch snapshots.")
+def export(workflows, output, no_history):
+    """Dump the state of WORKFLOWS (default: all) from BATCHY_REDIS_URL as JSON."""
+    from ..errors import BatchyError
+
+    try:
+        doc = _direct_store().export(list(workflows) or None, history=not no_history)
+    except BatchyError as exc:
+        raise click.ClickException(exc.message) from None
+    json.dump(doc, output, indent=1)
+    output.write("\n")
+    click.echo(f"exported {len(doc['workflows'])} workflow(s)", err=True)
+
+
+@click.command("import")
+@click.argument("source", type=click.File("r"))
+@click.option("--replace", is_flag=True, help="Overwrite workflows that already exist.")
+def import_(source, replace):
+    """Restore workflows from an export file into BATCHY_REDIS_URL."""
+    from ..errors import BatchyError
+
+    try:
+        doc = json.load(source)
+        done = _direct_store().import_(doc, replace=replace)
+    except ValueError as exc:
+        raise click.ClickException(f"not a JSON export file: {exc}") from None
+    except BatchyError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"imported {len(done)} workflow(s): {', '.join(done)}", err=True)
+
+
+COMMANDS = [serve, export, import_]
