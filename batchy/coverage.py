@@ -9,6 +9,7 @@ that no successful window (batch or backfill chunk) covered: skipped data.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 
 Interval = list  # [start, end], epoch seconds, start < end
@@ -80,3 +81,13 @@ def loads(text: str | None) -> list[Interval]:
             for i in value):
         raise ValueError("not a list of [start, end] pairs")
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _loads(text: str) -> tuple:
+    return tuple(tuple(i) for i in loads(text))
+
+
+def loads_cached(text: str) -> list[Interval]:
+    """Return loads(text), parsed and checked once per text (a ledger is read on every close)."""
+    return [list(i) for i in _loads(text)]

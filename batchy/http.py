@@ -46,15 +46,15 @@ def mutation(view):
                 description="this deployment accepts mutations only as POST" if not get_allowed
                 else "HEAD does not change state: use GET or POST",
             )
-        check_token()
+        check_token(config)
         return view(*args, **kwargs)
 
     return guarded
 
 
-def _tokens(*names: str) -> tuple[str, ...]:
+def _tokens(*names: str, config=None) -> tuple[str, ...]:
     """Return the non-empty tokens of the named settings (each one token, or a comma list)."""
-    config = current_app.config
+    config = current_app.config if config is None else config
     return tuple(t for name in names for t in _split(str(config.get(name) or "")))
 
 
@@ -71,9 +71,9 @@ def _bearer_matches(tokens: tuple[str, ...]) -> bool:
     return scheme.lower() == "bearer" and any(found)
 
 
-def check_token() -> None:
+def check_token(config=None) -> None:
     """Require a write token, when any is configured (BATCHY_API_TOKEN, BATCHY_API_TOKENS)."""
-    tokens = _tokens("BATCHY_API_TOKEN", "BATCHY_API_TOKENS")
+    tokens = _tokens("BATCHY_API_TOKEN", "BATCHY_API_TOKENS", config=config)
     if tokens and not _bearer_matches(tokens):
         raise Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")
 

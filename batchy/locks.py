@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import weakref
 
 
 class FairLock:
@@ -81,21 +80,39 @@ class FairLock:
 
 
 class LockTable:
-    """One FairLock per workflow, alive while some thread holds or waits for it.
+    """One FairLock per workflow. Workflows never share a queue: a slow change to one never
+    delays another.
 
-    Workflows never share a queue: a slow change to one never delays another.
+    Locks are kept (a dict lookup per change, nothing allocated), and past `size` the ones
+    nobody holds are dropped, so a flood of workflow names cannot grow it without bound.
     """
 
-    def __init__(self):
-        self._locks: weakref.WeakValueDictionary[str, FairLock] = weakref.WeakValueDictionary()
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self._locks: dict[str, FairLock] = {}
         self._mutex = threading.Lock()
 
     def __call__(self, wf: str) -> FairLock:
+        lock = self._locks.get(wf)  # a dict read is atomic: the common case takes no mutex
+        if lock is not None:
+            return lock
         with self._mutex:
             lock = self._locks.get(wf)
             if lock is None:
+                if len(self._locks) >= self.size:
+                    self._prune()
                 lock = self._locks[wf] = FairLock()
             return lock
+
+    def _prune(self) -> None:
+        """Drop the locks nobody holds or waits for (called under _mutex).
+
+        A thread that fetched a lock just before it is dropped may hold it beside the new
+        one for a moment: only the first-come order suffers, never the state (the commit
+        script's version check guards every change).
+        """
+        for name in [name for name, lock in self._locks.items() if not lock.held and not lock.waiting]:
+            del self._locks[name]
 
     def __len__(self) -> int:
         return len(self._locks)

@@ -214,11 +214,16 @@ def covered(state: State, name: str, job: dict) -> list:
     """Return job name's coverage ledger with the window of job (just succeeded) merged in."""
     field = keys.coverage_field(name)
     try:
-        ledger = coverage.loads(state.meta.get(field))
+        ledger = coverage.loads_cached(state.meta.get(field) or "")
     except ValueError:
         raise state.corrupt(field, state.meta.get(field) or "") from None
-    start, end = parse_time(job["from_date"]).timestamp(), parse_time(job["to_date"]).timestamp()
-    return coverage.add(ledger, start, end)
+    return coverage.add(ledger, _epoch(job["from_date"]), _epoch(job["to_date"]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _epoch(text: str) -> float:
+    """Return a stored time as epoch seconds (a window's ends recur: the next open's from_date)."""
+    return parse_time(text).timestamp()
 
 
 def target_jobs(wf: str, jobs: dict[str, dict], job: str | None) -> list[str]:

@@ -70,6 +70,7 @@ def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int, wf: str = "",
     values were refused) is FutureWindow, not a window that skips data once closed.
     """
     opened = {}
+    policy_settings = {k: v for k, v in (settings or {}).items() if k in windows.POLICY_FIELDS}
     for name, job in jobs.items():
         tz = job_zone(job)
         start = format_now(now, tz)
@@ -83,7 +84,7 @@ def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int, wf: str = "",
         new = dict(job)
         new.pop("next_from_date", None)  # consumed by this open
         new.pop("records_scope", None)
-        policy = windows.policy_of(job, settings or {})
+        policy = windows.policy_of(job, policy_settings)
         to_date = start
         if policy.active:
             span = windows.window(begin, now, policy, tz)

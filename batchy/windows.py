@@ -72,8 +72,11 @@ def check_policy(fields: dict) -> None:
 
 def policy_of(job: dict, settings: dict) -> Policy:
     """Return the policy of a job: its own fields over the workflow's settings."""
+    own = [k for k in POLICY_FIELDS if k in job]  # the common case: none, nowhere
+    if not own and not settings:
+        return NO_POLICY
     merged = {k: settings[k] for k in POLICY_FIELDS if settings.get(k) is not None}
-    merged.update({k: job[k] for k in POLICY_FIELDS if job.get(k) is not None})
+    merged.update({k: job[k] for k in own if job[k] is not None})
     return Policy(**merged) if merged else NO_POLICY
 
 
