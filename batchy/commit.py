@@ -203,7 +203,7 @@ class Committer:
                 state, fresh = self.read(wf, writer.lenient), True
                 continue  # resumed in between: plan again
             if status == scripts.Reply.DUPLICATE:
-                return self._repeated_open(wf, int(value), writer)
+                return self.repeated_open(wf, int(value), writer.lenient)
             if status == scripts.Reply.SNAPSHOT_TAKEN:  # skip past that batch id
                 floor = int(str(value).rsplit("-", 1)[-1]) + 1
                 state, fresh = self.read(wf, writer.lenient), True
@@ -256,9 +256,9 @@ class Committer:
         finally:
             lock.release()
 
-    def _repeated_open(self, wf: str, batch_id: int, writer: "_Writer") -> Change:
+    def repeated_open(self, wf: str, batch_id: int, lenient: bool = False) -> Change:
         """Answer an open retried with its Idempotency-Key: the batch it opened, if still current."""
-        state = self.read(wf, writer.lenient)
+        state = self.read(wf, lenient)
         if state.last_batch_id != batch_id:
             raise StaleBatch(
                 f"this Idempotency-Key opened batch {batch_id} of {wf!r}, which batch {state.last_batch_id} "

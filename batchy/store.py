@@ -132,6 +132,12 @@ class BatchStore:
             self.pausing.check(wf)
             return self.mutate(wf, plans.plan_open, actor=actor, dry_run=True)
         if idempotency_key:
+            # A retry answers the batch its key opened before any rule is applied again (an
+            # exclusive workflow would refuse a second open); the commit script checks the
+            # key once more, for two attempts racing.
+            opened = self.redis.get(keys.idempotency(wf, idempotency_key))
+            if opened is not None:
+                return self.committer.repeated_open(wf, int(opened))
             return self.mutate(wf, lambda state: plans.plan_open(state, idempotency_key), actor=actor)
         return self.mutate(wf, plans.plan_open, actor=actor)
 

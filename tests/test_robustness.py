@@ -400,3 +400,13 @@ def test_a_skip_forward_shows_as_a_hole_until_a_rerun_covers_it(fake_redis, cfg_
     client.post("/close_batch/w")
     assert client.get("/coverage/w").json["s"]["holes"] == []
     assert client.get("/coverage/w?job=nosuch").status_code == 404
+
+
+def test_a_retried_open_of_an_exclusive_workflow_answers_its_batch(any_client, write_cfg):
+    """Found by the model-based test: the exclusive rule refused the retry (409 batch_open)."""
+    write_cfg("solo", ".batchy:\n  exclusive: true\n  lease_hours: 2\na: {}\n")
+    any_client.post("/load_cfg/solo")
+    first = any_client.post("/open_batch/solo", headers={"Idempotency-Key": "run-1"})
+    again = any_client.post("/open_batch/solo", headers={"Idempotency-Key": "run-1"})
+    assert again.status_code == 200 and again.json == first.json, again.json
+    assert any_client.post("/open_batch/solo").status_code == 409  # another run is still refused
