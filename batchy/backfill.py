@@ -13,7 +13,7 @@ fail them. A chunk's states:
                                                  or failed once max_attempts are used
     pending --cancel--> cancelled
 
-The Lua scripts (scripts.BACKFILL_*) apply these transitions atomically in Redis;
+The Lua scripts (backfill_scripts.BACKFILL_*) apply these transitions atomically in Redis;
 lease() and finish() below are the same rules in Python, which the tests hold the
 scripts to. No Redis and no Flask here.
 """
@@ -151,7 +151,7 @@ def plan(wf: str, jobs: dict[str, dict], settings: dict, start: datetime, end: d
     return chunks
 
 
-# -- the transitions (scripts.BACKFILL_LEASE, BACKFILL_FINISH and BACKFILL_CANCEL apply them) ---
+# -- the transitions (backfill_scripts.BACKFILL_LEASE, BACKFILL_FINISH and BACKFILL_CANCEL apply them) ---
 
 def due(chunk: dict, now_ms: int) -> bool:
     """Return whether a lease at now_ms may take chunk: pending, or leased with its lease over."""

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from batchy import backfill, backfill_api, create_app, keys, scripts
+from batchy import backfill, backfill_api, backfill_scripts, create_app, keys
 from batchy.backfill import BackfillNotFound, NotLeased, StaleAttempt
 from batchy.backfills import Backfills
 from batchy.cli import backfill_run as runner
@@ -369,7 +369,7 @@ def test_every_backfill_endpoint_and_command_is_documented_with_an_example(real_
 
 
 def test_the_scripts_write_times_as_format_time_does(redis_server, real_redis):
-    iso = real_redis.register_script(scripts.BACKFILL_LIB + "return iso(ARGV[1])")
+    iso = real_redis.register_script(backfill_scripts.BACKFILL_LIB + "return iso(ARGV[1])")
     for moment in [datetime(1970, 1, 1, tzinfo=UTC), datetime(2000, 2, 29, 23, 59, 59, tzinfo=UTC),
                    datetime(2024, 12, 31, 12, 0, 1, tzinfo=UTC), datetime(2100, 3, 1, tzinfo=UTC),
                    datetime(1999, 12, 31, 23, 0, tzinfo=UTC)]:
