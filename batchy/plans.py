@@ -290,13 +290,18 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], m
     check_from_dates(state, jobs)
     # Batch ids stay strictly increasing: never below what either side used.
     known = [int(b) for b in batches] + [int(meta.get(keys.LAST_BATCH_ID) or 0), state.last_batch_id or 0]
+    # A batch open here that the import replaces can never close: it ends abandoned (unless
+    # the export carries that batch, whose snapshot then replaces it whole).
+    replaced = watermark.abandoned_jobs(state.jobs, None, "abandoned: the workflow was replaced by an import")
+    given = {str(b) for b in batches}
     return Change(
         action="import",
         writes=jobs,
         replace=True,
         meta={**meta, keys.LAST_BATCH_ID: str(max(known))},
-        snapshots=[SnapshotWrite(b, scripts.SNAPSHOT_PUT, snapshot_start(b, snap), snap)
-                   for b, snap in batches.items()],
+        snapshots=[SnapshotWrite(b, scripts.SNAPSHOT_UPDATE, 0, snap)
+                   for b, snap in replaced.items() if str(b) not in given]
+        + [SnapshotWrite(b, scripts.SNAPSHOT_PUT, snapshot_start(b, snap), snap) for b, snap in batches.items()],
     )
 
 

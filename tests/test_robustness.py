@@ -410,3 +410,16 @@ def test_a_retried_open_of_an_exclusive_workflow_answers_its_batch(any_client, w
     again = any_client.post("/open_batch/solo", headers={"Idempotency-Key": "run-1"})
     assert again.status_code == 200 and again.json == first.json, again.json
     assert any_client.post("/open_batch/solo").status_code == 409  # another run is still refused
+
+
+def test_an_import_over_an_open_batch_abandons_it(any_client):
+    """Found by the model-based test: a backup restored over a batch opened after it left that
+    batch open in history for good."""
+    store = any_client.application.extensions["batchy"]
+    any_client.post("/load_cfg/wf1")
+    backup = store.export(["wf1"])
+    batch_id = any_client.post("/open_batch/wf1").json["s_extract"]["batch_id"]  # a run that crashes
+    assert store.import_(backup, replace=True) == ["wf1"]
+    entry = any_client.get("/history/wf1").json["batches"][0]
+    assert entry["batch_id"] == batch_id and entry["status"] == "abandoned"
+    assert "import" in entry["jobs"]["s_extract"]["message"]
