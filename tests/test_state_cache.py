@@ -241,6 +241,7 @@ def _shift(text: str, seconds: int) -> str:
     return (datetime.fromisoformat(text) + timedelta(seconds=seconds)).isoformat()
 
 
+@pytest.mark.slow  # three seconds of contention on purpose
 def test_a_busy_workflow_still_answers_every_writer(redis_server, real_redis, cfg_dir):
     """Two processes, quick closers and a slow opener on one workflow: no 409 busy."""
     import threading
