@@ -27,7 +27,8 @@ from .errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFound
 from .cache import StateCache
 from .jobs import decode
 from .locks import LockTable
-from .plans import Change, State, audit_event, plan_remove
+from .plans import audit_event, plan_remove
+from .state import Change, State
 
 # A writer gives up with 409 busy only past its time budget and after this many tries.
 MIN_ATTEMPTS = 5

@@ -1,8 +1,8 @@
 """Every state change, planned from a State of the workflow: pure, no Redis, no Flask.
 
-A plan reads a State (one consistent read of the workflow and the Redis clock second
-it was read at) and returns the Change that commit.py applies atomically, or raises a
-BatchyError. Plans never change a job in place: the state may be shared with the cache.
+A plan reads a State (state.py: one consistent read of the workflow and the Redis clock
+second it was read at) and returns the Change that commit.py applies atomically, or
+raises a BatchyError. Plans never change a job in place: the state may be shared with the cache.
 
 Where each rule lives: the batch id in next_batch_id, the window of each job in
 watermark.open_jobs (from_date = watermark.next_from_date, to_date = the open's
@@ -12,93 +12,13 @@ snapshot_start, the audit event in audit_event.
 from __future__ import annotations
 
 import functools
-import json
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
 
 from . import coverage, formats, keys, scripts, watermark, workflows
 from .errors import CorruptState, InvalidConfig, InvalidParameter, JobNotFound, WorkflowExists
 from .jobs import Status, snapshot
+from .state import Change, SnapshotWrite, State
 from .times import format_now, in_zone, job_zone, parse_time
-
-
-@dataclass
-class State:
-    """One consistent read of a workflow, at one second of Redis' clock."""
-
-    wf: str
-    now: datetime
-    jobs: dict[str, dict]
-    meta: dict[str, str]
-    raw: dict[str, str] = field(default_factory=dict)  # the jobs as stored (JSON text)
-    version: str = "0"
-    floor: int = 0  # lowest batch id still free, raised when a snapshot key was taken
-    second: str = ""  # the Redis TIME seconds `now` was made from, as the commit checks it
-
-    @property
-    def last_batch_id(self) -> int | None:
-        value = self.meta.get(keys.LAST_BATCH_ID)
-        if not value:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise self.corrupt(keys.LAST_BATCH_ID, value) from None
-
-    @property
-    def settings(self) -> dict:
-        text = self.meta.get(keys.SETTINGS) or "{}"
-        try:
-            settings = _settings(text)
-        except ValueError:
-            settings = None
-        if not isinstance(settings, dict):
-            raise self.corrupt(keys.SETTINGS, text)
-        return settings
-
-    def corrupt(self, field: str, value: str) -> CorruptState:
-        return CorruptState(
-            f"workflow {self.wf!r}: field {field!r} of {keys.meta(self.wf)!r} holds {value[:80]!r}, which Batchy "
-            f"did not write; reload the workflow with load_cfg/{self.wf}?reset=true", workflow=self.wf)
-
-
-class SnapshotWrite(NamedTuple):
-    """One batch snapshot a change writes; mode is one of scripts.SNAPSHOT_*."""
-
-    batch_id: int | str
-    mode: str
-    score: float  # the batch's start (epoch seconds), for the batchy:batches index
-    jobs: dict[str, dict]
-
-
-@dataclass
-class Change:
-    """What one commit writes; see scripts.COMMIT for how each part is applied."""
-
-    action: str  # open, close, fail, load, reset, set, rewind, import: the audit and count name
-    writes: dict[str, dict] = field(default_factory=dict)  # jobs written to the workflow hash
-    replace: bool = False  # the workflow hash is replaced by writes (load, import)
-    meta: dict[str, str] = field(default_factory=dict)
-    snapshots: list[SnapshotWrite] = field(default_factory=list)
-    batch_id: int | None = None
-    check_pause: bool = False
-    # Set by commit: every job after the change, and once committed the JSON text
-    # stored for each (answers are built from it without encoding the jobs again).
-    after: dict[str, dict] = field(default_factory=dict)
-    after_text: dict[str, str] | None = None
-    # Nothing to write: the call repeats one already applied (a retried close).
-    noop: bool = False
-    idempotency_key: str | None = None  # an open's Idempotency-Key (scripts.COMMIT, KEYS[10])
-
-
-@functools.lru_cache(maxsize=1024)
-def _settings(text: str) -> dict:
-    """Return a workflow's settings from their JSON text (the same text on every open).
-
-    Shared between calls: read-only, as the plans that read it are pure.
-    """
-    return json.loads(text)
 
 
 def next_batch_id(now: datetime, last_batch_id: int | None, floor: int = 0) -> int:

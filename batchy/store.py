@@ -19,6 +19,7 @@ from .errors import BatchyError, redis_refusal
 from .history import History
 from .jobs import Status, check_raw, decode
 from .pauses import Pauses
+from .state import Change, State
 from .workflows import Config, names_in, read_config
 
 __all__ = ["BatchStore", "decode"]
@@ -77,7 +78,7 @@ class BatchStore:
         """Return the names of every loaded workflow."""
         return sorted(self.redis.smembers(keys.WORKFLOWS))
 
-    def read(self, wf: str) -> plans.State:
+    def read(self, wf: str) -> State:
         return self.committer.read(wf)
 
     def raw_batch(self, wf: str, batch_id: int) -> dict[str, str]:
@@ -123,7 +124,7 @@ class BatchStore:
         return dict(sorted(change.after.items()))
 
     def open(self, wf: str, *, actor: str = "", dry_run: bool = False,
-             idempotency_key: str | None = None) -> plans.Change:
+             idempotency_key: str | None = None) -> Change:
         """Open a new batch of every job in wf; return the change (jobs and batch_id).
 
         With an idempotency_key, a retry answers the batch the first call opened.
@@ -142,7 +143,7 @@ class BatchStore:
         return self.mutate(wf, plans.plan_open, actor=actor)
 
     def close(self, wf: str, outcome: str, *, job: str | None = None, batch_id: int | None = None,
-              records_processed: int | None = None, message: str | None = None, actor: str = "") -> plans.Change:
+              records_processed: int | None = None, message: str | None = None, actor: str = "") -> Change:
         """Mark wf's open jobs (or one job) success or failed, here and in their batch snapshot."""
         def plan(state):
             return plans.plan_close(state, outcome, job=job, batch_id=batch_id,
@@ -159,13 +160,13 @@ class BatchStore:
         return change
 
     def set_from_date(self, wf: str, moment: datetime, *, job: str | None = None, force: bool = False,
-                      actor: str = "") -> plans.Change:
+                      actor: str = "") -> Change:
         """Make the next batch of wf (or one job) extract from moment exactly."""
         return self.mutate(wf, lambda state: plans.plan_set_from_date(state, moment, job=job, force=force),
                            actor=actor)
 
     def rewind(self, wf: str, batch_id: int, *, job: str | None = None, force: bool = False,
-               actor: str = "") -> plans.Change:
+               actor: str = "") -> Change:
         """Make the next batch of wf (or one job) extract from where batch batch_id did."""
         snapshot = decode(self.raw_batch(wf, batch_id), wf, keys.batch(wf, batch_id), snapshot=True)
         return self.mutate(wf, lambda state: plans.plan_rewind(state, batch_id, snapshot, job=job, force=force),

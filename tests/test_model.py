@@ -152,7 +152,7 @@ class World:
         """A fresh start for one example: empty Redis, forgetful processes, START o'clock."""
         client = self.server.client()
         try:
-            client.flushall()
+            client.flushall()  # the redis-server this machine started itself (self.server)
         finally:
             client.close()
         for store in self.stores():

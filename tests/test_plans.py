@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from batchy import keys, plans, scripts
+from batchy.state import State
 from batchy.errors import JobNotFound, WorkflowExists
 from batchy.jobs import Status
 
@@ -13,8 +14,8 @@ NOW = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
 EPOCH = int(NOW.timestamp())
 
 
-def state(jobs, **meta) -> plans.State:
-    return plans.State("wf", NOW, jobs, {k: str(v) for k, v in meta.items()})
+def state(jobs, **meta) -> State:
+    return State("wf", NOW, jobs, {k: str(v) for k, v in meta.items()})
 
 
 def test_batch_id_is_the_open_second_unless_taken():
