@@ -129,6 +129,24 @@ class Backfills:
             pipe.hgetall(keys.backfill(wf, backfill_id))
         return [backfill.summary(record, _counts(record)) for record in pipe.execute() if record]
 
+    def running(self, wfs: list[str], limit: int = 20) -> dict[str, list[dict]]:
+        """Return {wf: its running backfills} of each of wfs' newest limit, in two round trips."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        for wf in wfs:
+            pipe.zrevrange(keys.backfills(wf), 0, limit - 1)
+        ids = dict(zip(wfs, pipe.execute()))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for wf, found in ids.items():
+            for backfill_id in found:
+                pipe.hgetall(keys.backfill(wf, backfill_id))
+        records = iter(pipe.execute())
+        result = {}
+        for wf, found in ids.items():
+            summaries = [backfill.summary(record, _counts(record)) for record in (next(records) for _ in found)
+                         if record]
+            result[wf] = [s for s in summaries if s["status"] == backfill.RUNNING]
+        return result
+
     # -- chunk changes -----------------------------------------------------------------
 
     def lease(self, wf: str, backfill_id: int, lease_seconds: float = backfill.DEFAULT_LEASE_SECONDS,

@@ -201,10 +201,8 @@ def running_backfills(overview: dict[str, dict]) -> None:
     """Add each workflow's running backfills (with their progress) to the overview."""
     from .backfill_api import get_backfills
 
-    backfills = get_backfills()
-    for wf, data in overview.items():
-        if not data.get("error"):
-            data["backfills"] = [b for b in backfills.list(wf, limit=20) if b.get("status") == "running"]
+    for wf, running in get_backfills().running(sorted(overview)).items():
+        overview[wf]["backfills"] = running
 
 
 @bp.get("/")
