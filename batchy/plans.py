@@ -210,19 +210,57 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], m
     check_from_dates(state, jobs)
     # Batch ids stay strictly increasing: never below what either side used.
     known = [int(b) for b in batches] + [int(meta.get(keys.LAST_BATCH_ID) or 0), state.last_batch_id or 0]
+    last = max(known)
+    meta = {k: v for k, v in meta.items() if k != keys.LAST_BATCH_ID}
+    if last:  # a workflow that never opened a batch has no last batch id
+        meta[keys.LAST_BATCH_ID] = str(last)
+    # The ledger records windows that succeeded, here or where the export was taken: an
+    # import (an older backup, say) merges its ledgers into these, never forgets one.
+    for job, text in keys.coverage_texts(meta).items():
+        field = keys.coverage_field(job)
+        try:
+            mine = coverage.loads(state.meta.get(field))
+        except ValueError:
+            mine = []  # a broken ledger here: the export's replaces it
+        for low, high in mine:
+            text = formats.dumps(coverage.add(coverage.loads(text), low, high))
+        meta[field] = text
     # A batch open here that the import replaces can never close: it ends abandoned (unless
     # the export carries that batch, whose snapshot then replaces it whole).
     replaced = watermark.abandoned_jobs(state.jobs, None, "abandoned: the workflow was replaced by an import")
+    jobs, batches = stale_open_jobs(jobs, batches, last, state.now)
     given = {str(b) for b in batches}
     return Change(
         action="import",
         writes=jobs,
         replace=True,
-        meta={**meta, keys.LAST_BATCH_ID: str(max(known))},
+        meta=meta,
         snapshots=[SnapshotWrite(b, scripts.SNAPSHOT_UPDATE, 0, snap)
                    for b, snap in replaced.items() if str(b) not in given]
         + [SnapshotWrite(b, scripts.SNAPSHOT_PUT, snapshot_start(b, snap), snap) for b, snap in batches.items()],
     )
+
+
+def stale_open_jobs(jobs: dict[str, dict], batches: dict[str, dict], last_batch_id: int,
+                    now: datetime) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Return the imported jobs and batches with every job still open in a batch older than
+    last_batch_id ended: no close can name that batch any more (only the newest is current),
+    so the job comes back failed (its next open reruns the identical window) and its line
+    in the old batch's snapshot abandoned."""
+    stale = {name: job for name, job in jobs.items()
+             if job.get("status") == Status.OPEN and job.get("batch_id") is not None
+             and int(job["batch_id"]) < last_batch_id}
+    if not stale:
+        return jobs, batches
+    message = f"abandoned: batch {last_batch_id} was opened here after this export's batch"
+    jobs = {**jobs, **{name: dict(job, status=Status.FAILED, batch_end=format_now(now), message=message)
+                       for name, job in stale.items()}}
+    batches = dict(batches)
+    for name, job in stale.items():
+        bid = str(job["batch_id"])
+        if bid in batches and name in batches[bid]:
+            batches[bid] = {**batches[bid], name: dict(batches[bid][name], status=Status.ABANDONED, message=message)}
+    return jobs, batches
 
 
 def plan_remove(state: State) -> Change:

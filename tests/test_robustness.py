@@ -423,3 +423,38 @@ def test_an_import_over_an_open_batch_abandons_it(any_client):
     entry = any_client.get("/history/wf1").json["batches"][0]
     assert entry["batch_id"] == batch_id and entry["status"] == "abandoned"
     assert "import" in entry["jobs"]["s_extract"]["message"]
+
+
+def test_an_import_of_a_batch_older_than_the_newest_ends_it(any_client):
+    """Found by the model-based test: an export holding an open batch, imported after a newer
+    batch was opened here, came back open behind the newer id: a close naming it was 409
+    stale_batch, a close naming the newer one closed it, and /batches listed it open for good."""
+    store = any_client.application.extensions["batchy"]
+    any_client.post("/load_cfg/wf1")
+    old = any_client.post("/open_batch/wf1").json["s_extract"]
+    backup = store.export(["wf1"])  # taken while batch `old` runs
+    newer = any_client.post("/open_batch/wf1").json["s_extract"]["batch_id"]
+    assert newer > old["batch_id"]
+    assert store.import_(backup, replace=True) == ["wf1"]
+
+    status = any_client.get("/get_status/wf1").json["s_extract"]
+    assert status["status"] == "failed" and "abandoned" in status["message"]
+    batches = {b["batch_id"]: b for b in any_client.get("/history/wf1").json["batches"]}
+    assert batches[old["batch_id"]]["status"] == "abandoned"
+    assert batches[newer]["status"] == "abandoned"
+    assert any_client.get("/batches?status=open").json["batches"] == []
+    assert any_client.post(f"/close_batch/wf1?batch_id={newer}").status_code == 409
+    rerun = any_client.post("/open_batch/wf1").json["s_extract"]
+    assert rerun["from_date"] == old["from_date"] and rerun["batch_id"] > newer  # the identical window again
+
+
+def test_an_import_of_a_workflow_that_never_ran_has_no_batch_id(any_client):
+    """Found by the model-based test: it came back with last batch id 0, so audit events said batch "0"."""
+    store = any_client.application.extensions["batchy"]
+    any_client.post("/load_cfg/wf1")
+    backup = store.export(["wf1"])
+    assert store.import_(backup, replace=True) == ["wf1"]
+    assert any_client.post("/set_from_date/wf1?from_date=2024-02-01").status_code == 200
+    events = {e["action"]: e for e in any_client.get("/events/wf1").json["events"]}
+    assert events["import"]["batch_id"] == "" and events["set"]["batch_id"] == ""
+    assert any_client.get("/get_status/wf1").json["s_extract"].get("batch_id") is None

@@ -168,3 +168,20 @@ def test_batchy_import_refuses_a_forged_file(exported, redis_server, real_redis,
     err = capsys.readouterr().err
     assert "'wf1'" in err and "'s_extract'" in err and "infa_section" in err
     assert real_redis.keys("*") == []
+
+
+def test_an_older_backup_restored_keeps_the_coverage_of_later_windows(client, app):
+    """The ledger is what succeeded: restoring an export taken before a success merges the
+    export's ledger in, it does not forget the later window (a false hole)."""
+    store = store_of(app)
+    client.post("/load_cfg/wf1")
+    client.post("/open_batch/wf1")
+    client.post("/close_batch/wf1")
+    backup = json.loads(json.dumps(store.export(["wf1"])))
+    client.post("/set_from_date/wf1?from_date=2023-06-01&job=s_extract")  # an operator reloads older data
+    client.post("/open_batch/wf1")
+    client.post("/close_batch/wf1")
+    before = client.get("/coverage/wf1").json
+    assert before["s_extract"]["covered"][0][0].startswith("2023-06-01")
+    assert store.import_(backup, replace=True) == ["wf1"]
+    assert client.get("/coverage/wf1").json == before
