@@ -84,6 +84,8 @@ def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int, wf: str = "",
         new = dict(job)
         new.pop("next_from_date", None)  # consumed by this open
         new.pop("records_scope", None)
+        new.pop("caught_up", None)  # said of this window only, when a policy ends it
+        new.pop("behind_seconds", None)
         policy = windows.policy_of(job, policy_settings)
         to_date = start
         if policy.active:
