@@ -9,16 +9,22 @@ Flask, nothing imported from batchy.
 A workflow:
     {"loaded": bool, "settings": {...}, "jobs": {name: job}, "last_batch_id": int | None,
      "batches": {batch_id: {name: run}}, "paused": bool, "idem": {key: batch_id},
-     "gens": int}
+     "gens": int, "ledger": {name: [[start, end], ...]}, "backfills": {backfill_id: backfill}}
 A job (times are aware datetimes):
     {"status", "batch_id", "from_date", "to_date", "batch_start", "batch_end",
-     "next_from_date", "reprocess_hours", "trunc_start", "timezone", "gen"}
+     "next_from_date", "reprocess_hours", "trunc_start", "timezone", "gen",
+     "max_window_hours", "settle_minutes", "batch_size", "caught_up", "behind_seconds"}
 A run, a job's line in a batch snapshot:
     {"status", "from_date", "to_date", "gen", "operator", "rh", "trunc"}
 where gen names the incarnation of the job (a job removed from the file and added back,
 or reset, is a new one) and operator/rh/trunc say what may explain an overlap or a gap
 before this window: an operator's set_from_date/rewind consumed by this open, the
 reprocess_hours and trunc_start it was opened with.
+
+The ledger is the merged union of every successful window of a job (by name: it outlives
+a reset and a job's removal), from batches and backfill chunks. A backfill:
+    {"max_attempts": int, "cancelled": bool, "chunks": {number: chunk}}
+a chunk: {"job", "from_date", "to_date", "status", "attempts", "outcome"}.
 """
 from __future__ import annotations
 
@@ -52,7 +58,7 @@ def refuse(status: int, error: str) -> Result:
 
 def empty_workflow() -> dict:
     return {"loaded": False, "settings": {}, "jobs": {}, "last_batch_id": None, "batches": {},
-            "paused": False, "idem": {}, "gens": 0}
+            "paused": False, "idem": {}, "gens": 0, "ledger": {}, "backfills": {}}
 
 
 # -- time -------------------------------------------------------------------------------
@@ -98,19 +104,87 @@ def watermarks(jobs: dict) -> dict:
 
 # -- the file -----------------------------------------------------------------------------
 
+POLICY_FIELDS = ("max_window_hours", "settle_minutes", "batch_size")
+# The longest one unit can be (a DST day: 25 h): a max_window_hours below cannot hold one.
+LONGEST_UNIT_HOURS = {"hour": 1, "day": 25}
+
+
 def params(spec: dict) -> dict:
     """The parameters a job of the file has (defaults filled in)."""
     return {
         "reprocess_hours": spec.get("reprocess_hours") or 0,
         "trunc_start": bool(spec.get("trunc_start")),
         "timezone": spec.get("timezone") or "UTC",
+        **{name: spec.get(name) for name in POLICY_FIELDS},
     }
 
 
 def fresh_job(spec: dict, gen: int) -> dict:
     return {"status": "new", "batch_id": None, "from_date": file_time(spec.get("from_date"), spec.get("timezone")),
             "to_date": None, "batch_start": None, "batch_end": None, "next_from_date": None, "gen": gen,
-            **params(spec)}
+            "caught_up": None, "behind_seconds": None, **params(spec)}
+
+
+def policy(job: dict, settings: dict) -> dict:
+    """A job's window policy: its own fields over the workflow's .batchy ones; {} for none."""
+    merged = {name: settings[name] for name in POLICY_FIELDS if settings.get(name) is not None}
+    merged.update({name: job[name] for name in POLICY_FIELDS if job.get(name) is not None})
+    return merged if any(merged.values()) else {}  # settle_minutes 0 alone changes nothing
+
+
+def bad_policy(fields: dict) -> bool:
+    size, most = fields.get("batch_size"), fields.get("max_window_hours")
+    return bool(size) and most is not None and most < LONGEST_UNIT_HOURS[size]
+
+
+def boundary(moment: datetime, unit: str, tz_name: str) -> datetime:
+    """The last boundary of unit at or before moment: a whole hour, or midnight in the zone."""
+    if unit == "hour":
+        return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return midnight(moment, tz_name)
+
+
+def policy_window(start: datetime, now: datetime, fields: dict, tz_name: str) -> tuple[datetime, bool, float]:
+    """docs/workflows.md, Window policy: (to_date, caught_up, behind_seconds) of a window from start.
+
+    limit = now - settle_minutes, moved back to a boundary; the window is [start, min(limit,
+    start + max_window_hours)), that end moved back to a boundary too; empty and caught up
+    when nothing complete is newer than start."""
+    unit = fields.get("batch_size")
+    limit = now - timedelta(minutes=fields.get("settle_minutes") or 0)
+    if unit:
+        limit = boundary(limit, unit, tz_name)
+    end = limit
+    if fields.get("max_window_hours") is not None:
+        cap = start + timedelta(hours=fields["max_window_hours"])
+        if cap < end:
+            end = boundary(cap, unit, tz_name) if unit else cap
+    if end <= start:
+        return start, True, 0.0
+    return end, end >= limit, (limit - end).total_seconds()
+
+
+# -- the coverage ledger ------------------------------------------------------------------
+
+def merge(intervals: list, start: datetime, end: datetime) -> list:
+    """intervals (sorted, disjoint [start, end) pairs) with [start, end) merged in."""
+    if end <= start:
+        return intervals
+    result = []
+    for low, high in sorted(intervals + [[start, end]]):
+        if result and low <= result[-1][1]:
+            result[-1][1] = max(result[-1][1], high)
+        else:
+            result.append([low, high])
+    return result
+
+
+def covers(intervals: list, start: datetime, end: datetime) -> bool:
+    return any(low <= start and end <= high for low, high in intervals)
+
+
+def gaps(intervals: list) -> list:
+    return [[intervals[i][1], intervals[i + 1][0]] for i in range(len(intervals) - 1)]
 
 
 def abandon(wf: dict, jobs: dict) -> None:
@@ -133,6 +207,8 @@ def load(wf: dict, spec: dict, settings: dict, now: datetime, *, reset: bool = F
     for name, job_spec in spec.items():
         moment = file_time(job_spec.get("from_date"), job_spec.get("timezone"))
         if moment is not None and moment > now:
+            return refuse(400, "invalid_config")
+        if bad_policy(policy(job_spec, settings)):
             return refuse(400, "invalid_config")
     new = copy.deepcopy(wf)
     old = wf["jobs"]
@@ -160,8 +236,9 @@ def window_start(job: dict) -> tuple[datetime, bool]:
     if job["next_from_date"]:
         return job["next_from_date"], True
     moved = bool(job.get("moved"))  # restored from an older export: an operator's move
-    if job["status"] == "success" and job["batch_start"]:
-        start = job["batch_start"] - timedelta(hours=job["reprocess_hours"])
+    if job["status"] == "success" and job["to_date"]:
+        # the previous to_date - reprocess_hours: without a policy to_date is batch_start
+        start = job["to_date"] - timedelta(hours=job["reprocess_hours"])
     elif job["from_date"]:
         start = job["from_date"]  # new, failed, or still open (a crash): the same window again
     else:
@@ -200,9 +277,12 @@ def open_batch(wf: dict, now: datetime, *, key: str | None = None, dry_run: bool
         start, operator = window_start(job)
         if start > now:
             return refuse(409, "from_date_in_future")
-        jobs[name] = {**job, "status": "open", "batch_id": batch_id, "from_date": start, "to_date": now,
-                      "batch_start": now, "batch_end": None, "next_from_date": None, "moved": False}
-        runs[name] = {"status": "open", "from_date": start, "to_date": now, "gen": job["gen"],
+        fields = policy(job, wf["settings"])
+        end, caught_up, behind = policy_window(start, now, fields, job["timezone"]) if fields else (now, None, None)
+        jobs[name] = {**job, "status": "open", "batch_id": batch_id, "from_date": start, "to_date": end,
+                      "batch_start": now, "batch_end": None, "next_from_date": None, "moved": False,
+                      "caught_up": caught_up, "behind_seconds": behind}
+        runs[name] = {"status": "open", "from_date": start, "to_date": end, "gen": job["gen"],
                       "operator": operator, "rh": job["reprocess_hours"], "trunc": job["trunc_start"]}
     if dry_run:
         return Result(200, answer=jobs, batch_id=batch_id)
@@ -243,6 +323,8 @@ def close_batch(wf: dict, outcome: str, now: datetime, *, job: str | None = None
     for name in open_targets:
         changed = new["jobs"][name]
         changed.update(status=outcome, batch_end=now)
+        if outcome == "success":
+            new["ledger"][name] = merge(new["ledger"].get(name, []), changed["from_date"], changed["to_date"])
         if changed["batch_id"] in new["batches"]:
             new["batches"][changed["batch_id"]][name]["status"] = outcome
         closed[name] = changed
@@ -314,7 +396,7 @@ def resume(wf: dict) -> Result:
     return Result(200, wf={**wf, "paused": False}, events=[{"action": "resume"}])
 
 
-def restore(wf: dict, backup: dict) -> Result:
+def restore(wf: dict, backup: dict, now: datetime) -> Result:
     """import --replace of an export taken when the workflow was backup: its jobs and
     settings come back, its batch snapshots are written over, newer snapshots stay,
     batch ids keep increasing."""
@@ -322,8 +404,13 @@ def restore(wf: dict, backup: dict) -> Result:
     new["jobs"] = copy.deepcopy(backup["jobs"])
     for name, job in new["jobs"].items():
         current = wf["jobs"].get(name)
-        job["moved"] = job.get("moved") or current is None or {**current, "moved": False} != {**job, "moved": False}
+        # A move an open has not consumed yet stays one (restoring the same backup twice).
+        job["moved"] = job.get("moved") or current is None or current.get("moved") or \
+            {**current, "moved": False} != {**job, "moved": False}
     new["settings"] = dict(backup["settings"])
+    for name, intervals in backup["ledger"].items():  # merged in, never written over
+        for low, high in intervals:
+            new["ledger"][name] = merge(new["ledger"].get(name, []), low, high)
     # A batch open here that the import replaces can never close: it ends abandoned, unless
     # the export carries that batch (its snapshot then replaces it whole, just below).
     for name, current in wf["jobs"].items():
@@ -333,9 +420,15 @@ def restore(wf: dict, backup: dict) -> Result:
     for batch_id, runs in backup["batches"].items():
         new["batches"][batch_id] = copy.deepcopy(runs)
     known = [*backup["batches"], backup["last_batch_id"] or 0, wf["last_batch_id"] or 0]
-    # A workflow that never opened a batch comes back with last batch id 0, not none (so a
-    # later audit event names batch "0"): undocumented, harmless, reported, mirrored here.
-    new["last_batch_id"] = max(known)
+    new["last_batch_id"] = max(known) or None
+    # A job the export shows open in a batch older than the newest id can never be closed
+    # (a close names the current batch only): it comes back failed, so its next open reruns
+    # the identical window, and its line in that old batch is abandoned.
+    for name, job in new["jobs"].items():
+        if job["status"] == "open" and job["batch_id"] < (new["last_batch_id"] or 0):
+            job.update(status="failed", batch_end=now)
+            if name in new["batches"].get(job["batch_id"], {}):
+                new["batches"][job["batch_id"]][name]["status"] = "abandoned"
     new["loaded"] = True
     return Result(200, wf=new, events=[event("import", None, wf["jobs"], new["jobs"])])
 
@@ -354,3 +447,115 @@ def batch_status(runs: dict) -> str:
 def open_batches(wf: dict) -> set[int]:
     """The batches /batches?status=open must list for the workflow: at most its current one."""
     return {bid for bid, runs in wf["batches"].items() if batch_status(runs) == "open"}
+
+
+# -- backfills (docs/backfills.md) ----------------------------------------------------------
+
+def next_boundary(moment: datetime, unit: str, tz_name: str) -> datetime:
+    """The first boundary of unit after moment: the next whole hour, or the next midnight in the zone."""
+    if unit == "hour":
+        return boundary(moment, unit, tz_name) + timedelta(hours=1)
+    local = moment.astimezone(zone(tz_name))
+    return midnight(datetime.combine(local.date() + timedelta(days=1), time(12), tzinfo=zone(tz_name)), tz_name)
+
+
+def tile(start: datetime, end: datetime, tz_name: str, unit: str | None, chunk_hours: float | None) -> list:
+    """[start, end) cut into chunks: chunk_hours long from start, or ending on each unit boundary."""
+    spans, cursor = [], start
+    while cursor < end:
+        following = cursor + timedelta(hours=chunk_hours) if chunk_hours else next_boundary(cursor, unit, tz_name)
+        spans.append((cursor, min(following, end)))
+        cursor = spans[-1][1]
+    return spans
+
+
+def backfill_create(wf: dict, start: datetime, end: datetime, now: datetime, *, job: str | None,
+                    batch_size: str | None, chunk_hours: float | None) -> tuple[Result, list]:
+    """POST /backfill: (the result, the chunks' (job, from_date, to_date) in any order)."""
+    if not wf["loaded"]:
+        return refuse(404, "workflow_not_found"), []
+    if job is not None and job not in wf["jobs"]:
+        return refuse(404, "job_not_found"), []
+    if end > now:
+        return refuse(400, "invalid_parameter"), []
+    spans = []
+    for name in [job] if job is not None else sorted(wf["jobs"]):
+        unit = None if chunk_hours else batch_size or policy(wf["jobs"][name], wf["settings"]).get("batch_size") \
+            or "day"
+        spans += [(name, low, high) for low, high in tile(start, end, wf["jobs"][name]["timezone"], unit, chunk_hours)]
+    return Result(201, events=[{"action": "backfill_create"}]), spans
+
+
+def backfill_lease(wf: dict, backfill_id: int) -> tuple[Result, int | None]:
+    """POST .../lease: (the result, the chunk leased or None). Leases here never run out."""
+    fill = wf["backfills"].get(backfill_id)
+    if not wf["loaded"]:
+        return refuse(404, "workflow_not_found"), None
+    if fill is None:
+        return refuse(404, "backfill_not_found"), None
+    if wf["paused"]:
+        return refuse(423, "paused"), None
+    due = [n for n, chunk in sorted(fill["chunks"].items()) if chunk["status"] == "pending"]
+    if not due:
+        return Result(204), None
+    new = copy.deepcopy(wf)
+    chunk = new["backfills"][backfill_id]["chunks"][due[0]]
+    chunk.update(status="leased", attempts=chunk["attempts"] + 1, outcome=None)
+    return Result(200, wf=new, events=[{"action": "backfill_lease"}]), due[0]
+
+
+def backfill_finish(wf: dict, backfill_id: int, number: int, attempt: int, outcome: str) -> Result:
+    """POST .../close (outcome success) or .../fail (failed) of a chunk's attempt."""
+    if attempt < 1:
+        return refuse(400, "invalid_parameter")  # "the attempt the lease answered": 1 or more
+    fill = wf["backfills"].get(backfill_id)
+    if not wf["loaded"]:
+        return refuse(404, "workflow_not_found")
+    if fill is None:
+        return refuse(404, "backfill_not_found")
+    chunk = fill["chunks"][number]
+    if chunk["status"] != "leased" or chunk["attempts"] != attempt:
+        if chunk["attempts"] == attempt and chunk["outcome"] == outcome:
+            return Result(200)  # a retry of the same close or fail
+        return refuse(409, "stale_attempt" if chunk["attempts"] != attempt else "not_leased")
+    new = copy.deepcopy(wf)
+    changed = new["backfills"][backfill_id]["chunks"][number]
+    events = [{"action": "backfill_close" if outcome == "success" else "backfill_fail"}]
+    if outcome == "success":
+        status = "success"
+        name, low, high = changed["job"], changed["from_date"], changed["to_date"]
+        if name in new["jobs"] and not covers(new["ledger"].get(name, []), low, high):
+            new["ledger"][name] = merge(new["ledger"].get(name, []), low, high)
+            events.append({"action": "backfill_coverage"})
+    elif chunk["attempts"] >= fill["max_attempts"]:
+        status = "failed"
+    else:
+        status = "cancelled" if fill["cancelled"] else "pending"
+    changed.update(status=status, outcome=outcome)
+    return Result(200, wf=new, events=events)
+
+
+def backfill_cancel(wf: dict, backfill_id: int) -> Result:
+    fill = wf["backfills"].get(backfill_id)
+    if not wf["loaded"]:
+        return refuse(404, "workflow_not_found")
+    if fill is None:
+        return refuse(404, "backfill_not_found")
+    if fill["cancelled"]:
+        return Result(200)  # cancelled already: nothing changes, nothing is logged
+    new = copy.deepcopy(wf)
+    target = new["backfills"][backfill_id]
+    target["cancelled"] = True
+    for chunk in target["chunks"].values():
+        if chunk["status"] == "pending":
+            chunk["status"] = "cancelled"
+    return Result(200, wf=new, events=[{"action": "backfill_cancel"}])
+
+
+def backfill_status(fill: dict) -> str:
+    statuses = {chunk["status"] for chunk in fill["chunks"].values()}
+    if fill["cancelled"]:
+        return "cancelled"
+    if statuses & {"pending", "leased"}:
+        return "running"
+    return "failed" if "failed" in statuses else "success"

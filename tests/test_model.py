@@ -16,7 +16,17 @@ every step the invariants are checked against what the service shows:
 - successful windows of a job tile time: a gap only after an operator moved from_date
   forward, an overlap only where reprocess_hours, trunc_start or an operator explain it;
 - GET /events/<wf> replays the state: the events a call appends are the model's, and each
-  event's from_before/from_after is each job's watermark before/after the call.
+  event's from_before/from_after is each job's watermark before/after the call;
+- GET /coverage/<wf>: each job's ledger is the union of its successful windows (batches and
+  backfill chunks), its holes the gaps between them;
+- GET /backfill/<wf>/<id>: every chunk has the model's status and attempts (never more than
+  max_attempts), the progress counts and the backfill's status follow.
+
+Jobs carry window policies (batch_size, max_window_hours, settle_minutes, also workflow-wide
+under .batchy), so every window, caught_up and behind_seconds is checked against the documented
+rule. Backfills are created, leased, closed and failed (stale attempts and retries included)
+and cancelled; their leases never run out here (lease expiry counts Redis' own TIME, which
+the virtual clock does not move: tests/test_backfill.py covers it).
 
 Replay a failure with the BATCHY_MODEL_SEED it prints (or the @reproduce_failure blob).
 Longer runs: BATCHY_MODEL_EXAMPLES (a count, or a multiple of the default such as 10x),
@@ -48,12 +58,9 @@ from batchy.testing import RedisServer
 
 from . import model
 
-# Opt-in until its last findings are settled (restoring an export older than the workflow's
-# newest batch: the overlap it makes, and an open batch it brings back behind a newer id);
-# run it with BATCHY_MODEL=1. The defects it found so far are fixed, each with its own test
-# in tests/test_robustness.py.
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.environ.get("BATCHY_MODEL"),
-                                                   reason="opt-in: BATCHY_MODEL=1 (see the comment above)")]
+# Part of every CI run (about two minutes); the defects it found are fixed, each with a test
+# of its own in tests/test_robustness.py or tests/test_transfer.py.
+pytestmark = pytest.mark.slow
 
 UTC = timezone.utc
 START = datetime(2024, 3, 9, 22, 0, tzinfo=UTC)  # the US (Mar 10) and EU (Mar 31) DST changes within reach
@@ -61,7 +68,7 @@ DEFAULT_EXAMPLES = 300
 DEFAULT_STEPS = 40
 
 WORKFLOWS = ("alpha", "beta", "gamma")
-SETTINGS = {"alpha": {}, "beta": {}, "gamma": {"exclusive": True, "lease_hours": 2}}
+SETTINGS = {"alpha": {}, "beta": {"settle_minutes": 10}, "gamma": {"exclusive": True, "lease_hours": 2}}
 JOBS = ("j_plain", "j_rh", "j_tz", "j_bare")
 # from_date as a YAML author writes it (None: no from_date, the beginning of time).
 FROM_DATES = (None, "2024-01-01", "2024-02-15 10:30:00", "'2024-01-01T06:00:00+01:00'",
@@ -73,6 +80,10 @@ job_specs = st.fixed_dictionaries({
     "reprocess_hours": st.sampled_from((None, 0, 0.5, 2, 24)),
     "trunc_start": st.sampled_from((None, False, True)),
     "timezone": st.sampled_from(ZONES),
+    # The window policy (mostly none, the seed's rule); a 6-hour max with whole days is refused.
+    "batch_size": st.sampled_from((None, None, "hour", "day")),
+    "max_window_hours": st.sampled_from((None, None, None, 6, 30, 72)),
+    "settle_minutes": st.sampled_from((None, None, 0, 45)),
 })
 files = st.dictionaries(st.sampled_from(JOBS), job_specs, min_size=1, max_size=4)
 workflows = st.sampled_from(WORKFLOWS)
@@ -271,7 +282,7 @@ class BatchyMachine(RuleBasedStateMachine):
     # -- comparing -----------------------------------------------------------------------
 
     FIELDS = ("status", "batch_id", "from_date", "to_date", "batch_start", "next_from_date",
-              "reprocess_hours", "trunc_start", "timezone")
+              "reprocess_hours", "trunc_start", "timezone", *model.POLICY_FIELDS, "caught_up", "behind_seconds")
     TIMES = ("from_date", "to_date", "batch_start", "next_from_date")
 
     def mismatches(self, actual: dict, expected: dict) -> list[str]:
@@ -446,7 +457,7 @@ class BatchyMachine(RuleBasedStateMachine):
             return
         doc = json.loads(json.dumps(store.export([wf])))  # as the command line writes and reads it
         assert store.import_(doc, replace=True) == [wf]
-        result = model.restore(self.model[wf], self.model[wf])
+        result = model.restore(self.model[wf], self.model[wf], self.now)
         self.touched.add(wf)
         self.model[wf] = result.wf
         self.pending[wf] += result.events
@@ -466,11 +477,133 @@ class BatchyMachine(RuleBasedStateMachine):
             return
         doc, then = self.backups[wf]
         assert self.w.stores()[app].import_(doc, replace=True) == [wf]
-        result = model.restore(self.model[wf], then)
+        result = model.restore(self.model[wf], then, self.now)
         self.touched.add(wf)
         self.model[wf] = result.wf
         self.pending[wf] += result.events
         self.w.stats["restore_backup"] += 1
+
+    # -- backfills ----------------------------------------------------------------------------
+
+    def backfill_call(self, wf: str, resp, result: model.Result, what: str) -> dict | None:
+        """Check a backfill call's status (and error) against the model; on success the model moves on."""
+        body = resp.get_json(silent=True) or {}
+        self.touched.add(wf)
+        self.w.stats[f"{what.split('(')[0]} -> {resp.status_code}{' ' + result.error if result.error else ''}"] += 1
+        assert (resp.status_code, body.get("error") if resp.status_code >= 400 else None) == \
+            (result.status, result.error), \
+            f"{what}: the model expects {result.status} {result.error or ''}, the service answered " \
+            f"{resp.status_code} {body}"
+        if resp.status_code < 300:
+            if result.wf is not None:
+                self.model[wf] = result.wf
+            self.pending[wf] += result.events
+        return body
+
+    def pick_backfill(self, wf: str, pick: int) -> int | None:
+        """One of the workflow's backfills (pick counts back from the newest), or one that never was
+        (pick -1); None when the workflow has none (the rule then does nothing)."""
+        ids = sorted(self.model[wf]["backfills"], reverse=True)
+        if pick < 0:
+            return 99
+        return ids[pick % len(ids)] if ids else None
+
+    @rule(wf=workflows, app=apps, job=maybe_job, days_back=st.integers(-1, 5), hours=st.integers(1, 60),
+          step=st.sampled_from((None, "hour", "day", 5, 12)), max_attempts=st.integers(1, 3), via=transports)
+    def backfill_create(self, wf, app, job, days_back, hours, step, max_attempts, via):
+        """POST /backfill: a past range of a job (or all), in chunks of a unit, of hours, or of each job's own unit."""
+        end = self.now.replace(second=0) - timedelta(days=days_back)  # days_back -1: a `to` in the future
+        start = end - timedelta(hours=hours)
+        unit = step if isinstance(step, str) else None
+        chunk_hours = step if isinstance(step, int) else None
+        result, spans = model.backfill_create(self.model[wf], start, end, self.now, job=job, batch_size=unit,
+                                              chunk_hours=chunk_hours)
+        params = {"from": start.isoformat(), "to": end.isoformat(), "job": job, "batch_size": unit,
+                  "chunk_hours": chunk_hours, "max_attempts": max_attempts}
+        resp = self.call(app, f"/backfill/{wf}", params, via if via != "get" else "json")
+        what = f"backfill_create(wf={wf!r}, job={job!r}, from={start}, to={end}, step={step!r})"
+        body = self.backfill_call(wf, resp, result, what)
+        if resp.status_code != 201:
+            return
+        got = sorted((c["job"], when(c["from_date"]), when(c["to_date"])) for c in body["chunks"])
+        assert got == sorted(spans), f"{what}: chunks {got}, the model {sorted(spans)}"
+        backfill_id = body["backfill_id"]
+        assert backfill_id not in self.model[wf]["backfills"] and \
+            all(backfill_id > other for other in self.model[wf]["backfills"]), f"{what}: id {backfill_id} reused"
+        self.model[wf]["backfills"][backfill_id] = {
+            "max_attempts": max_attempts, "cancelled": False,
+            "chunks": {c["chunk"]: {"job": c["job"], "from_date": when(c["from_date"]), "to_date": when(c["to_date"]),
+                                    "status": "pending", "attempts": 0, "outcome": None} for c in body["chunks"]}}
+        self.w.stats["backfill chunks created"] += len(body["chunks"])
+
+    @rule(wf=workflows, app=apps, pick=st.integers(-1, 3))
+    def backfill_lease(self, wf, app, pick):
+        """A worker leases the next chunk due: the lowest-numbered pending one."""
+        backfill_id = self.pick_backfill(wf, pick)
+        if backfill_id is None:
+            return
+        result, number = model.backfill_lease(self.model[wf], backfill_id)
+        resp = self.call(app, f"/backfill/{wf}/{backfill_id}/lease", {"lease_seconds": 3600}, "form")
+        what = f"backfill_lease(wf={wf!r}, backfill_id={backfill_id})"
+        body = self.backfill_call(wf, resp, result, what)
+        if number is not None:
+            chunk = self.model[wf]["backfills"][backfill_id]["chunks"][number]
+            assert (body["chunk"], body["job"], when(body["from_date"]), when(body["to_date"]), body["attempt"]) == \
+                (number, chunk["job"], chunk["from_date"], chunk["to_date"], chunk["attempts"]), \
+                f"{what}: leased {body}, the model chunk {number} {chunk}"
+
+    @rule(wf=workflows, app=apps, pick=st.integers(-1, 3), which=st.integers(0, 10_000),
+          leased=st.booleans(), outcome=st.sampled_from(("success", "success", "failed")),
+          attempt_off=st.sampled_from((0, 0, 0, -1, 1)), repeat=st.booleans())
+    def backfill_finish(self, wf, app, pick, which, leased, outcome, attempt_off, repeat):
+        """A worker closes or fails its chunk's attempt (maybe a stale attempt, maybe twice)."""
+        backfill_id = self.pick_backfill(wf, pick)
+        if backfill_id is None:
+            return
+        fill = self.model[wf]["backfills"].get(backfill_id)
+        numbers = sorted(fill["chunks"]) if fill else [0]
+        if fill and leased:
+            numbers = [n for n in numbers if fill["chunks"][n]["status"] == "leased"] or numbers
+        number = numbers[which % len(numbers)]
+        attempt = (fill["chunks"][number]["attempts"] if fill else 1) + attempt_off
+        path = f"/backfill/{wf}/{backfill_id}/{'close' if outcome == 'success' else 'fail'}"
+        for _ in range(2 if repeat else 1):
+            result = model.backfill_finish(self.model[wf], backfill_id, number, attempt, outcome)
+            resp = self.call(1 - app, path, {"chunk": number, "attempt": attempt, "records_processed": 7}, "form")
+            self.backfill_call(wf, resp, result, f"backfill_finish(wf={wf!r}, backfill_id={backfill_id}, "
+                                                 f"chunk={number}, attempt={attempt}, outcome={outcome!r})")
+
+    @rule(wf=workflows, app=apps, pick=st.integers(0, 3),
+          outcomes=st.lists(st.sampled_from(("success", "failed")), min_size=1, max_size=6), repeat=st.booleans())
+    def backfill_worker(self, wf, app, pick, outcomes, repeat):
+        """`batchy backfill run`'s loop: lease a chunk, run it, close or fail it with the attempt leased."""
+        backfill_id = self.pick_backfill(wf, pick)
+        if backfill_id is None:
+            return
+        for outcome in outcomes:
+            before = self.model[wf]
+            self.backfill_lease(wf, app, pick)
+            if self.model[wf] is before:
+                return  # nothing due (204), or paused
+            number = next(n for n, c in sorted(self.model[wf]["backfills"][backfill_id]["chunks"].items())
+                          if c["status"] == "leased" and before["backfills"][backfill_id]["chunks"][n]["status"]
+                          == "pending")
+            attempt = self.model[wf]["backfills"][backfill_id]["chunks"][number]["attempts"]
+            path = f"/backfill/{wf}/{backfill_id}/{'close' if outcome == 'success' else 'fail'}"
+            for _ in range(2 if repeat else 1):  # a retry after a lost answer
+                result = model.backfill_finish(self.model[wf], backfill_id, number, attempt, outcome)
+                resp = self.call(1 - app, path, {"chunk": number, "attempt": attempt}, "json")
+                self.backfill_call(wf, resp, result, f"backfill_worker(wf={wf!r}, backfill_id={backfill_id}, "
+                                                     f"chunk={number}, attempt={attempt}, outcome={outcome!r})")
+
+    @rule(wf=workflows, app=apps, pick=st.integers(-1, 3))
+    def backfill_cancel(self, wf, app, pick):
+        backfill_id = self.pick_backfill(wf, pick)
+        if backfill_id is None:
+            return
+        resp = self.call(app, f"/backfill/{wf}/{backfill_id}/cancel")
+        self.backfill_call(wf, resp, model.backfill_cancel(self.model[wf], backfill_id),
+                           f"backfill_cancel(wf={wf!r}, backfill_id={backfill_id})")
 
     # -- invariants ------------------------------------------------------------------------
 
@@ -498,6 +631,8 @@ class BatchyMachine(RuleBasedStateMachine):
         self.check_history(wf, batches)
         self.check_tiling(wf, batches)
         self.check_events(wf)
+        self.check_coverage(wf)
+        self.check_backfills(wf)
         if m["last_batch_id"] is not None and m["last_batch_id"] in m["batches"]:
             snap = self.read(f"/batch/{wf}/{m['last_batch_id']}").get_json()
             entry = next(b for b in batches if b["batch_id"] == m["last_batch_id"])
@@ -585,6 +720,34 @@ class BatchyMachine(RuleBasedStateMachine):
         if new:
             self.seen[wf] = key(new[-1])
         self.pending[wf] = []
+
+    def check_coverage(self, wf: str) -> None:
+        """The ledger is the union of the job's successful windows (batches and backfill chunks)."""
+        m = self.model[wf]
+        ledgers = self.read(f"/coverage/{wf}").get_json()
+        assert sorted(ledgers) == sorted(m["jobs"]), f"/coverage/{wf} lists {sorted(ledgers)}"
+        for name, ledger in ledgers.items():
+            covered = [[when(low), when(high)] for low, high in ledger["covered"]]
+            holes = [[when(low), when(high)] for low, high in ledger["holes"]]
+            expected = m["ledger"].get(name, [])
+            assert covered == expected, f"/coverage/{wf} {name}: covered {ledger['covered']}, the model {expected}"
+            assert holes == model.gaps(expected), f"/coverage/{wf} {name}: holes {ledger['holes']}"
+            self.w.stats["coverage: holes seen"] += len(holes)
+
+    def check_backfills(self, wf: str) -> None:
+        """Each backfill's chunks: the model's statuses and attempts, the counts and status that follow."""
+        for backfill_id, fill in self.model[wf]["backfills"].items():
+            body = self.read(f"/backfill/{wf}/{backfill_id}").get_json()
+            got = {c["chunk"]: (c["status"], c["attempts"]) for c in body["chunks"]}
+            expected = {n: (c["status"], c["attempts"]) for n, c in fill["chunks"].items()}
+            assert got == expected, f"backfill {wf}/{backfill_id}: chunks {got}, the model {expected}"
+            assert body["status"] == model.backfill_status(fill), \
+                f"backfill {wf}/{backfill_id}: status {body['status']}, the model {model.backfill_status(fill)}"
+            counts = Counter(c["status"] for c in fill["chunks"].values())
+            assert all(body["progress"][status] == counts[status] for status in
+                       ("pending", "leased", "success", "failed", "cancelled")), \
+                f"backfill {wf}/{backfill_id}: progress {body['progress']}, the model {dict(counts)}"
+            assert all(c["attempts"] <= fill["max_attempts"] for c in fill["chunks"].values())
 
     def check_open_batches(self) -> None:
         found = self.read("/batches?status=open&limit=1000").get_json()["batches"]
