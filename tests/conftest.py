@@ -1,7 +1,9 @@
 """Fixtures: app -> client on fakeredis; a real redis-server of our own; config folders."""
 from __future__ import annotations
 
+import os
 import textwrap
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -43,18 +45,46 @@ def write_cfg(cfg_dir):
     return write
 
 
-@pytest.fixture
-def fake_redis():
-    return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
-
-
 def make_app(client, cfg_dir, **config):
     return create_app({"REDIS_CLIENT": client, "BATCHY_CFG_DIR": str(cfg_dir), **config})
 
 
+def point(link: Path, folder: Path) -> None:
+    """Make the symlink link lead to folder, atomically (a reader never finds no folder)."""
+    new = link.with_name(link.name + ".next")
+    if new.is_symlink():
+        new.unlink()
+    new.symlink_to(folder)
+    os.replace(new, link)
+
+
+@pytest.fixture(scope="session")
+def _fake_world(tmp_path_factory):
+    """One fakeredis server and one app on it for the session: creating an app costs 40 ms
+    (Werkzeug compiles every URL rule), and a thousand tests use one. Its BATCHY_CFG_DIR is
+    a symlink each test points at its own cfg_dir."""
+    redis = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    link = tmp_path_factory.mktemp("shared-app") / "cfg"
+    link.symlink_to(tmp_path_factory.mktemp("shared-app-empty"))
+    return redis, make_app(redis, link), link
+
+
 @pytest.fixture
-def app(fake_redis, cfg_dir):
-    return make_app(fake_redis, cfg_dir)
+def fake_redis(_fake_world):
+    """The session's fakeredis, empty at the start of the test (nothing else uses its server)."""
+    redis = _fake_world[0]
+    redis.flushall()
+    return redis
+
+
+@pytest.fixture
+def app(_fake_world, fake_redis, cfg_dir):
+    """The app on fakeredis, reading this test's cfg_dir, as if just started: its per-process
+    state cache is emptied (a test may count what it holds)."""
+    _redis, app, link = _fake_world
+    point(link, cfg_dir)
+    app.extensions["batchy"].cache.clear()
+    return app
 
 
 @pytest.fixture
@@ -96,10 +126,24 @@ def real_client(real_app):
     return real_app.test_client()
 
 
-@pytest.fixture
-def service(redis_server, real_redis, cfg_dir):
-    """`batchy serve` under gunicorn on a free port, on our redis-server."""
-    svc = ServiceProcess(redis_server.url, str(cfg_dir))
+@pytest.fixture(scope="session")
+def shared_service(redis_server, tmp_path_factory):
+    """One `batchy serve` (gunicorn, 2 workers) for every test that only calls it: starting
+    one costs a second. Its BATCHY_CFG_DIR is a symlink each test points at its own cfg_dir;
+    its per-process cache is safe across tests, as across Redis restarts: every commit
+    checks the stored version, whose random token is never reused."""
+    link = tmp_path_factory.mktemp("shared-service") / "cfg"
+    link.symlink_to(tmp_path_factory.mktemp("shared-service-empty"))
+    svc = ServiceProcess(redis_server.url, str(link))
     svc.start()
     yield svc
     svc.stop()
+
+
+@pytest.fixture
+def service(shared_service, real_redis, cfg_dir):
+    """`batchy serve` under gunicorn on our redis-server, reading this test's cfg_dir; Redis is
+    emptied after the test (real_redis). A test that stops, restarts or reconfigures a
+    service starts a ServiceProcess of its own."""
+    point(Path(shared_service.cfg_dir), cfg_dir)
+    yield shared_service

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -291,8 +292,11 @@ def test_exit_6_unauthorized(redis_server, real_redis, cfg_dir, monkeypatch, cap
 
 def test_exit_7_unreachable_service_is_a_clear_message(monkeypatch, capsys):
     monkeypatch.setenv("BATCHY_URL", "http://127.0.0.1:9")
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)  # the backoff, recorded instead of slept
     assert main(["status", "wf1"]) == 7
     assert "cannot reach Batchy" in capsys.readouterr().err
+    assert waits == [0.5, 1.0]  # a read is tried three times, backing off, before giving up
 
 
 def test_exit_8_bad_input(batchy):
@@ -322,7 +326,7 @@ def answering():
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def set_reply(status, code):
         reply.update(status=status, code=code)

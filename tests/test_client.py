@@ -205,7 +205,7 @@ def test_an_open_is_retried_with_one_idempotency_key():
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         client = Batchy(f"http://127.0.0.1:{server.server_port}", token="")
         assert client.open("wf") == {"a": {"batch_id": 7}}

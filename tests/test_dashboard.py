@@ -145,10 +145,19 @@ def test_stale_after_hours_marks_old_successes(client, write_cfg, monkeypatch):
     assert '<b data-count="stale">1</b>' in text
 
 
+def freeze_clock(client, monkeypatch) -> list:
+    """Stop the app's clock at the current second; returns [moment]: change it to move time."""
+    clock = client.application.extensions["batchy"].clock
+    frozen = [clock.moment(int(time.time()))]
+    monkeypatch.setattr(clock, "moment", lambda seconds: frozen[0])
+    return frozen
+
+
 def test_open_batch_shows_running_duration(client, monkeypatch):
+    frozen = freeze_clock(client, monkeypatch)  # a real second passing must not make it 1m 31s
     client.post("/load_cfg/wf1")
     client.post("/open_batch/wf1")
-    shift_clock(client, monkeypatch, timedelta(seconds=90))
+    frozen[0] += timedelta(seconds=90)
     text = page(client)
     rows = Rows(text).rows
     assert rows[("wf1", "s_extract")]["cells"]["dur"]["text"] == "1m 30s (running)"

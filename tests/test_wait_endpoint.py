@@ -36,6 +36,15 @@ def in_background(fn):
 
 
 @pytest.fixture(scope="module")
+def redis_server():
+    """A redis-server of this module's own: its tests count the subscriptions in it, and the
+    session's shared service (conftest.shared_service) holds some in the session's."""
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
 def wait_cfg(tmp_path_factory):
     path = tmp_path_factory.mktemp("wait-cfg")
     (path / "wf1.yaml").write_text("s_extract: {}\ns_load:\n  timezone: Europe/Paris\n")
