@@ -372,6 +372,19 @@ def test_an_outage_is_caught_up_in_bounded_aligned_pieces_without_a_hole(fake_re
         "2024-03-08T10:00:00+00:00", "2024-03-08T11:00:00+00:00", True)
 
 
+def test_a_policy_removed_by_a_reload_takes_caught_up_with_it(client, write_cfg):
+    """Found by the model-based test: the next open still showed the last policy window's verdict."""
+    write_cfg("hourly", "s:\n  from_date: 2024-03-01T00:00:00Z\n  batch_size: hour\n")
+    client.post("/load_cfg/hourly")
+    assert client.post("/open_batch/hourly").json["s"]["caught_up"] is True
+    client.post("/close_batch/hourly")
+    write_cfg("hourly", "s:\n  from_date: 2024-03-01T00:00:00Z\n")
+    client.post("/load_cfg/hourly")
+    job = client.post("/open_batch/hourly").json["s"]
+    assert "caught_up" not in job and "behind_seconds" not in job
+    assert job["to_date"] == job["batch_start"]  # the seed's rule again: the window ends at the open
+
+
 def test_a_skip_forward_shows_as_a_hole_until_a_rerun_covers_it(fake_redis, cfg_dir, write_cfg):
     from datetime import datetime, timezone
 
