@@ -28,8 +28,23 @@ s_load:
 """
 
 
+# The same three steps with a window policy on every job: hour-aligned windows of at most
+# a day, 5 minutes of settle lag. From 2024-01-01 every open is a catch-up piece (a whole
+# day, computed DST-correct in each job's zone), never an empty window.
+POLICY_STEPS = """\
+.batchy:
+  batch_size: hour
+  max_window_hours: 24
+  settle_minutes: 5
+""" + THREE_STEPS
+
+
 def spread_names(n: int = SPREAD) -> list[str]:
     return [f"bw{i:02d}" for i in range(n)]
+
+
+def policy_names(n: int = SPREAD) -> list[str]:
+    return [f"pw{i:02d}" for i in range(n)]
 
 
 def steps_yaml(n: int, prefix: str = "step") -> str:
@@ -44,6 +59,7 @@ def steps_yaml(n: int, prefix: str = "step") -> str:
 def write_workflows(cfg_dir: str, connections: int, step_counts) -> dict[str, str]:
     """Write every benchmark workflow file into cfg_dir; return {wf: purpose}."""
     files = {wf: THREE_STEPS for wf in spread_names()}
+    files.update({wf: POLICY_STEPS for wf in policy_names()})
     files["hot"] = steps_yaml(connections, prefix="s")  # one step per connection: see plans.hot_open_close
     files["hist"] = THREE_STEPS
     for n in step_counts:

@@ -17,7 +17,8 @@ pytestmark = [
 
 ROWS = (
     "baseline (1 HGETALL)", "get_status", "open_batch json", "open_batch infa", "close_batch", "close_batch job=",
-    "re-open (batch still open)", "open_batch re-open", "spread over 64 workflows", "all on one workflow",
+    "re-open (batch still open)", "open_batch re-open", "open_batch, window policy", "close_batch, window policy",
+    "spread over 64 workflows", "all on one workflow",
     "Redis per API call", "1 steps", "10 steps", "history snapshot of a 3-step workflow", "GET /history/<wf>",
     "start until /healthz answers", "targets",
 )
@@ -39,8 +40,10 @@ def test_harness_prints_every_row(tmp_path):
         assert row in table, f"missing {row!r} in:\n{table}"
     reopen = next(line for line in table.splitlines() if line.startswith("  re-open (batch still open)"))
     assert float(reopen.split()[5]) > 0, reopen  # calls/s, then its ratio to the baseline
+    policy = next(line for line in table.splitlines() if line.startswith("  open_batch, window policy"))
+    assert float(policy.split()[4]) > 0, policy
     assert f"load from {engine}" in table
-    assert table.count("met ") + table.count("MISSED") >= 9
+    assert table.count("met ") + table.count("MISSED") >= 11
     assert out.exists() and out.stat().st_size > 0
 
 
