@@ -36,6 +36,7 @@ SCENARIOS = {
     "json": ("open_batch json + close_batch", 2),
     "infa": ("open_batch infa + close_batch", 2),
     "reopen": ("open_batch re-open (batch open)", 1),
+    "policy": ("open_batch + close_batch, window policy", 2),
 }
 
 
@@ -52,7 +53,7 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str) -> float:
     from batchy import create_app
 
     from ..baseline import create_baseline_app
-    from ..procs import spread_names, write_workflows
+    from ..procs import policy_names, spread_names, write_workflows
 
     write_workflows(cfg, 32, [1])
     os.environ["BATCHY_REDIS_URL"] = redis_url
@@ -74,7 +75,7 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str) -> float:
         if not statuses[0].startswith("2"):
             raise RuntimeError(f"{method} {path} answered {statuses[0]}")
 
-    wfs = spread_names()
+    wfs = policy_names() if mode == "policy" else spread_names()
     for wf in wfs:
         call(app, "POST", f"/load_cfg/{wf}")
     suffix = "/infa" if mode == "infa" else ""
