@@ -173,9 +173,23 @@ class BatchStore:
                            actor=actor)
 
     def remove(self, wf: str, *, purge_history: bool = False, actor: str = "") -> dict:
-        """Remove wf: its state goes; its history stays (open batches abandoned) or is purged."""
+        """Remove wf: its state goes; its history and backfills stay (open batches abandoned) or are purged."""
         self.committer.remove(wf, purge=purge_history, actor=actor)
+        if purge_history:
+            self._purge_backfills(wf)
         return {"workflow": wf, "removed": True, "history": "purged" if purge_history else "kept"}
+
+    def _purge_backfills(self, wf: str) -> None:
+        """Delete every backfill of wf (removed: none can be created meanwhile)."""
+        ids = self.redis.zrange(keys.backfills(wf), 0, -1)
+        if not ids:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        for backfill_id in ids:
+            pipe.delete(keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
+                        keys.backfill_queue(wf, backfill_id))
+        pipe.zrem(keys.backfills(wf), *ids)
+        pipe.execute()
 
     def load_all(self, cfg_dir: str, max_bytes: int, *, reset: bool = False,
                  actor: str = "") -> tuple[dict[str, dict], dict[str, dict]]:

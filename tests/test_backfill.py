@@ -299,6 +299,20 @@ def test_the_list_is_newest_first_with_progress(any_client):
     assert [b["backfill_id"] for b in any_client.get("/backfills/bf?limit=1").json["backfills"]] == [second]
 
 
+def test_a_removed_workflow_keeps_its_backfills_unless_purged(any_client):
+    redis = any_client.application.extensions["batchy"].redis
+    backfill_id = create(any_client, "from=2024-03-01&to=2024-03-03")["backfill_id"]
+    assert any_client.post("/remove_workflow/bf").status_code == 200
+    assert redis.keys("batchy:backfill*:bf*")  # kept, as the history is
+    any_client.post("/load_cfg/bf")
+    assert any_client.get(f"/backfill/bf/{backfill_id}").status_code == 200
+    assert any_client.post("/remove_workflow/bf?purge_history=true").status_code == 200
+    assert redis.keys("batchy:backfill*:bf*") == []
+    any_client.post("/load_cfg/bf")
+    assert any_client.get(f"/backfill/bf/{backfill_id}").json["error"] == "backfill_not_found"
+    assert any_client.get("/backfills/bf").json["backfills"] == []
+
+
 def test_a_paused_workflow_leases_nothing(any_client):
     bid = create(any_client, "from=2024-03-01&to=2024-03-02")["backfill_id"]
     any_client.post("/pause/bf?message=bad%20source")
