@@ -265,6 +265,10 @@ class Committer:
                 f"this Idempotency-Key opened batch {batch_id} of {wf!r}, which batch {state.last_batch_id} "
                 "has superseded since", workflow=wf, batch_id=batch_id, current_batch_id=state.last_batch_id)
         ran = {name: job for name, job in state.jobs.items() if job.get("batch_id") == batch_id}
+        if not ran:  # a reset (or a reload that dropped its jobs) ended it: nothing to answer with
+            raise StaleBatch(
+                f"this Idempotency-Key opened batch {batch_id} of {wf!r}, which no job runs in any more "
+                "(a reset or a reload since)", workflow=wf, batch_id=batch_id, current_batch_id=batch_id)
         return Change(action="open", writes=ran, batch_id=batch_id, noop=True, after=state.jobs,
                       after_text=state.raw)
 

@@ -262,8 +262,9 @@ def open_batch(wf: dict, now: datetime, *, key: str | None = None, dry_run: bool
         # A retry "answers the batch the first call opened instead of opening another"
         # (BATCHY_IDEMPOTENCY_HOURS, docs/operations.md): so before any refusal a new open
         # would get (exclusive, paused); a batch superseded since is 409 stale_batch.
-        if wf["idem"][key] != wf["last_batch_id"]:
-            return refuse(409, "stale_batch")
+        if wf["idem"][key] != wf["last_batch_id"] or \
+                not any(job["batch_id"] == wf["last_batch_id"] for job in wf["jobs"].values()):
+            return refuse(409, "stale_batch")  # superseded by a newer batch, or ended by a reset
         return Result(200, answer=wf["jobs"], batch_id=wf["last_batch_id"])
     opened_now = [job for job in wf["jobs"].values() if job["status"] == "open"]
     if wf["settings"].get("exclusive") and opened_now:

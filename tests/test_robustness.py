@@ -415,6 +415,17 @@ def test_a_skip_forward_shows_as_a_hole_until_a_rerun_covers_it(fake_redis, cfg_
     assert client.get("/coverage/w?job=nosuch").status_code == 404
 
 
+def test_a_retried_open_after_a_reset_is_stale(any_client):
+    """A retry used to answer 200 with the reset jobs (status new), as if they were its batch."""
+    key = {"Idempotency-Key": "run-1"}
+    any_client.post("/load_cfg/wf1")
+    batch_id = any_client.post("/open_batch/wf1", headers=key).json["s_extract"]["batch_id"]
+    any_client.post("/load_cfg/wf1?reset=true")
+    again = any_client.post("/open_batch/wf1", headers=key)
+    assert again.status_code == 409 and again.json["error"] == "stale_batch", again.json
+    assert again.json["batch_id"] == batch_id and "reset" in again.json["message"]
+
+
 def test_a_retried_open_of_an_exclusive_workflow_answers_its_batch(any_client, write_cfg):
     """Found by the model-based test: the exclusive rule refused the retry (409 batch_open)."""
     write_cfg("solo", ".batchy:\n  exclusive: true\n  lease_hours: 2\na: {}\n")
