@@ -141,3 +141,12 @@ class Transport:
             pool = self.redis.connection_pool
             conn = self._local.conn = pool.connection_class(**pool.connection_kwargs)
         return conn
+
+    def close(self) -> None:
+        """Close this thread's connection and the client's pool (the app is being shut down)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.disconnect()
+            self._local.conn = None
+        self.redis.close()
+        self.redis.connection_pool.disconnect()

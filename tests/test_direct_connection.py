@@ -145,3 +145,12 @@ def test_status_and_changes_read_either_protocol(server, cfg_dir, protocol):
     assert status.status_code == 200
     assert status.json == opened
     assert list(status.json) == sorted(status.json)
+
+
+def test_close_lets_go_of_every_connection_and_a_later_call_reconnects(app, server):
+    st = store(app)
+    st.open("wf1")
+    before = len(server.client().client_list())
+    st.transport.close()
+    assert len(server.client().client_list()) < before
+    assert st.read("wf1").jobs["s_extract"]["status"] == "open"  # reconnects by itself

@@ -176,11 +176,7 @@ class World:
         """Stop the redis-server and remove every file of the run."""
         try:
             for store in self.stores():
-                conn = getattr(store.transport._local, "conn", None)
-                if conn is not None:
-                    conn.disconnect()
-                store.redis.close()
-                store.redis.connection_pool.disconnect()
+                store.transport.close()
         finally:
             self.server.cleanup()
             shutil.rmtree(self.cfg_dir, ignore_errors=True)
