@@ -7,6 +7,7 @@ not on a boundary), or chunk_hours each. Workers lease chunks, run them, and clo
 fail them. A chunk's states:
 
     pending --lease--> leased --close--> success
+                         |----renew---> leased, its lease ending later (a heartbeat)
                          |----fail----> pending again (same window), or failed once
                          |              max_attempts are used (cancelled after a cancel)
                          '--its lease expires--> leased again by the next lease (attempt + 1),
@@ -196,6 +197,19 @@ def finish(chunk: dict, attempt: int, outcome: str, max_attempts: int, cancelled
         status = ChunkStatus.CANCELLED if cancelled else ChunkStatus.PENDING
     new["status"] = str(status)
     return new, "applied"
+
+
+def renew(chunk: dict, attempt: int, now_ms: int, lease_ms: int) -> tuple[dict, str]:
+    """Return (chunk after its worker renews attempt's lease at now_ms, what the call did).
+
+    What it did: "applied" (the lease now ends lease_ms from now, also when it had run out
+    but nobody leased the chunk since); "stale" (another attempt holds the chunk); "not_leased".
+    """
+    if chunk["attempts"] != attempt:
+        return chunk, "stale"
+    if chunk["status"] != ChunkStatus.LEASED:
+        return chunk, "not_leased"
+    return dict(chunk, lease_until=now_ms + lease_ms), "applied"
 
 
 def cancel(chunk: dict) -> dict:

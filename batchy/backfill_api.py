@@ -118,15 +118,32 @@ def lease(wf, backfill_id):
     return json_response(leased)
 
 
-def _finish(wf: str, backfill_id: str, outcome: str):
-    names.check_workflow(wf)
-    values = request_params("chunk", "attempt", "records_processed", "message")
+def _chunk_attempt(values) -> tuple[int, int]:
+    """Return the chunk and attempt a close, fail or renew names (both required)."""
     number = parse_whole_number(values, "chunk")
     if number is None:
         raise InvalidParameter("chunk is required: the number the lease answered", parameter="chunk")
     attempt = parse_whole_number(values, "attempt")
     if not attempt:
         raise InvalidParameter("attempt is required (>= 1): the attempt the lease answered", parameter="attempt")
+    return number, attempt
+
+
+@bp.route("/backfill/<wf>/<backfill_id>/renew", methods=MUTATING)
+@mutation
+def renew(wf, backfill_id):
+    names.check_workflow(wf)
+    values = request_params("chunk", "attempt", "lease_seconds")
+    number, attempt = _chunk_attempt(values)
+    seconds = _positive_number(values, "lease_seconds", backfill.MAX_LEASE_SECONDS)
+    return json_response(get_backfills().renew(wf, _id(backfill_id), number, attempt,
+                                               seconds or backfill.DEFAULT_LEASE_SECONDS))
+
+
+def _finish(wf: str, backfill_id: str, outcome: str):
+    names.check_workflow(wf)
+    values = request_params("chunk", "attempt", "records_processed", "message")
+    number, attempt = _chunk_attempt(values)
     records = parse_whole_number(values, "records_processed")
     if records is not None and records > MAX_RECORDS:
         raise InvalidParameter(f"records_processed of a chunk must be at most {MAX_RECORDS}",
@@ -182,6 +199,10 @@ def openapi_paths() -> dict:
         "/backfill/{wf}/{backfill_id}": {"get": _op("A backfill: every chunk and the progress", None, [WF, bid],
                                                     ok=obj)},
         "/backfill/{wf}/{backfill_id}/lease": lease_ops,
+        "/backfill/{wf}/{backfill_id}/renew": _mutating(
+            "Renew a leased chunk's lease (a heartbeat)", None,
+            [WF, bid, _param("chunk", schema=WHOLE, required=True), _param("attempt", schema=WHOLE, required=True),
+             _param("lease_seconds", schema=number)], ok=obj),
         "/backfill/{wf}/{backfill_id}/close": _mutating("End a leased chunk's attempt: success", None, finish, ok=obj),
         "/backfill/{wf}/{backfill_id}/fail": _mutating("End a leased chunk's attempt: failed", None, finish, ok=obj),
         "/backfill/{wf}/{backfill_id}/cancel": _mutating("Cancel a backfill: its pending chunks", None, [WF, bid],

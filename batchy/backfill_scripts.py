@@ -222,6 +222,30 @@ audit(KEYS[4], A[6], time, outcome == 'success' and 'backfill_close' or 'backfil
 return {1, encoded, redis.call('HGETALL', KEYS[1])}
 """).substitute(COUNT=keys.BACKFILL_COUNT_PREFIX)
 
+# Renew a leased chunk's lease (a worker's heartbeat while its command runs): it now ends
+# lease ms from now. Only the attempt that holds the chunk may renew it, also after its
+# lease ran out as long as nobody leased the chunk since. Not audited: a heartbeat changes
+# no outcome. backfill.renew() is the same rule in Python.
+# KEYS[1] backfill hash   KEYS[2] its chunks hash   KEYS[3] its queue
+# ARGV: chunk number, attempt, lease ms
+# Returns {1, chunk JSON, flat HGETALL backfill} renewed; {-1} no such backfill; {-4} no
+# such chunk; {-5, chunk JSON} another attempt holds the chunk; {-6, chunk JSON} not leased.
+BACKFILL_RENEW = """
+local A = ARGV
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+local raw = redis.call('HGET', KEYS[2], A[1])
+if not raw then return {-4} end
+local chunk = cjson.decode(raw)
+if chunk.attempts ~= tonumber(A[2]) then return {-5, raw} end
+if chunk.status ~= 'leased' then return {-6, raw} end
+local now = redis.call('TIME')
+chunk.lease_until = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(A[3])
+local encoded = cjson.encode(chunk)
+redis.call('HSET', KEYS[2], A[1], encoded)
+redis.call('ZADD', KEYS[3], chunk.lease_until, A[1])
+return {1, encoded, redis.call('HGETALL', KEYS[1])}
+"""
+
 # Cancel a backfill: its pending chunks are cancelled and leave the queue; leased ones may
 # still close (or fail: then cancelled); nothing is leased any more.
 # KEYS[1] backfill hash   KEYS[2] its chunks hash   KEYS[3] its queue   KEYS[4] audit stream

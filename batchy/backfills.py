@@ -41,6 +41,7 @@ class Backfills:
         self._lease = client.register_script(backfill_scripts.BACKFILL_LEASE)
         self._finish = client.register_script(backfill_scripts.BACKFILL_FINISH)
         self._cancel = client.register_script(backfill_scripts.BACKFILL_CANCEL)
+        self._renew = client.register_script(backfill_scripts.BACKFILL_RENEW)
 
     def _run(self, script, script_keys, args) -> list:
         return self.store.transport.run(script, tuple(script_keys), args)
@@ -168,22 +169,19 @@ class Backfills:
             raise self._missing(wf, backfill_id)
         if code == Reply.NOTHING:
             return None
-        number, chunk, record = int(reply[1]), json.loads(reply[2]), _pairs(reply[3])
-        shown = backfill.render_chunk(number, chunk, _zone(record, chunk["job"]))
-        return {"backfill_id": backfill_id, "workflow": wf, "chunk": number, "job": chunk["job"],
-                "from_date": chunk["from_date"], "to_date": chunk["to_date"], "attempt": chunk["attempts"],
-                "max_attempts": int(record["max_attempts"]), "lease_until": shown["lease_until"]}
+        return _lease_answer(wf, backfill_id, int(reply[1]), json.loads(reply[2]), _pairs(reply[3]))
 
-    def finish(self, wf: str, backfill_id: int, number: int, attempt: int, outcome: str, *,
-               records_processed: int | None = None, message: str | None = None, actor: str = "") -> dict:
-        """End attempt of chunk number with outcome (success or failed); return the chunk and the progress.
+    def renew(self, wf: str, backfill_id: int, number: int, attempt: int,
+              lease_seconds: float = backfill.DEFAULT_LEASE_SECONDS) -> dict:
+        """Renew attempt's lease of chunk number: it now ends lease_seconds from now (a heartbeat)."""
+        lease_ms = max(1, round(lease_seconds * 1000))
+        reply = self._run(self._renew, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
+                                        keys.backfill_queue(wf, backfill_id)), (number, attempt, lease_ms))
+        chunk = self._checked(wf, backfill_id, number, attempt, reply)
+        return _lease_answer(wf, backfill_id, number, chunk, _pairs(reply[2]))
 
-        A success merges the chunk's window into its job's coverage ledger.
-        """
-        reply = self._run(self._finish, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                                         keys.backfill_queue(wf, backfill_id), keys.events(wf)),
-                          (number, attempt, outcome, "" if records_processed is None else records_processed,
-                           message or "", self.events_keep, actor, backfill_id))
+    def _checked(self, wf: str, backfill_id: int, number: int, attempt: int, reply: list) -> dict:
+        """Return the chunk of a BACKFILL_FINISH or BACKFILL_RENEW reply, or raise the refusal it is."""
         code = int(reply[0])
         if code == Reply.NO_BACKFILL:
             raise self._missing(wf, backfill_id)
@@ -202,6 +200,19 @@ class Backfills:
         if code == Reply.NOT_LEASED:
             raise NotLeased(f"chunk {number} of backfill {backfill_id} is {chunk['status']}, not leased: attempt "
                             f"{attempt} ended already (or never started)", **context)
+        return chunk
+
+    def finish(self, wf: str, backfill_id: int, number: int, attempt: int, outcome: str, *,
+               records_processed: int | None = None, message: str | None = None, actor: str = "") -> dict:
+        """End attempt of chunk number with outcome (success or failed); return the chunk and the progress.
+
+        A success merges the chunk's window into its job's coverage ledger.
+        """
+        reply = self._run(self._finish, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
+                                         keys.backfill_queue(wf, backfill_id), keys.events(wf)),
+                          (number, attempt, outcome, "" if records_processed is None else records_processed,
+                           message or "", self.events_keep, actor, backfill_id))
+        chunk = self._checked(wf, backfill_id, number, attempt, reply)
         record = _pairs(reply[2])
         if outcome == backfill.ChunkStatus.SUCCESS:
             self.store.mutate(wf, lambda state: plans.plan_backfill_coverage(
@@ -222,6 +233,14 @@ class Backfills:
             raise self._missing(wf, backfill_id)
         record = _pairs(reply[2])
         return {**backfill.summary(record, _counts(record)), "cancelled_chunks": int(reply[1])}
+
+
+def _lease_answer(wf: str, backfill_id: int, number: int, chunk: dict, record: dict[str, str]) -> dict:
+    """Return what a lease (or its renewal) answers: the chunk's window, attempt and lease end."""
+    shown = backfill.render_chunk(number, chunk, _zone(record, chunk["job"]))
+    return {"backfill_id": backfill_id, "workflow": wf, "chunk": number, "job": chunk["job"],
+            "from_date": chunk["from_date"], "to_date": chunk["to_date"], "attempt": chunk["attempts"],
+            "max_attempts": int(record["max_attempts"]), "lease_until": shown["lease_until"]}
 
 
 def _zone(record: dict[str, str], job: str):

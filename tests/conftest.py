@@ -143,7 +143,9 @@ def shared_service(redis_server, tmp_path_factory):
 @pytest.fixture
 def service(shared_service, real_redis, cfg_dir):
     """`batchy serve` under gunicorn on our redis-server, reading this test's cfg_dir; Redis is
-    emptied after the test (real_redis). A test that stops, restarts or reconfigures a
-    service starts a ServiceProcess of its own."""
+    emptied after the test (real_redis). A test may stop it (the next test starts it again);
+    a test that reconfigures a service starts a ServiceProcess of its own."""
     point(Path(shared_service.cfg_dir), cfg_dir)
+    if shared_service.proc is None or shared_service.proc.poll() is not None:
+        shared_service.start()  # an earlier test stopped it (an outage it played)
     yield shared_service

@@ -536,6 +536,23 @@ def backfill_finish(wf: dict, backfill_id: int, number: int, attempt: int, outco
     return Result(200, wf=new, events=events)
 
 
+def backfill_renew(wf: dict, backfill_id: int, number: int, attempt: int) -> Result:
+    """POST .../renew: the attempt holding a leased chunk renews its lease (no outcome, no event)."""
+    if attempt < 1:
+        return refuse(400, "invalid_parameter")
+    fill = wf["backfills"].get(backfill_id)
+    if not wf["loaded"]:
+        return refuse(404, "workflow_not_found")
+    if fill is None:
+        return refuse(404, "backfill_not_found")
+    chunk = fill["chunks"][number]
+    if chunk["attempts"] != attempt:
+        return refuse(409, "stale_attempt")
+    if chunk["status"] != "leased":
+        return refuse(409, "not_leased")
+    return Result(200)
+
+
 def backfill_cancel(wf: dict, backfill_id: int) -> Result:
     fill = wf["backfills"].get(backfill_id)
     if not wf["loaded"]:

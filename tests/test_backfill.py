@@ -428,6 +428,59 @@ def test_an_expired_lease_is_leased_again_and_ends_failed_on_the_last_attempt(ba
     assert (chunk["status"], chunk["attempts"]) == ("failed", 2) and "ran out" in chunk["message"]
 
 
+def test_a_renewed_lease_keeps_the_chunk_from_other_workers(backfills):
+    bid = backfills.create("bf", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC),
+                           jobs=["customers"])["backfill_id"]
+    first = backfills.lease("bf", bid, 0.2)
+    for _ in range(3):  # 0.45 s in all, past the first lease's 0.2 s: renewed, never due
+        time.sleep(0.15)
+        renewed = backfills.renew("bf", bid, 0, 1, 0.2)
+        assert renewed["lease_until"] >= first["lease_until"] and renewed["attempt"] == 1
+        assert backfills.lease("bf", bid, 60) is None
+    backfills.finish("bf", bid, 0, 1, "success")
+    with pytest.raises(NotLeased):
+        backfills.renew("bf", bid, 0, 1, 60)  # it ended
+    with pytest.raises(StaleAttempt):
+        backfills.renew("bf", bid, 0, 2, 60)
+
+
+def test_a_lease_that_ran_out_may_be_renewed_until_another_worker_takes_the_chunk(backfills):
+    bid = backfills.create("bf", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC),
+                           jobs=["customers"])["backfill_id"]
+    backfills.lease("bf", bid, 0.05)
+    time.sleep(0.1)
+    backfills.renew("bf", bid, 0, 1, 60)  # ran out, nobody took it: renewed
+    assert backfills.lease("bf", bid, 60) is None
+    backfills.renew("bf", bid, 0, 1, 0.05)
+    time.sleep(0.1)
+    assert backfills.lease("bf", bid, 60)["attempt"] == 2  # ran out again, and taken over
+    with pytest.raises(StaleAttempt):
+        backfills.renew("bf", bid, 0, 1, 60)
+
+
+def test_renew_over_http_names_chunk_and_attempt(any_client):
+    bid = create(any_client, "from=2024-03-01&to=2024-03-02&job=orders")["backfill_id"]
+    got = lease(any_client, bid, lease_seconds=60)
+    r = any_client.post(f"/backfill/bf/{bid}/renew?chunk={got['chunk']}&attempt={got['attempt']}&lease_seconds=600")
+    assert r.status_code == 200 and r.json["lease_until"] > got["lease_until"], r.json
+    assert any_client.post(f"/backfill/bf/{bid}/renew?chunk=0").json["parameter"] == "attempt"
+    assert any_client.post(f"/backfill/bf/{bid}/renew?chunk=0&attempt=2").json["error"] == "stale_attempt"
+    assert any_client.post(f"/backfill/bf/{bid}/renew?chunk=0&attempt=1&lease=5").json["error"] == \
+        "invalid_parameter"  # a typo: lease_seconds
+
+
+def test_backfill_run_renews_the_lease_of_a_chunk_that_runs_long(real_app):
+    """A command running three times its lease keeps its chunk: no second worker is handed it."""
+    with serving(real_app) as url:
+        api = runner.BackfillClient(Batchy(url))
+        made = api.create("bf", "2024-02-01T00:00:00Z", "2024-02-02T00:00:00Z", jobs=["customers"])
+        code = runner.run_backfill(api, "bf", made["backfill_id"], ["sh", "-c", "sleep 1.2"], parallel=2,
+                                   lease_seconds=0.4, poll=0.05, progress=runner.Progress(Lines()))
+        shown = api.status("bf", made["backfill_id"])
+    assert code == 0
+    assert [(c["status"], c["attempts"]) for c in shown["chunks"]] == [("success", 1)]
+
+
 def test_the_scripts_follow_the_rules_of_backfill_py(backfills):
     """Random leases, closes, fails and a cancel, on Redis and on the pure rules side by side."""
     rng = random.Random(14)
@@ -439,7 +492,7 @@ def test_the_scripts_follow_the_rules_of_backfill_py(backfills):
         cancelled = False
         for _ in range(60):
             op = rng.choice(["lease", "lease", "close", "fail", "close", "cancel"] if rng.random() < 0.1
-                            else ["lease", "lease", "close", "fail", "close"])
+                            else ["lease", "lease", "close", "fail", "close", "renew"])
             if op == "lease":
                 got = backfills.lease("bf", bid, 600)
                 due = [n for n, c in sorted(model.items()) if c["status"] == "pending" and not cancelled]
@@ -448,6 +501,17 @@ def test_the_scripts_follow_the_rules_of_backfill_py(backfills):
                     continue
                 model[due[0]], what = backfill.lease(model[due[0]], 0, 600_000, max_attempts, cancelled)
                 assert what == "leased" and (got["chunk"], got["attempt"]) == (due[0], model[due[0]]["attempts"])
+            elif op == "renew":
+                n = rng.choice(list(model))
+                attempt = max(1, model[n]["attempts"] + rng.choice([0, 0, -1, 1]))
+                new, what = backfill.renew(model[n], attempt, 0, 600_000)
+                expected = {"stale": StaleAttempt, "not_leased": NotLeased}.get(what)
+                if expected:
+                    with pytest.raises(expected):
+                        backfills.renew("bf", bid, n, attempt, 600)
+                else:
+                    assert backfills.renew("bf", bid, n, attempt, 600)["attempt"] == attempt
+                model[n] = new
             elif op == "cancel":
                 backfills.cancel("bf", bid)
                 model = {n: backfill.cancel(c) for n, c in model.items()}

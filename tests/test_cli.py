@@ -414,7 +414,7 @@ COMMAND_OF = {
     "/backfill/{wf}": "backfill create", "/backfills/{wf}": "backfill list", "/backfill/{wf}/{backfill_id}":
     "backfill status", "/backfill/{wf}/{backfill_id}/lease": "backfill lease",
     "/backfill/{wf}/{backfill_id}/close": "backfill close", "/backfill/{wf}/{backfill_id}/fail": "backfill fail",
-    "/backfill/{wf}/{backfill_id}/cancel": "backfill cancel",
+    "/backfill/{wf}/{backfill_id}/cancel": "backfill cancel", "/backfill/{wf}/{backfill_id}/renew": "backfill renew",
 }
 # Endpoints for machines and browsers, not for a shell script: no command.
 NOT_COMMANDS = {"/healthz", "/readyz", "/", "/dashboard", "/metrics", "/openapi.json"}

@@ -25,7 +25,7 @@ every step the invariants are checked against what the service shows:
 Jobs carry window policies (batch_size, max_window_hours, settle_minutes, also workflow-wide
 under .batchy), so every window, caught_up and behind_seconds is checked against the documented
 rule. Backfills are created, leased, closed and failed (stale attempts and retries included)
-and cancelled; their leases never run out here (lease expiry counts Redis' own TIME, which
+renewed and cancelled; their leases never run out here (lease expiry counts Redis' own TIME, which
 the virtual clock does not move: tests/test_backfill.py covers it).
 
 Replay a failure with the BATCHY_MODEL_SEED it prints (or the @reproduce_failure blob).
@@ -568,6 +568,21 @@ class BatchyMachine(RuleBasedStateMachine):
             resp = self.call(1 - app, path, {"chunk": number, "attempt": attempt, "records_processed": 7}, "form")
             self.backfill_call(wf, resp, result, f"backfill_finish(wf={wf!r}, backfill_id={backfill_id}, "
                                                  f"chunk={number}, attempt={attempt}, outcome={outcome!r})")
+
+    @rule(wf=workflows, app=apps, pick=st.integers(-1, 3), which=st.integers(0, 10_000),
+          attempt_off=st.sampled_from((0, 0, -1, 1)))
+    def backfill_renew(self, wf, app, pick, which, attempt_off):
+        """A worker's heartbeat: renew a chunk's lease (maybe not its attempt's, maybe ended)."""
+        backfill_id = self.pick_backfill(wf, pick)
+        if backfill_id is None:
+            return
+        fill = self.model[wf]["backfills"].get(backfill_id)
+        numbers = sorted(fill["chunks"]) if fill else [0]
+        number = numbers[which % len(numbers)]
+        attempt = (fill["chunks"][number]["attempts"] if fill else 1) + attempt_off
+        resp = self.call(app, f"/backfill/{wf}/{backfill_id}/renew", {"chunk": number, "attempt": attempt}, "form")
+        self.backfill_call(wf, resp, model.backfill_renew(self.model[wf], backfill_id, number, attempt),
+                           f"backfill_renew(wf={wf!r}, backfill_id={backfill_id}, chunk={number}, attempt={attempt})")
 
     @rule(wf=workflows, app=apps, pick=st.integers(0, 3),
           outcomes=st.lists(st.sampled_from(("success", "failed")), min_size=1, max_size=6), repeat=st.booleans())

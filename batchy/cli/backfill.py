@@ -120,6 +120,20 @@ def _finish_options(fn):
     return click.argument("wf")(output_options(fn))
 
 
+@backfill_group.command("renew")
+@click.argument("wf")
+@click.argument("backfill_id", type=int)
+@click.option("--chunk", type=click.IntRange(min=0), required=True, help="The chunk the lease answered.")
+@click.option("--attempt", type=click.IntRange(min=1), required=True, help="The attempt the lease answered.")
+@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), help="From now on [3600].")
+@output_options
+def backfill_renew(wf, backfill_id, chunk, attempt, lease_seconds, as_json, quiet):
+    """Renew a leased chunk's lease while its work goes on (a worker of your own's heartbeat)."""
+    with service_errors():
+        answer = BackfillClient(Batchy()).renew(wf, backfill_id, chunk, attempt, lease_seconds)
+    _show(answer, _fields_text, as_json, quiet)
+
+
 @backfill_group.command("close")
 @_finish_options
 def backfill_close(wf, backfill_id, chunk, attempt, records_processed, message, as_json, quiet):
@@ -146,7 +160,8 @@ def backfill_fail(wf, backfill_id, chunk, attempt, records_processed, message, a
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True, help="Chunks run at once.")
 @click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True),
-              help="How long a chunk is held before another worker may take it [3600]: longer than a chunk runs.")
+              help="How long a chunk is held without news from its worker [3600]; renewed every third of it "
+                   "while the command runs, so a chunk may run longer.")
 @click.pass_context
 def backfill_run(ctx, wf, backfill_id, command, parallel, lease_seconds):
     """Run COMMAND (after --) on each chunk of a backfill; exit 0 when every chunk succeeded, else 1.

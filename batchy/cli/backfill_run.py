@@ -14,6 +14,7 @@ from ..client import Batchy, ServiceError
 from .run import base_env, execute, window_env
 
 POLL_SECONDS = 1.0  # at most, a backfill worker with nothing due waits this long for another's chunk to end
+DEFAULT_LEASE_SECONDS = 3600.0  # the service's default, when --lease-seconds is not given
 
 
 # -- the backfill endpoints, over the client's transport (its URL, token and retries) -------
@@ -56,6 +57,11 @@ class BackfillClient:
         """Return the chunk leased, or None when none is due now (204). Not retried: a lost
         answer leaves a lease that runs out, and the chunk is leased again then."""
         return self._call("POST", self._path(wf, backfill_id, "lease"), body={"lease_seconds": lease_seconds})
+
+    def renew(self, wf: str, backfill_id: int, chunk: int, attempt: int, lease_seconds: float | None = None) -> dict:
+        """Renew one attempt's lease of a chunk (a heartbeat); safe to retry, so retried."""
+        return self._call("POST", self._path(wf, backfill_id, "renew"), body={
+            "chunk": chunk, "attempt": attempt, "lease_seconds": lease_seconds}, retry=True)
 
     def finish(self, wf: str, backfill_id: int, chunk: int, attempt: int, outcome: str, *,
                records_processed: int | None = None, message: str | None = None) -> dict:
@@ -173,12 +179,34 @@ class BackfillRun:
                     self.busy -= 1
                     self.changed.notify_all()
 
+    def heartbeat(self, lease: dict, done: threading.Event) -> None:
+        """While the command runs, renew the chunk's lease every third of it, so a command that
+        runs longer than its lease keeps its chunk: nobody else is handed it meanwhile."""
+        seconds = self.lease_seconds or DEFAULT_LEASE_SECONDS
+        while not done.wait(seconds / 3):
+            try:
+                self.api.renew(self.wf, self.backfill_id, lease["chunk"], lease["attempt"], seconds)
+            except (ServiceError, OSError) as exc:
+                # Stale: another worker took the chunk after the lease ran out (this worker was
+                # stopped, or the service unreachable for a whole lease): its close will say so.
+                self.progress.note(f"chunk {lease['chunk']} attempt {lease['attempt']}: lease not renewed: "
+                                   f"{getattr(exc, 'message', exc)}")
+                if isinstance(exc, ServiceError) and exc.status == 409:
+                    return
+
     def run_chunk(self, lease: dict) -> None:
         name = lease["job"]
         env = {**base_env(), **window_env(self.wf, {name: lease}, name), "BATCHY_JOB": name,
                "BATCHY_BACKFILL_ID": str(self.backfill_id), "BATCHY_CHUNK": str(lease["chunk"]),
                "BATCHY_ATTEMPT": str(lease["attempt"])}
-        code, tail, records = execute(self.command, env)
+        done = threading.Event()
+        beat = threading.Thread(target=self.heartbeat, args=(lease, done), name="backfill-heartbeat", daemon=True)
+        beat.start()
+        try:
+            code, tail, records = execute(self.command, env)
+        finally:
+            done.set()
+            beat.join()
         outcome = "success" if code == 0 else "failed"
         try:
             answer = self.api.finish(self.wf, self.backfill_id, lease["chunk"], lease["attempt"], outcome,
