@@ -61,11 +61,12 @@ class Batchy:
         With retry (a call safe to repeat: a read, an open with its Idempotency-Key, a close
         naming its batch_id), a lost connection, a timeout or a 503 is tried again.
         """
-        for attempt in range(self.retries + 1 if retry else 1):
+        last = self.retries if retry else 0
+        for attempt in range(last + 1):
             try:
                 return self._request_once(method, path, query, body, headers)
             except (ServiceError, OSError) as exc:
-                if attempt == self.retries or (isinstance(exc, ServiceError) and exc.status != 503):
+                if attempt == last or (isinstance(exc, ServiceError) and exc.status != 503):
                     raise
                 log.warning("batchy: %s %s failed (%s); retrying", method, path, exc)
                 time.sleep(0.5 * 2 ** attempt)

@@ -214,3 +214,18 @@ def test_an_open_is_retried_with_one_idempotency_key():
         assert seen[2] != seen[0]  # a new call, a new key
     finally:
         server.shutdown()
+
+
+def test_a_call_not_safe_to_repeat_fails_at_once_with_the_connection_error(monkeypatch):
+    """It used to sleep, then raise AssertionError("unreachable") instead of the error."""
+    import time
+
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    client = Batchy("http://127.0.0.1:9", token="")
+    with pytest.raises(OSError):
+        client.request("POST", "/load_cfg/wf", retry=False)
+    assert waits == []
+    with pytest.raises(OSError):
+        client.request("GET", "/get_status/wf", retry=True)
+    assert waits == [0.5, 1.0]
