@@ -14,9 +14,11 @@ A window that reaches it is caught up; behind_seconds says how far it is from it
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import NamedTuple
 
 from .times import UTC, start_of_day
 
@@ -26,6 +28,16 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 LONGEST_UNIT_HOURS = {"hour": 1, "day": 25, "week": 169, "month": 745}
 MAX_HOURS = 24 * 366 * 100
 POLICY_FIELDS = ("max_window_hours", "settle_minutes", "batch_size", "week_start")
+
+
+@functools.lru_cache(maxsize=64)
+def _minutes(minutes: float) -> timedelta:
+    return timedelta(minutes=minutes)
+
+
+@functools.lru_cache(maxsize=64)
+def _hours(hours: float) -> timedelta:
+    return timedelta(hours=hours)
 
 
 @dataclass(frozen=True)
@@ -75,8 +87,19 @@ def policy_of(job: dict, settings: dict) -> Policy:
     own = [k for k in POLICY_FIELDS if k in job]  # the common case: none, nowhere
     if not own and not settings:
         return NO_POLICY
-    merged = {k: settings[k] for k in POLICY_FIELDS if settings.get(k) is not None}
-    merged.update({k: job[k] for k in own if job[k] is not None})
+    own, shared = tuple(map(job.get, POLICY_FIELDS)), tuple(map(settings.get, POLICY_FIELDS))
+    try:
+        return _policy(own, shared)
+    except TypeError:  # an unhashable value (a hand-edited job): built, not remembered
+        return _policy.__wrapped__(own, shared)
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy(own: tuple, shared: tuple) -> Policy:
+    """Return the Policy of a job's and its workflow's policy fields (in POLICY_FIELDS order),
+    built once per combination: an open asks for each job's on every call."""
+    merged = {k: v for k, v in zip(POLICY_FIELDS, shared) if v is not None}
+    merged.update({k: v for k, v in zip(POLICY_FIELDS, own) if v is not None})
     return Policy(**merged) if merged else NO_POLICY
 
 
@@ -109,8 +132,7 @@ def _midnight(day, tz) -> datetime:
     return start_of_day(datetime.combine(day, time(12), tzinfo=tz), tz)
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):
     start: datetime
     end: datetime
     caught_up: bool
@@ -123,12 +145,12 @@ def window(start: datetime, now: datetime, policy: Policy, tz) -> Window:
     Never backwards: when nothing complete is newer than start (settle lag, a unit not
     yet over), the window is empty, [start, start), and caught up.
     """
-    limit = now - timedelta(minutes=policy.settle_minutes) if policy.settle_minutes else now
+    limit = now - _minutes(policy.settle_minutes) if policy.settle_minutes else now
     if policy.batch_size:
         limit = floor_to_unit(limit, policy.batch_size, tz, policy.week_start)
     end = limit
     if policy.max_window_hours is not None:
-        cap = start + timedelta(hours=policy.max_window_hours)
+        cap = start + _hours(policy.max_window_hours)
         if cap < end:
             end = floor_to_unit(cap, policy.batch_size, tz, policy.week_start) if policy.batch_size else cap
             if end <= start:  # an unaligned start: at least reach the next boundary

@@ -505,15 +505,23 @@ def backfill_lease(wf: dict, backfill_id: int) -> tuple[Result, int | None]:
     return Result(200, wf=new, events=[{"action": "backfill_lease"}]), due[0]
 
 
-def backfill_finish(wf: dict, backfill_id: int, number: int, attempt: int, outcome: str) -> Result:
-    """POST .../close (outcome success) or .../fail (failed) of a chunk's attempt."""
+def chunk_refusal(wf: dict, backfill_id: int, attempt: int) -> Result | None:
+    """The refusal of a call naming a chunk's attempt before the chunk is looked at, if any."""
     if attempt < 1:
         return refuse(400, "invalid_parameter")  # "the attempt the lease answered": 1 or more
-    fill = wf["backfills"].get(backfill_id)
     if not wf["loaded"]:
         return refuse(404, "workflow_not_found")
-    if fill is None:
+    if backfill_id not in wf["backfills"]:
         return refuse(404, "backfill_not_found")
+    return None
+
+
+def backfill_finish(wf: dict, backfill_id: int, number: int, attempt: int, outcome: str) -> Result:
+    """POST .../close (outcome success) or .../fail (failed) of a chunk's attempt."""
+    refused = chunk_refusal(wf, backfill_id, attempt)
+    if refused:
+        return refused
+    fill = wf["backfills"][backfill_id]
     chunk = fill["chunks"][number]
     if chunk["status"] != "leased" or chunk["attempts"] != attempt:
         if chunk["attempts"] == attempt and chunk["outcome"] == outcome:
@@ -538,14 +546,10 @@ def backfill_finish(wf: dict, backfill_id: int, number: int, attempt: int, outco
 
 def backfill_renew(wf: dict, backfill_id: int, number: int, attempt: int) -> Result:
     """POST .../renew: the attempt holding a leased chunk renews its lease (no outcome, no event)."""
-    if attempt < 1:
-        return refuse(400, "invalid_parameter")
-    fill = wf["backfills"].get(backfill_id)
-    if not wf["loaded"]:
-        return refuse(404, "workflow_not_found")
-    if fill is None:
-        return refuse(404, "backfill_not_found")
-    chunk = fill["chunks"][number]
+    refused = chunk_refusal(wf, backfill_id, attempt)
+    if refused:
+        return refused
+    chunk = wf["backfills"][backfill_id]["chunks"][number]
     if chunk["attempts"] != attempt:
         return refuse(409, "stale_attempt")
     if chunk["status"] != "leased":
