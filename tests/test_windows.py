@@ -75,3 +75,8 @@ def test_a_jobs_own_policy_wins_over_the_workflows():
     policy = windows.policy_of({"batch_size": "hour"}, {"batch_size": "day", "settle_minutes": 5})
     assert policy == Policy(batch_size="hour", settle_minutes=5)
     assert not windows.policy_of({}, {}).active
+    assert windows.policy_of({"batch_size": "hour"}, {}) is windows.policy_of({"batch_size": "hour", "x": 1}, {})
+
+
+def test_an_unhashable_value_of_a_hand_edited_job_is_still_read():
+    assert windows.policy_of({"batch_size": ["hour"]}, {}) == Policy(batch_size=["hour"])
