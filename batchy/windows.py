@@ -107,6 +107,7 @@ def _number(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the jobs of one open share their limit's boundary
 def floor_to_unit(moment: datetime, unit: str, tz, week_start: str = "monday") -> datetime:
     """Return the last boundary of unit at or before moment, in zone tz (DST-correct).
 
