@@ -37,6 +37,17 @@ def add(intervals: list[Interval], start: float, end: float) -> list[Interval]:
     return result
 
 
+def union(first: list[Interval], second: list[Interval]) -> list[Interval]:
+    """Return the merged union of two ledgers, in one pass over both (a new list)."""
+    result: list[Interval] = []
+    for low, high in sorted(first + second):
+        if result and low <= result[-1][1]:  # overlaps or touches the last one
+            result[-1][1] = max(result[-1][1], high)
+        else:
+            result.append([low, high])
+    return result
+
+
 def holes(intervals: list[Interval], start: float | None = None, end: float | None = None) -> list[Interval]:
     """Return the stretches of [start, end) not covered (default: first start to last end)."""
     if not intervals:

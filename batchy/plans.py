@@ -209,7 +209,8 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], m
                              workflow=state.wf)
     check_from_dates(state, jobs)
     # Batch ids stay strictly increasing: never below what either side used.
-    known = [int(b) for b in batches] + [int(meta.get(keys.LAST_BATCH_ID) or 0), state.last_batch_id or 0]
+    known = [int(b) for b in batches] + [int(meta.get(keys.LAST_BATCH_ID) or 0), state.last_batch_id or 0] + [
+        int(job["batch_id"]) for job in jobs.values() if job.get("batch_id") is not None]
     last = max(known)
     meta = {k: v for k, v in meta.items() if k != keys.LAST_BATCH_ID}
     if last:  # a workflow that never opened a batch has no last batch id
@@ -222,9 +223,8 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], m
             mine = coverage.loads(state.meta.get(field))
         except ValueError:
             mine = []  # a broken ledger here: the export's replaces it
-        for low, high in mine:
-            text = formats.dumps(coverage.add(coverage.loads(text), low, high))
-        meta[field] = text
+        if mine:
+            meta[field] = formats.dumps(coverage.union(coverage.loads(text), mine))
     # A batch open here that the import replaces can never close: it ends abandoned (unless
     # the export carries that batch, whose snapshot then replaces it whole).
     replaced = watermark.abandoned_jobs(state.jobs, None, "abandoned: the workflow was replaced by an import")
@@ -253,8 +253,8 @@ def stale_open_jobs(jobs: dict[str, dict], batches: dict[str, dict], last_batch_
     if not stale:
         return jobs, batches
     message = f"abandoned: batch {last_batch_id} was opened here after this export's batch"
-    jobs = {**jobs, **{name: dict(job, status=Status.FAILED, batch_end=format_now(now), message=message)
-                       for name, job in stale.items()}}
+    jobs = {**jobs, **{name: dict(job, status=Status.FAILED, batch_end=format_now(now, job_zone(job)),
+                                  message=message) for name, job in stale.items()}}
     batches = dict(batches)
     for name, job in stale.items():
         bid = str(job["batch_id"])

@@ -39,3 +39,30 @@ def test_a_year_of_hourly_windows_is_one_small_interval():
 def test_a_ledger_that_is_not_one_is_refused(text):
     with pytest.raises(ValueError):
         coverage.loads(text)
+
+
+def test_the_union_of_two_ledgers_is_what_adding_each_interval_gives():
+    import random
+
+    rng = random.Random(3)
+    for _ in range(200):
+        first, second = [], []
+        for ledger in (first, second):
+            for _ in range(rng.randint(0, 8)):
+                low = rng.randint(0, 100)
+                ledger[:] = coverage.add(ledger, low, low + rng.randint(1, 15))
+        expected = first
+        for low, high in second:
+            expected = coverage.add(expected, low, high)
+        assert coverage.union(first, second) == expected
+
+
+def test_the_union_of_two_long_ledgers_is_one_pass():
+    import time
+
+    first = [[i * 10, i * 10 + 5] for i in range(20_000)]
+    second = [[i * 10 + 5, i * 10 + 7] for i in range(20_000)]
+    started = time.process_time()
+    merged = coverage.union(first, second)
+    assert time.process_time() - started < 2  # adding one at a time took minutes
+    assert len(merged) == 20_000 and merged[0] == [0, 7]

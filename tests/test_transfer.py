@@ -185,3 +185,16 @@ def test_an_older_backup_restored_keeps_the_coverage_of_later_windows(client, ap
     assert before["s_extract"]["covered"][0][0].startswith("2023-06-01")
     assert store.import_(backup, replace=True) == ["wf1"]
     assert client.get("/coverage/wf1").json == before
+
+
+def test_a_job_open_in_a_batch_newer_than_any_other_id_keeps_its_batch(client, app):
+    """A hand-edited export may name a job's batch only on the job: ids still never go back."""
+    store = store_of(app)
+    client.post("/load_cfg/wf1")
+    doc = json.loads(json.dumps(store.export(["wf1"])))
+    job = doc["workflows"]["wf1"]["jobs"]["s_extract"]
+    job.update(status="open", batch_id=1_900_000_000, from_date="2024-01-01T00:00:00+00:00",
+               to_date="2024-02-01T00:00:00+00:00", batch_start="2024-02-01T00:00:00+00:00")
+    assert store.import_(doc, replace=True) == ["wf1"]
+    assert client.post("/close_batch/wf1?batch_id=1900000000&job=s_extract").status_code == 200
+    assert client.post("/open_batch/wf1").json["s_extract"]["batch_id"] > 1_900_000_000
