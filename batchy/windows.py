@@ -107,13 +107,18 @@ def _number(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
-@functools.lru_cache(maxsize=4096)  # pure; the jobs of one open share their limit's boundary
 def floor_to_unit(moment: datetime, unit: str, tz, week_start: str = "monday") -> datetime:
     """Return the last boundary of unit at or before moment, in zone tz (DST-correct).
 
     A boundary is a wall time (the hour, midnight, the week's first midnight, the 1st):
     a day in Europe/Paris may last 23 or 25 hours. Hours are real hours (UTC).
     """
+    # Remembered by instant: two wall times of a repeated hour (fold 0 and 1) compare equal.
+    return _floor_to_unit(moment.astimezone(UTC), unit, tz, week_start)
+
+
+@functools.lru_cache(maxsize=4096)  # pure; the jobs of one open share their limit's boundary
+def _floor_to_unit(moment: datetime, unit: str, tz, week_start: str) -> datetime:
     if unit == "hour":
         return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     local = moment.astimezone(tz)

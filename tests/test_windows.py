@@ -80,3 +80,13 @@ def test_a_jobs_own_policy_wins_over_the_workflows():
 
 def test_an_unhashable_value_of_a_hand_edited_job_is_still_read():
     assert windows.policy_of({"batch_size": ["hour"]}, {}) == Policy(batch_size=["hour"])
+
+
+def test_the_two_instances_of_a_repeated_hour_floor_apart():
+    from zoneinfo import ZoneInfo
+
+    paris = ZoneInfo("Europe/Paris")
+    first = datetime(2024, 10, 27, 2, 30, tzinfo=paris)  # 00:30 UTC, summer time
+    second = datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris)  # 01:30 UTC, winter time
+    assert windows.floor_to_unit(first, "hour", paris) == datetime(2024, 10, 27, 0, 0, tzinfo=timezone.utc)
+    assert windows.floor_to_unit(second, "hour", paris) == datetime(2024, 10, 27, 1, 0, tzinfo=timezone.utc)
