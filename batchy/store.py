@@ -15,7 +15,7 @@ from .cache import StateCache
 from .clock import Clock
 from .commit import Committer
 from .connections import Transport
-from .errors import BatchyError, redis_refusal
+from .errors import BatchyError, WorkflowNotFound, redis_refusal
 from .history import History
 from .jobs import Status, check_raw, decode
 from .pauses import Pauses
@@ -174,7 +174,12 @@ class BatchStore:
 
     def remove(self, wf: str, *, purge_history: bool = False, actor: str = "") -> dict:
         """Remove wf: its state goes; its history and backfills stay (open batches abandoned) or are purged."""
-        self.committer.remove(wf, purge=purge_history, actor=actor)
+        try:
+            self.committer.remove(wf, purge=purge_history, actor=actor)
+        except WorkflowNotFound:
+            if purge_history:  # a retry of a removal whose purge failed: finish it
+                self._purge_backfills(wf)
+            raise
         if purge_history:
             self._purge_backfills(wf)
         return {"workflow": wf, "removed": True, "history": "purged" if purge_history else "kept"}

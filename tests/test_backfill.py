@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from batchy import backfill, backfill_api, backfill_scripts, create_app, keys
@@ -311,6 +312,24 @@ def test_a_removed_workflow_keeps_its_backfills_unless_purged(any_client):
     any_client.post("/load_cfg/bf")
     assert any_client.get(f"/backfill/bf/{backfill_id}").json["error"] == "backfill_not_found"
     assert any_client.get("/backfills/bf").json["backfills"] == []
+
+
+def test_a_removal_whose_purge_failed_is_finished_by_its_retry(any_client, monkeypatch):
+    store = any_client.application.extensions["batchy"]
+    create(any_client, "from=2024-03-01&to=2024-03-03")
+    real = store.redis.pipeline
+    failing = [True]
+
+    def pipeline(*args, **kwargs):  # the purge's one transaction, lost once (Redis went away)
+        if failing.pop() if failing else False:
+            raise redis.ConnectionError("gone")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store.redis, "pipeline", pipeline)
+    assert any_client.post("/remove_workflow/bf?purge_history=true").status_code == 503
+    again = any_client.post("/remove_workflow/bf?purge_history=true")
+    assert again.status_code == 404  # removed by the first call
+    assert store.redis.keys("batchy:backfill*:bf*") == []  # and the purge finished by the retry
 
 
 def test_a_paused_workflow_leases_nothing(any_client):
