@@ -17,7 +17,7 @@ from batchy import backfill, backfill_api, backfill_scripts, create_app, keys
 from batchy.backfill import BackfillNotFound, NotLeased, StaleAttempt
 from batchy.backfills import Backfills
 from batchy.cli import backfill_run as runner
-from batchy.client import Batchy
+from batchy.client import Batchy, ServiceError
 from batchy.errors import InvalidParameter
 from batchy.times import format_time
 
@@ -498,6 +498,36 @@ def test_backfill_run_renews_the_lease_of_a_chunk_that_runs_long(real_app):
         shown = api.status("bf", made["backfill_id"])
     assert code == 0
     assert [(c["status"], c["attempts"]) for c in shown["chunks"]] == [("success", 1)]
+
+
+def test_chunk_timeout_stops_a_command_that_hangs_and_fails_its_attempt(real_app):
+    with serving(real_app) as url:
+        api = runner.BackfillClient(Batchy(url))
+        made = api.create("bf", "2024-02-01T00:00:00Z", "2024-02-02T00:00:00Z", jobs=["customers"], max_attempts=1)
+        started = time.monotonic()
+        code = runner.run_backfill(api, "bf", made["backfill_id"], ["sleep", "30"], chunk_timeout=0.3, poll=0.05,
+                                   progress=runner.Progress(Lines()))
+        took = time.monotonic() - started
+        chunk = api.status("bf", made["backfill_id"])["chunks"][0]
+    assert code == 1 and took < 10
+    assert chunk["status"] == "failed" and chunk["message"].startswith("stopped after --chunk-timeout 0.3 s")
+
+
+def test_a_heartbeat_refused_stops_the_command_whose_chunk_another_worker_took(real_app):
+    class TakenOver(runner.BackfillClient):
+        def renew(self, *args, **kwargs):
+            raise ServiceError(409, "stale_attempt", "chunk 0 is on attempt 2")
+
+    with serving(real_app) as url:
+        api = TakenOver(Batchy(url))
+        made = api.create("bf", "2024-02-01T00:00:00Z", "2024-02-02T00:00:00Z", jobs=["customers"])
+        lines = Lines()
+        started = time.monotonic()
+        runner.run_backfill(api, "bf", made["backfill_id"], ["sleep", "30"], lease_seconds=0.3, poll=0.05,
+                            progress=runner.Progress(lines))
+        took = time.monotonic() - started
+    assert took < 10, "the command ran on although its chunk was another worker's"
+    assert any("stopping its command" in line for line in lines.lines)
 
 
 def test_the_scripts_follow_the_rules_of_backfill_py(backfills):

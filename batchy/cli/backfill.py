@@ -162,8 +162,10 @@ def backfill_fail(wf, backfill_id, chunk, attempt, records_processed, message, a
 @click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True),
               help="How long a chunk is held without news from its worker [3600]; renewed every third of it "
                    "while the command runs, so a chunk may run longer.")
+@click.option("--chunk-timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Stop a chunk's command after this many seconds: its attempt fails (default: no limit).")
 @click.pass_context
-def backfill_run(ctx, wf, backfill_id, command, parallel, lease_seconds):
+def backfill_run(ctx, wf, backfill_id, command, parallel, lease_seconds, chunk_timeout):
     """Run COMMAND (after --) on each chunk of a backfill; exit 0 when every chunk succeeded, else 1.
 
     \b
@@ -173,7 +175,7 @@ def backfill_run(ctx, wf, backfill_id, command, parallel, lease_seconds):
     """
     with service_errors():
         code = run_backfill(BackfillClient(Batchy()), wf, backfill_id, list(command), parallel=parallel,
-                            lease_seconds=lease_seconds)
+                            lease_seconds=lease_seconds, chunk_timeout=chunk_timeout)
     ctx.exit(code)
 
 

@@ -15,6 +15,7 @@ from .run import base_env, execute, window_env
 
 POLL_SECONDS = 1.0  # at most, a backfill worker with nothing due waits this long for another's chunk to end
 DEFAULT_LEASE_SECONDS = 3600.0  # the service's default, when --lease-seconds is not given
+MIN_BEAT_SECONDS = 0.1  # a heartbeat renews every third of the lease, but never more often than this
 
 
 # -- the backfill endpoints, over the client's transport (its URL, token and retries) -------
@@ -58,10 +59,12 @@ class BackfillClient:
         answer leaves a lease that runs out, and the chunk is leased again then."""
         return self._call("POST", self._path(wf, backfill_id, "lease"), body={"lease_seconds": lease_seconds})
 
-    def renew(self, wf: str, backfill_id: int, chunk: int, attempt: int, lease_seconds: float | None = None) -> dict:
-        """Renew one attempt's lease of a chunk (a heartbeat); safe to retry, so retried."""
+    def renew(self, wf: str, backfill_id: int, chunk: int, attempt: int, lease_seconds: float | None = None,
+              retry: bool = True) -> dict:
+        """Renew one attempt's lease of a chunk; safe to retry (a heartbeat does not: its next
+        beat is the retry)."""
         return self._call("POST", self._path(wf, backfill_id, "renew"), body={
-            "chunk": chunk, "attempt": attempt, "lease_seconds": lease_seconds}, retry=True)
+            "chunk": chunk, "attempt": attempt, "lease_seconds": lease_seconds}, retry=retry)
 
     def finish(self, wf: str, backfill_id: int, chunk: int, attempt: int, outcome: str, *,
                records_processed: int | None = None, message: str | None = None) -> dict:
@@ -125,12 +128,14 @@ class BackfillRun:
     """Worker threads leasing one backfill's chunks and running command on each."""
 
     def __init__(self, api: BackfillClient, wf: str, backfill_id: int, command: list[str], *,
-                 lease_seconds: float | None = None, poll: float | None = None, progress: Progress | None = None):
+                 lease_seconds: float | None = None, chunk_timeout: float | None = None, poll: float | None = None,
+                 progress: Progress | None = None):
         self.api = api
         self.wf = wf
         self.backfill_id = backfill_id
         self.command = command
         self.lease_seconds = lease_seconds
+        self.chunk_timeout = chunk_timeout
         self.poll = POLL_SECONDS if poll is None else poll
         self.progress = progress or Progress()
         self.changed = threading.Condition()  # a worker finished a chunk, or stopped
@@ -179,19 +184,27 @@ class BackfillRun:
                     self.busy -= 1
                     self.changed.notify_all()
 
-    def heartbeat(self, lease: dict, done: threading.Event) -> None:
+    def heartbeat(self, lease: dict, done: threading.Event, running: list) -> None:
         """While the command runs, renew the chunk's lease every third of it, so a command that
-        runs longer than its lease keeps its chunk: nobody else is handed it meanwhile."""
+        runs longer than its lease keeps its chunk: nobody else is handed it meanwhile.
+
+        A renewal refused (409: another worker took the chunk after this lease ran out, the
+        service having been unreachable for a whole lease) stops the command: the chunk is
+        the other worker's now. A renewal that fails otherwise is tried again next beat.
+        """
         seconds = self.lease_seconds or DEFAULT_LEASE_SECONDS
-        while not done.wait(seconds / 3):
+        while not done.wait(max(MIN_BEAT_SECONDS, seconds / 3)):
             try:
-                self.api.renew(self.wf, self.backfill_id, lease["chunk"], lease["attempt"], seconds)
+                self.api.renew(self.wf, self.backfill_id, lease["chunk"], lease["attempt"], seconds, retry=False)
             except (ServiceError, OSError) as exc:
-                # Stale: another worker took the chunk after the lease ran out (this worker was
-                # stopped, or the service unreachable for a whole lease): its close will say so.
+                if done.is_set():
+                    return  # the command ended meanwhile: its close says what happened
+                lost = isinstance(exc, ServiceError) and exc.status == 409
                 self.progress.note(f"chunk {lease['chunk']} attempt {lease['attempt']}: lease not renewed: "
-                                   f"{getattr(exc, 'message', exc)}")
-                if isinstance(exc, ServiceError) and exc.status == 409:
+                                   f"{getattr(exc, 'message', exc)}" + ("; stopping its command" if lost else ""))
+                if lost:
+                    for proc in running:
+                        proc.terminate()
                     return
 
     def run_chunk(self, lease: dict) -> None:
@@ -200,13 +213,33 @@ class BackfillRun:
                "BATCHY_BACKFILL_ID": str(self.backfill_id), "BATCHY_CHUNK": str(lease["chunk"]),
                "BATCHY_ATTEMPT": str(lease["attempt"])}
         done = threading.Event()
-        beat = threading.Thread(target=self.heartbeat, args=(lease, done), name="backfill-heartbeat", daemon=True)
+        running: list = []  # the command's process, once started: the heartbeat may stop it
+        timers: list[threading.Timer] = []
+        timed_out = threading.Event()
+
+        def started(proc) -> None:
+            running.append(proc)
+            if self.chunk_timeout is not None:
+                def stop() -> None:
+                    if proc.poll() is None:
+                        timed_out.set()
+                        proc.terminate()
+                timers.append(threading.Timer(self.chunk_timeout, stop))
+                timers[0].daemon = True
+                timers[0].start()
+
+        beat = threading.Thread(target=self.heartbeat, args=(lease, done, running), name="backfill-heartbeat",
+                                daemon=True)
         beat.start()
         try:
-            code, tail, records = execute(self.command, env)
+            code, tail, records = execute(self.command, env, started)
         finally:
-            done.set()
-            beat.join()
+            done.set()  # the heartbeat stops; a renewal in flight does not hold up the close
+            for timer in timers:
+                timer.cancel()
+        if timed_out.is_set():
+            tail = f"stopped after --chunk-timeout {self.chunk_timeout:g} s" + (
+                f": {tail.strip()}" if tail.strip() else "")
         outcome = "success" if code == 0 else "failed"
         try:
             answer = self.api.finish(self.wf, self.backfill_id, lease["chunk"], lease["attempt"], outcome,
@@ -226,7 +259,7 @@ class BackfillRun:
 
 
 def run_backfill(api: BackfillClient, wf: str, backfill_id: int, command: list[str], *, parallel: int = 1,
-                 lease_seconds: float | None = None, poll: float | None = None,
+                 lease_seconds: float | None = None, chunk_timeout: float | None = None, poll: float | None = None,
                  progress: Progress | None = None) -> int:
     """Run a backfill's chunks with parallel workers; return 0 when every chunk succeeded, else 1."""
     progress = progress or Progress()
@@ -234,7 +267,8 @@ def run_backfill(api: BackfillClient, wf: str, backfill_id: int, command: list[s
     due = before["progress"]["pending"] + before["progress"]["leased"]
     progress.note(f"backfill {backfill_id} of {wf}: {before['progress']['chunks']} chunk(s), {due} to run, "
                   f"{parallel} worker(s)")
-    job = BackfillRun(api, wf, backfill_id, command, lease_seconds=lease_seconds, poll=poll, progress=progress)
+    job = BackfillRun(api, wf, backfill_id, command, lease_seconds=lease_seconds, chunk_timeout=chunk_timeout,
+                      poll=poll, progress=progress)
     job.run(parallel)
     progress.end()
     if job.error is not None:

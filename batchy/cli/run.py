@@ -49,11 +49,12 @@ def base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not _WINDOW_VARIABLE.fullmatch(k)}
 
 
-def execute(command: list[str], env: dict[str, str]) -> tuple[int, str, int | None]:
+def execute(command: list[str], env: dict[str, str], started=None) -> tuple[int, str, int | None]:
     """Run command with env and a BATCHY_RECORDS_FILE; return (exit code, stderr tail, records written).
 
     Its stderr still reaches ours as it comes; stdout is ours. A command killed by a
-    signal exits 128 + the signal's number, as in a shell.
+    signal exits 128 + the signal's number, as in a shell. started(proc), when given, is
+    called once the command runs (a caller that may have to stop it keeps proc).
     """
     fd, path = tempfile.mkstemp(prefix="batchy-records-")
     os.close(fd)
@@ -64,6 +65,8 @@ def execute(command: list[str], env: dict[str, str]) -> tuple[int, str, int | No
             message = f"batchy: cannot run {command[0]!r}: {exc.strerror or exc}"
             _err(message)
             return 127, message, None
+        if started is not None:
+            started(proc)
         tail = _pass_through(proc.stderr)
         code = proc.wait()
         return (128 - code if code < 0 else code), tail, _records(path)
