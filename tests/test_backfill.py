@@ -505,8 +505,9 @@ def test_chunk_timeout_stops_a_command_that_hangs_and_fails_its_attempt(real_app
         api = runner.BackfillClient(Batchy(url))
         made = api.create("bf", "2024-02-01T00:00:00Z", "2024-02-02T00:00:00Z", jobs=["customers"], max_attempts=1)
         started = time.monotonic()
-        code = runner.run_backfill(api, "bf", made["backfill_id"], ["sleep", "30"], chunk_timeout=0.3, poll=0.05,
-                                   progress=runner.Progress(Lines()))
+        # A shell that waits for its child: stopped with it, or the child holds stderr open.
+        code = runner.run_backfill(api, "bf", made["backfill_id"], ["sh", "-c", "sleep 30; echo done"],
+                                   chunk_timeout=0.3, poll=0.05, progress=runner.Progress(Lines()))
         took = time.monotonic() - started
         chunk = api.status("bf", made["backfill_id"])["chunks"][0]
     assert code == 1 and took < 10
@@ -523,11 +524,40 @@ def test_a_heartbeat_refused_stops_the_command_whose_chunk_another_worker_took(r
         made = api.create("bf", "2024-02-01T00:00:00Z", "2024-02-02T00:00:00Z", jobs=["customers"])
         lines = Lines()
         started = time.monotonic()
-        runner.run_backfill(api, "bf", made["backfill_id"], ["sleep", "30"], lease_seconds=0.3, poll=0.05,
-                            progress=runner.Progress(lines))
+        runner.run_backfill(api, "bf", made["backfill_id"], ["sh", "-c", "sleep 30; echo done"], lease_seconds=0.3,
+                            poll=0.05, progress=runner.Progress(lines))
         took = time.monotonic() - started
     assert took < 10, "the command ran on although its chunk was another worker's"
     assert any("stopping its command" in line for line in lines.lines)
+
+
+def test_ctrl_c_stops_backfill_run_and_its_commands(real_app, tmp_path):
+    """The commands run in sessions of their own (so a timeout can stop a shell's children):
+    the terminal's Ctrl-C reaches batchy only, and batchy stops them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    marker = tmp_path / "started"
+    with serving(real_app) as url:
+        made = runner.BackfillClient(Batchy(url)).create("bf", "2024-02-01T00:00:00Z", "2024-02-02T00:00:00Z",
+                                                         jobs=["customers"])
+        env = {**os.environ, "BATCHY_URL": url}
+        proc = subprocess.Popen([sys.executable, "-m", "batchy.cli", "backfill", "run", "bf", str(made["backfill_id"]),
+                                 "--", "sh", "-c", f"touch {marker}; sleep 30; echo done"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), proc.stderr.read1(4000) if proc.poll() is not None else "the command never started"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(15)
+        chunk = runner.BackfillClient(Batchy(url)).status("bf", made["backfill_id"])["chunks"][0]
+    err = proc.stderr.read().decode()
+    assert proc.returncode != 0
+    assert (chunk["status"], chunk["attempts"]) == ("pending", 1), err  # failed once, due again: nothing lost
+    assert subprocess.run(["pgrep", "-f", f"touch {marker}"], capture_output=True).returncode == 1  # all stopped
 
 
 def test_the_scripts_follow_the_rules_of_backfill_py(backfills):

@@ -11,7 +11,7 @@ import threading
 import urllib.parse
 
 from ..client import Batchy, ServiceError
-from .run import base_env, execute, window_env
+from .run import base_env, execute, stop_command, window_env
 
 POLL_SECONDS = 1.0  # at most, a backfill worker with nothing due waits this long for another's chunk to end
 DEFAULT_LEASE_SECONDS = 3600.0  # the service's default, when --lease-seconds is not given
@@ -142,6 +142,7 @@ class BackfillRun:
         self.busy = 0  # workers leasing or running a chunk now
         self.stop = threading.Event()
         self.error: Exception | None = None
+        self.running: set = set()  # the commands running now, each in a session of its own
 
     def run(self, parallel: int = 1) -> None:
         """Run parallel workers until no chunk is due and none is leased by this run."""
@@ -153,9 +154,12 @@ class BackfillRun:
                 while thread.is_alive():
                     thread.join(0.2)
         except KeyboardInterrupt:
-            self.stop.set()  # the commands got the terminal's SIGINT too; their chunks fail
-            for thread in threads:
-                thread.join()
+            self.stop.set()
+            for proc in list(self.running):  # in sessions of their own: Ctrl-C reached us only
+                stop_command(proc)  # their chunks fail
+            with self.changed:  # a join interrupted once may return early: wait for the workers' own word
+                while self.busy and self.changed.wait(5):
+                    pass
             raise
 
     def worker(self) -> None:
@@ -204,7 +208,7 @@ class BackfillRun:
                                    f"{getattr(exc, 'message', exc)}" + ("; stopping its command" if lost else ""))
                 if lost:
                     for proc in running:
-                        proc.terminate()
+                        stop_command(proc)
                     return
 
     def run_chunk(self, lease: dict) -> None:
@@ -219,11 +223,12 @@ class BackfillRun:
 
         def started(proc) -> None:
             running.append(proc)
+            self.running.add(proc)
             if self.chunk_timeout is not None:
                 def stop() -> None:
                     if proc.poll() is None:
                         timed_out.set()
-                        proc.terminate()
+                        stop_command(proc)
                 timers.append(threading.Timer(self.chunk_timeout, stop))
                 timers[0].daemon = True
                 timers[0].start()
@@ -237,6 +242,7 @@ class BackfillRun:
             done.set()  # the heartbeat stops; a renewal in flight does not hold up the close
             for timer in timers:
                 timer.cancel()
+            self.running.difference_update(running)
         if timed_out.is_set():
             tail = f"stopped after --chunk-timeout {self.chunk_timeout:g} s" + (
                 f": {tail.strip()}" if tail.strip() else "")

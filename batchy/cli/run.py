@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,13 +55,16 @@ def execute(command: list[str], env: dict[str, str], started=None) -> tuple[int,
 
     Its stderr still reaches ours as it comes; stdout is ours. A command killed by a
     signal exits 128 + the signal's number, as in a shell. started(proc), when given, is
-    called once the command runs (a caller that may have to stop it keeps proc).
+    called once the command runs; the command then runs in a session of its own, so the
+    caller can stop it with everything it started (stop_command), and the terminal's
+    Ctrl-C reaches the caller only.
     """
     fd, path = tempfile.mkstemp(prefix="batchy-records-")
     os.close(fd)
     try:
         try:
-            proc = subprocess.Popen(command, env={**env, "BATCHY_RECORDS_FILE": path}, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(command, env={**env, "BATCHY_RECORDS_FILE": path}, stderr=subprocess.PIPE,
+                                    start_new_session=started is not None)
         except OSError as exc:
             message = f"batchy: cannot run {command[0]!r}: {exc.strerror or exc}"
             _err(message)
@@ -75,6 +79,15 @@ def execute(command: list[str], env: dict[str, str], started=None) -> tuple[int,
             os.unlink(path)
         except OSError:
             pass
+
+
+def stop_command(proc) -> None:
+    """SIGTERM a command execute() started in a session of its own, and all it started: a
+    shell's children too, which would otherwise hold its stderr open after it ended."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass  # it ended already
 
 
 def _pass_through(stream) -> str:
