@@ -119,8 +119,8 @@ def floor_to_unit(moment: datetime, unit: str, tz, week_start: str = "monday") -
 
 @functools.lru_cache(maxsize=4096)  # pure; the jobs of one open share their limit's boundary
 def _floor_to_unit(moment: datetime, unit: str, tz, week_start: str) -> datetime:
-    if unit == "hour":
-        return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if unit == "hour":  # moment is in UTC already (floor_to_unit)
+        return moment.replace(minute=0, second=0, microsecond=0)
     local = moment.astimezone(tz)
     day = local.date()
     if unit == "week":

@@ -73,7 +73,7 @@ def _fake_world(tmp_path_factory):
 def fake_redis(_fake_world):
     """The session's fakeredis, empty at the start of the test (nothing else uses its server)."""
     redis = _fake_world[0]
-    redis.flushall()
+    redis.flushdb()  # an in-process FakeServer of this session's own, database 0 only
     return redis
 
 

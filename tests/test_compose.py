@@ -1,9 +1,11 @@
 """docker-compose.yml and the Dockerfile: no engine runs here, so check their wiring."""
+import inspect
 import re
 import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +31,11 @@ def test_batchy_is_wired_to_the_redis_service():
     doc = compose()
     batchy = doc["services"]["batchy"]
     url = urlsplit(batchy["environment"]["BATCHY_REDIS_URL"])
-    assert url.scheme == "redis" and url.hostname == "redis" and url.port == 6379
+    # The port the compose redis-server listens on: its --port, else Redis' default (redis-py's too).
+    command = doc["services"]["redis"]["command"]
+    listens = int(command[command.index("--port") + 1]) if "--port" in command else \
+        inspect.signature(redis.Connection.__init__).parameters["port"].default
+    assert url.scheme == "redis" and url.hostname == "redis" and url.port == listens
     assert url.hostname in doc["services"]
     assert batchy["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "5000:5000" in batchy["ports"]

@@ -163,7 +163,7 @@ class World:
         """A fresh start for one example: empty Redis, forgetful processes, START o'clock."""
         client = self.server.client()
         try:
-            client.flushall()  # the redis-server this machine started itself (self.server)
+            client.flushdb()  # the redis-server this test started itself (self.server), database 0
         finally:
             client.close()
         for store in self.stores():

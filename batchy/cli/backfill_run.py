@@ -229,9 +229,10 @@ class BackfillRun:
                     if proc.poll() is None:
                         timed_out.set()
                         stop_command(proc)
-                timers.append(threading.Timer(self.chunk_timeout, stop))
-                timers[0].daemon = True
-                timers[0].start()
+                timer = threading.Timer(self.chunk_timeout, stop)
+                timer.daemon = True
+                timer.start()
+                timers.append(timer)
 
         beat = threading.Thread(target=self.heartbeat, args=(lease, done, running), name="backfill-heartbeat",
                                 daemon=True)
