@@ -8,7 +8,8 @@ def create_app(config: dict | None = None):
     """Create and configure an instance of the Batchy application."""
     from flask import Flask
 
-    from . import api, backfill_api, dashboard, db, errors, metrics, settings, wait
+    from .web import api, backfill, dashboard, db, metrics, wait
+    from . import errors, settings
 
     app = Flask(__name__)
     app.config.update(settings.load(overrides=config))
@@ -17,6 +18,6 @@ def create_app(config: dict | None = None):
     logging.getLogger("batchy").setLevel(app.config["BATCHY_LOG_LEVEL"].upper())
     errors.register(app)
     db.init_app(app)
-    for module in (api, backfill_api, wait, dashboard, metrics):
+    for module in (api, backfill, wait, dashboard, metrics):
         app.register_blueprint(module.bp)
     return app

@@ -9,8 +9,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import redis
 
-from batchy import keys
-from batchy.clock import Clock
+from batchy.storage import keys
+from batchy.storage.clock import Clock
 
 UTC = timezone.utc
 

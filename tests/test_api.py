@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from batchy.jobs import snapshot as snapshot_of
+from batchy.rules.jobs import snapshot as snapshot_of
 
 from .conftest import make_app
 
@@ -44,7 +44,7 @@ def test_seed_walkthrough(client, fake_redis):
     assert reopened["s_extract"]["batch_id"] > batch_id
     # success: previous batch_start minus reprocess_hours (2)
     prev = closed["s_extract"]["batch_start"]
-    from batchy.times import parse_time
+    from batchy.rules.times import parse_time
     from datetime import timedelta
     assert parse_time(reopened["s_extract"]["from_date"]) == parse_time(prev) - timedelta(hours=2)
 

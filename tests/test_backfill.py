@@ -13,13 +13,16 @@ import pytest
 import redis
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from batchy import backfill, backfill_api, backfill_scripts, create_app, keys
-from batchy.backfill import BackfillNotFound, NotLeased, StaleAttempt
-from batchy.backfills import Backfills
+from batchy.rules import backfill
+from batchy.web import backfill as backfill_api
+from batchy.storage import backfill_lua as backfill_scripts, keys
+from batchy import create_app
+from batchy.rules.backfill import BackfillNotFound, NotLeased, StaleAttempt
+from batchy.storage.backfill import Backfills
 from batchy.cli import backfill_run as runner
 from batchy.client import Batchy, ServiceError
 from batchy.errors import InvalidParameter
-from batchy.times import format_time
+from batchy.rules.times import format_time
 
 from .conftest import make_app
 

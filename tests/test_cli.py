@@ -12,7 +12,7 @@ import pytest
 
 from batchy import cli as cli_mod
 from batchy.cli import env_lines, main
-from batchy.openapi import spec
+from batchy.web.openapi import spec
 from batchy.testing import ServiceProcess
 
 BIN = os.path.dirname(sys.executable)  # the venv's batchy and waitsy

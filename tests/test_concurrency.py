@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from batchy import create_app, keys
+from batchy import create_app
+from batchy.storage import keys
 
 
 def test_concurrent_open_close_cycles(redis_server, real_redis, cfg_dir, capsys):
@@ -64,7 +65,7 @@ def _queued(lock, waiters: int, timeout: float = 10.0) -> None:
 
 def test_write_lock_hands_over_in_arrival_order():
     """Writers to one workflow in a process take their turn in the order they came."""
-    from batchy.locks import FairLock, LockTable
+    from batchy.storage.locks import FairLock, LockTable
 
     table = LockTable()
     assert type(table("wf1")) is FairLock  # what Committer.mutate queues on
@@ -94,7 +95,7 @@ def test_write_lock_release_then_take_again_queues_behind_a_waiter():
     threading.Lock allows exactly that (the releaser still runs and finds it free), which
     let some writers on a hot workflow wait 2 s while others went straight through.
     """
-    from batchy.locks import FairLock
+    from batchy.storage.locks import FairLock
 
     lock, got = FairLock(), []
     waiter = threading.Thread(target=lambda: (lock.__enter__(), got.append("waiter"), lock.__exit__(None, None, None)))
@@ -109,7 +110,7 @@ def test_write_lock_release_then_take_again_queues_behind_a_waiter():
 
 
 def test_write_lock_is_released_when_the_change_raises():
-    from batchy.locks import FairLock
+    from batchy.storage.locks import FairLock
 
     lock = FairLock()
     with pytest.raises(ValueError):
@@ -125,7 +126,7 @@ def test_write_lock_waiter_interrupted_by_a_signal_leaves_the_lock_usable():
     """A wait cut short by an exception leaves the queue; the lock is never held by nobody."""
     import signal
 
-    from batchy.locks import FairLock
+    from batchy.storage.locks import FairLock
 
     class Interrupted(Exception):
         pass
@@ -165,7 +166,7 @@ def test_write_lock_waiter_interrupted_by_a_signal_leaves_the_lock_usable():
 
 def test_each_workflow_has_its_own_queue():
     """A writer stuck on one workflow never delays writers to another."""
-    from batchy.locks import LockTable
+    from batchy.storage.locks import LockTable
 
     table = LockTable()
     held = table("slow")
@@ -185,7 +186,7 @@ def test_each_workflow_has_its_own_queue():
 
 
 def test_a_timed_out_waiter_leaves_the_queue():
-    from batchy.locks import FairLock
+    from batchy.storage.locks import FairLock
 
     lock = FairLock()
     lock.acquire()

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from batchy import coverage
+from batchy.rules import coverage
 
 
 def test_windows_merge_when_they_touch_or_overlap():

@@ -8,8 +8,9 @@ from html.parser import HTMLParser
 import fakeredis
 import pytest
 
-from batchy import dashboard, health, workflows
-from batchy.db import get_store
+from batchy.web import dashboard
+from batchy.rules import health, workflows
+from batchy.web.db import get_store
 
 from .conftest import make_app
 

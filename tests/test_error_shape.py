@@ -5,7 +5,7 @@ import re
 import pytest
 
 from batchy import create_app
-from batchy.db import get_store
+from batchy.web.db import get_store
 from batchy.testing import free_port
 
 from .conftest import make_app

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from batchy import times
-from batchy import formats
+from batchy.rules import times
+from batchy.rules import formats
 
 
 def test_infa_file_sections_parameters_dates_and_nulls():

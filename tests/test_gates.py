@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from batchy import gates
+from batchy.rules import gates
 
 from .conftest import make_app
 from .reliability_helpers import VirtualClock

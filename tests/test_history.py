@@ -8,7 +8,8 @@ from datetime import timedelta
 import fakeredis
 import pytest
 
-from batchy import create_app, keys
+from batchy import create_app
+from batchy.storage import keys
 
 from .reliability_helpers import ShiftedClock
 
@@ -200,12 +201,12 @@ def test_export_then_import_into_another_store(env, cfg_dir):
     ids = [run(client) for _ in range(2)]
     app = client.application
     with app.app_context():
-        from batchy.db import get_store
+        from batchy.web.db import get_store
         doc = json.loads(json.dumps(get_store().export()))
     target_redis = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     target = create_app({"REDIS_CLIENT": target_redis, "BATCHY_CFG_DIR": str(cfg_dir)})
     with target.app_context():
-        from batchy.db import get_store
+        from batchy.web.db import get_store
         assert get_store().import_(doc) == ["wf1"]
         with pytest.raises(Exception) as err:
             get_store().import_(doc)

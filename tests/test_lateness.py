@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchy import lateness
+from batchy.rules import lateness
 
 from .conftest import make_app
 from .reliability_helpers import VirtualClock

@@ -53,7 +53,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
     run_state_machine_as_test
 
 from batchy import create_app, settings as batchy_settings
-from batchy.clock import Clock
+from batchy.storage.clock import Clock
 from batchy.testing import RedisServer
 
 from . import model

@@ -25,7 +25,7 @@ import pytest
 
 from batchy import create_app
 from batchy.testing import RedisServer
-from batchy.times import parse_time
+from batchy.rules.times import parse_time
 
 from .reliability_helpers import UTC, VirtualClock, raw_client, snapshot
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchy.openapi import spec
+from batchy.web.openapi import spec
 from batchy.testing import ServiceProcess
 
 

@@ -11,7 +11,8 @@ import urllib.request
 
 import pytest
 
-from batchy import create_app, scripts
+from batchy import create_app
+from batchy.storage import scripts
 from batchy.testing import RedisServer, ServiceProcess
 
 from .reliability_helpers import raw_client, snapshot, wait_until

@@ -5,10 +5,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from batchy import keys, plans, scripts
-from batchy.state import State
+from batchy.storage import keys, scripts
+from batchy.rules import plans
+from batchy.rules.state import State
 from batchy.errors import JobNotFound, WorkflowExists
-from batchy.jobs import Status
+from batchy.rules.jobs import Status
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
 EPOCH = int(NOW.timestamp())

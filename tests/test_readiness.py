@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from batchy import readiness
+from batchy.rules import readiness
 from batchy.errors import JobNotFound
 
 UTC = timezone.utc

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from batchy import keys
+from batchy.storage import keys
 
 from .conftest import make_app
 

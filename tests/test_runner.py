@@ -10,7 +10,7 @@ import pytest
 
 from batchy import cli as runner, create_app
 from batchy.client import Batchy
-from batchy.times import format_time
+from batchy.rules.times import format_time
 
 from .test_backfill import serving, with_backfills
 

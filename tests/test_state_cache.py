@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from batchy import create_app, keys, scripts
+from batchy import create_app
+from batchy.storage import keys, scripts
 
 
 def make(redis_server, cfg_dir, **settings):

@@ -3,7 +3,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from batchy import times
+from batchy.rules import times
 
 UTC = timezone.utc
 

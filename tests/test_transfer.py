@@ -7,7 +7,7 @@ import json
 import fakeredis
 import pytest
 
-from batchy import keys
+from batchy.storage import keys
 from batchy.cli import main
 from batchy.errors import BadRequest
 

@@ -16,7 +16,8 @@ import pytest
 from flask import Flask, request
 from werkzeug.serving import make_server
 
-from batchy import errors, gates, readiness
+from batchy import errors
+from batchy.rules import gates, readiness
 from batchy.client import Batchy
 from batchy.testing import ServiceProcess
 from waitsy import cli as waitsy

@@ -3,9 +3,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from batchy import times
-from batchy.jobs import Status
-from batchy import watermark as wm
+from batchy.rules import times
+from batchy.rules.jobs import Status
+from batchy.rules import watermark as wm
 from batchy.errors import JobNotFound, NotOpen, StaleBatch
 
 UTC = timezone.utc

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from batchy import create_app, keys
+from batchy import create_app
+from batchy.storage import keys
 
 from .reliability_helpers import VirtualClock, wait_until
 

@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from batchy import times, windows
-from batchy.windows import Policy
+from batchy.rules import times, windows
+from batchy.rules.windows import Policy
 
 UTC = timezone.utc
 PARIS = times.zone("Europe/Paris")

@@ -1,7 +1,7 @@
 """Workflow files: parsing, validation of the special fields, reload merging."""
 import pytest
 
-from batchy import workflows
+from batchy.rules import workflows
 from batchy.errors import ConfigNotFound, InvalidConfig, InvalidName
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..client import Batchy
-from ..jobs import BATCH_STATUSES
+from ..rules.jobs import BATCH_STATUSES
 from .output import BATCH_COLUMNS, limit_option, pairs, service_command, show, state_table, table
 
 

@@ -18,7 +18,7 @@ def serve(host, port, workers, threads):
     """Run the service under gunicorn."""
     from gunicorn.app.base import BaseApplication
 
-    from ..db import EMBEDDED_WARNING
+    from ..web.db import EMBEDDED_WARNING
 
     conf = settings_mod.load()
     workers = workers or conf["BATCHY_WORKERS"]
@@ -82,8 +82,8 @@ def _json_gunicorn_errors() -> None:
 
 
 def _direct_store():
-    from ..connections import connect
-    from ..store import BatchStore
+    from ..storage.connections import connect
+    from ..storage.store import BatchStore
 
     conf = settings_mod.load()
     if not conf["BATCHY_REDIS_URL"]:

@@ -11,11 +11,11 @@ from datetime import datetime, timezone
 import redis
 from flask import Blueprint, render_template, request
 
-from . import lateness, times
-from .health import last_success, open_since, parse_moment, stale_after_seconds
-from .jobs import RUNTIME_FIELDS, Status
+from ..rules import lateness, times
+from ..rules.health import last_success, open_since, parse_moment, stale_after_seconds
+from ..rules.jobs import RUNTIME_FIELDS, Status
 from .db import get_store
-from .errors import InvalidParameter
+from ..errors import InvalidParameter
 from .http import check_read, unknown_parameter
 
 bp = Blueprint("dashboard", __name__)
@@ -199,7 +199,7 @@ def refresh_seconds() -> int:
 
 def running_backfills(overview: dict[str, dict]) -> None:
     """Add each workflow's running backfills (with their progress) to the overview."""
-    from .backfill_api import get_backfills
+    from .backfill import get_backfills
 
     for wf, running in get_backfills().running(sorted(overview)).items():
         overview[wf]["backfills"] = running

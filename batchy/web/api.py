@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from . import formats, lateness, names, workflows
+from ..rules import formats, lateness, names, workflows
 from .db import get_store
-from .errors import InvalidParameter, Unavailable
+from ..errors import InvalidParameter, Unavailable
 from .http import (
     actor, check_read, idempotency_key, json_response, mutation, parse_flag, parse_job, parse_limit,
     parse_moment, parse_text, parse_whole_number, request_params, state_response,
 )
-from .jobs import BATCH_STATUSES, Status
+from ..rules.jobs import BATCH_STATUSES, Status
 
 bp = Blueprint("api", __name__)
 MUTATING = ["GET", "POST"]

@@ -1,8 +1,8 @@
 """The OpenAPI 3 document of the whole HTTP API, served at /openapi.json."""
 from __future__ import annotations
 
-from . import names
-from .jobs import BATCH_STATUSES
+from ..rules import names
+from ..rules.jobs import BATCH_STATUSES
 
 NAME = {"type": "string", "pattern": "^" + names.NAME_RE.pattern + "$", "maxLength": 128}
 NULLABLE_STRING = {"type": ["string", "null"]}
@@ -293,7 +293,7 @@ def spec() -> dict:
         "/openapi.json": {"get": _op("This document", None, [],
                                      ok={"content": {"application/json": {"schema": {"type": "object"}}}})},
     }
-    from .backfill_api import openapi_paths
+    from .backfill import openapi_paths
 
     paths.update(openapi_paths())
     return {

@@ -5,15 +5,15 @@ import math
 
 from flask import Blueprint, Response, current_app, request
 
-from . import backfill, names
-from .backfills import Backfills
+from ..rules import backfill, names
+from ..storage.backfill import Backfills
 from .db import get_store
-from .errors import InvalidParameter
+from ..errors import InvalidParameter
 from .http import (
     actor, check_read, json_response, mutation, parse_limit, parse_moment, parse_text, parse_whole_number,
     request_params,
 )
-from .windows import MAX_HOURS
+from ..rules.windows import MAX_HOURS
 
 bp = Blueprint("backfill", __name__)
 MUTATING = ["GET", "POST"]

@@ -20,7 +20,8 @@ import urllib.request
 
 import redis
 
-from . import keys, lateness
+from . import keys
+from ..rules import lateness
 
 log = logging.getLogger("batchy")
 

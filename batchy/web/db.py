@@ -6,9 +6,9 @@ import logging
 import redis
 from flask import Flask, current_app
 
-from . import webhooks
-from .connections import connect
-from .store import BatchStore
+from ..storage import webhooks
+from ..storage.connections import connect
+from ..storage.store import BatchStore
 
 log = logging.getLogger("batchy")
 EMBEDDED_WARNING = (

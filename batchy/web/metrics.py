@@ -13,12 +13,12 @@ from flask import Blueprint, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import lateness
+from ..rules import lateness
 from .db import get_store
 from .http import check_read, unknown_parameter
-from .health import last_success, open_since, stale_after_seconds
-from .jobs import STATUSES
-from .store import BatchStore
+from ..rules.health import last_success, open_since, stale_after_seconds
+from ..rules.jobs import STATUSES
+from ..storage.store import BatchStore
 
 bp = Blueprint("metrics", __name__)
 log = logging.getLogger("batchy")

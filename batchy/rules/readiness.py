@@ -10,7 +10,7 @@ from datetime import date, datetime, tzinfo
 
 from . import times
 from .jobs import Status
-from .errors import JobNotFound
+from ..errors import JobNotFound
 
 READY, WAITING, FAILED = "ready", "waiting", "failed"
 

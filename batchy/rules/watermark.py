@@ -9,7 +9,7 @@ import math
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from .errors import BatchOpen, FutureWindow, JobNotFound, NotOpen, StaleBatch
+from ..errors import BatchOpen, FutureWindow, JobNotFound, NotOpen, StaleBatch
 from . import windows
 from .jobs import BATCH_SCOPE, Status, snapshot
 from .times import UTC, format_now, format_time, job_zone, parse_time, start_of_day

@@ -10,17 +10,18 @@ from datetime import datetime
 
 import redis
 
-from . import keys, plans, transfer, webhooks
+from . import keys, transfer, webhooks
+from ..rules import plans
 from .cache import StateCache
 from .clock import Clock
 from .commit import Committer
 from .connections import Transport
-from .errors import BatchyError, WorkflowNotFound, redis_refusal
+from ..errors import BatchyError, WorkflowNotFound, redis_refusal
 from .history import History
-from .jobs import Status, check_raw, decode
+from ..rules.jobs import Status, check_raw, decode
 from .pauses import Pauses
-from .state import Change, State
-from .workflows import Config, names_in, read_config
+from ..rules.state import Change, State
+from ..rules.workflows import Config, names_in, read_config
 
 __all__ = ["BatchStore", "decode"]
 log = logging.getLogger("batchy")

@@ -6,8 +6,8 @@ from typing import Callable
 import redis
 
 from . import keys
-from .errors import Paused, WorkflowNotFound
-from .times import format_time
+from ..errors import Paused, WorkflowNotFound
+from ..rules.times import format_time
 
 
 class Pauses:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 
-from . import coverage, keys, names, plans, workflows
-from .errors import InvalidConfig, InvalidName, InvalidParameter, WorkflowExists
-from .jobs import BATCH_STATUSES, decode
-from .times import format_time, parse_input_time
-from .validation import check_sections, is_whole_number
+from ..rules import coverage, names, plans, workflows
+from . import keys
+from ..errors import InvalidConfig, InvalidName, InvalidParameter, WorkflowExists
+from ..rules.jobs import BATCH_STATUSES, decode
+from ..rules.times import format_time, parse_input_time
+from ..rules.validation import check_sections, is_whole_number
 
 FORMAT = "batchy-export/1"
 

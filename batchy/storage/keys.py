@@ -126,7 +126,7 @@ def commit_keys(wf: str) -> tuple[str, ...]:
     return (workflow(wf), meta(wf), history(wf), BATCHES, events(wf), WORKFLOWS, PAUSE, pause(wf), turn(wf))
 
 
-# -- backfills (backfills.py): a past range reloaded in chunks, beside the watermark ----------
+# -- backfills (storage/backfill.py): a past range reloaded in chunks, beside the watermark ----------
 
 BACKFILL_COUNT_PREFIX = "count:"  # count:<status>: a backfill's chunks in that status
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from . import keys
-from .errors import CorruptState
+from ..storage import keys
+from ..errors import CorruptState
 
 
 @dataclass

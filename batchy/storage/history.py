@@ -10,12 +10,12 @@ from typing import Callable
 
 import redis
 
-from . import coverage as coverage_mod
+from ..rules import coverage as coverage_mod
 from . import keys
-from .errors import BatchNotFound, CorruptState, InvalidParameter, JobNotFound, WorkflowNotFound
-from .health import loaded_through
-from .jobs import decode, summarize_batch
-from .times import UTC, format_time, job_zone, parse_time
+from ..errors import BatchNotFound, CorruptState, InvalidParameter, JobNotFound, WorkflowNotFound
+from ..rules.health import loaded_through
+from ..rules.jobs import decode, summarize_batch
+from ..rules.times import UTC, format_time, job_zone, parse_time
 
 
 # An answer of /history stops past this many bytes of snapshots, and says where to go on.

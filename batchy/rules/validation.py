@@ -13,7 +13,7 @@ from datetime import date, datetime
 import yaml
 
 from . import lateness, times, watermark, windows
-from .errors import InvalidConfig
+from ..errors import InvalidConfig
 from .jobs import DATE_FIELDS, RUNTIME_FIELDS, STATUSES, Status
 
 MAX_STRING = 65536

@@ -2,7 +2,7 @@
 
 Each backfill is a hash (keys.backfill), its chunks a hash of JSON (keys.backfill_chunks)
 and a queue of the chunks a worker may lease (keys.backfill_queue); every chunk change
-is one Lua script (backfill_scripts.BACKFILL_*) that also appends it to the workflow's audit
+is one Lua script (backfill_lua.BACKFILL_*) that also appends it to the workflow's audit
 stream. The workflow's own state is never touched, except the coverage ledger: a
 successful chunk's window is merged into it by a committed change (plans.plan_backfill_coverage
 through store.mutate), after the chunk is recorded successful, so the ledger never holds
@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from . import backfill, backfill_scripts, formats, keys, plans
-from .backfill import BackfillNotFound, NotLeased, StaleAttempt
-from .errors import InvalidParameter
+from ..rules import backfill, formats, plans
+from . import backfill_lua, keys
+from ..rules.backfill import BackfillNotFound, NotLeased, StaleAttempt
+from ..errors import InvalidParameter
 from .store import BatchStore
-from .times import UTC, format_time, parse_time, zone
+from ..rules.times import UTC, format_time, parse_time, zone
 
-Reply = backfill_scripts.BackfillReply
+Reply = backfill_lua.BackfillReply
 
 
 def _pairs(flat: list) -> dict[str, str]:
@@ -37,11 +38,11 @@ class Backfills:
         self.store = store
         self.events_keep = events_keep
         client = store.redis
-        self._create = client.register_script(backfill_scripts.BACKFILL_CREATE)
-        self._lease = client.register_script(backfill_scripts.BACKFILL_LEASE)
-        self._finish = client.register_script(backfill_scripts.BACKFILL_FINISH)
-        self._cancel = client.register_script(backfill_scripts.BACKFILL_CANCEL)
-        self._renew = client.register_script(backfill_scripts.BACKFILL_RENEW)
+        self._create = client.register_script(backfill_lua.BACKFILL_CREATE)
+        self._lease = client.register_script(backfill_lua.BACKFILL_LEASE)
+        self._finish = client.register_script(backfill_lua.BACKFILL_FINISH)
+        self._cancel = client.register_script(backfill_lua.BACKFILL_CANCEL)
+        self._renew = client.register_script(backfill_lua.BACKFILL_RENEW)
 
     def _run(self, script, script_keys, args) -> list:
         return self.store.transport.run(script, tuple(script_keys), args)

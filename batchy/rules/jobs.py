@@ -11,7 +11,7 @@ from enum import Enum
 
 import orjson
 
-from .errors import CorruptState
+from ..errors import CorruptState
 
 from .times import format_time, parse_time
 

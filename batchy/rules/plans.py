@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 
-from . import coverage, formats, keys, scripts, watermark, workflows
-from .errors import CorruptState, InvalidConfig, InvalidParameter, JobNotFound, WorkflowExists
+from . import coverage, formats, watermark, workflows
+from ..storage import keys, scripts
+from ..errors import CorruptState, InvalidConfig, InvalidParameter, JobNotFound, WorkflowExists
 from .jobs import Status, snapshot
 from .state import Change, SnapshotWrite, State
 from .times import format_now, in_zone, job_zone, parse_time

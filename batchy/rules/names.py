@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidName
+from ..errors import InvalidName
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 # `<wf>-<digits>` is the key of a batch snapshot, so a workflow may not be named like one.

@@ -1,6 +1,6 @@
 """Lua run by Redis for backfills: each script applies one chunk change atomically.
 
-The rules are in Python too (backfill.py); backfills.py runs these. Like scripts.py, each
+The rules are in Python too (rules/backfill.py); storage/backfill.py runs these. Like scripts.py, each
 script is headed by its KEYS, ARGV and replies, and meta field names come from keys.py.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ import os
 import yaml
 
 from . import lateness, names, watermark, windows
-from .errors import ConfigNotFound, InvalidConfig
+from ..errors import ConfigNotFound, InvalidConfig
 from .jobs import RUNTIME_FIELDS, Status
 from .validation import BadDate, check_sections, check_value, fill_job, has_surrogate
 

@@ -10,9 +10,9 @@ from datetime import datetime
 from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from . import formats, names, workflows
-from .errors import InvalidParameter, Unauthorized
-from .times import UTC, has_offset, parse_input_time
+from ..rules import formats, names, workflows
+from ..errors import InvalidParameter, Unauthorized
+from ..rules.times import UTC, has_offset, parse_input_time
 
 MAX_MESSAGE = 4096
 MAX_WHOLE = 2**53

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import redis
 
 from . import keys
-from .errors import BatchyError, TooManyWaiters, Unavailable
+from ..errors import BatchyError, TooManyWaiters, Unavailable
 
 log = logging.getLogger("batchy")
 

@@ -14,11 +14,11 @@ from datetime import date, timedelta
 
 from flask import Blueprint, current_app, request
 
-from . import gates, names, readiness, times
+from ..rules import gates, names, readiness, times
 from .db import get_store
-from .errors import InvalidParameter, JobNotFound
+from ..errors import InvalidParameter, JobNotFound
 from .http import check_wait_token, json_response, unknown_parameter
-from .notifier import Notifier
+from ..storage.notifier import Notifier
 
 log = logging.getLogger("batchy")
 bp = Blueprint("wait", __name__)
@@ -184,8 +184,8 @@ def wait(wf):
 
 def _filling(wf: str) -> dict[str, list]:
     """Return {job: [[start, end], ...]} of the chunks running backfills of wf may still load."""
-    from .backfill_api import get_backfills
-    from .times import parse_time
+    from .backfill import get_backfills
+    from ..rules.times import parse_time
 
     backfills = get_backfills()
     filling: dict[str, list] = {}

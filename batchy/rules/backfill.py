@@ -14,7 +14,7 @@ fail them. A chunk's states:
                                                  or failed once max_attempts are used
     pending --cancel--> cancelled
 
-The Lua scripts (backfill_scripts.BACKFILL_*) apply these transitions atomically in Redis;
+The Lua scripts (storage/backfill_lua.py, BACKFILL_*) apply these transitions atomically in Redis;
 lease() and finish() below are the same rules in Python, which the tests hold the
 scripts to. No Redis and no Flask here.
 """
@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from . import windows
-from .errors import Conflict, InvalidParameter, JobNotFound, NotFound
+from ..errors import Conflict, InvalidParameter, JobNotFound, NotFound
 from .times import UTC, format_time, in_zone, job_zone
 
 MAX_CHUNKS = 10_000  # per backfill, every job together
@@ -152,7 +152,7 @@ def plan(wf: str, jobs: dict[str, dict], settings: dict, start: datetime, end: d
     return chunks
 
 
-# -- the transitions (backfill_scripts.BACKFILL_LEASE, BACKFILL_FINISH and BACKFILL_CANCEL apply them) ---
+# -- the transitions (storage/backfill_lua.py: BACKFILL_LEASE, BACKFILL_FINISH and BACKFILL_CANCEL apply them) ---
 
 def due(chunk: dict, now_ms: int) -> bool:
     """Return whether a lease at now_ms may take chunk: pending, or leased with its lease over."""

@@ -20,15 +20,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import formats, keys, scripts
+from ..rules import formats
+from . import keys, scripts
 from .clock import Clock
 from .connections import Transport
-from .errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFound
+from ..errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFound
 from .cache import StateCache
-from .jobs import decode
+from ..rules.jobs import decode
 from .locks import LockTable
-from .plans import audit_event, plan_remove
-from .state import Change, State
+from ..rules.plans import audit_event, plan_remove
+from ..rules.state import Change, State
 
 # A writer gives up with 409 busy only past its time budget and after this many tries.
 MIN_ATTEMPTS = 5

@@ -1,0 +1,1 @@
+"""The only code that speaks Redis: keys, Lua scripts, connections, the commit loop and the stores."""

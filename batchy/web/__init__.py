@@ -1,0 +1,1 @@
+"""The HTTP layer: parse the request, call a service, render the answer."""
