@@ -1,8 +1,9 @@
 """Every state change, planned from a State of the workflow: pure, no Redis, no Flask.
 
 A plan reads a State (state.py: one consistent read of the workflow and the Redis clock
-second it was read at) and returns the Change that commit.py applies atomically, or
-raises a BatchyError. Plans never change a job in place: the state may be shared with the cache.
+second it was read at) and returns the Change, values only, that storage/commit.py
+encodes and applies atomically, or raises a BatchyError. Every change carries its audit
+event. Plans never change a job in place: the state may be shared with the cache.
 
 Where each rule lives: the batch id in next_batch_id, the window of each job in
 watermark.open_jobs (from_date = watermark.next_from_date, to_date = the open's
@@ -14,11 +15,10 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 
-from . import coverage, formats, watermark, workflows
-from ..storage import keys, scripts
+from . import coverage, watermark, workflows
 from ..errors import CorruptState, InvalidConfig, InvalidParameter, JobNotFound, WorkflowExists
 from .jobs import Status, snapshot
-from .state import Change, SnapshotWrite, State
+from .state import SNAPSHOT_NEW, SNAPSHOT_PUT, SNAPSHOT_UPDATE, Book, Change, SnapshotWrite, State
 from .times import format_now, in_zone, job_zone, parse_time
 
 
@@ -31,6 +31,18 @@ def next_batch_id(now: datetime, last_batch_id: int | None, floor: int = 0) -> i
     return max(int(now.timestamp()), (last_batch_id or 0) + 1, floor)
 
 
+def audited(plan):
+    """Attach the audit event to the change a plan returns (a repeated call has none)."""
+    @functools.wraps(plan)
+    def planned(state: State, *args, **kwargs) -> Change:
+        change = plan(state, *args, **kwargs)
+        if not change.noop:
+            change.audit = audit_event(state, change)
+        return change
+    return planned
+
+
+@audited
 def plan_load(state: State, config: workflows.Config, *, reset: bool = False) -> Change:
     """Store config as the jobs; unless reset, jobs that have run keep their runtime state.
 
@@ -44,18 +56,18 @@ def plan_load(state: State, config: workflows.Config, *, reset: bool = False) ->
     else:
         dropped = {name: job for name, job in state.jobs.items() if name not in config.jobs}
         reason = "abandoned: the job was removed from the workflow file"
-    meta = {keys.SETTINGS: formats.dumps(config.settings)}
+    book = Book(settings=config.settings)
     if reset:
         try:
             state.last_batch_id
         except CorruptState:  # repaired as well as can be: ids go on from the clock
-            meta[keys.LAST_BATCH_ID] = str(int(state.now.timestamp()))
+            book.last_batch_id = int(state.now.timestamp())
     return Change(
         action="reset" if reset else "load",
         writes=jobs,
         replace=True,
-        meta=meta,
-        snapshots=[SnapshotWrite(old_id, scripts.SNAPSHOT_UPDATE, 0, snap)
+        book=book,
+        snapshots=[SnapshotWrite(old_id, SNAPSHOT_UPDATE, 0, snap)
                    for old_id, snap in watermark.abandoned_jobs(dropped, None, reason).items()],
     )
 
@@ -70,19 +82,20 @@ def check_from_dates(state: State, jobs: dict[str, dict], error=InvalidParameter
                     raise error(f"job {name!r} of {state.wf!r}: {problem}", workflow=state.wf, job=name, field=what)
 
 
+@audited
 def plan_open(state: State, idempotency_key: str | None = None) -> Change:
     """Open a new batch of every job; jobs still open in an older batch are abandoned."""
     watermark.check_exclusive(state.wf, state.jobs, state.now, state.settings, state.last_batch_id)
     batch_id = next_batch_id(state.now, state.last_batch_id, state.floor)
     opened = watermark.open_jobs(state.jobs, state.now, batch_id, state.wf, state.settings)
-    snapshots = [SnapshotWrite(batch_id, scripts.SNAPSHOT_NEW, state.now.timestamp(),
+    snapshots = [SnapshotWrite(batch_id, SNAPSHOT_NEW, state.now.timestamp(),
                                {name: snapshot(job) for name, job in opened.items()})]
     for old_id, jobs in watermark.abandoned_jobs(state.jobs, batch_id).items():
-        snapshots.append(SnapshotWrite(old_id, scripts.SNAPSHOT_UPDATE, 0, jobs))
+        snapshots.append(SnapshotWrite(old_id, SNAPSHOT_UPDATE, 0, jobs))
     return Change(
         action="open",
         writes=opened,
-        meta={keys.LAST_BATCH_ID: str(batch_id)},
+        book=Book(last_batch_id=batch_id),
         snapshots=snapshots,
         batch_id=batch_id,
         check_pause=True,
@@ -90,6 +103,7 @@ def plan_open(state: State, idempotency_key: str | None = None) -> Change:
     )
 
 
+@audited
 def plan_close(
     state: State,
     outcome: str,
@@ -118,27 +132,20 @@ def plan_close(
     for name, new in closed.items():
         by_batch.setdefault(new["batch_id"], {})[name] = snapshot(new)
     marks = watermark.success_marks(closed)
-    meta = {keys.success_field(name): formats.dumps(mark) for name, mark in marks.items()}
-    for name in marks:
-        if closed[name].get("from_date") and closed[name].get("to_date"):
-            meta[keys.coverage_field(name)] = formats.dumps(covered(state, name, closed[name]))
+    ledgers = {name: covered(state, name, closed[name]) for name in marks
+               if closed[name].get("from_date") and closed[name].get("to_date")}
     return Change(
         action="close" if outcome == Status.SUCCESS else "fail",
         writes=closed,
-        meta=meta,
-        snapshots=[SnapshotWrite(bid, scripts.SNAPSHOT_UPDATE, 0, snap) for bid, snap in by_batch.items()],
+        book=Book(marks=marks, ledgers=ledgers),
+        snapshots=[SnapshotWrite(bid, SNAPSHOT_UPDATE, 0, snap) for bid, snap in by_batch.items()],
         batch_id=state.last_batch_id,
     )
 
 
 def covered(state: State, name: str, job: dict) -> list:
     """Return job name's coverage ledger with the window of job (just succeeded) merged in."""
-    field = keys.coverage_field(name)
-    try:
-        ledger = coverage.loads_cached(state.meta.get(field) or "")
-    except ValueError:
-        raise state.corrupt(field, state.meta.get(field) or "") from None
-    return coverage.add(ledger, _epoch(job["from_date"]), _epoch(job["to_date"]))
+    return coverage.add(state.ledger(name, cached=True), _epoch(job["from_date"]), _epoch(job["to_date"]))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -156,6 +163,7 @@ def target_jobs(wf: str, jobs: dict[str, dict], job: str | None) -> list[str]:
     return [job]
 
 
+@audited
 def plan_set_from_date(state: State, moment: datetime, *, job: str | None = None, force: bool = False) -> Change:
     """Make the next batch of the workflow (or one job) extract from moment exactly."""
     targets = {}
@@ -184,6 +192,7 @@ def rewind_targets(wf: str, jobs: dict[str, dict], snapshot_jobs: dict[str, dict
     return targets
 
 
+@audited
 def plan_rewind(state: State, batch_id: int, snapshot_jobs: dict[str, dict], *, job: str | None = None,
                 force: bool = False) -> Change:
     """Make the next batch (of one job) extract from where batch batch_id did."""
@@ -202,7 +211,8 @@ def snapshot_start(batch_id: int | str, jobs: dict[str, dict]) -> float:
     return min(stamps) if stamps else float(batch_id)
 
 
-def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], meta: dict[str, str], *,
+@audited
+def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], book: Book, *,
                 replace: bool = False) -> Change:
     """Restore a workflow from an export entry; an existing one only with replace."""
     if state.jobs and not replace:
@@ -210,22 +220,21 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], m
                              workflow=state.wf)
     check_from_dates(state, jobs)
     # Batch ids stay strictly increasing: never below what either side used.
-    known = [int(b) for b in batches] + [int(meta.get(keys.LAST_BATCH_ID) or 0), state.last_batch_id or 0] + [
+    known = [int(b) for b in batches] + [book.last_batch_id or 0, state.last_batch_id or 0] + [
         int(job["batch_id"]) for job in jobs.values() if job.get("batch_id") is not None]
     last = max(known)
-    meta = {k: v for k, v in meta.items() if k != keys.LAST_BATCH_ID}
-    if last:  # a workflow that never opened a batch has no last batch id
-        meta[keys.LAST_BATCH_ID] = str(last)
+    # A workflow that never opened a batch has no last batch id.
+    book = Book(last_batch_id=last or None, settings=book.settings, marks=dict(book.marks),
+                ledgers=dict(book.ledgers), counts=dict(book.counts))
     # The ledger records windows that succeeded, here or where the export was taken: an
     # import (an older backup, say) merges its ledgers into these, never forgets one.
-    for job, text in keys.coverage_texts(meta).items():
-        field = keys.coverage_field(job)
+    for job, ledger in book.ledgers.items():
         try:
-            mine = coverage.loads(state.meta.get(field))
-        except ValueError:
+            mine = state.ledger(job)
+        except CorruptState:
             mine = []  # a broken ledger here: the export's replaces it
         if mine:
-            meta[field] = formats.dumps(coverage.union(coverage.loads(text), mine))
+            book.ledgers[job] = coverage.union(ledger, mine)
     # A batch open here that the import replaces can never close: it ends abandoned (unless
     # the export carries that batch, whose snapshot then replaces it whole).
     replaced = watermark.abandoned_jobs(state.jobs, None, "abandoned: the workflow was replaced by an import")
@@ -235,10 +244,10 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], m
         action="import",
         writes=jobs,
         replace=True,
-        meta=meta,
-        snapshots=[SnapshotWrite(b, scripts.SNAPSHOT_UPDATE, 0, snap)
+        book=book,
+        snapshots=[SnapshotWrite(b, SNAPSHOT_UPDATE, 0, snap)
                    for b, snap in replaced.items() if str(b) not in given]
-        + [SnapshotWrite(b, scripts.SNAPSHOT_PUT, snapshot_start(b, snap), snap) for b, snap in batches.items()],
+        + [SnapshotWrite(b, SNAPSHOT_PUT, snapshot_start(b, snap), snap) for b, snap in batches.items()],
     )
 
 
@@ -264,11 +273,12 @@ def stale_open_jobs(jobs: dict[str, dict], batches: dict[str, dict], last_batch_
     return jobs, batches
 
 
-def plan_remove(state: State) -> Change:
-    """Remove the workflow: batches still open can never close, so they end abandoned."""
+@audited
+def plan_remove(state: State, purge: bool = False) -> Change:
+    """Remove the workflow (purge: its history too): batches still open can never close, so they end abandoned."""
     abandoned = watermark.abandoned_jobs(state.jobs, None, "abandoned: the workflow was removed")
-    return Change(action="remove", replace=True,
-                  snapshots=[SnapshotWrite(old_id, scripts.SNAPSHOT_UPDATE, 0, snap)
+    return Change(action="remove", replace=True, purge=purge,
+                  snapshots=[SnapshotWrite(old_id, SNAPSHOT_UPDATE, 0, snap)
                              for old_id, snap in abandoned.items()])
 
 
@@ -278,21 +288,22 @@ def watermarks(jobs: dict[str, dict]) -> dict[str, str | None]:
     return {name: job.get("next_from_date") or job.get("from_date") for name, job in jobs.items()}
 
 
-def audit_event(state: State, change: Change, actor: str) -> dict[str, str]:
-    """Return the audit stream entry of a change: what moved each job's watermark, and who."""
+def audit_event(state: State, change: Change) -> dict:
+    """Return the audit event of a change: what moved each job's watermark (storage adds who)."""
     writes = change.writes
     before = watermarks({name: job for name, job in state.jobs.items() if change.replace or name in writes})
     return {
         "time": format_now(state.now),
         "action": change.action,
         "batch_id": "" if change.batch_id is None else str(change.batch_id),
-        "actor": actor or "",
-        "jobs": formats.dumps(sorted(writes)),
-        "from_before": formats.dumps(before),
-        "from_after": formats.dumps(watermarks(writes)),
+        # A removal writes no job: it names every job it removed.
+        "jobs": sorted(state.jobs if change.action == "remove" else writes),
+        "from_before": before,
+        "from_after": watermarks(writes),
     }
 
 
+@audited
 def plan_backfill_coverage(state: State, job: str, start: datetime, end: datetime) -> Change:
     """Merge a backfill chunk's window [start, end), just recorded successful, into job's coverage ledger.
 
@@ -300,12 +311,8 @@ def plan_backfill_coverage(state: State, job: str, start: datetime, end: datetim
     """
     if job not in state.jobs:
         return Change(action="backfill_coverage", noop=True)
-    field = keys.coverage_field(job)
-    try:
-        ledger = coverage.loads(state.meta.get(field))
-    except ValueError:
-        raise state.corrupt(field, state.meta.get(field) or "") from None
+    ledger = state.ledger(job)
     low, high = start.timestamp(), end.timestamp()
     if coverage.covers(ledger, low, high):
         return Change(action="backfill_coverage", noop=True)
-    return Change(action="backfill_coverage", meta={field: formats.dumps(coverage.add(ledger, low, high))})
+    return Change(action="backfill_coverage", book=Book(ledgers={job: coverage.add(ledger, low, high)}))

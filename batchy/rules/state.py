@@ -1,83 +1,126 @@
-"""What a plan reads and returns: a State of a workflow, and the Change to commit. Pure."""
+"""What a plan reads and returns: a State of a workflow, and the Change to commit, as values. Pure."""
 from __future__ import annotations
 
 import functools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
-from ..storage import keys
+from . import coverage
 from ..errors import CorruptState
+
+
+# How a change writes a batch snapshot (the commit script applies each).
+SNAPSHOT_NEW = "new"  # the snapshot must not exist yet; indexed with its start
+SNAPSHOT_UPDATE = "update"  # written only if it still exists (retention may have dropped it)
+SNAPSHOT_PUT = "put"  # written whole and indexed, replacing any (import)
+
+
+def _unnamed(item: str, job: str | None) -> str:
+    return f"{item} of job {job!r}" if job else item
 
 
 @dataclass
 class State:
-    """One consistent read of a workflow, at one second of Redis' clock."""
+    """One consistent read of a workflow, at one second of Redis' clock.
+
+    The bookkeeping beside the jobs comes as the text storage keeps (decoded here only
+    when a plan needs it); `where` names an item of it in a corrupt-state message.
+    """
 
     wf: str
     now: datetime
     jobs: dict[str, dict]
-    meta: dict[str, str]
+    last_batch_text: str | None = None
+    settings_text: str | None = None
+    ledger_texts: dict[str, str] = field(default_factory=dict)  # job -> its coverage ledger as stored
     raw: dict[str, str] = field(default_factory=dict)  # the jobs as stored (JSON text)
     version: str = "0"
     floor: int = 0  # lowest batch id still free, raised when a snapshot key was taken
     second: str = ""  # the Redis TIME seconds `now` was made from, as the commit checks it
+    where: Callable[[str, str | None], str] = _unnamed
+    stored: dict[str, str] = field(default_factory=dict)  # storage's own copy of the bookkeeping
 
     @property
     def last_batch_id(self) -> int | None:
-        value = self.meta.get(keys.LAST_BATCH_ID)
+        value = self.last_batch_text
         if not value:
             return None
         try:
             return int(value)
         except ValueError:
-            raise self.corrupt(keys.LAST_BATCH_ID, value) from None
+            raise self.corrupt("last_batch_id", value) from None
 
     @property
     def settings(self) -> dict:
-        text = self.meta.get(keys.SETTINGS) or "{}"
+        text = self.settings_text or "{}"
         try:
             settings = _settings(text)
         except ValueError:
             settings = None
         if not isinstance(settings, dict):
-            raise self.corrupt(keys.SETTINGS, text)
+            raise self.corrupt("settings", text)
         return settings
 
-    def corrupt(self, field: str, value: str) -> CorruptState:
+    def ledger(self, job: str, cached: bool = False) -> list:
+        """Return job's coverage ledger (coverage.py), or raise CorruptState."""
+        text = self.ledger_texts.get(job) or ""
+        try:
+            return coverage.loads_cached(text) if cached else coverage.loads(text)
+        except ValueError:
+            raise self.corrupt("coverage", text, job) from None
+
+    def corrupt(self, item: str, value: str, job: str | None = None) -> CorruptState:
         return CorruptState(
-            f"workflow {self.wf!r}: field {field!r} of {keys.meta(self.wf)!r} holds {value[:80]!r}, which Batchy "
+            f"workflow {self.wf!r}: {self.where(item, job)} holds {value[:80]!r}, which Batchy "
             f"did not write; reload the workflow with load_cfg/{self.wf}?reset=true", workflow=self.wf)
 
 
+@dataclass
+class Book:
+    """A workflow's bookkeeping as values: each part a change writes (None or empty: unchanged)."""
+
+    last_batch_id: int | None = None
+    settings: dict | None = None
+    marks: dict[str, dict] = field(default_factory=dict)  # job -> its last success {batch_id, start, end}
+    ledgers: dict[str, list] = field(default_factory=dict)  # job -> its coverage ledger
+    counts: dict[str, int] = field(default_factory=dict)  # action -> count (an import restores them)
+
+    def __bool__(self) -> bool:
+        return bool(self.last_batch_id is not None or self.settings is not None or self.marks or self.ledgers
+                    or self.counts)
+
+
 class SnapshotWrite(NamedTuple):
-    """One batch snapshot a change writes; mode is one of scripts.SNAPSHOT_*."""
+    """One batch snapshot a change writes; mode is one of SNAPSHOT_*."""
 
     batch_id: int | str
     mode: str
-    score: float  # the batch's start (epoch seconds), for the batchy:batches index
+    score: float  # the batch's start (epoch seconds), for the batches index
     jobs: dict[str, dict]
 
 
 @dataclass
 class Change:
-    """What one commit writes; see scripts.COMMIT for how each part is applied."""
+    """What one commit writes: values only; storage turns them into keys, JSON and script arguments."""
 
-    action: str  # open, close, fail, load, reset, set, rewind, import: the audit and count name
-    writes: dict[str, dict] = field(default_factory=dict)  # jobs written to the workflow hash
-    replace: bool = False  # the workflow hash is replaced by writes (load, import)
-    meta: dict[str, str] = field(default_factory=dict)
+    action: str  # open, close, fail, load, reset, set, rewind, import, remove: the audit and count name
+    writes: dict[str, dict] = field(default_factory=dict)  # jobs written to the workflow's state
+    replace: bool = False  # the workflow's jobs are replaced by writes (load, import, remove)
+    book: Book = field(default_factory=Book)
     snapshots: list[SnapshotWrite] = field(default_factory=list)
     batch_id: int | None = None
     check_pause: bool = False
+    audit: dict | None = None  # the audit event (plans.audit_event), set on every change to commit
+    purge: bool = False  # a removal that deletes the history too
     # Set by commit: every job after the change, and once committed the JSON text
     # stored for each (answers are built from it without encoding the jobs again).
     after: dict[str, dict] = field(default_factory=dict)
     after_text: dict[str, str] | None = None
     # Nothing to write: the call repeats one already applied (a retried close).
     noop: bool = False
-    idempotency_key: str | None = None  # an open's Idempotency-Key (scripts.COMMIT, KEYS[10])
+    idempotency_key: str | None = None  # an open's Idempotency-Key
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1,6 +1,7 @@
 """The optimistic commit loop: plan a change on a state, apply it only if nothing moved.
 
-A change is planned (plans.py) on a State and sent to scripts.COMMIT, which applies it
+A change is planned (rules/plans.py) on a State, encoded here (bookkeeping.py turns its
+values into fields) and sent to scripts.COMMIT, which applies it
 only if the workflow's version is still the one planned on and Redis' TIME still shows
 the second every time in the change was computed for. The state comes from a
 per-process cache (StateCache) of the workflow as this process last wrote it, so a
@@ -20,16 +21,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..rules import formats
-from . import keys, scripts
+from ..errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFound
+from ..rules.formats import dumps
+from ..rules.jobs import decode
+from ..rules.state import Change, State
+from . import bookkeeping, keys, scripts
+from .cache import StateCache
 from .clock import Clock
 from .connections import Transport
-from ..errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFound
-from .cache import StateCache
-from ..rules.jobs import decode
 from .locks import LockTable
-from ..rules.plans import audit_event, plan_remove
-from ..rules.state import Change, State
 
 # A writer gives up with 409 busy only past its time budget and after this many tries.
 MIN_ATTEMPTS = 5
@@ -90,8 +90,7 @@ class Committer:
     def _planned(self, wf: str, raw: dict[str, str], meta: dict[str, str], seconds: int,
                  jobs: dict[str, dict] | None = None, lenient: bool = False) -> State:
         jobs = decode(raw, wf, lenient=lenient, shared=True) if jobs is None else jobs
-        return State(wf, self.clock.moment(seconds), jobs, meta, raw, meta.get(keys.VERSION, "0"),
-                     second=str(seconds))
+        return bookkeeping.state(wf, self.clock.moment(seconds), jobs, meta, raw, str(seconds))
 
     def _cached(self, wf: str) -> State | None:
         """Return wf as this process last wrote it, at the second Redis' clock should show now."""
@@ -101,10 +100,10 @@ class Committer:
         raw, meta, jobs = entry
         return self._planned(wf, raw, meta, self.clock.expected_second(), jobs)
 
-    def _remember(self, wf: str, version: str, state: State, change: Change) -> None:
+    def _remember(self, wf: str, version: str, state: State, change: Change, fields: dict[str, str]) -> None:
         # A load or import carries jobs as read from a file: keep only their JSON text.
         jobs = None if change.replace else change.after
-        self.cache.put(wf, (change.after_text, {**state.meta, **change.meta, keys.VERSION: version}, jobs))
+        self.cache.put(wf, (change.after_text, {**state.stored, **fields, keys.VERSION: version}, jobs))
 
     # -- committing a change ---------------------------------------------------
 
@@ -180,10 +179,16 @@ class Committer:
             change.after = change.writes if change.replace else {**state.jobs, **change.writes}
             if dry_run:
                 return change
+            if change.action == "remove":
+                if self._remove_now(wf, state, change, actor):
+                    return change
+                state, fresh = self.read(wf, writer.lenient), True  # it changed meanwhile: plan again
+                continue
             insist = lost >= 2
             writer.insisted |= insist
+            fields = bookkeeping.fields(change.book)
             try:
-                reply = self._apply(wf, state, change, actor, writer.token, insist=insist)
+                reply = self._apply(wf, state, change, fields, actor, writer.token, insist=insist)
             except Exception:
                 self.cache.forget(wf)  # applied or not, this process no longer knows
                 raise
@@ -191,7 +196,7 @@ class Committer:
             if status == scripts.Reply.APPLIED:
                 writer.insisted = False  # the commit gave the turn back
                 self.clock.learn(reply[2])
-                self._remember(wf, value, state, change)
+                self._remember(wf, value, state, change, fields)
                 if len(reply) > 3 and reply[3] < self._wait_replicas:
                     self.cache.forget(wf)  # a failover may still lose this change
                     raise Unavailable(
@@ -221,42 +226,27 @@ class Committer:
             if int(reply[5]):
                 time.sleep(random.uniform(0.0005, 0.002))
 
-    def remove(self, wf: str, *, purge: bool = False, actor: str = "") -> None:
-        """Remove wf's state (history kept, open batches abandoned, or purged), audited."""
-        deadline = time.monotonic() + self.budget
-        lock = self.locks(wf)
-        if not lock.acquire(timeout=self.budget):
-            raise Unavailable(f"earlier changes to {wf!r} did not complete within {self.budget:g} s; retry",
-                              workflow=wf)
+    def _remove_now(self, wf: str, state: State, change: Change, actor: str) -> bool:
+        """Apply a removal with scripts.REMOVE; return False when the workflow changed since state."""
+        args: list = [state.version, "1" if change.purge else "0", keys.batch_prefix(wf), self._events_keep,
+                      len(change.snapshots)]
+        for batch_id, _mode, _score, snapshot in change.snapshots:
+            args += [keys.batch(wf, batch_id), len(snapshot)]
+            for name, job in snapshot.items():
+                args += [name, dumps(job)]
+        event = bookkeeping.event_fields(change.audit, actor)
+        args.append(len(event))
+        for item in event.items():
+            args += item
+        args.append(keys.channel(wf))
         try:
-            while True:
-                state = self.read(wf, lenient=True)  # a corrupt workflow can be removed too
-                change = plan_remove(state)
-                event = audit_event(state, change, actor)
-                event["jobs"] = formats.dumps(sorted(state.jobs))
-                args: list = [state.version, "1" if purge else "0", keys.batch_prefix(wf), self._events_keep,
-                              len(change.snapshots)]
-                for batch_id, _mode, _score, snapshot in change.snapshots:
-                    args += [keys.batch(wf, batch_id), len(snapshot)]
-                    for name, job in snapshot.items():
-                        args += [name, formats.dumps(job)]
-                args.append(len(event))
-                for item in event.items():
-                    args += item
-                args.append(keys.channel(wf))
-                try:
-                    done = int(self.transport.run(self._remove, keys.commit_keys(wf)[:5] + (
-                        keys.WORKFLOWS, keys.pause(wf), keys.turn(wf)), args))
-                finally:
-                    self.cache.forget(wf)
-                if done == 1:
-                    return
-                if done == -1:
-                    raise self.not_found(wf)
-                if time.monotonic() > deadline:
-                    raise Busy(f"workflow {wf!r} is changing too fast to remove; retry", workflow=wf)
+            done = int(self.transport.run(self._remove, keys.commit_keys(wf)[:5] + (
+                keys.WORKFLOWS, keys.pause(wf), keys.turn(wf)), args))
         finally:
-            lock.release()
+            self.cache.forget(wf)
+        if done == -1:
+            raise self.not_found(wf)
+        return done == 1
 
     def repeated_open(self, wf: str, batch_id: int, lenient: bool = False) -> Change:
         """Answer an open retried with its Idempotency-Key: the batch it opened, if still current."""
@@ -273,11 +263,12 @@ class Committer:
         return Change(action="open", writes=ran, batch_id=batch_id, noop=True, after=state.jobs,
                       after_text=state.raw)
 
-    def _apply(self, wf: str, state: State, change: Change, actor: str, token: str, insist: bool) -> list:
+    def _apply(self, wf: str, state: State, change: Change, fields: dict[str, str], actor: str, token: str,
+               insist: bool) -> list:
         """Send the change to scripts.COMMIT; return its reply (with WAIT's count appended)."""
         args: list = [state.version, token, state.second, "1" if insist else "0",
                       "1" if change.check_pause else "0", "1" if change.replace else "0", len(change.writes)]
-        encoded = {name: formats.dumps(job) for name, job in change.writes.items()}
+        encoded = {name: dumps(job) for name, job in change.writes.items()}
         for item in encoded.items():
             args += item
         if change.replace or not encoded.keys() <= state.raw.keys():
@@ -285,15 +276,15 @@ class Committer:
             change.after_text = {name: merged[name] for name in sorted(merged)}
         else:  # the same jobs: state.raw is in name order already (_state, _remember)
             change.after_text = {**state.raw, **encoded}
-        args.append(len(change.meta))
-        for item in change.meta.items():
+        args.append(len(fields))
+        for item in fields.items():
             args += item
         args.append(len(change.snapshots))
         for batch_id, mode, score, snapshot in change.snapshots:
             args += [keys.batch(wf, batch_id), mode, score, len(snapshot)]
             for name, job in snapshot.items():
-                args += [name, formats.dumps(job)]
-        event = audit_event(state, change, actor)
+                args += [name, dumps(job)]
+        event = bookkeeping.event_fields(change.audit, actor)
         args += [self._keep, keys.batch_prefix(wf), self._events_keep, len(event)]
         for item in event.items():
             args += item

@@ -1,6 +1,7 @@
 """Lua run by Redis. Each script is atomic: a state change is applied whole or not at all.
 
-Meta field names come from keys.py ($VERSION, $COUNT_PREFIX are filled in below), and
+Meta field names come from keys.py ($VERSION, $COUNT_PREFIX are filled in below), snapshot
+modes from rules/state.py ($NEW, $UPDATE, $PUT), and
 every reply code has a name in Reply.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from enum import IntEnum
 from string import Template
 
 from . import keys
+from ..rules.state import SNAPSHOT_NEW, SNAPSHOT_PUT, SNAPSHOT_UPDATE
 
 
 class Reply(IntEnum):
@@ -21,10 +23,6 @@ class Reply(IntEnum):
     DUPLICATE = -3  # an open with this Idempotency-Key was applied already
 
 
-# How COMMIT writes a batch snapshot.
-SNAPSHOT_NEW = "new"  # the key must not exist yet; indexed with its start
-SNAPSHOT_UPDATE = "update"  # written only if it still exists (retention may have dropped it)
-SNAPSHOT_PUT = "put"  # written whole and indexed, replacing any (import)
 
 # Apply one state change to a workflow if it is still the state the change was planned
 # on, at the second of Redis' clock it was planned for.
@@ -102,8 +100,8 @@ local batches = {}
 local indexed = false
 for _ = 1, tonumber(A[i]) do
   local key, mode, m = A[i + 1], A[i + 2], tonumber(A[i + 4])
-  if mode == 'new' and redis.call('EXISTS', key) == 1 then return {-1, key} end
-  if mode ~= 'update' then indexed = true end
+  if mode == '$NEW' and redis.call('EXISTS', key) == 1 then return {-1, key} end
+  if mode ~= '$UPDATE' then indexed = true end
   batches[#batches + 1] = {key, mode, A[i + 3], i + 5, m}
   i = i + 4 + 2 * m
 end
@@ -125,8 +123,8 @@ redis.call('HINCRBY', KEYS[2], '$COUNT_PREFIX' .. message, 1)
 
 for _, b in ipairs(batches) do
   local key, mode = b[1], b[2]
-  if mode == 'new' or mode == 'put' then
-    if mode == 'put' then redis.call('DEL', key) end
+  if mode == '$NEW' or mode == '$PUT' then
+    if mode == '$PUT' then redis.call('DEL', key) end
     hset(key, b[4], b[5])
     local id = string.sub(key, #prefix + 1)
     redis.call('ZADD', KEYS[3], id, id)
@@ -154,7 +152,8 @@ end
 if turn then redis.call('DEL', KEYS[9]) end
 redis.call('PUBLISH', channel, message)
 return {1, version, now}
-""").substitute(VERSION=keys.VERSION, COUNT_PREFIX=keys.COUNT_PREFIX)
+""").substitute(VERSION=keys.VERSION, COUNT_PREFIX=keys.COUNT_PREFIX, NEW=SNAPSHOT_NEW, UPDATE=SNAPSHOT_UPDATE,
+               PUT=SNAPSHOT_PUT)
 
 # Read the clock, a workflow hash and its meta hash atomically, in one reply (cheaper
 # for redis-py than a MULTI/EXEC of three commands).

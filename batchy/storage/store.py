@@ -176,7 +176,9 @@ class BatchStore:
     def remove(self, wf: str, *, purge_history: bool = False, actor: str = "") -> dict:
         """Remove wf: its state goes; its history and backfills stay (open batches abandoned) or are purged."""
         try:
-            self.committer.remove(wf, purge=purge_history, actor=actor)
+            # A corrupt workflow can be removed too (lenient); the script says whether it exists.
+            self.mutate(wf, lambda state: plans.plan_remove(state, purge_history), actor=actor, must_exist=False,
+                        lenient=True)
         except WorkflowNotFound:
             if purge_history:  # a retry of a removal whose purge failed: finish it
                 self._purge_backfills(wf)

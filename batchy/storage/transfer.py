@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from ..rules import coverage, names, plans, workflows
-from . import keys
+from . import bookkeeping, keys
 from ..errors import InvalidConfig, InvalidName, InvalidParameter, WorkflowExists
 from ..rules.jobs import BATCH_STATUSES, decode
 from ..rules.times import format_time, parse_input_time
@@ -54,8 +54,8 @@ def import_(store, doc: dict, *, replace: bool = False, actor: str = "import") -
             raise WorkflowExists(f"workflow {taken[0]!r} already exists here; import with --replace to overwrite",
                                  workflow=taken[0])
     for wf, (jobs, batches, meta) in entries.items():
-        def plan(state, jobs=jobs, batches=batches, meta=meta):
-            return plans.plan_import(state, jobs, batches, meta, replace=replace)
+        def plan(state, jobs=jobs, batches=batches, book=bookkeeping.book_of(meta)):
+            return plans.plan_import(state, jobs, batches, book, replace=replace)
 
         store.committer.mutate(wf, plan, actor=actor, must_exist=False)
     return list(entries)

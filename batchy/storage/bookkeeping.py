@@ -1,0 +1,83 @@
+"""A workflow's bookkeeping in its meta hash: the domain's values (rules/state.py) to fields and back.
+
+Plans speak values (a Book of last batch id, settings, success marks, ledgers, counts,
+and an audit event); this module alone turns them into the meta hash's fields and the
+audit stream's entries, and builds the State a plan reads from what Redis returned.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from datetime import datetime
+
+from . import keys
+from ..rules import coverage
+from ..rules.formats import dumps
+from ..rules.state import Book, State
+
+
+def fields(book: Book) -> dict[str, str]:
+    """Return the meta hash fields that write book."""
+    out = {}
+    if book.last_batch_id is not None:
+        out[keys.LAST_BATCH_ID] = str(book.last_batch_id)
+    if book.settings is not None:
+        out[keys.SETTINGS] = dumps(book.settings)
+    for action, count in book.counts.items():
+        out[keys.count_field(action)] = str(count)
+    for job, mark in book.marks.items():
+        out[keys.success_field(job)] = dumps(mark)
+    for job, ledger in book.ledgers.items():
+        out[keys.coverage_field(job)] = dumps(ledger)
+    return out
+
+
+def book_of(meta: dict[str, str]) -> Book:
+    """Return the Book of a meta hash's fields (checked already: an export's, say); the version is left out."""
+    book = Book()
+    for field, text in meta.items():
+        if field == keys.LAST_BATCH_ID:
+            book.last_batch_id = int(text) if text else None
+        elif field == keys.SETTINGS:
+            book.settings = json.loads(text)
+        elif field.startswith(keys.COUNT_PREFIX):
+            book.counts[field[len(keys.COUNT_PREFIX):]] = int(text)
+        elif field.startswith(keys.SUCCESS_PREFIX):
+            book.marks[field[len(keys.SUCCESS_PREFIX):]] = json.loads(text)
+        elif field.startswith(keys.COVERAGE_PREFIX):
+            book.ledgers[field[len(keys.COVERAGE_PREFIX):]] = coverage.loads(text)
+    return book
+
+
+def state(wf: str, now: datetime, jobs: dict[str, dict], meta: dict[str, str], raw: dict[str, str],
+          second: str = "") -> State:
+    """Return the State a plan reads: wf's jobs, and its meta hash as the values it holds."""
+    return State(wf, now, jobs, meta.get(keys.LAST_BATCH_ID), meta.get(keys.SETTINGS), keys.coverage_texts(meta),
+                 raw, meta.get(keys.VERSION, "0"), second=second, where=_where(wf), stored=meta)
+
+
+@functools.lru_cache(maxsize=4096)
+def _where(wf: str):
+    return functools.partial(_field_of, keys.meta(wf))
+
+
+_FIELDS = {"last_batch_id": lambda job: keys.LAST_BATCH_ID, "settings": lambda job: keys.SETTINGS,
+           "coverage": keys.coverage_field}
+
+
+def _field_of(meta_key: str, item: str, job: str | None) -> str:
+    """Name where an item of the bookkeeping is kept, for a corrupt-state message."""
+    return f"field {_FIELDS[item](job)!r} of {meta_key!r}"
+
+
+def event_fields(audit: dict, actor: str) -> dict[str, str]:
+    """Return an audit event as the entry of the workflow's audit stream."""
+    return {
+        "time": audit["time"],
+        "action": audit["action"],
+        "batch_id": audit["batch_id"],
+        "actor": actor or "",
+        "jobs": dumps(audit["jobs"]),
+        "from_before": dumps(audit["from_before"]),
+        "from_after": dumps(audit["from_after"]),
+    }
