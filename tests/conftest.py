@@ -10,6 +10,7 @@ import pytest
 
 from batchy import create_app
 from batchy.testing import RedisServer, ServiceProcess
+from batchy.web.db import services_of
 
 from .reliability_helpers import CommandLog
 
@@ -83,7 +84,7 @@ def app(_fake_world, fake_redis, cfg_dir):
     state cache is emptied (a test may count what it holds)."""
     _redis, app, link = _fake_world
     point(link, cfg_dir)
-    app.extensions["batchy"].cache.clear()
+    services_of(app).store.cache.clear()
     return app
 
 

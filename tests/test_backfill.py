@@ -23,6 +23,7 @@ from batchy.cli import backfill_run as runner
 from batchy.client import Batchy, ServiceError
 from batchy.errors import InvalidParameter
 from batchy.rules.times import format_time
+from batchy.web.db import services_of
 
 from .conftest import make_app
 
@@ -91,7 +92,7 @@ def real_app(redis_server, real_redis, cfg_dir, jobs_cfg):
 @pytest.fixture
 def backfills(real_app):
     """Backfills on the real redis-server, called directly (threads, the model)."""
-    return Backfills(real_app.extensions["batchy"], 1000)
+    return Backfills(services_of(real_app).store, 1000)
 
 
 def create(client, query: str = "", **body):
@@ -304,7 +305,7 @@ def test_the_list_is_newest_first_with_progress(any_client):
 
 
 def test_a_removed_workflow_keeps_its_backfills_unless_purged(any_client):
-    redis = any_client.application.extensions["batchy"].redis
+    redis = services_of(any_client.application).store.redis
     backfill_id = create(any_client, "from=2024-03-01&to=2024-03-03")["backfill_id"]
     assert any_client.post("/remove_workflow/bf").status_code == 200
     assert redis.keys("batchy:backfill*:bf*")  # kept, as the history is
@@ -318,7 +319,7 @@ def test_a_removed_workflow_keeps_its_backfills_unless_purged(any_client):
 
 
 def test_a_removal_whose_purge_failed_is_finished_by_its_retry(any_client, monkeypatch):
-    store = any_client.application.extensions["batchy"]
+    store = services_of(any_client.application).store
     create(any_client, "from=2024-03-01&to=2024-03-03")
     real = store.redis.pipeline
     failing = [True]

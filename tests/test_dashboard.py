@@ -11,6 +11,7 @@ import pytest
 from batchy.web import dashboard
 from batchy.rules import health, workflows
 from batchy.web.db import get_store
+from batchy.web.db import services_of
 
 from .conftest import make_app
 
@@ -56,7 +57,7 @@ def page(client, path="/"):
 
 def shift_clock(client, monkeypatch, delta: timedelta):
     """Make the app's Redis clock read later than it is, as if time had passed."""
-    clock = client.application.extensions["batchy"].clock
+    clock = services_of(client.application).store.clock
     real = clock.moment
     monkeypatch.setattr(clock, "moment", lambda seconds: real(seconds) + delta)
 
@@ -148,7 +149,7 @@ def test_stale_after_hours_marks_old_successes(client, write_cfg, monkeypatch):
 
 def freeze_clock(client, monkeypatch) -> list:
     """Stop the app's clock at the current second; returns [moment]: change it to move time."""
-    clock = client.application.extensions["batchy"].clock
+    clock = services_of(client.application).store.clock
     frozen = [clock.moment(int(time.time()))]
     monkeypatch.setattr(clock, "moment", lambda seconds: frozen[0])
     return frozen

@@ -17,6 +17,7 @@ import redis
 
 from batchy import create_app
 from batchy.testing import RedisServer
+from batchy.web.db import services_of
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def app(server, cfg_dir):
 
 
 def store(app):
-    return app.extensions["batchy"]
+    return services_of(app).store
 
 
 def script_clients(server) -> list[dict]:
@@ -92,7 +93,7 @@ def test_an_interrupted_call_leaves_no_reply_for_the_next_one(app, server, monke
 
 def _child_changes(app_holder: list, done) -> None:
     try:
-        st = app_holder[0].extensions["batchy"]
+        st = services_of(app_holder[0]).store
         for _ in range(30):
             st.open("wf2")
             st.close("wf2", "success")

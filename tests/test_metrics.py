@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 from .conftest import make_app
+from batchy.web.db import services_of
 
 
 def samples(text: str) -> dict[tuple, float]:
@@ -79,7 +80,7 @@ def test_open_batch_age_uses_the_redis_clock(client, monkeypatch):
     assert scrape(client)[("batchy_open_batch_age_seconds", wf("wf1"))] == 0
     client.post("/open_batch/wf1")
     start = datetime.fromisoformat(client.get("/get_status/wf1").json["s_extract"]["batch_start"])
-    clock = client.application.extensions["batchy"].clock
+    clock = services_of(client.application).store.clock
     monkeypatch.setattr(clock, "moment", lambda seconds: start + timedelta(seconds=120))
     assert scrape(client)[("batchy_open_batch_age_seconds", wf("wf1"))] == 120
     client.post("/close_batch/wf1", json={"records_processed": 42})

@@ -55,6 +55,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from batchy import create_app, settings as batchy_settings
 from batchy.storage.clock import Clock
 from batchy.testing import RedisServer
+from batchy.web.db import services_of
 
 from . import model
 
@@ -157,7 +158,7 @@ class World:
         self.clients = [app.test_client() for app in self.apps]
 
     def stores(self):
-        return [app.extensions["batchy"] for app in self.apps]
+        return [services_of(app).store for app in self.apps]
 
     def reset(self) -> None:
         """A fresh start for one example: empty Redis, forgetful processes, START o'clock."""

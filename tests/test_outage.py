@@ -14,6 +14,7 @@ import pytest
 from batchy import create_app
 from batchy.storage import scripts
 from batchy.testing import RedisServer, ServiceProcess
+from batchy.web.db import services_of
 
 from .reliability_helpers import raw_client, snapshot, wait_until
 
@@ -144,7 +145,7 @@ def test_state_change_cut_between_read_and_commit_leaves_nothing(own_redis, cfg_
     raw = raw_client(own_redis.port)
     before = snapshot(raw)
     raw.close()
-    transport = app.extensions["batchy"].transport
+    transport = services_of(app).store.transport
     real_run = transport.run
     cut = []
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from batchy.storage import keys
+from batchy.web.db import services_of
 
 from .conftest import make_app
 
@@ -23,7 +24,7 @@ def any_client(request, fake_redis, cfg_dir):
 
 
 def redis_of(client):
-    return client.application.extensions["batchy"].redis
+    return services_of(client.application).store.redis
 
 
 # -- 2. no from_date later than now, no backwards window -----------------------------
@@ -278,7 +279,7 @@ def test_history_pages_by_size_as_well_as_by_count(any_client, write_cfg):
     for _ in range(4):
         any_client.post("/open_batch/wide")
         any_client.post("/close_batch/wide")
-    store = any_client.application.extensions["batchy"]
+    store = services_of(any_client.application).store
     entries, more = store.reads.history("wide", limit=10, max_bytes=10_000)  # about one batch's snapshot
     assert 1 <= len(entries) < 4 and more
     older, _ = store.reads.history("wide", limit=10, before=entries[-1]["batch_id"])
@@ -439,7 +440,7 @@ def test_a_retried_open_of_an_exclusive_workflow_answers_its_batch(any_client, w
 def test_an_import_over_an_open_batch_abandons_it(any_client):
     """Found by the model-based test: a backup restored over a batch opened after it left that
     batch open in history for good."""
-    store = any_client.application.extensions["batchy"]
+    store = services_of(any_client.application).store
     any_client.post("/load_cfg/wf1")
     backup = store.export(["wf1"])
     batch_id = any_client.post("/open_batch/wf1").json["s_extract"]["batch_id"]  # a run that crashes
@@ -453,7 +454,7 @@ def test_an_import_of_a_batch_older_than_the_newest_ends_it(any_client):
     """Found by the model-based test: an export holding an open batch, imported after a newer
     batch was opened here, came back open behind the newer id: a close naming it was 409
     stale_batch, a close naming the newer one closed it, and /batches listed it open for good."""
-    store = any_client.application.extensions["batchy"]
+    store = services_of(any_client.application).store
     any_client.post("/load_cfg/wf1")
     old = any_client.post("/open_batch/wf1").json["s_extract"]
     backup = store.export(["wf1"])  # taken while batch `old` runs
@@ -474,7 +475,7 @@ def test_an_import_of_a_batch_older_than_the_newest_ends_it(any_client):
 
 def test_an_import_of_a_workflow_that_never_ran_has_no_batch_id(any_client):
     """Found by the model-based test: it came back with last batch id 0, so audit events said batch "0"."""
-    store = any_client.application.extensions["batchy"]
+    store = services_of(any_client.application).store
     any_client.post("/load_cfg/wf1")
     backup = store.export(["wf1"])
     assert store.import_(backup, replace=True) == ["wf1"]

@@ -14,6 +14,7 @@ import pytest
 
 from batchy import create_app
 from batchy.storage import keys, scripts
+from batchy.web.db import services_of
 
 
 def make(redis_server, cfg_dir, **settings):
@@ -29,7 +30,7 @@ def two(redis_server, real_redis, cfg_dir):
 
 
 def store_of(app):
-    return app.extensions["batchy"]
+    return services_of(app).store
 
 
 @pytest.fixture

@@ -10,12 +10,13 @@ import pytest
 from batchy.storage import keys
 from batchy.cli import main
 from batchy.errors import BadRequest
+from batchy.web.db import services_of
 
 from .conftest import make_app
 
 
 def store_of(app):
-    return app.extensions["batchy"]
+    return services_of(app).store
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_export_then_import_gives_the_same_state(exported, app, target, fake_red
     batch_ids = list(exported["workflows"]["wf1"]["batches"])
     for batch_id in batch_ids:
         assert redis.hgetall(keys.batch("wf1", batch_id)) == fake_redis.hgetall(keys.batch("wf1", batch_id))
-    assert store.history("wf1") == store_of(app).history("wf1")
+    assert store.reads.history("wf1") == store_of(app).reads.history("wf1")
     again = json.loads(json.dumps(store.export()))
     assert again["workflows"]["wf1"]["jobs"] == exported["workflows"]["wf1"]["jobs"]
     assert again["workflows"]["wf1"]["batches"] == exported["workflows"]["wf1"]["batches"]

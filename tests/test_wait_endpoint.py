@@ -13,6 +13,7 @@ import pytest
 
 from batchy.client import Batchy
 from batchy.testing import RedisServer, ServiceProcess, wait_for
+from batchy.web.db import services_of
 
 from .conftest import make_app
 from .reliability_helpers import UTC, CommandLog, VirtualClock, redis_today, wait_for_waiters
@@ -194,7 +195,7 @@ def test_waiters_past_the_cap_get_503(fake_redis, cfg_dir):
     app = make_app(fake_redis, cfg_dir, BATCHY_WAIT_MAX_WAITERS=1, CLOCK=clock)
     app.test_client().post("/load_cfg/wf1")
     thread, out = in_background(lambda: app.test_client().get("/wait/wf1?timeout=30").status_code)
-    wait_for(lambda: app.extensions["batchy_wait"].waiters == 1, what="the first waiter")
+    wait_for(lambda: services_of(app).notifier.waiters == 1, what="the first waiter")
     refused = app.test_client().get("/wait/wf1?timeout=0")
     assert (refused.status_code, refused.json["error"]) == (503, "too_many_waiters")
     app.test_client().post("/open_batch/wf1")

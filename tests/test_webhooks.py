@@ -11,6 +11,7 @@ import pytest
 
 from batchy import create_app
 from batchy.storage import keys
+from batchy.web.db import services_of
 
 from .reliability_helpers import VirtualClock, wait_until
 
@@ -69,7 +70,7 @@ def test_each_event_reaches_the_receiver_once_across_instances(redis_server, rea
     client.post("/load_cfg/wf1")
     client.post("/open_batch/wf1")
     assert client.post("/fail_batch/wf1?message=source%20down").status_code == 200
-    watchmen = [app.extensions["batchy_webhooks"] for app in apps]
+    watchmen = [services_of(app).webhooks for app in apps]
     for _ in range(3):  # both processes try, several rounds: one leads, nothing is sent twice
         for watchman in watchmen:
             watchman.round()
@@ -89,7 +90,7 @@ def test_a_receiver_that_is_down_gets_the_event_when_it_is_back(redis_server, re
     client.post("/open_batch/wf1")
     receiver.down = True
     assert client.post("/fail_batch/wf1").status_code == 200  # the API never waits for the receiver
-    watchman = app.extensions["batchy_webhooks"]
+    watchman = services_of(app).webhooks
     assert watchman.round() == 0 and real_redis.llen(keys.WEBHOOK_OUTBOX) == 1  # kept for later
     receiver.down = False
     assert watchman.round() == 1
@@ -108,4 +109,4 @@ def test_the_background_thread_delivers_without_any_api_call(redis_server, real_
         wait_until(lambda: receiver.received, 10, "the late job's announcement")
         assert receiver.received[0]["event"] == "late"
     finally:
-        app.extensions["batchy_webhooks"].stop()
+        services_of(app).webhooks.stop()

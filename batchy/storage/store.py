@@ -85,30 +85,6 @@ class BatchStore:
     def raw_batch(self, wf: str, batch_id: int) -> dict[str, str]:
         return self.reads.raw_batch(wf, batch_id)
 
-    def overview(self, names: list[str]) -> dict[str, dict]:
-        return self.reads.overview(names)
-
-    def history(self, wf: str, *, limit: int = 50, before: int | None = None) -> tuple[list[dict], bool]:
-        """Return wf's batches newest first, and whether older ones remain (history.History)."""
-        return self.reads.history(wf, limit=limit, before=before)
-
-    def batches(self, **query) -> tuple[list[dict], int | None]:
-        return self.reads.batches(**query)
-
-    def events(self, wf: str, *, limit: int = 100, before: str | None = None) -> list[dict]:
-        return self.reads.events(wf, limit=limit, before=before)
-
-    def gate_state(self, wf: str) -> tuple[dict[str, dict], dict[str, list]]:
-        """Return wf's jobs and each job's coverage ledger, read together (a coverage gate)."""
-        return self.reads.gate_state(wf)
-
-    def coverage(self, wf: str, job: str | None = None, start: datetime | None = None,
-                 end: datetime | None = None) -> dict[str, dict]:
-        return self.reads.coverage(wf, job, start.timestamp() if start else None, end.timestamp() if end else None)
-
-    def most_recent(self, wf: str, job: str | None = None) -> dict:
-        return self.reads.most_recent(wf, job)
-
     # -- state changes -----------------------------------------------------------
 
     def mutate(self, wf: str, plan, *, actor: str = "", must_exist: bool = True, dry_run: bool = False,
@@ -223,20 +199,7 @@ class BatchStore:
                  "paused": bool(paused)}
                 for wf, jobs, last, paused in zip(names, replies[::3], replies[1::3], replies[2::3]) if jobs]
 
-    # -- pauses, export / import ---------------------------------------------------
-
-    def pause(self, wf: str | None, message: str, actor: str = "") -> dict:
-        return self.pausing.pause(wf, message, actor)
-
-    def resume(self, wf: str | None, actor: str = "") -> dict:
-        return self.pausing.resume(wf, actor)
-
-    def pauses(self, names: list[str] | None = None) -> dict:
-        """Return the service-wide pause and every paused workflow (of names, default all)."""
-        return self.pausing.status(self.workflows() if names is None else names)
-
-    def pause_history(self, limit: int = 100) -> list[dict]:
-        return self.pausing.history(limit)
+    # -- export / import -----------------------------------------------------------
 
     def export(self, names: list[str] | None = None, *, history: bool = True) -> dict:
         return transfer.export(self, names, history=history)

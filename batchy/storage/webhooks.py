@@ -101,7 +101,7 @@ class Watchman:
 
     def check_lateness(self) -> None:
         client = self.store.redis
-        for item in lateness.late_list(self.store.overview(self.store.workflows()), self.store.now()):
+        for item in lateness.late_list(self.store.reads.overview(self.store.workflows()), self.store.now()):
             what = f"{item['workflow']}/{item['job']}" if item["job"] else item["workflow"]
             text = f"Batchy: {what} is {item['kind']}: {item['reason']}"
             ident = event_id(item["kind"], item["workflow"], item["job"], item["since"], item["reason"]

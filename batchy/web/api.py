@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request
 
 from ..rules import formats, lateness, names, workflows
-from .db import get_store
+from .db import get_store, services
 from ..errors import InvalidParameter, Unavailable
 from .http import (
     actor, check_read, idempotency_key, json_response, mutation, parse_flag, parse_job, parse_limit,
@@ -55,8 +55,8 @@ def load_all():
 def late():
     check_read("status")
     request_params()
-    store = get_store()
-    return json_response(lateness.late_list(store.overview(store.workflows()), store.now()))
+    found = services()
+    return json_response(lateness.late_list(found.history.overview(found.store.workflows()), found.store.now()))
 
 
 @bp.get("/workflows")
@@ -139,7 +139,7 @@ def history(wf):
     check_read("history")
     names.check_workflow(wf)
     values = request_params("limit", "before")
-    entries, more = get_store().history(wf, limit=parse_limit(values), before=parse_whole_number(values, "before"))
+    entries, more = services().history.history(wf, limit=parse_limit(values), before=parse_whole_number(values, "before"))
     following = entries[-1]["batch_id"] if more and entries else None
     return json_response({"workflow": wf, "batches": entries, "next_before": following})
 
@@ -164,7 +164,7 @@ def batches():
     if workflow is not None:
         names.check_workflow(workflow)
     start, end = parse_moment(values, "from"), parse_moment(values, "to")
-    found, following = get_store().batches(
+    found, following = services().history.batches(
         start=start.timestamp() if start else None,
         end=end.timestamp() if end else None,
         status=status,
@@ -179,7 +179,7 @@ def batches():
 def most_recent(wf):
     check_read("history")
     names.check_workflow(wf)
-    return json_response(get_store().most_recent(wf, parse_job(request_params("job"), wf)))
+    return json_response(services().history.most_recent(wf, parse_job(request_params("job"), wf)))
 
 
 @bp.get("/coverage/<wf>")
@@ -190,7 +190,8 @@ def coverage(wf):
     start, end = parse_moment(values, "from"), parse_moment(values, "to")
     if start and end and end <= start:
         raise InvalidParameter("to must be later than from", parameter="to")
-    return json_response(get_store().coverage(wf, parse_job(values, wf), start, end))
+    return json_response(services().history.coverage(wf, parse_job(values, wf), start.timestamp() if start else None,
+                                                     end.timestamp() if end else None))
 
 
 @bp.get("/events/<wf>")
@@ -199,7 +200,7 @@ def events(wf):
     names.check_workflow(wf)
     values = request_params("limit", "before")
     before = parse_text(values, "before", 40)
-    return json_response({"workflow": wf, "events": get_store().events(wf, limit=parse_limit(values, 100), before=before)})
+    return json_response({"workflow": wf, "events": services().history.events(wf, limit=parse_limit(values, 100), before=before)})
 
 
 @bp.route("/set_from_date/<wf>", methods=MUTATING)
@@ -234,7 +235,7 @@ def pause(wf=None):
     if wf is not None:
         names.check_workflow(wf)
     message = parse_text(request_params("message"), "message") or ""
-    return json_response(get_store().pause(wf, message, actor=actor()))
+    return json_response(services().pauses.pause(wf, message, actor()))
 
 
 @bp.route("/resume", methods=MUTATING)
@@ -244,20 +245,21 @@ def resume(wf=None):
     if wf is not None:
         names.check_workflow(wf)
     request_params()
-    return json_response(get_store().resume(wf, actor=actor()))
+    return json_response(services().pauses.resume(wf, actor()))
 
 
 @bp.get("/pause_status")
 def pause_status():
     check_read("status")
     request_params()
-    return json_response(get_store().pauses())
+    found = services()
+    return json_response(found.pauses.status(found.store.workflows()))
 
 
 @bp.get("/pause_history")
 def pause_history():
     check_read("status")
-    return json_response({"history": get_store().pause_history(parse_limit(request_params("limit"), 100))})
+    return json_response({"history": services().pauses.history(parse_limit(request_params("limit"), 100))})
 
 
 @bp.get("/openapi.json")

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
 from ..rules import backfill, names
 from ..storage.backfill import Backfills
-from .db import get_store
+from .db import services
 from ..errors import InvalidParameter
 from .http import (
     actor, check_read, json_response, mutation, parse_limit, parse_moment, parse_text, parse_whole_number,
@@ -22,11 +22,7 @@ MAX_RECORDS = 10**14 - 1
 
 
 def get_backfills() -> Backfills:
-    """Return the app's Backfills, made on first use over the app's store."""
-    extensions = current_app.extensions
-    if "batchy_backfills" not in extensions:
-        extensions["batchy_backfills"] = Backfills(get_store(), current_app.config["BATCHY_EVENTS_KEEP"])
-    return extensions["batchy_backfills"]
+    return services().backfills
 
 
 def _id(value: str) -> int:

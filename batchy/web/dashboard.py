@@ -14,7 +14,7 @@ from flask import Blueprint, render_template, request
 from ..rules import lateness, times
 from ..rules.health import last_success, open_since, parse_moment, stale_after_seconds
 from ..rules.jobs import RUNTIME_FIELDS, Status
-from .db import get_store
+from .db import services
 from ..errors import InvalidParameter
 from .http import check_read, unknown_parameter
 
@@ -199,9 +199,7 @@ def refresh_seconds() -> int:
 
 def running_backfills(overview: dict[str, dict]) -> None:
     """Add each workflow's running backfills (with their progress) to the overview."""
-    from .backfill import get_backfills
-
-    for wf, running in get_backfills().running(sorted(overview)).items():
+    for wf, running in services().backfills.running(sorted(overview)).items():
         overview[wf]["backfills"] = running
 
 
@@ -210,12 +208,12 @@ def running_backfills(overview: dict[str, dict]) -> None:
 def dashboard():
     refresh = refresh_seconds()
     tz, tz_name = page_zone()
-    store = get_store()
+    found = services()
     try:
-        now = store.now()
-        names = store.workflows()
-        overview = store.overview(names)
-        pauses = store.pauses(names)
+        now = found.store.now()
+        names = found.store.workflows()
+        overview = found.history.overview(names)
+        pauses = found.pauses.status(names)
         running_backfills(overview)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         # An HTML page, not the JSON error: the open tab keeps refreshing and recovers by itself.

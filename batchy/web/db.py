@@ -1,13 +1,18 @@
-"""The app's Redis connection: made once per app in init_app, reached through get_store()."""
+"""The app's services, built once per app in init_app and reached through services() or get_store()."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import redis
 from flask import Flask, current_app
 
 from ..storage import webhooks
+from ..storage.backfill import Backfills
 from ..storage.connections import connect
+from ..storage.history import History
+from ..storage.notifier import Notifier
+from ..storage.pauses import Pauses
 from ..storage.store import BatchStore
 
 log = logging.getLogger("batchy")
@@ -17,26 +22,54 @@ EMBEDDED_WARNING = (
 )
 
 
+@dataclass
+class Services:
+    """Everything a view calls, made once per app over one Redis client."""
+
+    store: BatchStore  # current state, and every state change
+    history: History  # what happened: snapshots, batches, the audit log, coverage, overviews
+    pauses: Pauses
+    backfills: Backfills
+    notifier: Notifier  # wakes the requests waiting on a workflow (GET /wait)
+    webhooks: webhooks.Watchman | None  # the announcer, when BATCHY_WEBHOOK_URL is set
+
+
 def init_app(app: Flask) -> None:
-    """Create the app's store; with no Redis configured, an embedded one holding cfg/.
+    """Build the app's services; with no Redis configured, over an embedded store holding cfg/.
 
     With BATCHY_LOAD_ON_START (or the embedded store) every file in BATCHY_CFG_DIR is loaded.
     """
-    client = app.config.get("REDIS_CLIENT")
-    embedded = client is None and not app.config["BATCHY_REDIS_URL"]
+    config = app.config
+    client = config.get("REDIS_CLIENT")
+    embedded = client is None and not config["BATCHY_REDIS_URL"]
     if client is None:
-        client = connect(app.config["BATCHY_REDIS_URL"], app.config["BATCHY_REDIS_TIMEOUT"])
-    store = BatchStore(client, app.config, clock=app.config.get("CLOCK"))
-    app.extensions["batchy"] = store
+        client = connect(config["BATCHY_REDIS_URL"], config["BATCHY_REDIS_TIMEOUT"])
+    store = BatchStore(client, config, clock=config.get("CLOCK"))
     if embedded:
         log.warning(EMBEDDED_WARNING)
-    app.extensions["batchy_webhooks"] = webhooks.start(app, store)
-    if embedded or app.config["BATCHY_LOAD_ON_START"]:
-        preload(store, app.config["BATCHY_CFG_DIR"], app.config["BATCHY_MAX_CFG_BYTES"])
+    app.extensions["batchy"] = Services(
+        store=store,
+        history=store.reads,
+        pauses=store.pausing,
+        backfills=Backfills(store, config["BATCHY_EVENTS_KEEP"]),
+        notifier=Notifier(store, config["BATCHY_REDIS_TIMEOUT"] + 1.0, config["BATCHY_WAIT_MAX_WAITERS"]),
+        webhooks=webhooks.start(app, store),
+    )
+    if embedded or config["BATCHY_LOAD_ON_START"]:
+        preload(store, config["BATCHY_CFG_DIR"], config["BATCHY_MAX_CFG_BYTES"])
+
+
+def services_of(app: Flask) -> Services:
+    return app.extensions["batchy"]
+
+
+def services() -> Services:
+    """Return the current app's services."""
+    return current_app.extensions["batchy"]
 
 
 def get_store() -> BatchStore:
-    return current_app.extensions["batchy"]
+    return current_app.extensions["batchy"].store
 
 
 def preload(store: BatchStore, cfg_dir: str, max_bytes: int) -> list[str]:

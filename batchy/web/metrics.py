@@ -14,11 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..rules import lateness
-from .db import get_store
+from .db import Services, services
 from .http import check_read, unknown_parameter
 from ..rules.health import last_success, open_since, stale_after_seconds
 from ..rules.jobs import STATUSES
-from ..storage.store import BatchStore
 
 bp = Blueprint("metrics", __name__)
 log = logging.getLogger("batchy")
@@ -34,8 +33,8 @@ COUNTERS = (
 class BatchyCollector:
     """Read every workflow in one pipelined round trip and turn it into metric families."""
 
-    def __init__(self, store: BatchStore):
-        self.store = store
+    def __init__(self, found: Services):
+        self.store, self.history, self.pauses = found.store, found.history, found.pauses
 
     def collect(self):
         up = GaugeMetricFamily("batchy_redis_up", "1 if Redis answered this scrape, else 0.")
@@ -46,8 +45,8 @@ class BatchyCollector:
             refused = self.store.refuses_writes()
             now = self.store.now()
             names = self.store.workflows()
-            overview = self.store.overview(names)
-            pauses = self.store.pauses(names)
+            overview = self.history.overview(names)
+            pauses = self.pauses.status(names)
         except redis.exceptions.RedisError as exc:
             # Still answer 200: "Redis is down" is itself what Prometheus should record.
             log.warning("metrics: redis unavailable: %s", exc)
@@ -144,6 +143,6 @@ def metrics():
     for name in request.args:
         raise unknown_parameter(name, ())
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BatchyCollector(get_store()))
+    registry.register(BatchyCollector(services()))
     return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST,
                                                         "Cache-Control": "no-store"})

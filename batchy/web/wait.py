@@ -15,7 +15,7 @@ from datetime import date, timedelta
 from flask import Blueprint, current_app, request
 
 from ..rules import gates, names, readiness, times
-from .db import get_store
+from .db import get_store, services
 from ..errors import InvalidParameter, JobNotFound
 from .http import check_wait_token, json_response, unknown_parameter
 from ..storage.notifier import Notifier
@@ -23,21 +23,13 @@ from ..storage.notifier import Notifier
 log = logging.getLogger("batchy")
 bp = Blueprint("wait", __name__)
 
-EXTENSION = "batchy_wait"
 MAX_JOBS = 1000
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 
 def notifier() -> Notifier:
-    app = current_app
-    found = app.extensions.get(EXTENSION)
-    if found is None:
-        found = app.extensions.setdefault(
-            EXTENSION,
-            Notifier(get_store(), app.config["BATCHY_REDIS_TIMEOUT"] + 1.0, app.config["BATCHY_WAIT_MAX_WAITERS"]),
-        )
-    return found
+    return services().notifier
 
 
 # -- the endpoint ------------------------------------------------------------------
@@ -145,7 +137,7 @@ def wait(wf):
         return gates.date_missed(readiness.verdict(state, jobs, day, tz, wf), day, today)
 
     def read():
-        return store.gate_state(wf) if through is not None else store.status(wf)
+        return services().history.gate_state(wf) if through is not None else store.status(wf)
 
     with hub.watch(wf) as watch:
         if timeout > 0:
@@ -184,10 +176,9 @@ def wait(wf):
 
 def _filling(wf: str) -> dict[str, list]:
     """Return {job: [[start, end], ...]} of the chunks running backfills of wf may still load."""
-    from .backfill import get_backfills
     from ..rules.times import parse_time
 
-    backfills = get_backfills()
+    backfills = services().backfills
     filling: dict[str, list] = {}
     for entry in backfills.list(wf):
         if entry.get("status") != "running":
