@@ -13,6 +13,7 @@ import fakeredis
 import pytest
 
 from batchy import create_app, settings
+from batchy.rules import fields
 from batchy.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,3 +151,20 @@ def test_every_code_block_says_whether_it_runs(page):
         if lang == "sh":
             found = NEEDS_A_MACHINE.search(match.group(2))
             assert not found, f"{page.name}: a ```sh block runs {found.group(0)!r}: mark it ```console"
+
+
+@pytest.mark.parametrize("page, scopes", [
+    ("README.md", (fields.RUNTIME, fields.JOB, fields.BOTH)),
+    ("docs/workflows.md", (fields.WORKFLOW, fields.BOTH)),
+])
+def test_fields_tables_are_current(page, scopes):
+    text = (DOCS.parent / page).read_text()
+    table = re.search(r"<!-- fields-table -->\n(.*?)\n<!-- /fields-table -->", text, re.S).group(1)
+    assert table == fields.markdown_table(scopes), f"run: python -m batchy.rules.fields, paste into {page}"
+
+
+@pytest.mark.parametrize("field", fields.FIELDS, ids=lambda f: f.name)
+def test_every_field_is_documented_in_one_line(field):
+    assert field.doc.endswith(".") and "\n" not in field.doc and "|" not in field.doc
+    documented = text_of([DOCS.parent / "README.md", DOCS / "workflows.md"])
+    assert f"| `{field.name}` |" in documented, f"{field.name} is in no fields table"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from batchy.rules.fields import check as check_field
 from batchy.rules import lateness
 
 from .conftest import make_app
@@ -45,7 +46,7 @@ def test_a_job_is_late_without_a_success_in_its_period():
                                         ("expected_by", 6), ("max_age_hours", 0), ("max_open_hours", -1)])
 def test_bad_settings_are_refused(key, value):
     with pytest.raises(ValueError, match=key):
-        lateness.check_field(key, value)
+        check_field(key, value)
 
 
 def test_a_job_that_never_runs_is_in_late_and_in_the_metrics(fake_redis, cfg_dir, write_cfg):

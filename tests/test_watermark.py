@@ -4,6 +4,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from batchy.rules import times
+from batchy.rules.fields import check as check_field
 from batchy.rules.jobs import Status
 from batchy.rules import watermark as wm
 from batchy.errors import JobNotFound, NotOpen, StaleBatch
@@ -85,7 +86,7 @@ def test_truncation_in_time_zone(tz, batch_start, expected_local):
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "2", True, None, 10**9])
 def test_reprocess_hours_must_be_a_sane_number(bad):
     with pytest.raises(ValueError):
-        wm.check_reprocess_hours(bad)
+        check_field("reprocess_hours", bad)
 
 
 def test_open_sets_the_window_and_clears_the_previous_outcome():

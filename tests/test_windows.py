@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from batchy.rules import times, windows
+from batchy.rules.fields import check as check_field
 from batchy.rules.windows import Policy
 
 UTC = timezone.utc
@@ -60,7 +61,7 @@ def test_a_capped_window_from_an_unaligned_start_still_moves_forward():
                                           ("max_window_hours", True), ("settle_minutes", float("nan"))])
 def test_bad_fields_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
-        windows.check_field(field, value)
+        check_field(field, value)
 
 
 @pytest.mark.parametrize("fields", [{"batch_size": "day", "max_window_hours": 24},

@@ -10,12 +10,12 @@ import orjson
 
 from . import times
 from .jobs import DATE_FIELDS
-from .validation import LINE_BREAKING, SPECIAL_FIELDS, written_name
+from .fields import INFA_FIELDS, SPECIAL_FIELDS
+from .validation import LINE_BREAKING, written_name
 
 FORMATS = ("json", "infa")
 INFA_DEFAULT_DATE_FORMAT = "MM/DD/YYYY HH24:MI:SS"
 # Fields that steer the rendering itself and are not parameters of the session.
-INFA_CONTROL_FIELDS = ("infa_section", "infa_date_format")
 
 _stdlib_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -102,7 +102,7 @@ def _renderer(fmt: str):
 
 
 _DATE_FIELDS = frozenset(DATE_FIELDS)
-_CONTROL_FIELDS = frozenset(INFA_CONTROL_FIELDS)
+_CONTROL_FIELDS = frozenset(INFA_FIELDS)
 # Names of the lines Batchy writes itself, as Informatica compares names (ignoring case).
 _SPECIAL_NAMES = frozenset(written_name(f).casefold() for f in SPECIAL_FIELDS)
 

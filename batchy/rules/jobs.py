@@ -34,21 +34,6 @@ STATUSES = (Status.NEW, Status.OPEN, Status.SUCCESS, Status.FAILED)
 # A batch snapshot may also say a batch was superseded.
 BATCH_STATUSES = STATUSES + (Status.ABANDONED,)
 
-# Fields Batchy maintains while batches run; a config reload never overwrites them.
-RUNTIME_FIELDS = (
-    "status",
-    "batch_id",
-    "from_date",
-    "to_date",
-    "batch_start",
-    "batch_end",
-    "records_processed",
-    "message",
-    "next_from_date",
-    "records_scope",
-    "caught_up",
-    "behind_seconds",
-)
 DATE_FIELDS = ("from_date", "to_date", "batch_start", "batch_end", "next_from_date")
 # What a batch snapshot <wf>-<batch_id> keeps of each job: the run's outcome and window.
 # Its parameters live in the workflow hash; nulls are left out (a 3-step snapshot

@@ -13,39 +13,18 @@ than max_open_hours is stuck.
 """
 from __future__ import annotations
 
-import math
-import re
 from datetime import datetime, time, timedelta
 
 from croniter import croniter
 
 from . import times
+from .fields import CLOCK
 from .health import last_success, open_since
-
-JOB_FIELDS = ("expected_by", "max_age_hours")
-WORKFLOW_FIELDS = JOB_FIELDS + ("max_open_hours",)
-_CLOCK = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
-
-
-def check_field(key: str, value):
-    """Return a lateness setting's value if valid, else raise ValueError naming the rule."""
-    if key == "expected_by":
-        if not isinstance(value, str) or not (_CLOCK.fullmatch(value) or _cron_ok(value)):
-            raise ValueError(f"expected_by must be HH:MM or a 5-field cron expression, not {value!r}")
-    elif key in ("max_age_hours", "max_open_hours"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not 0 < value <= 24 * 366 * 100:
-            raise ValueError(f"{key} must be a number of hours > 0, not {value!r}")
-    return value
-
-
-def _cron_ok(text: str) -> bool:
-    return len(text.split()) == 5 and croniter.is_valid(text)
 
 
 def due(expected_by: str, now: datetime, tz) -> tuple[datetime, datetime]:
     """Return (period start, due time) of the latest due time at or before now."""
-    clock = _CLOCK.fullmatch(expected_by)
+    clock = CLOCK.fullmatch(expected_by)
     local = now.astimezone(tz)
     if clock:
         at = time(int(clock.group(1)), int(clock.group(2)))

@@ -10,6 +10,9 @@ from datetime import date, datetime, time, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+# A century of hours: the most any field or parameter counted in hours may take.
+MAX_HOURS = 24 * 366 * 100
+
 UTC = timezone.utc
 # Times outside this range overflow once shifted by reprocess_hours or shown in a far
 # time zone, which would break every later open of the workflow: refused at the door.

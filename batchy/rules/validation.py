@@ -12,30 +12,15 @@ from datetime import date, datetime
 
 import yaml
 
-from . import lateness, times, watermark, windows
+from . import fields, times
 from ..errors import InvalidConfig
-from .jobs import DATE_FIELDS, RUNTIME_FIELDS, STATUSES, Status
+from .fields import DEFAULTS, INFA_FIELDS, SPECIAL_FIELDS
+from .jobs import DATE_FIELDS, STATUSES
 
 MAX_STRING = 65536
 # Characters that end a line for some reader of a parameter file: C0 controls, DEL, the
 # C1 controls (U+0085 NEL among them), LINE SEPARATOR and PARAGRAPH SEPARATOR.
 LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-INFA_FIELDS = ("infa_section", "infa_date_format")
-# Every field Batchy gives a meaning to; a name close to one of them is taken for a typo.
-SPECIAL_FIELDS = tuple(dict.fromkeys(
-    RUNTIME_FIELDS + ("reprocess_hours", "trunc_start", "timezone") + INFA_FIELDS + windows.POLICY_FIELDS
-    + lateness.JOB_FIELDS))
-DEFAULTS = {
-    "status": Status.NEW,
-    "batch_id": None,
-    "from_date": None,
-    "to_date": None,
-    "batch_start": None,
-    "batch_end": None,
-    "reprocess_hours": 0,
-    "trunc_start": False,
-    "timezone": "UTC",
-}
 
 
 class BadDate:
@@ -145,31 +130,12 @@ def check_value(wf: str, job: str, key: str, value, tz=times.UTC):
 
     if isinstance(value, BadDate):
         raise bad(value.problem())
-    if key == "reprocess_hours":
+    field = fields.BY_NAME.get(key)
+    if field is not None and field.check is not None:
         try:
-            return watermark.check_reprocess_hours(value)
-        except ValueError as exc:
-            raise InvalidConfig(f"job {job!r} of {wf!r}: {exc}", workflow=wf, job=job, field=key) from None
-    if key in lateness.JOB_FIELDS:
-        try:
-            return lateness.check_field(key, value)
-        except ValueError as exc:
+            return field.check(value)
+        except ValueError as exc:  # "<key> must ...": the message names the field once
             raise bad(str(exc).split(" ", 1)[1]) from None
-    if key in windows.POLICY_FIELDS:
-        try:
-            return windows.check_field(key, value)
-        except ValueError as exc:
-            raise bad(str(exc).split(" ", 1)[1]) from None
-    if key == "trunc_start":
-        if not isinstance(value, bool):
-            raise bad(f"must be true or false, not {value!r}")
-        return value
-    if key == "timezone":
-        try:
-            times.zone(value)
-        except (ValueError, TypeError) as exc:
-            raise bad(str(exc)) from None
-        return value
     if key == "status":
         if value not in STATUSES:
             raise bad(f"must be one of {', '.join(STATUSES)}, not {value!r}")

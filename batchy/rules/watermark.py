@@ -5,27 +5,16 @@ in one field of the workflow hash; a workflow's state is {job_name: job}.
 """
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta
 from functools import lru_cache
 
 from ..errors import BatchOpen, FutureWindow, JobNotFound, NotOpen, StaleBatch
-from . import windows
+from . import fields, windows
 from .jobs import BATCH_SCOPE, Status, snapshot
 from .times import UTC, format_now, format_time, job_zone, parse_time, start_of_day
 
 # from_date of a job that was never given one: extract everything.
 BEGINNING_OF_TIME = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_REPROCESS_HOURS = 24 * 366 * 100
-
-
-def check_reprocess_hours(value) -> float:
-    """Return value if it is a valid reprocess_hours, else raise ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"reprocess_hours must be a number >= 0, not {value!r}")
-    if not math.isfinite(value) or value < 0 or value > MAX_REPROCESS_HOURS:
-        raise ValueError(f"reprocess_hours must be a number from 0 to {MAX_REPROCESS_HOURS}, not {value!r}")
-    return value
 
 
 def next_from_date(job: dict) -> datetime:
@@ -41,7 +30,7 @@ def next_from_date(job: dict) -> datetime:
     """
     if job.get("next_from_date"):  # set or rewound by an operator: used exactly as given
         return parse_time(job["next_from_date"], "next_from_date")
-    hours = check_reprocess_hours(job.get("reprocess_hours") or 0)
+    hours = fields.check("reprocess_hours", job.get("reprocess_hours") or 0)
     ended = job.get("to_date") or job.get("batch_start")
     if job.get("status") == Status.SUCCESS and ended:
         start = parse_time(ended, "to_date") - _hours(hours)

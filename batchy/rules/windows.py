@@ -14,8 +14,8 @@ A window that reaches it is caught up; behind_seconds says how far it is from it
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import NamedTuple
@@ -26,8 +26,6 @@ UNITS = ("hour", "day", "week", "month")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 # The longest a unit can be (a DST day has 25 h): a max window shorter cannot hold one.
 LONGEST_UNIT_HOURS = {"hour": 1, "day": 25, "week": 169, "month": 745}
-MAX_HOURS = 24 * 366 * 100
-POLICY_FIELDS = ("max_window_hours", "settle_minutes", "batch_size", "week_start")
 
 
 @functools.lru_cache(maxsize=64)
@@ -53,23 +51,8 @@ class Policy:
 
 
 NO_POLICY = Policy()
+POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))  # as a job or .batchy names them
 
-
-def check_field(key: str, value):
-    """Return a policy field's value if valid, else raise ValueError naming the rule."""
-    if key == "max_window_hours":
-        if not _number(value) or not 0 < value <= MAX_HOURS:
-            raise ValueError(f"max_window_hours must be a number of hours > 0, not {value!r}")
-    elif key == "settle_minutes":
-        if not _number(value) or not 0 <= value <= MAX_HOURS * 60:
-            raise ValueError(f"settle_minutes must be a number of minutes >= 0, not {value!r}")
-    elif key == "batch_size":
-        if value not in UNITS:
-            raise ValueError(f"batch_size must be one of {', '.join(UNITS)}, not {value!r}")
-    elif key == "week_start":
-        if value not in WEEKDAYS:
-            raise ValueError(f"week_start must be a day name such as monday, not {value!r}")
-    return value
 
 
 def check_policy(fields: dict) -> None:
@@ -101,10 +84,6 @@ def _policy(own: tuple, shared: tuple) -> Policy:
     merged = {k: v for k, v in zip(POLICY_FIELDS, shared) if v is not None}
     merged.update({k: v for k, v in zip(POLICY_FIELDS, own) if v is not None})
     return Policy(**merged) if merged else NO_POLICY
-
-
-def _number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def floor_to_unit(moment: datetime, unit: str, tz, week_start: str = "monday") -> datetime:

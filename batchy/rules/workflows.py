@@ -1,17 +1,18 @@
 """Workflow files: safe YAML loading, the workflow settings, and reload merging.
 
-The jobs' parameters are checked by validation.py, which import uses too.
+The jobs' parameters are checked by validation.py, which import uses too; what each
+field and setting may hold is declared in fields.py.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import yaml
 
-from . import lateness, names, watermark, windows
+from . import fields, names, windows
 from ..errors import ConfigNotFound, InvalidConfig
-from .jobs import RUNTIME_FIELDS, Status
+from .fields import RUNTIME_FIELDS
+from .jobs import Status
 from .validation import BadDate, check_sections, check_value, fill_job, has_surrogate
 
 __all__ = ["Config", "check_settings", "check_value", "fill_job", "has_surrogate", "merge", "parse_config",
@@ -19,16 +20,6 @@ __all__ = ["Config", "check_settings", "check_value", "fill_job", "has_surrogate
 
 # The top-level key holding workflow-wide settings; job names cannot start with a dot.
 SETTINGS_KEY = ".batchy"
-WORKFLOW_SETTINGS = {
-    "exclusive": "bool",
-    "lease_hours": "hours",
-    "stale_after_hours": "hours",
-    "allow_params": "names",
-    # Window policy defaults for every job (windows.py); a job's own fields win.
-    **{field: "policy" for field in windows.POLICY_FIELDS},
-    # When a job is late or a batch stuck (lateness.py); a job's own fields win.
-    **{field: "late" for field in lateness.WORKFLOW_FIELDS},
-}
 MAX_DEPTH = 20
 MAX_JOBS = 10000
 
@@ -223,33 +214,14 @@ def check_settings(wf: str, raw, where: str = "") -> dict:
         raise InvalidConfig(f"'{SETTINGS_KEY}' in {where} must be a mapping", workflow=wf)
     settings = {}
     for key, value in raw.items():
-        kind = WORKFLOW_SETTINGS.get(key)
-        if kind is None:
-            known = ", ".join(WORKFLOW_SETTINGS)
+        if key not in fields.WORKFLOW_SETTINGS:
+            known = ", ".join(fields.WORKFLOW_SETTINGS)
             raise InvalidConfig(f"unknown workflow setting {key!r} in {where} (known: {known})", workflow=wf)
-        if kind == "bool" and not isinstance(value, bool):
-            raise InvalidConfig(f"{key} in {where} must be true or false, not {value!r}", workflow=wf)
-        if kind == "hours" and not _is_positive_number(value):
-            raise InvalidConfig(f"{key} in {where} must be a number of hours > 0, not {value!r}", workflow=wf)
-        if kind in ("policy", "late"):
-            try:
-                (windows if kind == "policy" else lateness).check_field(key, value)
-            except ValueError as exc:
-                raise InvalidConfig(f"{exc} (in {where})", workflow=wf) from None
-        if kind == "names" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise InvalidConfig(f"{key} in {where} must be a list of parameter names, not {value!r:.80}",
-                                workflow=wf)
-        settings[key] = value
+        try:
+            settings[key] = fields.check(key, value)
+        except ValueError as exc:  # "<key> must ...": said once, with where
+            raise InvalidConfig(f"{key} in {where} {str(exc).split(' ', 1)[1]}", workflow=wf) from None
     return settings
-
-
-def _is_positive_number(value) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and 0 < value <= watermark.MAX_REPROCESS_HOURS
-    )
 
 
 def merge(existing: dict[str, dict], configured: dict[str, dict]) -> dict[str, dict]:

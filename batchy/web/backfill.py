@@ -13,7 +13,7 @@ from .http import (
     actor, check_read, json_response, mutation, parse_limit, parse_moment, parse_text, parse_whole_number,
     request_params,
 )
-from ..rules.windows import MAX_HOURS
+from ..rules.times import MAX_HOURS
 
 bp = Blueprint("backfill", __name__)
 MUTATING = ["GET", "POST"]

@@ -13,7 +13,8 @@ from flask import Blueprint, render_template, request
 
 from ..rules import lateness, times
 from ..rules.health import last_success, open_since, parse_moment, stale_after_seconds
-from ..rules.jobs import RUNTIME_FIELDS, Status
+from ..rules.fields import RUNTIME_FIELDS
+from ..rules.jobs import Status
 from .db import services
 from ..errors import InvalidParameter
 from .http import check_read, unknown_parameter

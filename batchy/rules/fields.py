@@ -1,0 +1,186 @@
+"""Every special field of a job and every workflow setting, declared once.
+
+One row a field: its name, where it may be set (a job, the workflow's `.batchy`
+settings, both, or nowhere: Batchy maintains it), its default, the check its value must
+pass and a one-line doc. Validation, loading, import, the Informatica renderer and the
+docs' field tables (`python -m batchy.rules.fields`) all read this table: adding a field
+is one row here, plus the rule that gives it a meaning.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, NamedTuple
+
+from croniter import croniter
+
+from .times import MAX_HOURS, zone
+from .windows import UNITS, WEEKDAYS
+
+RUNTIME = "runtime"  # Batchy maintains it while batches run; a reload never overwrites it
+JOB = "job"  # set on a job in the workflow file
+WORKFLOW = "workflow"  # set under the file's `.batchy` key
+BOTH = "job, workflow"  # either; a job's own value wins
+NO_DEFAULT = object()  # a job without the field does not get one filled in
+
+CLOCK = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")  # expected_by: HH:MM
+
+
+class Field(NamedTuple):
+    name: str
+    scope: str
+    default: object
+    check: Callable | None  # value -> value, or ValueError "<name> must ..."; None: any JSON value
+    doc: str
+
+
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def amount(name: str, unit: str = "hours", *, zero_ok: bool = False, most: float = MAX_HOURS) -> Callable:
+    """Return the check of a number of units, > 0 (or >= 0 with zero_ok) and at most most."""
+    low = ">= 0" if zero_ok else "> 0"
+
+    def check(value):
+        if not _number(value) or value < 0 or (value == 0 and not zero_ok) or value > most:
+            raise ValueError(f"{name} must be a number of {unit} {low} (at most {most:g}), not {value!r}")
+        return value
+    return check
+
+
+def _flag(name: str) -> Callable:
+    def check(value):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, not {value!r}")
+        return value
+    return check
+
+
+def _one_of(name: str, allowed: tuple, what: str) -> Callable:
+    def check(value):
+        if value not in allowed:
+            raise ValueError(f"{name} must be {what}, not {value!r}")
+        return value
+    return check
+
+
+def _timezone(value):
+    try:
+        zone(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"timezone {exc}") from None
+    return value
+
+
+def _names(value):
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"allow_params must be a list of parameter names, not {value!r:.80}")
+    return value
+
+
+def _expected_by(value):
+    if not isinstance(value, str) or not (CLOCK.fullmatch(value) or _cron_ok(value)):
+        raise ValueError(f"expected_by must be HH:MM or a 5-field cron expression, not {value!r}")
+    return value
+
+
+def _cron_ok(text: str) -> bool:
+    return len(text.split()) == 5 and croniter.is_valid(text)
+
+
+FIELDS = (
+    # -- what Batchy maintains (README, Concepts) -------------------------------------------
+    Field("status", RUNTIME, "new", None, "`new` (loaded, never run), `open`, `success`, `failed`. History "
+          "snapshots may also say `abandoned` (superseded by a newer open before closing)."),
+    Field("batch_id", RUNTIME, None, None, "ETL batch id: the unix second of the open (Redis' clock), unless that "
+          "number is taken: ids strictly increase per workflow, so opens within one second get the next free numbers "
+          "and, after a burst, an id can run ahead of the clock. Use `batch_start` for the time."),
+    Field("from_date", RUNTIME, None, None, "Start of the window the ETL must extract (inclusive). Set it in the "
+          "file for the first run."),
+    Field("to_date", RUNTIME, None, None, "End of the window (exclusive): the open's `batch_start`, or earlier "
+          "under a [window policy](docs/workflows.md#window-policy); fixed at open."),
+    Field("batch_start", RUNTIME, None, None, "When the batch last started."),
+    Field("batch_end", RUNTIME, None, None, "When the batch last ended."),
+    Field("records_processed", RUNTIME, NO_DEFAULT, None, "What the last close reported (cleared at open)."),
+    Field("message", RUNTIME, NO_DEFAULT, None, "What the last close or fail reported (cleared at open)."),
+    Field("next_from_date", RUNTIME, NO_DEFAULT, None, "Present only after an operator's [set_from_date or "
+          "rewind](docs/api.md#watermark-control): the next open starts exactly there."),
+    Field("records_scope", RUNTIME, NO_DEFAULT, None, "`batch` when `records_processed` is the whole batch's "
+          "count (a whole-workflow close), kept on each of its jobs and counted once in history."),
+    Field("caught_up", RUNTIME, NO_DEFAULT, None, "Under a window policy: whether the window reaches the newest "
+          "end allowed now."),
+    Field("behind_seconds", RUNTIME, NO_DEFAULT, None, "Under a window policy: how far the window stops short of "
+          "that end."),
+    # -- what a job sets ------------------------------------------------------------------------
+    Field("reprocess_hours", JOB, 0, amount("reprocess_hours", zero_ok=True), "Hours (fractions allowed) "
+          "subtracted from the previous `to_date` when a new `from_date` is computed."),
+    Field("trunc_start", JOB, False, _flag("trunc_start"), "When true, `from_date` is truncated back to midnight "
+          "in the job's `timezone`."),
+    Field("timezone", JOB, "UTC", _timezone, "IANA name (`Europe/Paris`) for `trunc_start`, window policies and "
+          "rendering the job's dates."),
+    Field("infa_section", JOB, NO_DEFAULT, None, "The section header of the job in the [Informatica parameter "
+          "file](docs/workflows.md#informatica-parameter-file)."),
+    Field("infa_date_format", JOB, NO_DEFAULT, None, "How the Informatica file writes the job's dates "
+          "(`MM/DD/YYYY HH24:MI:SS`)."),
+    # -- window policy ([docs](docs/workflows.md#window-policy)) --------------------------------
+    Field("max_window_hours", BOTH, NO_DEFAULT, amount("max_window_hours"), "A window is at most this long: a "
+          "catch-up is a loop of bounded extracts."),
+    Field("settle_minutes", BOTH, NO_DEFAULT, amount("settle_minutes", "minutes", zero_ok=True, most=MAX_HOURS * 60),
+          "The window ends this long before now (rows that become visible late)."),
+    Field("batch_size", BOTH, NO_DEFAULT, _one_of("batch_size", UNITS, "one of " + ", ".join(UNITS)),
+          "Windows end on a boundary of this unit in the job's zone: `hour`, `day`, `week`, `month`."),
+    Field("week_start", BOTH, NO_DEFAULT, _one_of("week_start", WEEKDAYS, "a day name such as monday"),
+          "The day weeks start on with `batch_size: week` (default `monday`)."),
+    # -- lateness ([docs](docs/operations.md#late-jobs-and-stuck-batches)) ----------------------
+    Field("expected_by", BOTH, NO_DEFAULT, _expected_by, "A success is due by this time of day (`HH:MM` in the "
+          "job's zone) or cron schedule; later, the job is late."),
+    Field("max_age_hours", BOTH, NO_DEFAULT, amount("max_age_hours"), "A job whose last success is older is late."),
+    Field("max_open_hours", WORKFLOW, NO_DEFAULT, amount("max_open_hours"), "A batch open longer is stuck."),
+    # -- the workflow's own settings ----------------------------------------------------------------
+    Field("exclusive", WORKFLOW, NO_DEFAULT, _flag("exclusive"), "Refuse a second open while a batch is open "
+          "([exclusive runs](api.md#pause-and-exclusive-runs))."),
+    Field("lease_hours", WORKFLOW, NO_DEFAULT, amount("lease_hours"), "How long an exclusive batch may stay open "
+          "before a new open may take over."),
+    Field("stale_after_hours", WORKFLOW, NO_DEFAULT, amount("stale_after_hours"), "The dashboard's and the "
+          "metrics' warning threshold: a job whose last success is older is stale."),
+    Field("allow_params", WORKFLOW, NO_DEFAULT, _names, "Parameter names to keep although they are close to a "
+          "special field ([typos](#typos-and-duplicate-keys))."),
+)
+BY_NAME = {f.name: f for f in FIELDS}
+
+RUNTIME_FIELDS = tuple(f.name for f in FIELDS if f.scope == RUNTIME)
+JOB_SETTINGS = tuple(f.name for f in FIELDS if f.scope in (JOB, BOTH))
+WORKFLOW_SETTINGS = tuple(f.name for f in FIELDS if f.scope in (WORKFLOW, BOTH))
+# Every field Batchy gives a meaning to on a job; a name close to one of them is taken for a typo.
+SPECIAL_FIELDS = RUNTIME_FIELDS + JOB_SETTINGS
+DEFAULTS = {f.name: f.default for f in FIELDS if f.default is not NO_DEFAULT}
+INFA_FIELDS = ("infa_section", "infa_date_format")  # control the Informatica file; not written as parameters
+
+
+def check(name: str, value):
+    """Return value checked by the field's rule, or raise ValueError ("<name> must ...")."""
+    field = BY_NAME[name]
+    return value if field.check is None else field.check(value)
+
+
+def _shown(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def markdown_table(scopes: tuple[str, ...]) -> str:
+    """Return the docs' table of the fields of these scopes."""
+    lines = ["| Field | Set on | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for f in FIELDS:
+        if f.scope in scopes:
+            default = "" if f.default is NO_DEFAULT or f.default is None else f"`{_shown(f.default)}`"
+            where = "Batchy" if f.scope == RUNTIME else f.scope
+            lines.append(f"| `{f.name}` | {where} | {default} | {f.doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("README.md, Concepts:\n")
+    print(markdown_table((RUNTIME, JOB)))
+    print("\ndocs/workflows.md, Workflow settings:\n")
+    print(markdown_table((WORKFLOW, BOTH)))
