@@ -1,4 +1,4 @@
-"""Time as Batchy reads and writes it (batchy/times.py): parsing, formatting, zones, midnight."""
+"""Time as Batchy reads and writes it (batchy/rules/times.py): parsing, formatting, zones, midnight."""
 from datetime import datetime, timezone
 
 import pytest

@@ -1,7 +1,7 @@
 """The readiness rule of a date gate: a deliberate copy of the service's, for polling an older one.
 
-Waitsy may not import batchy, so this copies batchy/readiness.py (job_verdict, verdict)
-and batchy/gates.py (date_missed). Keep them in step; tests/test_waitsy.py checks that
+Waitsy may not import batchy, so this copies batchy/rules/readiness.py (job_verdict, verdict)
+and batchy/rules/gates.py (date_missed). Keep them in step; tests/test_waitsy.py checks that
 they agree.
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""BatchStore: the one object the views call; it wires Redis to the plans. No Flask here.
+"""BatchStore: the state of each workflow and every change to it. No Flask here.
 
-Reads go to history.py and pauses.py; every state change is a pure plan (plans.py)
-committed by commit.py in one round trip.
+Every state change is a pure plan (rules/plans.py) committed by commit.py in one round
+trip. Reads of what happened are history.py's and pauses pauses.py's: the app's Services
+(web/db.py) hand each to the views.
 """
 from __future__ import annotations
 
