@@ -8,7 +8,7 @@ def create_app(config: dict | None = None):
     """Create and configure an instance of the Batchy application."""
     from flask import Flask
 
-    from .web import api, backfill, dashboard, db, metrics, wait
+    from .web import db, openapi
     from . import errors, settings
 
     app = Flask(__name__)
@@ -18,6 +18,6 @@ def create_app(config: dict | None = None):
     logging.getLogger("batchy").setLevel(app.config["BATCHY_LOG_LEVEL"].upper())
     errors.register(app)
     db.init_app(app)
-    for module in (api, backfill, wait, dashboard, metrics):
-        app.register_blueprint(module.bp)
+    for blueprint in openapi.BLUEPRINTS:
+        app.register_blueprint(blueprint)
     return app

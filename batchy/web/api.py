@@ -1,98 +1,100 @@
-"""The HTTP API: parse the request, call the store, render the answer. No logic of its own."""
+"""The HTTP API: parse the request, call a service, render the answer. No logic of its own.
+
+Each view's route, token, parameters and OpenAPI entry are declared once, by endpoint().
+"""
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from ..rules import formats, lateness, names, workflows
-from .db import get_store, services
 from ..errors import InvalidParameter, Unavailable
-from .http import (
-    actor, check_read, idempotency_key, json_response, mutation, parse_flag, parse_job, parse_limit,
-    parse_moment, parse_text, parse_whole_number, request_params, state_response,
-)
+from ..rules import formats, lateness, names, workflows
 from ..rules.jobs import BATCH_STATUSES, Status
+from .db import get_store, services
+from .http import (
+    actor, endpoint, idempotency_key, json_response, params, parse_flag, parse_job, parse_limit, parse_moment,
+    parse_text, parse_whole_number, state_response,
+)
+from .schema import DATE, FLAG, GET_MESSAGE, IDEM, JOB, LIMIT, NAME, TEXT, WHOLE, json_content, param
 
 bp = Blueprint("api", __name__)
-MUTATING = ["GET", "POST"]
+
+RESET = param("reset", schema=FLAG)
+CLOSE = (JOB, param("records_processed", schema=WHOLE, description="Rows the run processed"),
+         param("message", schema=GET_MESSAGE),
+         param("batch_id", schema=WHOLE, description="Refuse (409) unless this is the current batch"))
+FORCE = param("force", schema=FLAG)
 
 
-@bp.get("/healthz")
+@endpoint(bp, "/healthz", summary="Process alive", schema="Health")
 def healthz():
-    request_params()
+    params()
     return json_response({"status": "ok"})
 
 
-@bp.get("/readyz")
+@endpoint(bp, "/readyz", summary="Redis answers", schema="Health")
 def readyz():
-    request_params()
+    params()
     why = get_store().refuses_writes()  # an unreachable Redis becomes the 503 error body
     if why:
         raise Unavailable(why)
     return json_response({"status": "ready"})
 
 
-@bp.route("/load_cfg/<wf>", methods=MUTATING)
-@mutation
+@endpoint(bp, "/load_cfg/<wf>", summary="Load or reload cfg/<wf>.yaml", schema="State", params=[RESET],
+          mutating=True)
 def load_cfg(wf):
-    names.check_workflow(wf)
-    reset = parse_flag(request_params("reset"), "reset")
+    reset = parse_flag(params(), "reset")
     cfg = current_app.config
     config = workflows.read_config(cfg["BATCHY_CFG_DIR"], wf, cfg["BATCHY_MAX_CFG_BYTES"])
     return json_response(get_store().load(wf, config, reset=reset, actor=actor()))
 
 
-@bp.route("/load_cfg", methods=MUTATING)
-@mutation
+@endpoint(bp, "/load_cfg", summary="Load every workflow file of the cfg folder", schema="LoadAll", params=[RESET],
+          mutating=True)
 def load_all():
-    reset = parse_flag(request_params("reset"), "reset")
+    reset = parse_flag(params(), "reset")
     cfg = current_app.config
     loaded, failed = get_store().load_all(cfg["BATCHY_CFG_DIR"], cfg["BATCHY_MAX_CFG_BYTES"], reset=reset,
                                           actor=actor())
     return json_response({"loaded": loaded, "failed": failed})
 
 
-@bp.get("/late")
+@endpoint(bp, "/late", summary="Late jobs and stuck batches", schema="Late", reads="status")
 def late():
-    check_read("status")
-    request_params()
+    params()
     found = services()
     return json_response(lateness.late_list(found.history.overview(found.store.workflows()), found.store.now()))
 
 
-@bp.get("/workflows")
+@endpoint(bp, "/workflows", summary="Every loaded workflow", schema="Workflows", reads="status")
 def list_workflows():
-    check_read("status")
-    request_params()
+    params()
     return json_response({"workflows": get_store().summaries()})
 
 
-@bp.route("/remove_workflow/<wf>", methods=MUTATING)
-@mutation
+@endpoint(bp, "/remove_workflow/<wf>", summary="Remove a workflow (history kept, or purged)", schema="Removed",
+          params=[param("purge_history", schema=FLAG)], mutating=True)
 def remove_workflow(wf):
-    names.check_workflow(wf)
-    purge = parse_flag(request_params("purge_history"), "purge_history")
+    purge = parse_flag(params(), "purge_history")
     return json_response(get_store().remove(wf, purge_history=purge, actor=actor()))
 
 
-@bp.get("/get_status/<wf>")
+@endpoint(bp, "/get_status/<wf>", summary="Current state of every job", schema="State", reads="status")
 def get_status(wf):
-    check_read("status")
-    names.check_workflow(wf)
     if request.query_string:
-        request_params()
+        params()
     return json_response(formats.json_raw_state(get_store().raw_status(wf)))
 
 
-@bp.route("/open_batch/<wf>", methods=MUTATING)
-@bp.route("/open_batch/<wf>/<fmt>", methods=MUTATING)
-@mutation
+@endpoint(bp, "/open_batch/<wf>", "/open_batch/<wf>/<fmt>", summary="Open a batch as JSON or an Informatica "
+          "parameter file", schema="State", params=[param("dry_run", schema=FLAG), IDEM],
+          ok={"content": {**json_content("State")["content"], **TEXT["content"]}}, mutating=True)
 def open_batch(wf, fmt="json"):
-    names.check_workflow(wf)
     if fmt not in formats.FORMATS:
         raise InvalidParameter(
             f"unknown format {fmt[:40]!r}: use one of {', '.join(formats.FORMATS)}", parameter="fmt"
         )
-    values = request_params("dry_run")
+    values = params()
     change = get_store().open(wf, actor=actor(), dry_run=parse_flag(values, "dry_run"),
                               idempotency_key=idempotency_key())
     if fmt == "infa":
@@ -105,8 +107,7 @@ def open_batch(wf, fmt="json"):
 
 
 def _close(wf: str, outcome: str):
-    names.check_workflow(wf)
-    values = request_params("job", "batch_id", "records_processed", "message")
+    values = params()
     job = values.get("job")
     if job is not None:
         names.check_job(job, wf)
@@ -122,41 +123,39 @@ def _close(wf: str, outcome: str):
     return state_response(change)
 
 
-@bp.route("/close_batch/<wf>", methods=MUTATING)
-@mutation
+@endpoint(bp, "/close_batch/<wf>", summary="Mark open jobs successful", schema="State", params=CLOSE, mutating=True)
 def close_batch(wf):
     return _close(wf, Status.SUCCESS)
 
 
-@bp.route("/fail_batch/<wf>", methods=MUTATING)
-@mutation
+@endpoint(bp, "/fail_batch/<wf>", summary="Mark open jobs failed", schema="State", params=CLOSE, mutating=True)
 def fail_batch(wf):
     return _close(wf, Status.FAILED)
 
 
-@bp.get("/history/<wf>")
+@endpoint(bp, "/history/<wf>", summary="Batches, newest first", schema="History", reads="history",
+          params=[LIMIT, param("before", schema={"type": "integer", "minimum": 0})])
 def history(wf):
-    check_read("history")
-    names.check_workflow(wf)
-    values = request_params("limit", "before")
-    entries, more = services().history.history(wf, limit=parse_limit(values), before=parse_whole_number(values, "before"))
+    values = params()
+    entries, more = services().history.history(wf, limit=parse_limit(values),
+                                                before=parse_whole_number(values, "before"))
     following = entries[-1]["batch_id"] if more and entries else None
     return json_response({"workflow": wf, "batches": entries, "next_before": following})
 
 
-@bp.get("/batch/<wf>/<batch_id>")
+@endpoint(bp, "/batch/<wf>/<batch_id>", summary="One batch's snapshot", schema="State", reads="history")
 def batch(wf, batch_id):
-    check_read("history")
-    names.check_workflow(wf)
-    request_params()
+    params()
     bid = parse_whole_number({"batch_id": batch_id}, "batch_id")
     return json_response(formats.json_raw_state(get_store().raw_batch(wf, bid)))
 
 
-@bp.get("/batches")
+@endpoint(bp, "/batches", summary="Batches of all workflows by start time", schema="Batches", reads="history",
+          params=[param("from", schema=DATE, description="ISO-8601 or unix seconds"), param("to", schema=DATE),
+                  param("status", schema={"type": "string", "enum": [str(s) for s in BATCH_STATUSES]}),
+                  param("workflow", schema=NAME), LIMIT, param("offset", schema={"type": "integer", "minimum": 0})])
 def batches():
-    check_read("history")
-    values = request_params("status", "workflow", "from", "to", "limit", "offset")
+    values = params()
     status = values.get("status")
     if status is not None and status not in BATCH_STATUSES:
         raise InvalidParameter(f"status must be one of {', '.join(BATCH_STATUSES)}", parameter="status")
@@ -175,18 +174,16 @@ def batches():
     return json_response({"batches": found, "next_offset": following})
 
 
-@bp.get("/most_recent/<wf>")
+@endpoint(bp, "/most_recent/<wf>", summary="Start of the last successful batch", schema="MostRecent",
+          reads="history", params=[JOB])
 def most_recent(wf):
-    check_read("history")
-    names.check_workflow(wf)
-    return json_response(services().history.most_recent(wf, parse_job(request_params("job"), wf)))
+    return json_response(services().history.most_recent(wf, parse_job(params(), wf)))
 
 
-@bp.get("/coverage/<wf>")
+@endpoint(bp, "/coverage/<wf>", summary="Covered intervals and holes per job", schema="Coverage", reads="history",
+          params=[JOB, param("from", schema=DATE), param("to", schema=DATE)])
 def coverage(wf):
-    check_read("history")
-    names.check_workflow(wf)
-    values = request_params("job", "from", "to")
+    values = params()
     start, end = parse_moment(values, "from"), parse_moment(values, "to")
     if start and end and end <= start:
         raise InvalidParameter("to must be later than from", parameter="to")
@@ -194,20 +191,20 @@ def coverage(wf):
                                                      end.timestamp() if end else None))
 
 
-@bp.get("/events/<wf>")
+@endpoint(bp, "/events/<wf>", summary="Audit log, newest first", schema="Events", reads="events",
+          params=[LIMIT, param("before", schema={"type": "string", "maxLength": 40})])
 def events(wf):
-    check_read("events")
-    names.check_workflow(wf)
-    values = request_params("limit", "before")
+    values = params()
     before = parse_text(values, "before", 40)
-    return json_response({"workflow": wf, "events": services().history.events(wf, limit=parse_limit(values, 100), before=before)})
+    return json_response({"workflow": wf, "events": services().history.events(wf, limit=parse_limit(values, 100),
+                                                                               before=before)})
 
 
-@bp.route("/set_from_date/<wf>", methods=MUTATING)
-@mutation
+@endpoint(bp, "/set_from_date/<wf>", summary="Set the next batch's from_date exactly", schema="State",
+          params=[param("from_date", schema=DATE, required=True, description="ISO-8601", example="2024-01-01"),
+                  JOB, FORCE], mutating=True)
 def set_from_date(wf):
-    names.check_workflow(wf)
-    values = request_params("from_date", "job", "force")
+    values = params()
     change = get_store().set_from_date(
         wf, parse_moment(values, "from_date", required=True, local=True), job=parse_job(values, wf),
         force=parse_flag(values, "force"), actor=actor(),
@@ -215,11 +212,10 @@ def set_from_date(wf):
     return state_response(change)
 
 
-@bp.route("/rewind/<wf>", methods=MUTATING)
-@mutation
+@endpoint(bp, "/rewind/<wf>", summary="Go back to the from_date of a past batch", schema="State",
+          params=[param("batch_id", schema=WHOLE, required=True), JOB, FORCE], mutating=True)
 def rewind(wf):
-    names.check_workflow(wf)
-    values = request_params("batch_id", "job", "force")
+    values = params()
     batch_id = parse_whole_number(values, "batch_id")
     if batch_id is None:
         raise InvalidParameter("batch_id is required: the batch whose from_date to go back to", parameter="batch_id")
@@ -228,44 +224,28 @@ def rewind(wf):
     return state_response(change)
 
 
-@bp.route("/pause", methods=MUTATING)
-@bp.route("/pause/<wf>", methods=MUTATING)
-@mutation
+@endpoint(bp, "/pause", "/pause/<wf>", summary="Refuse new batches of every workflow, or of one", schema="Pause",
+          params=[param("message", schema=GET_MESSAGE)], mutating=True)
 def pause(wf=None):
-    if wf is not None:
-        names.check_workflow(wf)
-    message = parse_text(request_params("message"), "message") or ""
+    message = parse_text(params(), "message") or ""
     return json_response(services().pauses.pause(wf, message, actor()))
 
 
-@bp.route("/resume", methods=MUTATING)
-@bp.route("/resume/<wf>", methods=MUTATING)
-@mutation
+@endpoint(bp, "/resume", "/resume/<wf>", summary="Allow new batches again (of every workflow, or of one)",
+          schema="Pause", mutating=True)
 def resume(wf=None):
-    if wf is not None:
-        names.check_workflow(wf)
-    request_params()
+    params()
     return json_response(services().pauses.resume(wf, actor()))
 
 
-@bp.get("/pause_status")
+@endpoint(bp, "/pause_status", summary="Current pauses", schema="PauseStatus", reads="status")
 def pause_status():
-    check_read("status")
-    request_params()
+    params()
     found = services()
     return json_response(found.pauses.status(found.store.workflows()))
 
 
-@bp.get("/pause_history")
+@endpoint(bp, "/pause_history", summary="Every pause and resume, newest first", schema="PauseHistory",
+          reads="status", params=[LIMIT])
 def pause_history():
-    check_read("status")
-    return json_response({"history": services().pauses.history(parse_limit(request_params("limit"), 100))})
-
-
-@bp.get("/openapi.json")
-def openapi():
-    from .openapi import spec
-
-    request_params()
-
-    return json_response(spec())
+    return json_response({"history": services().pauses.history(parse_limit(params(), 100))})

@@ -5,18 +5,20 @@ import math
 
 from flask import Blueprint, Response, request
 
+from ..errors import InvalidParameter
 from ..rules import backfill, names
+from ..rules.times import MAX_HOURS
 from ..storage.backfill import Backfills
 from .db import services
-from ..errors import InvalidParameter
-from .http import (
-    actor, check_read, json_response, mutation, parse_limit, parse_moment, parse_text, parse_whole_number,
-    request_params,
-)
-from ..rules.times import MAX_HOURS
+from .http import actor, endpoint, json_response, params, parse_limit, parse_moment, parse_text, parse_whole_number
+from .schema import DATE, JOB, LIMIT, NUMBER, OBJECT, WHOLE, param
 
 bp = Blueprint("backfill", __name__)
-MUTATING = ["GET", "POST"]
+CHUNK = param("chunk", schema=WHOLE, required=True)
+ATTEMPT = param("attempt", schema=WHOLE, required=True)
+LEASE = param("lease_seconds", schema=NUMBER)
+FINISH = (CHUNK, ATTEMPT, param("records_processed", schema=WHOLE),
+          param("message", schema={"type": "string", "maxLength": 500}))
 # A chunk's records_processed is kept by Lua's JSON encoder, exact to 14 digits.
 MAX_RECORDS = 10**14 - 1
 
@@ -66,11 +68,13 @@ def _job_names(values: dict, wf: str) -> list[str] | None:
     return list(dict.fromkeys(names.check_job(item, wf) for item in items))
 
 
-@bp.route("/backfill/<wf>", methods=MUTATING)
-@mutation
+@endpoint(bp, "/backfill/<wf>", summary="Create a backfill of a past range, in chunks", ok=OBJECT, status="201",
+          params=[param("from", schema=DATE, required=True), param("to", schema=DATE, required=True),
+                  {**JOB, "description": "Only this job (repeatable)"},
+                  param("batch_size", schema={"type": "string", "enum": ["hour", "day", "week", "month"]}),
+                  param("chunk_hours", schema=NUMBER), param("max_attempts", schema=WHOLE)], mutating=True)
 def create(wf):
-    names.check_workflow(wf)
-    values = request_params("from", "to", "job", "batch_size", "chunk_hours", "max_attempts")
+    values = params()
     start = parse_moment(values, "from", required=True, local=True)
     end = parse_moment(values, "to", required=True, local=True)
     batch_size = values.get("batch_size") or None
@@ -86,27 +90,24 @@ def create(wf):
     return json_response(answer, 201)
 
 
-@bp.get("/backfills/<wf>")
+@endpoint(bp, "/backfills/<wf>", summary="The workflow's backfills, newest first", ok=OBJECT, reads="history",
+          params=[LIMIT])
 def list_backfills(wf):
-    check_read("history")
-    names.check_workflow(wf)
-    values = request_params("limit")
+    values = params()
     return json_response({"workflow": wf, "backfills": get_backfills().list(wf, parse_limit(values))})
 
 
-@bp.get("/backfill/<wf>/<backfill_id>")
+@endpoint(bp, "/backfill/<wf>/<backfill_id>", summary="A backfill: every chunk and the progress", ok=OBJECT,
+          reads="history")
 def show(wf, backfill_id):
-    check_read("history")
-    names.check_workflow(wf)
-    request_params()
+    params()
     return json_response(get_backfills().get(wf, _id(backfill_id)))
 
 
-@bp.route("/backfill/<wf>/<backfill_id>/lease", methods=MUTATING)
-@mutation
+@endpoint(bp, "/backfill/<wf>/<backfill_id>/lease", summary="Lease the next chunk due (204: none now)", ok=OBJECT,
+          params=[LEASE], responses={"204": {"description": "No chunk is due now"}}, mutating=True)
 def lease(wf, backfill_id):
-    names.check_workflow(wf)
-    values = request_params("lease_seconds")
+    values = params()
     seconds = _positive_number(values, "lease_seconds", backfill.MAX_LEASE_SECONDS)
     leased = get_backfills().lease(wf, _id(backfill_id), seconds or backfill.DEFAULT_LEASE_SECONDS, actor=actor())
     if leased is None:
@@ -125,11 +126,10 @@ def _chunk_attempt(values) -> tuple[int, int]:
     return number, attempt
 
 
-@bp.route("/backfill/<wf>/<backfill_id>/renew", methods=MUTATING)
-@mutation
+@endpoint(bp, "/backfill/<wf>/<backfill_id>/renew", summary="Renew a leased chunk's lease (a heartbeat)", ok=OBJECT,
+          params=[CHUNK, ATTEMPT, LEASE], mutating=True)
 def renew(wf, backfill_id):
-    names.check_workflow(wf)
-    values = request_params("chunk", "attempt", "lease_seconds")
+    values = params()
     number, attempt = _chunk_attempt(values)
     seconds = _positive_number(values, "lease_seconds", backfill.MAX_LEASE_SECONDS)
     return json_response(get_backfills().renew(wf, _id(backfill_id), number, attempt,
@@ -137,8 +137,7 @@ def renew(wf, backfill_id):
 
 
 def _finish(wf: str, backfill_id: str, outcome: str):
-    names.check_workflow(wf)
-    values = request_params("chunk", "attempt", "records_processed", "message")
+    values = params()
     number, attempt = _chunk_attempt(values)
     records = parse_whole_number(values, "records_processed")
     if records is not None and records > MAX_RECORDS:
@@ -149,58 +148,20 @@ def _finish(wf: str, backfill_id: str, outcome: str):
     return json_response(answer)
 
 
-@bp.route("/backfill/<wf>/<backfill_id>/close", methods=MUTATING)
-@mutation
+@endpoint(bp, "/backfill/<wf>/<backfill_id>/close", summary="End a leased chunk's attempt: success", ok=OBJECT,
+          params=FINISH, mutating=True)
 def close(wf, backfill_id):
     return _finish(wf, backfill_id, str(backfill.ChunkStatus.SUCCESS))
 
 
-@bp.route("/backfill/<wf>/<backfill_id>/fail", methods=MUTATING)
-@mutation
+@endpoint(bp, "/backfill/<wf>/<backfill_id>/fail", summary="End a leased chunk's attempt: failed", ok=OBJECT,
+          params=FINISH, mutating=True)
 def fail(wf, backfill_id):
     return _finish(wf, backfill_id, str(backfill.ChunkStatus.FAILED))
 
 
-@bp.route("/backfill/<wf>/<backfill_id>/cancel", methods=MUTATING)
-@mutation
+@endpoint(bp, "/backfill/<wf>/<backfill_id>/cancel", summary="Cancel a backfill: its pending chunks", ok=OBJECT,
+          mutating=True)
 def cancel(wf, backfill_id):
-    names.check_workflow(wf)
-    request_params()
+    params()
     return json_response(get_backfills().cancel(wf, _id(backfill_id), actor=actor()))
-
-
-def openapi_paths() -> dict:
-    """Return the OpenAPI paths of these endpoints, for batchy.openapi.spec() to merge in."""
-    from .openapi import DATE, JOB, LIMIT, WF, WHOLE, _mutating, _op, _param
-
-    bid = _param("backfill_id", "path", {"type": "string", "pattern": "^[0-9]{1,15}$"})
-    number = {"type": "string", "pattern": "^[0-9]{1,10}(\\.[0-9]{1,6})?$"}
-    obj = {"content": {"application/json": {"schema": {"type": "object"}}}}
-    finish = [WF, bid, _param("chunk", schema=WHOLE, required=True), _param("attempt", schema=WHOLE, required=True),
-              _param("records_processed", schema=WHOLE), _param("message", schema={"type": "string", "maxLength": 500})]
-    create_ops = _mutating("Create a backfill of a past range, in chunks", None, [
-        WF, _param("from", schema=DATE, required=True), _param("to", schema=DATE, required=True),
-        {**JOB, "description": "Only this job (repeatable)"},
-        _param("batch_size", schema={"type": "string", "enum": ["hour", "day", "week", "month"]}),
-        _param("chunk_hours", schema=number), _param("max_attempts", schema=WHOLE)], ok=obj)
-    lease_ops = _mutating("Lease the next chunk due (204: none now)", None,
-                          [WF, bid, _param("lease_seconds", schema=number)], ok=obj)
-    for op in create_ops.values():
-        op["responses"]["201"] = op["responses"].pop("200")
-    for op in lease_ops.values():
-        op["responses"]["204"] = {"description": "No chunk is due now"}
-    return {
-        "/backfill/{wf}": create_ops,
-        "/backfills/{wf}": {"get": _op("The workflow's backfills, newest first", None, [WF, LIMIT], ok=obj)},
-        "/backfill/{wf}/{backfill_id}": {"get": _op("A backfill: every chunk and the progress", None, [WF, bid],
-                                                    ok=obj)},
-        "/backfill/{wf}/{backfill_id}/lease": lease_ops,
-        "/backfill/{wf}/{backfill_id}/renew": _mutating(
-            "Renew a leased chunk's lease (a heartbeat)", None,
-            [WF, bid, _param("chunk", schema=WHOLE, required=True), _param("attempt", schema=WHOLE, required=True),
-             _param("lease_seconds", schema=number)], ok=obj),
-        "/backfill/{wf}/{backfill_id}/close": _mutating("End a leased chunk's attempt: success", None, finish, ok=obj),
-        "/backfill/{wf}/{backfill_id}/fail": _mutating("End a leased chunk's attempt: failed", None, finish, ok=obj),
-        "/backfill/{wf}/{backfill_id}/cancel": _mutating("Cancel a backfill: its pending chunks", None, [WF, bid],
-                                                         ok=obj),
-    }

@@ -17,7 +17,8 @@ from ..rules.fields import RUNTIME_FIELDS
 from ..rules.jobs import Status
 from .db import services
 from ..errors import InvalidParameter
-from .http import check_read, unknown_parameter
+from .http import endpoint, params
+from .schema import HTML, param
 
 bp = Blueprint("dashboard", __name__)
 log = logging.getLogger("batchy")
@@ -183,10 +184,6 @@ def page_zone() -> tuple:
 
 def refresh_seconds() -> int:
     """Return ?refresh= (seconds between reloads, 0 = never), 30 by default."""
-    check_read("dashboard")
-    for name in request.args:
-        if name not in ("refresh", "tz"):
-            raise unknown_parameter(name, ("refresh", "tz"))
     value = request.args.get("refresh", "")
     if value == "":
         return DEFAULT_REFRESH
@@ -204,9 +201,11 @@ def running_backfills(overview: dict[str, dict]) -> None:
         overview[wf]["backfills"] = running
 
 
-@bp.get("/")
-@bp.get("/dashboard")
+@endpoint(bp, "/", "/dashboard", summary="The operator's dashboard", ok=HTML, reads="dashboard", params=[
+    param("refresh", schema={"type": "string", "pattern": "^[0-9]{1,5}$"}, description="Seconds between reloads, 0: never"),
+    param("tz", example="Europe/Paris", description="The page's time zone")])
 def dashboard():
+    params()
     refresh = refresh_seconds()
     tz, tz_name = page_zone()
     found = services()

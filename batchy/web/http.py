@@ -6,6 +6,7 @@ import functools
 import hmac
 import json
 from datetime import datetime
+from typing import NamedTuple
 
 from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
@@ -50,6 +51,57 @@ def mutation(view):
         return view(*args, **kwargs)
 
     return guarded
+
+
+class Endpoint(NamedTuple):
+    """What one view takes and answers, declared once: it routes the view, parses its
+    parameters, refuses unknown ones and makes its part of the OpenAPI document."""
+
+    rules: tuple[str, ...]
+    summary: str
+    schema: str | None  # the component schema of its 200 answer
+    params: tuple[dict, ...]  # query (or body) and header parameters; path ones come from the rules
+    ok: dict | None  # the 200 answer's content, when not a schema
+    mutating: bool  # GET (where allowed) and POST, with the write token
+    secured: bool  # takes a token
+    status: str  # the success status
+    responses: dict  # more answers than success and the error
+
+
+ENDPOINTS: list[Endpoint] = []
+
+
+def endpoint(bp, *rules: str, summary: str, schema: str | None = None, params=(), ok: dict | None = None,
+             mutating: bool = False, reads: str | None = None, auth=None, status: str = "200",
+             responses: dict | None = None):
+    """Route a view on bp and declare it: its token check (mutating, a protected read scope, or auth),
+    its workflow name checked, the parameters it takes (params() returns them) and its OpenAPI entry."""
+    def decorate(view):
+        @functools.wraps(view)
+        def handle(**kwargs):
+            if reads is not None:
+                check_read(reads)
+            elif auth is not None:
+                auth()
+            wf = kwargs.get("wf")
+            if wf is not None:
+                names.check_workflow(wf)
+            return view(**kwargs)
+
+        routed = mutation(handle) if mutating else handle
+        routed.takes = tuple(p["name"] for p in params if p["in"] == "query")
+        for rule in rules:
+            bp.add_url_rule(rule, view_func=routed, methods=["GET", "POST"] if mutating else ["GET"])
+        ENDPOINTS.append(Endpoint(rules, summary, schema, tuple(params), ok, mutating,
+                                  mutating or auth is not None, status, responses or {}))
+        return routed
+    return decorate
+
+
+def params() -> dict:
+    """Return the request's parameters, refusing one its endpoint does not declare (400)."""
+    req = request._get_current_object()
+    return request_params(*current_app.view_functions[req.url_rule.endpoint].takes)
 
 
 def _tokens(*names: str, config=None) -> tuple[str, ...]:

@@ -9,13 +9,14 @@ import logging
 from datetime import datetime, timezone
 
 import redis
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..rules import lateness
 from .db import Services, services
-from .http import check_read, unknown_parameter
+from .http import endpoint, params
+from .schema import TEXT
 from ..rules.health import last_success, open_since, stale_after_seconds
 from ..rules.jobs import STATUSES
 
@@ -137,11 +138,9 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
             service_paused, paused, corrupt, holes, late, job_success, stuck]
 
 
-@bp.get("/metrics")
+@endpoint(bp, "/metrics", summary="Prometheus metrics", ok=TEXT, reads="metrics")
 def metrics():
-    check_read("metrics")
-    for name in request.args:
-        raise unknown_parameter(name, ())
+    params()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BatchyCollector(services()))
     return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST,

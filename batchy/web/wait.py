@@ -17,7 +17,8 @@ from flask import Blueprint, current_app, request
 from ..rules import gates, names, readiness, times
 from .db import get_store, services
 from ..errors import InvalidParameter, JobNotFound
-from .http import check_wait_token, json_response, unknown_parameter
+from .http import check_wait_token, endpoint, json_response, params
+from .schema import NAME, param
 from ..storage.notifier import Notifier
 
 log = logging.getLogger("batchy")
@@ -72,7 +73,6 @@ def _params(args) -> tuple[date | None, str, list[str], float, str]:
     return day, tz_name, jobs, min(timeout, limit), hold
 
 
-PARAMETERS = ("date", "tz", "job", "timeout", "while", "through", "since", "deadline", "on_deadline")
 ON_DEADLINE = ("fail", "proceed", "skip")
 
 
@@ -104,14 +104,19 @@ def _gate_params(args, now, tz) -> tuple:
     return since, through, deadline, action
 
 
-@bp.get("/wait/<wf>")
+@endpoint(bp, "/wait/<wf>", summary="Block until the workflow is done for a date, or the timeout", schema="Verdict",
+          auth=check_wait_token, params=[
+              param("date", schema={"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}),
+              param("tz", example="UTC"), param("job", schema=NAME),
+              param("timeout", schema={"type": "number", "minimum": 0, "maximum": 60}),
+              param("while", schema={"type": "string", "enum": ["waiting", "failed"]}),
+              param("through", description="a coverage gate: ISO-8601, today, yesterday or now", example="today"),
+              param("since", description="start of the range (default: 24 h before through)"),
+              param("deadline", description="ISO-8601 or HH:MM today in tz"),
+              param("on_deadline", schema={"type": "string", "enum": list(ON_DEADLINE)})])
 def wait(wf):
     """Return wf's readiness for a date once it is no longer `while` (waiting), or at the timeout."""
-    check_wait_token()
-    names.check_workflow(wf)
-    for name in request.args:
-        if name not in PARAMETERS:
-            raise unknown_parameter(name, PARAMETERS)
+    params()
     day, tz_name, jobs, timeout, hold = _params(request.args)
     for job in jobs:
         names.check_job(job, wf)

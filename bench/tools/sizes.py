@@ -58,7 +58,7 @@ def main(argv=None) -> int:
 
     folders = sorted({m.rpartition(".")[0] for m in known})
     print(f"modules: {len(known)} in {len(folders)} packages ({', '.join(folders)})")
-    print(f"largest modules: " + ", ".join(f"{m} {n}" for m, n in sorted(lines.items(), key=lambda x: -x[1])[:5]))
+    print("largest modules: " + ", ".join(f"{m} {n}" for m, n in sorted(lines.items(), key=lambda x: -x[1])[:5]))
     print(f"module lines: median {statistics.median(lines.values()):g}, max {max(lines.values())}, "
           f"total {sum(lines.values())}")
     print(f"functions: {len(functions)}, median {statistics.median(functions):g} lines, "
