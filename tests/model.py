@@ -397,10 +397,13 @@ def resume(wf: dict) -> Result:
     return Result(200, wf={**wf, "paused": False}, events=[{"action": "resume"}])
 
 
+FINAL = ("success", "failed", "abandoned")  # a batch line no later change rewrites
+
+
 def restore(wf: dict, backup: dict, now: datetime) -> Result:
     """import --replace of an export taken when the workflow was backup: its jobs and
-    settings come back, its batch snapshots are written over, newer snapshots stay,
-    batch ids keep increasing."""
+    settings come back, its batch snapshots are written but never over a final line,
+    newer snapshots stay, batch ids keep increasing."""
     new = copy.deepcopy(wf)
     new["jobs"] = copy.deepcopy(backup["jobs"])
     for name, job in new["jobs"].items():
@@ -413,13 +416,18 @@ def restore(wf: dict, backup: dict, now: datetime) -> Result:
         for low, high in intervals:
             new["ledger"][name] = merge(new["ledger"].get(name, []), low, high)
     # A batch open here that the import replaces can never close: it ends abandoned, unless
-    # the export carries that batch (its snapshot then replaces it whole, just below).
+    # the export carries that batch (its lines are written just below).
     for name, current in wf["jobs"].items():
         bid = current.get("batch_id")
-        if current["status"] == "open" and bid in new["batches"] and name in new["batches"][bid]:
+        if current["status"] == "open" and bid in new["batches"] and name in new["batches"][bid] \
+                and bid not in backup["batches"]:
             new["batches"][bid][name] = {**new["batches"][bid][name], "status": "abandoned"}
+    # History is append-only: the export's lines are written, except over a line that is final
+    # here (success, failed, abandoned); lines the export lacks stay.
     for batch_id, runs in backup["batches"].items():
-        new["batches"][batch_id] = copy.deepcopy(runs)
+        here = new["batches"].get(batch_id, {})
+        new["batches"][batch_id] = {**copy.deepcopy(runs), **{
+            name: line for name, line in here.items() if line["status"] in FINAL or name not in runs}}
     known = [*backup["batches"], backup["last_batch_id"] or 0, wf["last_batch_id"] or 0]
     new["last_batch_id"] = max(known) or None
     # A job the export shows open in a batch older than the newest id can never be closed
@@ -428,8 +436,9 @@ def restore(wf: dict, backup: dict, now: datetime) -> Result:
     for name, job in new["jobs"].items():
         if job["status"] == "open" and job["batch_id"] < (new["last_batch_id"] or 0):
             job.update(status="failed", batch_end=now)
-            if name in new["batches"].get(job["batch_id"], {}):
-                new["batches"][job["batch_id"]][name]["status"] = "abandoned"
+            line = new["batches"].get(job["batch_id"], {}).get(name)
+            if line is not None and line["status"] not in FINAL:
+                line["status"] = "abandoned"
     new["loaded"] = True
     return Result(200, wf=new, events=[event("import", None, wf["jobs"], new["jobs"])])
 

@@ -779,11 +779,13 @@ def world():
     w.close()
 
 
-def test_the_service_behaves_as_the_model(world, monkeypatch):
+def test_the_service_behaves_as_the_model(world, monkeypatch, capsys):
     # A failure is shrunk for at most this long (Hypothesis' own cap, 300 s, is documented
     # as monkeypatchable): a failing CI run stays within a few minutes.
     monkeypatch.setattr(engine, "MAX_SHRINKING_SECONDS", int(os.environ.get("BATCHY_MODEL_SHRINK_SECONDS") or 180))
     run_seed = int(os.environ.get("BATCHY_MODEL_SEED") or random.SystemRandom().randrange(2**32))
+    with capsys.disabled():  # at the start, uncaptured: a run killed midway still names its seed
+        print(f"\nBATCHY_MODEL_SEED={run_seed} (replay: BATCHY_MODEL_SEED={run_seed} pytest {__file__})", flush=True)
 
     @seed(run_seed)
     def machine():

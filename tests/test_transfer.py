@@ -199,3 +199,42 @@ def test_a_job_open_in_a_batch_newer_than_any_other_id_keeps_its_batch(client, a
     assert store.import_(doc, replace=True) == ["wf1"]
     assert client.post("/close_batch/wf1?batch_id=1900000000&job=s_extract").status_code == 200
     assert client.post("/open_batch/wf1").json["s_extract"]["batch_id"] > 1_900_000_000
+
+
+def _metric(client, name: str, wf: str) -> float:
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(f'{name}{{workflow="{wf}"}} '):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} for {wf}")
+
+
+def test_restoring_an_older_export_never_rewrites_history(real_client, real_app):
+    """open B0, close; open B1; export; close B1 (777 rows); open B2; import the export --replace:
+    B1's acknowledged success stays in its snapshot with its rows, most_recent stays B1,
+    counters never go down, and B2 (open, never closed) ends abandoned."""
+    client, store = real_client, store_of(real_app)
+    client.post("/load_cfg/wf1")
+    b0 = client.post("/open_batch/wf1").json["s_extract"]["batch_id"]
+    client.post(f"/close_batch/wf1?batch_id={b0}")
+    b1 = client.post("/open_batch/wf1").json["s_extract"]["batch_id"]
+    backup = json.loads(json.dumps(store.export(["wf1"])))
+    assert client.post(f"/close_batch/wf1?batch_id={b1}&records_processed=777").status_code == 200
+    b2 = client.post("/open_batch/wf1").json["s_extract"]["batch_id"]
+    closed_before = _metric(client, "batchy_batches_closed_total", "wf1")
+    assert closed_before == 2
+
+    assert store.import_(backup, replace=True) == ["wf1"]
+
+    snapshot = client.get(f"/batch/wf1/{b1}").json
+    assert {job["status"] for job in snapshot.values()} == {"success"}
+    assert {job["records_processed"] for job in snapshot.values()} == {777}
+    assert client.get("/most_recent/wf1").json["batch_id"] == b1
+    assert _metric(client, "batchy_batches_closed_total", "wf1") == closed_before
+    statuses = {entry["batch_id"]: entry["status"] for entry in client.get("/history/wf1").json["batches"]}
+    assert statuses == {b0: "success", b1: "success", b2: "abandoned"}
+    # The jobs come back as the export had them (open in B1, now superseded): failed, so the
+    # next open reruns B1's window; the ledger still holds B1's window.
+    state = client.get("/get_status/wf1").json
+    assert {job["status"] for job in state.values()} == {"failed"}
+    reopened = client.post("/open_batch/wf1").json
+    assert {job["from_date"] for job in reopened.values()} == {job["from_date"] for job in snapshot.values()}

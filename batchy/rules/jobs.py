@@ -33,6 +33,8 @@ class Status(str, Enum):
 STATUSES = (Status.NEW, Status.OPEN, Status.SUCCESS, Status.FAILED)
 # A batch snapshot may also say a batch was superseded.
 BATCH_STATUSES = STATUSES + (Status.ABANDONED,)
+# A job's line in a batch snapshot that says one of these is history: nothing rewrites it.
+FINAL_STATUSES = (Status.SUCCESS, Status.FAILED, Status.ABANDONED)
 
 DATE_FIELDS = ("from_date", "to_date", "batch_start", "batch_end", "next_from_date")
 # What a batch snapshot <wf>-<batch_id> keeps of each job: the run's outcome and window.

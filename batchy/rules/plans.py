@@ -224,8 +224,13 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], b
         int(job["batch_id"]) for job in jobs.values() if job.get("batch_id") is not None]
     last = max(known)
     # A workflow that never opened a batch has no last batch id.
-    book = Book(last_batch_id=last or None, settings=book.settings, marks=dict(book.marks),
-                ledgers=dict(book.ledgers), counts=dict(book.counts))
+    # History is append-only: a restore never takes back a success recorded here since (the
+    # newer mark stays) nor makes a counter go down.
+    marks = {job: mark for job, mark in book.marks.items()
+             if _batch_of(mark) >= _batch_of(state.mark(job))}
+    counts = {action: count for action, count in book.counts.items() if count > state.counts.get(action, 0)}
+    book = Book(last_batch_id=last or None, settings=book.settings, marks=marks, ledgers=dict(book.ledgers),
+                counts=counts)
     # The ledger records windows that succeeded, here or where the export was taken: an
     # import (an older backup, say) merges its ledgers into these, never forgets one.
     for job, ledger in book.ledgers.items():
@@ -249,6 +254,13 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], b
                    for b, snap in replaced.items() if str(b) not in given]
         + [SnapshotWrite(b, SNAPSHOT_PUT, snapshot_start(b, snap), snap) for b, snap in batches.items()],
     )
+
+
+def _batch_of(mark: dict | None) -> int:
+    try:
+        return int(mark["batch_id"]) if mark else -1
+    except (KeyError, TypeError, ValueError):
+        return -1
 
 
 def stale_open_jobs(jobs: dict[str, dict], batches: dict[str, dict], last_batch_id: int,

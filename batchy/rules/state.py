@@ -35,6 +35,8 @@ class State:
     last_batch_text: str | None = None
     settings_text: str | None = None
     ledger_texts: dict[str, str] = field(default_factory=dict)  # job -> its coverage ledger as stored
+    mark_texts: dict[str, str] = field(default_factory=dict)  # job -> its last success as stored
+    counts: dict[str, int] = field(default_factory=dict)  # action -> how many changes of that kind
     raw: dict[str, str] = field(default_factory=dict)  # the jobs as stored (JSON text)
     version: str = "0"
     floor: int = 0  # lowest batch id still free, raised when a snapshot key was taken
@@ -70,6 +72,14 @@ class State:
             return coverage.loads_cached(text) if cached else coverage.loads(text)
         except ValueError:
             raise self.corrupt("coverage", text, job) from None
+
+    def mark(self, job: str) -> dict | None:
+        """Return job's last success {batch_id, start, end}, or None (none, or unreadable)."""
+        try:
+            mark = json.loads(self.mark_texts[job])
+        except (KeyError, ValueError):
+            return None
+        return mark if isinstance(mark, dict) else None
 
     def corrupt(self, item: str, value: str, job: str | None = None) -> CorruptState:
         return CorruptState(

@@ -52,7 +52,15 @@ def book_of(meta: dict[str, str]) -> Book:
 def state(wf: str, now: datetime, jobs: dict[str, dict], meta: dict[str, str], raw: dict[str, str],
           second: str = "") -> State:
     """Return the State a plan reads: wf's jobs, and its meta hash as the values it holds."""
-    return State(wf, now, jobs, meta.get(keys.LAST_BATCH_ID), meta.get(keys.SETTINGS), keys.coverage_texts(meta),
+    ledgers, marks, counts = {}, {}, {}
+    for field, text in meta.items():  # one pass: a state is built on every change
+        if field.startswith(keys.COVERAGE_PREFIX):
+            ledgers[field[len(keys.COVERAGE_PREFIX):]] = text
+        elif field.startswith(keys.SUCCESS_PREFIX):
+            marks[field[len(keys.SUCCESS_PREFIX):]] = text
+        elif field.startswith(keys.COUNT_PREFIX) and text.isdigit():
+            counts[field[len(keys.COUNT_PREFIX):]] = int(text)
+    return State(wf, now, jobs, meta.get(keys.LAST_BATCH_ID), meta.get(keys.SETTINGS), ledgers, marks, counts,
                  raw, meta.get(keys.VERSION, "0"), second=second, where=_where(wf), stored=meta)
 
 

@@ -103,7 +103,10 @@ class Committer:
     def _remember(self, wf: str, version: str, state: State, change: Change, fields: dict[str, str]) -> None:
         # A load or import carries jobs as read from a file: keep only their JSON text.
         jobs = None if change.replace else change.after
-        self.cache.put(wf, (change.after_text, {**state.stored, **fields, keys.VERSION: version}, jobs))
+        meta = {**state.stored, **fields, keys.VERSION: version}
+        counted = keys.count_field(change.action)  # COMMIT counts the change: so does the copy
+        meta[counted] = str(int(meta.get(counted) or 0) + 1)
+        self.cache.put(wf, (change.after_text, meta, jobs))
 
     # -- committing a change ---------------------------------------------------
 

@@ -10,6 +10,7 @@ from enum import IntEnum
 from string import Template
 
 from . import keys
+from ..rules.jobs import FINAL_STATUSES
 from ..rules.state import SNAPSHOT_NEW, SNAPSHOT_PUT, SNAPSHOT_UPDATE
 
 
@@ -47,7 +48,8 @@ class Reply(IntEnum):
 #   n, n x (key, mode, score, m, m x (job, json))  batch snapshots to write;
 #       mode "new": the key must not exist yet, it is indexed with score (its start)
 #       mode "update": written only if it still exists (retention may have dropped it)
-#       mode "put": written whole and indexed, replacing any (import)
+#       mode "put": indexed; each job's line written unless the key holds a final one for it
+#         (success, failed, abandoned): history is append-only, an import never rewrites it
 #   keep                        batches kept in the history index; older ones are deleted
 #   batch key prefix            "<wf>-", to name the snapshots retention deletes
 #   events maxlen, n, n x (field, value)   XADD to the audit stream (n = 0: none)
@@ -67,6 +69,18 @@ local function hset(key, from, count)
   local last = from + 2 * count - 1
   for s = from, last, 1000 do
     redis.call('HSET', key, unpack(A, s, math.min(s + 999, last)))
+  end
+end
+
+local FINAL = {$FINAL}
+-- Write a restored snapshot's lines, except over a line that reached a final status here.
+local function put(key, from, count)
+  for s = from, from + 2 * count - 1, 2 do
+    local old = redis.call('HGET', key, A[s])
+    local ok, line = pcall(cjson.decode, old or '{}')
+    if not (old and ok and type(line) == 'table' and FINAL[line.status]) then
+      redis.call('HSET', key, A[s], A[s + 1])
+    end
   end
 end
 
@@ -123,9 +137,11 @@ redis.call('HINCRBY', KEYS[2], '$COUNT_PREFIX' .. message, 1)
 
 for _, b in ipairs(batches) do
   local key, mode = b[1], b[2]
+  if mode == '$PUT' then
+    put(key, b[4], b[5])
+  end
   if mode == '$NEW' or mode == '$PUT' then
-    if mode == '$PUT' then redis.call('DEL', key) end
-    hset(key, b[4], b[5])
+    if mode == '$NEW' then hset(key, b[4], b[5]) end
     local id = string.sub(key, #prefix + 1)
     redis.call('ZADD', KEYS[3], id, id)
     redis.call('ZADD', KEYS[4], b[3], key)
@@ -153,7 +169,7 @@ if turn then redis.call('DEL', KEYS[9]) end
 redis.call('PUBLISH', channel, message)
 return {1, version, now}
 """).substitute(VERSION=keys.VERSION, COUNT_PREFIX=keys.COUNT_PREFIX, NEW=SNAPSHOT_NEW, UPDATE=SNAPSHOT_UPDATE,
-               PUT=SNAPSHOT_PUT)
+               PUT=SNAPSHOT_PUT, FINAL=", ".join(f"{status} = true" for status in FINAL_STATUSES))
 
 # Read the clock, a workflow hash and its meta hash atomically, in one reply (cheaper
 # for redis-py than a MULTI/EXEC of three commands).
