@@ -141,7 +141,15 @@ def wait(wf):
             found, ledgers = state
             selected = _selected(wf, found, jobs)
             result = gates.coverage_verdict(found, ledgers, selected, since, through)
-            return gates.refilled(result, _filling(wf)) if result["state"] == gates.MISSED else result
+            if result["state"] != gates.MISSED:
+                return result
+            # What backfills fill is read before the ledger is read again: a chunk that
+            # succeeds in between is in one of them.
+            filling = _filling(wf)
+            found, ledgers = read()
+            selected = _selected(wf, found, jobs)
+            result = gates.coverage_verdict(found, ledgers, selected, since, through)
+            return gates.refilled(result, filling)
         return gates.date_missed(readiness.verdict(state, jobs, day, tz, wf), day, today)
 
     def read():
@@ -158,6 +166,8 @@ def wait(wf):
             if result["state"] != hold or remaining <= 0 or hub.closing:
                 break
             generation, fresh = hub.wait(watch, seen, remaining)
+            if deadline - time.monotonic() <= 0:
+                break  # time is up: answer now with the verdict we have, never later
             if generation != seen:
                 seen = generation
                 # The listener read the jobs once for every waiter; None (or a coverage
@@ -183,20 +193,10 @@ def wait(wf):
 
 
 def _filling(wf: str) -> dict[str, list]:
-    """Return {job: [[start, end], ...]} of the chunks running backfills of wf may still load."""
+    """Return {job: merged [[start, end], ...]} running backfills of wf fill or may still fill."""
     from .backfill_api import get_backfills
-    from .times import parse_time
 
-    backfills = get_backfills()
-    filling: dict[str, list] = {}
-    for entry in backfills.list(wf):
-        if entry.get("status") != "running":
-            continue
-        for chunk in backfills.get(wf, entry["backfill_id"])["chunks"]:
-            if chunk["status"] in ("pending", "leased"):
-                filling.setdefault(chunk["job"], []).append(
-                    [parse_time(chunk["from_date"]).timestamp(), parse_time(chunk["to_date"]).timestamp()])
-    return filling
+    return get_backfills().filling(wf)
 
 
 def _selected(wf: str, found: dict, jobs: list[str]) -> list[str]:
