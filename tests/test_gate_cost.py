@@ -65,6 +65,7 @@ def test_a_missed_verdict_costs_time_in_proportion_to_the_intervals(gated):
     assert time.thread_time() - started < 0.5
 
 
+@pytest.mark.slow  # a 3,000-chunk backfill: 4 s to set up
 def test_concurrent_waiters_compute_what_backfills_fill_once_per_change(gated):
     app, _client, backfill_id, odd = gated
     before = _computed(app)
@@ -92,6 +93,7 @@ def test_concurrent_waiters_compute_what_backfills_fill_once_per_change(gated):
     assert _computed(app) == before + 2
 
 
+@pytest.mark.slow  # a 3,000-chunk backfill: 4 s to set up
 def test_a_waiter_answers_by_its_timeout_while_the_workflow_keeps_changing(gated):
     app, client, backfill_id, odd = gated
     stop = threading.Event()
