@@ -146,9 +146,11 @@ def wait(wf):
             # What backfills fill is read before the ledger is read again: a chunk that
             # succeeds in between is in one of them.
             filling = _filling(wf)
-            found, ledgers = read()
-            selected = _selected(wf, found, jobs)
-            result = gates.coverage_verdict(found, ledgers, selected, since, through)
+            again = read()
+            if again != state:  # changed meanwhile (rarely): judge what is there now
+                found, ledgers = again
+                selected = _selected(wf, found, jobs)
+                result = gates.coverage_verdict(found, ledgers, selected, since, through)
             return gates.refilled(result, filling)
         return gates.date_missed(readiness.verdict(state, jobs, day, tz, wf), day, today)
 
