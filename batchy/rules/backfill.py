@@ -36,7 +36,8 @@ DEFAULT_LEASE_SECONDS = 3600
 MAX_LEASE_SECONDS = 30 * 24 * 3600
 DEFAULT_UNIT = "day"  # for a job without a batch_size of its own, when neither step is given
 # Past one boundary of a unit and short of the one after, whatever length the unit has
-# (a day lasts 23 to 25 hours, a month 28 to 31 days): floor_to_unit(boundary + this)
+# (an hour 60 or, across Lord Howe's 30-minute DST change, 90 minutes; a day 23 to 25 hours,
+# a month 28 to 31 days): floor_to_unit(boundary + this)
 # is the next boundary.
 _PAST_NEXT = {"hour": timedelta(minutes=90), "day": timedelta(hours=36), "week": timedelta(days=10, hours=12),
               "month": timedelta(days=45)}

@@ -82,6 +82,17 @@ def covers(intervals: list[Interval], start: float, end: float) -> bool:
     return i >= 0 and intervals[i][1] >= end
 
 
+def covers_all(intervals: list[Interval], spans: list[Interval]) -> bool:
+    """Return True if every span lies inside one interval: one pass over both, each sorted."""
+    i = 0
+    for start, end in spans:
+        while i < len(intervals) and intervals[i][1] < end:
+            i += 1
+        if i == len(intervals) or intervals[i][0] > start:
+            return False
+    return True
+
+
 def loads(text: str | None) -> list[Interval]:
     """Return a ledger from its stored JSON text; ValueError if it is not one."""
     if not text:

@@ -15,6 +15,8 @@ from .validation import LINE_BREAKING, written_name
 
 FORMATS = ("json", "infa")
 INFA_DEFAULT_DATE_FORMAT = "MM/DD/YYYY HH24:MI:SS"
+# The default in a zone whose offset changes (DST): a wall time there may name two instants.
+INFA_DEFAULT_DATE_FORMAT_OFFSET = INFA_DEFAULT_DATE_FORMAT + " TZH:TZM"
 # Fields that steer the rendering itself and are not parameters of the session.
 
 _stdlib_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -34,7 +36,7 @@ def dumps(value) -> str:
         return _stdlib_encode(value)
 
 
-_INFA_TOKENS = re.compile(r"YYYY|YY|MONTH|MON|MM|DD|DY|HH24|HH12|HH|MI|SS|MS|US|NS|AM|PM|%")
+_INFA_TOKENS = re.compile(r"TZH|TZM|YYYY|YY|MONTH|MON|MM|DD|DY|HH24|HH12|HH|MI|SS|MS|US|NS|AM|PM|%")
 _STRFTIME = {
     "YYYY": "%Y", "YY": "%y", "MONTH": "%B", "MON": "%b", "MM": "%m", "DD": "%d",
     "DY": "%a", "HH24": "%H", "HH12": "%I", "HH": "%I", "MI": "%M", "SS": "%S",
@@ -94,6 +96,10 @@ def _renderer(fmt: str):
                 return f"{moment.microsecond:06d}"
             if tok == "NS":
                 return f"{moment.microsecond:06d}000"
+            if tok in ("TZH", "TZM"):  # -03:30 is TZH -03, TZM 30
+                minutes = round(moment.utcoffset().total_seconds() / 60)
+                return f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}" if tok == "TZH" else \
+                    f"{abs(minutes) % 60:02d}"
             return _STRFTIME[tok]
 
         return moment.strftime(_INFA_TOKENS.sub(token, fmt))
@@ -119,8 +125,8 @@ def infa(jobs: dict[str, dict]) -> str:
     """
     lines = []
     for name, job in jobs.items():
-        fmt = _safe_setting(job.get("infa_date_format"), "") or INFA_DEFAULT_DATE_FORMAT
         tz = times.job_zone(job)
+        fmt = _safe_setting(job.get("infa_date_format"), "") or default_date_format(tz)
         lines.append(f"[{_safe_setting(job.get('infa_section'), '[]') or name}]")
         for key in _written_keys(job):
             value = job[key]
@@ -131,6 +137,11 @@ def infa(jobs: dict[str, dict]) -> str:
             else:
                 lines.append(_param_line(key, value))
     return "\n".join(lines) + "\n"
+
+
+def default_date_format(tz) -> str:
+    """Return the date format of a job without infa_date_format: with the offset where tz's changes."""
+    return INFA_DEFAULT_DATE_FORMAT_OFFSET if times.changes_offset(tz) else INFA_DEFAULT_DATE_FORMAT
 
 
 def _safe_setting(value, forbidden: str) -> str | None:

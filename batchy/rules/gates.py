@@ -68,12 +68,9 @@ def refilled(result: dict, filling: dict[str, list]) -> dict:
         return result
     jobs = dict(result["jobs"])
     for name in result["missed"]:
-        chunks = sorted(filling.get(name) or [])
-        merged: list = []
-        for low, high in chunks:
-            merged = coverage.add(merged, low, high)
+        merged = coverage.union(filling.get(name) or [], [])  # sort and sweep: n log n, not n squared
         holes = [[times.parse_time(a).timestamp(), times.parse_time(b).timestamp()] for a, b in jobs[name]["holes"]]
-        if holes and all(coverage.covers(merged, a, b) for a, b in holes):
+        if holes and coverage.covers_all(merged, holes):
             jobs[name] = {**jobs[name], "state": WAITING, "reason": "a running backfill may still cover "
                           + jobs[name]["reason"].split(": ", 1)[-1].split(" lies behind")[0]}
     missed = [n for n in result["missed"] if jobs[n]["state"] == MISSED]

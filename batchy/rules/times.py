@@ -35,6 +35,15 @@ def zone(name: str) -> ZoneInfo | timezone:
         raise ValueError(f"unknown time zone {name!r}: use an IANA name such as Europe/Paris") from None
 
 
+@lru_cache(maxsize=512)
+def changes_offset(tz) -> bool:
+    """Return True if tz's offset from UTC changes from 1970 to 2100 (DST, or a new offset):
+    its clock then shows some wall times twice, so a wall time alone does not name an instant."""
+    offsets = {datetime(year, month, day, tzinfo=UTC).astimezone(tz).utcoffset()
+               for year in range(1970, 2101) for month in range(1, 13) for day in (1, 16)}
+    return len(offsets) > 1
+
+
 def job_zone(job: dict) -> ZoneInfo | timezone:
     return zone(job.get("timezone") or "UTC")
 

@@ -47,7 +47,25 @@ def fill_job(wf: str, job: str, params: dict, allowed=()) -> dict:
         key = check_name(wf, job, key if isinstance(key, str) else str(key), allowed)
         checked[key] = check_value(wf, job, key, value, tz)
     check_written_names(wf, job, checked)
+    check_infa_date_format(wf, job, checked.get("infa_date_format"), tz)
     return {**DEFAULTS, **checked}
+
+
+INFA_OFFSET_TOKEN = "TZH"  # with TZM: the offset from UTC, as Informatica's TIMESTAMP WITH TIME ZONE writes it
+
+
+def check_infa_date_format(wf: str, job: str, fmt, tz) -> None:
+    """Refuse an infa_date_format without the offset in a zone whose clock shows some times twice.
+
+    In America/New_York 01:00-04:00 and 01:00-05:00 are both 11/01/2026 01:00:00: a
+    parameter file could show a real hour as an empty window.
+    """
+    if isinstance(fmt, str) and INFA_OFFSET_TOKEN not in fmt and times.changes_offset(tz):
+        raise InvalidConfig(
+            f"job {job!r} of {wf!r}: infa_date_format {fmt!r} has no offset, but in {tz} some wall times come "
+            f"twice (the hour the clocks go back), so two dates of the parameter file could read the same; "
+            f"add TZH:TZM (such as {fmt + ' TZH:TZM'!r}), or drop infa_date_format to get the default with "
+            "the offset, or use timezone UTC", workflow=wf, job=job, field="infa_date_format")
 
 
 def check_name(wf: str, job: str, key: str, allowed=()) -> str:

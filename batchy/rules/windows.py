@@ -90,7 +90,10 @@ def floor_to_unit(moment: datetime, unit: str, tz, week_start: str = "monday") -
     """Return the last boundary of unit at or before moment, in zone tz (DST-correct).
 
     A boundary is a wall time (the hour, midnight, the week's first midnight, the 1st):
-    a day in Europe/Paris may last 23 or 25 hours. Hours are real hours (UTC).
+    a day in Europe/Paris may last 23 or 25 hours. An hour boundary is an instant at which
+    tz's clock shows a whole hour (hh:00:00): in Asia/Kolkata (+05:30) that is hh:30 UTC,
+    and where a DST change of 30 minutes (Australia/Lord_Howe) skips or repeats the
+    clock's hh:00, the hour across it lasts 90 minutes.
     """
     # Remembered by instant: two wall times of a repeated hour (fold 0 and 1) compare equal.
     return _floor_to_unit(moment.astimezone(UTC), unit, tz, week_start)
@@ -99,7 +102,7 @@ def floor_to_unit(moment: datetime, unit: str, tz, week_start: str = "monday") -
 @functools.lru_cache(maxsize=4096)  # pure; the jobs of one open share their limit's boundary
 def _floor_to_unit(moment: datetime, unit: str, tz, week_start: str) -> datetime:
     if unit == "hour":  # moment is in UTC already (floor_to_unit)
-        return moment.replace(minute=0, second=0, microsecond=0)
+        return _floor_hour(moment, tz)
     local = moment.astimezone(tz)
     day = local.date()
     if unit == "week":
@@ -110,6 +113,18 @@ def _floor_to_unit(moment: datetime, unit: str, tz, week_start: str) -> datetime
     if boundary > moment:  # a midnight that does not exist landed after moment
         boundary = _midnight(day - timedelta(days=1), tz)
     return boundary
+
+
+def _floor_hour(moment: datetime, tz) -> datetime:
+    """Return the last instant at or before moment (UTC) at which tz's clock shows hh:00:00."""
+    while True:
+        local = moment.astimezone(tz)
+        past = timedelta(minutes=local.minute, seconds=local.second, microseconds=local.microsecond)
+        if not past:
+            return moment
+        # Back by what the clock shows past the hour; a DST change in between moved the
+        # clock, so look again from there (it shows hh:30 after a 30-minute change).
+        moment -= past
 
 
 def _midnight(day, tz) -> datetime:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from ..rules import backfill, formats, plans
+from ..rules import backfill, coverage, formats, plans
 from . import backfill_lua, keys
 from ..rules.backfill import BackfillNotFound, NotLeased, StaleAttempt
+from .cache import DerivedCache
 from ..errors import InvalidParameter
 from .store import BatchStore
 from ..rules.times import UTC, format_time, parse_time, zone
@@ -43,6 +44,9 @@ class Backfills:
         self._finish = client.register_script(backfill_lua.BACKFILL_FINISH)
         self._cancel = client.register_script(backfill_lua.BACKFILL_CANCEL)
         self._renew = client.register_script(backfill_lua.BACKFILL_RENEW)
+        # What running backfills may still fill, per workflow: shared by every /wait of
+        # this process, computed once per change (filling_cache.computed counts).
+        self.filling_cache = DerivedCache()
 
     def _run(self, script, script_keys, args) -> list:
         return self.store.transport.run(script, tuple(script_keys), args)
@@ -148,6 +152,43 @@ class Backfills:
                          if record]
             result[wf] = [s for s in summaries if s["status"] == backfill.RUNNING]
         return result
+
+    def filling(self, wf: str, limit: int = 50) -> dict[str, list]:
+        """Return {job: merged [[start, end], ...]} (epoch seconds) the chunks of wf's running
+        backfills (of its newest limit) fill or may still fill: every chunk not failed or cancelled.
+
+        A successful chunk counts too: its window is merged into the ledger just after it is
+        recorded successful, so a gate that read the ledger before never finds it in neither.
+        Computed once per change of what it depends on (which backfills run, and how many of
+        their chunks failed or were cancelled: a chunk never comes back from those), in time
+        proportional to the chunks, however many ask: filling_cache.computed counts.
+        """
+        ids = self.store.redis.zrevrange(keys.backfills(wf), 0, limit - 1)
+        pipe = self.store.redis.pipeline(transaction=False)
+        for backfill_id in ids:
+            pipe.hgetall(keys.backfill(wf, backfill_id))
+        running = []
+        for backfill_id, record in zip(ids, pipe.execute()):
+            counts = _counts(record) if record else {}
+            if record and backfill.status_of(record.get("status", ""), counts) == backfill.RUNNING:
+                lost = counts[backfill.ChunkStatus.FAILED] + counts[backfill.ChunkStatus.CANCELLED]
+                running.append((backfill_id, record.get("created"), record.get("from"), record.get("to"), lost))
+        return self.filling_cache.get(wf, tuple(running), lambda: self._read_filling(wf, [r[0] for r in running]))
+
+    def _read_filling(self, wf: str, ids: list[str]) -> dict[str, list]:
+        """Return {job: merged intervals} of the chunks of backfills ids not failed or cancelled."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        for backfill_id in ids:
+            pipe.hvals(keys.backfill_chunks(wf, backfill_id))
+        spans: dict[str, list] = {}
+        lost = (backfill.ChunkStatus.FAILED, backfill.ChunkStatus.CANCELLED)
+        for texts in pipe.execute():
+            for text in texts:
+                chunk = json.loads(text)
+                if chunk.get("status") not in lost:
+                    spans.setdefault(chunk["job"], []).append(
+                        [parse_time(chunk["from_date"]).timestamp(), parse_time(chunk["to_date"]).timestamp()])
+        return {job: coverage.union(found, []) for job, found in spans.items()}
 
     # -- chunk changes -----------------------------------------------------------------
 

@@ -46,3 +46,45 @@ class StateCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class DerivedCache:
+    """Values derived from a workflow, each kept until the workflow's fingerprint changes.
+
+    A fingerprint is whatever names the state a value was derived from (the workflow's
+    version, say). However many threads ask for the same workflow and fingerprint at once,
+    the value is computed once: the others wait for it. `computed` counts the computations.
+    """
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self.computed = 0
+        self._entries: dict[str, tuple] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, wf: str, fingerprint, compute):
+        """Return compute() for wf at fingerprint, computed once per fingerprint."""
+        entry = self._entries.get(wf)
+        if entry is not None and entry[0] == fingerprint:
+            return entry[1]
+        with self._lock:
+            lock = self._locks.setdefault(wf, threading.Lock())
+        with lock:  # the waiters of one workflow compute one after the other: the first one for all
+            entry = self._entries.get(wf)
+            if entry is not None and entry[0] == fingerprint:
+                return entry[1]
+            value = compute()
+            with self._lock:
+                self.computed += 1
+                self._entries.pop(wf, None)
+                self._entries[wf] = (fingerprint, value)
+                while len(self._entries) > self.size:
+                    oldest = next(iter(self._entries))
+                    del self._entries[oldest]
+                    self._locks.pop(oldest, None)
+            return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -138,7 +138,17 @@ def wait(wf):
             found, ledgers = state
             selected = _selected(wf, found, jobs)
             result = gates.coverage_verdict(found, ledgers, selected, since, through)
-            return gates.refilled(result, _filling(wf)) if result["state"] == gates.MISSED else result
+            if result["state"] != gates.MISSED:
+                return result
+            # What backfills fill is read before the ledger is read again: a chunk that
+            # succeeds in between is in one of them.
+            filling = _filling(wf)
+            again = read()
+            if again != state:  # changed meanwhile (rarely): judge what is there now
+                found, ledgers = again
+                selected = _selected(wf, found, jobs)
+                result = gates.coverage_verdict(found, ledgers, selected, since, through)
+            return gates.refilled(result, filling)
         return gates.date_missed(readiness.verdict(state, jobs, day, tz, wf), day, today)
 
     def read():
@@ -155,6 +165,8 @@ def wait(wf):
             if result["state"] != hold or remaining <= 0 or hub.closing:
                 break
             generation, fresh = hub.wait(watch, seen, remaining)
+            if deadline - time.monotonic() <= 0:
+                break  # time is up: answer now with the verdict we have, never later
             if generation != seen:
                 seen = generation
                 # The listener read the jobs once for every waiter; None (or a coverage
@@ -180,19 +192,8 @@ def wait(wf):
 
 
 def _filling(wf: str) -> dict[str, list]:
-    """Return {job: [[start, end], ...]} of the chunks running backfills of wf may still load."""
-    from ..rules.times import parse_time
-
-    backfills = services().backfills
-    filling: dict[str, list] = {}
-    for entry in backfills.list(wf):
-        if entry.get("status") != "running":
-            continue
-        for chunk in backfills.get(wf, entry["backfill_id"])["chunks"]:
-            if chunk["status"] in ("pending", "leased"):
-                filling.setdefault(chunk["job"], []).append(
-                    [parse_time(chunk["from_date"]).timestamp(), parse_time(chunk["to_date"]).timestamp()])
-    return filling
+    """Return {job: merged [[start, end], ...]} running backfills of wf fill or may still fill."""
+    return services().backfills.filling(wf)
 
 
 def _selected(wf: str, found: dict, jobs: list[str]) -> list[str]:
