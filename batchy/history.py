@@ -11,7 +11,7 @@ from typing import Callable
 import redis
 
 from . import coverage as coverage_mod
-from . import keys
+from . import keys, lateness
 from .errors import BatchNotFound, CorruptState, InvalidParameter, JobNotFound, WorkflowNotFound
 from .health import loaded_through
 from .jobs import decode, summarize_batch
@@ -234,6 +234,9 @@ class History:
                 "counts": _counts(meta),
                 "last_batch_id": last,
             }
+            problem = lateness.setting_problem(jobs, result[wf]["settings"])
+            if problem:  # shown, and counted as corrupt, for this workflow only; its jobs stay on view
+                result[wf]["error"] = f"workflow {wf!r}: {problem}"
         return result
 
 

@@ -13,11 +13,13 @@ than max_open_hours is stuck.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import datetime, time, timedelta
 
 from croniter import croniter
+from croniter.croniter import CroniterError
 
 from . import times
 from .health import last_success, open_since
@@ -25,6 +27,7 @@ from .health import last_success, open_since
 JOB_FIELDS = ("expected_by", "max_age_hours")
 WORKFLOW_FIELDS = JOB_FIELDS + ("max_open_hours",)
 _CLOCK = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
+_PROBE = datetime(2000, 1, 1, tzinfo=times.UTC)  # a cron expression is tried around this moment
 
 
 def check_field(key: str, value):
@@ -32,6 +35,9 @@ def check_field(key: str, value):
     if key == "expected_by":
         if not isinstance(value, str) or not (_CLOCK.fullmatch(value) or _cron_ok(value)):
             raise ValueError(f"expected_by must be HH:MM or a 5-field cron expression, not {value!r}")
+        if not _CLOCK.fullmatch(value) and not _fires(value):
+            raise ValueError(f"expected_by {value!r} is a cron expression that never fires (a day no month "
+                             "has, such as 30 February or 31 April): no success could ever be due")
     elif key in ("max_age_hours", "max_open_hours"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or not 0 < value <= 24 * 366 * 100:
@@ -41,6 +47,52 @@ def check_field(key: str, value):
 
 def _cron_ok(text: str) -> bool:
     return len(text.split()) == 5 and croniter.is_valid(text)
+
+
+@functools.lru_cache(maxsize=1024)  # every /late, /metrics and dashboard read checks the stored expressions
+def _fires(text: str) -> bool:
+    """Return whether a valid cron expression has a firing before and after a moment.
+
+    croniter.is_valid accepts "0 0 30 2 *", but get_prev and get_next raise on it.
+    """
+    try:
+        croniter(text, _PROBE).get_next(datetime)
+        croniter(text, _PROBE).get_prev(datetime)
+    except (CroniterError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def usable(key: str, value):
+    """Return a stored lateness setting if valid, else None (setting_problem names it)."""
+    if value is None:
+        return None
+    try:
+        return check_field(key, value)
+    except ValueError:
+        return None
+
+
+def setting_problem(jobs: dict[str, dict], settings: dict) -> str | None:
+    """Return what is wrong with a lateness setting stored for a workflow (a hand edit, or one
+    stored before a rule was added), or None: the workflow's own report, never a crash."""
+    for key in WORKFLOW_FIELDS:
+        if settings.get(key) is not None and usable(key, settings[key]) is None:
+            return _problem(key, settings[key], "the workflow setting")
+    for name in sorted(jobs):
+        for key in JOB_FIELDS:
+            value = jobs[name].get(key) if isinstance(jobs[name], dict) else None
+            if value is not None and usable(key, value) is None:
+                return _problem(key, value, f"job {name!r}")
+    return None
+
+
+def _problem(key: str, value, where: str) -> str:
+    try:
+        check_field(key, value)
+    except ValueError as exc:
+        return f"{where} {exc}; its lateness is not checked until the workflow file is fixed and loaded again"
+    return ""
 
 
 def due(expected_by: str, now: datetime, tz) -> tuple[datetime, datetime]:
@@ -59,8 +111,9 @@ def due(expected_by: str, now: datetime, tz) -> tuple[datetime, datetime]:
 
 def job_lateness(job: dict, settings: dict, now: datetime) -> dict | None:
     """Return {"kind": "late", "reason", "since"} when the job is late at now, else None."""
-    expected_by = job.get("expected_by") or settings.get("expected_by")
-    max_age = job.get("max_age_hours") or settings.get("max_age_hours")
+    # A bad stored value is skipped here (setting_problem reports it): never a crash for every workflow.
+    expected_by = usable("expected_by", job.get("expected_by") or settings.get("expected_by"))
+    max_age = usable("max_age_hours", job.get("max_age_hours") or settings.get("max_age_hours"))
     success = last_success(job)
     tz = times.job_zone(job)
     if expected_by:
@@ -81,7 +134,7 @@ def job_lateness(job: dict, settings: dict, now: datetime) -> dict | None:
 
 def workflow_stuck(jobs: dict[str, dict], settings: dict, now: datetime) -> dict | None:
     """Return {"kind": "stuck", "reason", "since"} when the open batch outlived max_open_hours."""
-    limit = settings.get("max_open_hours")
+    limit = usable("max_open_hours", settings.get("max_open_hours"))
     since = open_since(jobs)
     if not limit or since is None or now - since <= timedelta(hours=limit):
         return None
@@ -90,11 +143,15 @@ def workflow_stuck(jobs: dict[str, dict], settings: dict, now: datetime) -> dict
 
 
 def late_list(overview: dict[str, dict], now: datetime) -> list[dict]:
-    """Return every late job and stuck workflow of an overview (history.History.overview)."""
+    """Return every late job and stuck workflow of an overview (history.History.overview), and
+    each workflow whose lateness cannot be checked (kind "unchecked": a value stored for it
+    cannot be read)."""
     found = []
     for wf in sorted(overview):
         data = overview[wf]
         settings = data.get("settings") or {}
+        if data.get("error"):
+            found.append({"workflow": wf, "job": None, "kind": "unchecked", "since": None, "reason": data["error"]})
         stuck = workflow_stuck(data["jobs"], settings, now)
         if stuck:
             found.append({"workflow": wf, "job": None, **stuck})

@@ -95,14 +95,20 @@ class Watchman:
         """Check and deliver once if this process leads; return the events delivered."""
         if not int(self._lead(keys=[keys.WEBHOOK_LEADER], args=[self.token, int(self.interval * 3000)])):
             return 0
-        self.check_lateness()
+        try:
+            self.check_lateness()
+        except (redis.RedisError, OSError):
+            raise
+        except Exception:  # noqa: BLE001 - a surprise in one check must not hold up queued alerts
+            log.exception("webhooks: checking lateness failed; delivering what is queued")
         return self.deliver()
 
     def check_lateness(self) -> None:
         client = self.store.redis
         for item in lateness.late_list(self.store.overview(self.store.workflows()), self.store.now()):
             what = f"{item['workflow']}/{item['job']}" if item["job"] else item["workflow"]
-            text = f"Batchy: {what} is {item['kind']}: {item['reason']}"
+            text = (f"Batchy: the lateness of {what} cannot be checked: {item['reason']}"
+                    if item["kind"] == "unchecked" else f"Batchy: {what} is {item['kind']}: {item['reason']}")
             ident = event_id(item["kind"], item["workflow"], item["job"], item["since"], item["reason"]
                              if item["since"] is None else "")
             announce(client, item["kind"], text, ident, workflow=item["workflow"], job=item["job"],

@@ -127,7 +127,10 @@ def parse_config(wf: str, data: bytes | str) -> Config:
             f"{wf}.yaml must be a mapping of job name -> parameters, not a {type(doc).__name__}",
             workflow=wf,
         )
-    settings = check_settings(wf, doc.pop(SETTINGS_KEY, None) or {})
+    try:
+        settings = check_settings(wf, doc.pop(SETTINGS_KEY, None) or {})
+    except InvalidConfig as exc:
+        raise _at_line(exc, lines.get((SETTINGS_KEY, exc.context.get("field")))) from None
     if not doc:
         raise InvalidConfig(f"{wf}.yaml lists no job", workflow=wf)
     if len(doc) > MAX_JOBS:
@@ -235,7 +238,7 @@ def check_settings(wf: str, raw, where: str = "") -> dict:
             try:
                 (windows if kind == "policy" else lateness).check_field(key, value)
             except ValueError as exc:
-                raise InvalidConfig(f"{exc} (in {where})", workflow=wf) from None
+                raise InvalidConfig(f"{exc} (in {where})", workflow=wf, field=key) from None
         if kind == "names" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise InvalidConfig(f"{key} in {where} must be a list of parameter names, not {value!r:.80}",
                                 workflow=wf)

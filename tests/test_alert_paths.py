@@ -1,0 +1,184 @@
+"""What watches and reports under bad input and failures (issue 24): cron expressions that
+never fire, webhook delivery at least once, secrets and markup in alerts, chunk events
+that leave the audit trail alone. Real redis-server, a local webhook receiver."""
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from datetime import datetime, timezone
+
+import pytest
+
+from batchy import create_app, keys
+from batchy.errors import InvalidConfig
+
+from .conftest import make_app
+from .reliability_helpers import VirtualClock
+
+UTC = timezone.utc
+NEVER = ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2 *"]
+
+
+class Receiver:
+    """A local webhook receiver: records what it takes; can answer 503 or hang."""
+
+    def __init__(self):
+        self.received: list[dict] = []
+        self.down = False
+        self.hang = threading.Event()  # set: every POST waits until it is cleared (or 30 s)
+        self.hung = threading.Event()  # set once a POST has started to hang
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if outer.hang.is_set():
+                    outer.hung.set()
+                    for _ in range(600):
+                        if not outer.hang.is_set():
+                            break
+                        outer.hang.wait(0.05)
+                    return  # the sender is gone by now: drop the connection unanswered
+                if outer.down:
+                    self.send_response(503)
+                else:
+                    outer.received.append(json.loads(body))
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/s3cr3tT0ken?x=1"
+
+    def close(self):
+        self.hang.clear()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def webhook_app(redis_server, cfg_dir, receiver, clock, **config):
+    return create_app({"BATCHY_REDIS_URL": redis_server.url, "BATCHY_CFG_DIR": str(cfg_dir), "CLOCK": clock,
+                       "BATCHY_WEBHOOK_URL": receiver.url, "BATCHY_WEBHOOK_INTERVAL": 3600, **config})
+
+
+# -- 1. a cron expression that never fires --------------------------------------------------------
+
+
+@pytest.mark.parametrize("expression", NEVER)
+def test_a_job_cron_that_never_fires_is_refused_at_load_with_its_line(client, write_cfg, expression):
+    write_cfg("cronbad", f"j1:\n  from_date: 2024-01-01\n  expected_by: \"{expression}\"\n")
+    r = client.post("/load_cfg/cronbad")
+    assert r.status_code == 400 and r.json["error"] == "invalid_config", r.json
+    assert r.json["field"] == "expected_by" and r.json["job"] == "j1" and r.json["line"] == 3, r.json
+    assert "never fires" in r.json["message"] and "line 3" in r.json["message"]
+    assert client.get("/get_status/cronbad").status_code == 404  # nothing stored
+
+
+@pytest.mark.parametrize("expression", NEVER)
+def test_a_workflow_cron_that_never_fires_is_refused_at_load_with_its_line(client, write_cfg, expression):
+    write_cfg("cronbad", f".batchy:\n  expected_by: \"{expression}\"\nj1:\n  from_date: 2024-01-01\n")
+    r = client.post("/load_cfg/cronbad")
+    assert r.status_code == 400 and r.json["field"] == "expected_by" and r.json["line"] == 2, r.json
+    assert "never fires" in r.json["message"] and "line 2" in r.json["message"]
+
+
+@pytest.mark.parametrize("expression", ["0 0 29 2 *", "0 0 31 * *", "30 * * * *", "0 6 * * 1-5"])
+def test_a_cron_that_fires_rarely_is_still_accepted(client, write_cfg, expression):
+    write_cfg("rare", f".batchy:\n  expected_by: \"{expression}\"\nj1:\n  expected_by: \"{expression}\"\n")
+    assert client.post("/load_cfg/rare").status_code == 200
+
+
+@pytest.mark.parametrize("where", ["settings", "job"])
+def test_import_refuses_a_cron_that_never_fires(app, client, where):
+    client.post("/load_cfg/wf1")
+    store = app.extensions["batchy"]
+    doc = store.export(["wf1"])
+    entry = doc["workflows"]["wf1"]
+    if where == "settings":
+        entry["meta"][keys.SETTINGS] = json.dumps({"expected_by": "0 0 31 2 *"})
+    else:
+        entry["jobs"]["s_extract"]["expected_by"] = "0 0 31 2 *"
+    with pytest.raises(InvalidConfig) as err:
+        store.import_(doc, replace=True)
+    assert err.value.status == 400 and err.value.context["field"] == "expected_by"
+    assert "never fires" in err.value.message and "in the export" in err.value.message
+
+
+def plant_bad_crons(redis, wf: str) -> None:
+    """Write never-firing expressions into a loaded workflow, as a hand edit or an older version would."""
+    meta = keys.meta(wf)
+    redis.hset(meta, keys.SETTINGS, json.dumps({"expected_by": "0 0 30 2 *"}))
+    job = json.loads(redis.hget(wf, "j1"))
+    redis.hset(wf, "j1", json.dumps({**job, "expected_by": "0 0 31 4 *"}))
+    redis.hdel(meta, keys.VERSION)
+
+
+def test_a_stored_cron_that_never_fires_is_reported_for_its_workflow_only(redis_server, real_redis, cfg_dir,
+                                                                          write_cfg, receiver):
+    clock = VirtualClock(datetime(2024, 3, 5, 8, 0, tzinfo=UTC))
+    write_cfg("cronbad", ".batchy:\n  expected_by: '05:00'\nj1:\n  from_date: 2024-01-01\n")
+    write_cfg("nightly", "load:\n  expected_by: '06:00'\n")
+    app = webhook_app(redis_server, cfg_dir, receiver, clock)
+    client = app.test_client()
+    for wf in ("cronbad", "nightly", "wf1"):
+        assert client.post(f"/load_cfg/{wf}").status_code == 200
+    plant_bad_crons(real_redis, "cronbad")
+    client.post("/open_batch/wf1")
+    assert client.post("/fail_batch/wf1?message=source%20down").status_code == 200
+
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    text = metrics.data.decode()
+    assert 'batchy_workflow_corrupt{workflow="cronbad"} 1.0' in text
+    assert 'batchy_workflow_corrupt{workflow="nightly"} 0.0' in text
+    assert 'batchy_job_late{job="load",workflow="nightly"} 1.0' in text
+    assert 'batchy_job_status{job="s_extract",status="failed",workflow="wf1"} 1.0' in text
+
+    page = client.get("/")
+    assert page.status_code == 200
+    assert b'data-corrupt="cronbad"' in page.data and b"never fires" in page.data
+    assert b'data-workflow="nightly"' in page.data and b'data-workflow="wf1"' in page.data
+
+    late = client.get("/late")
+    assert late.status_code == 200
+    found = {(f["workflow"], f["job"], f["kind"]) for f in late.json}
+    assert found == {("cronbad", None, "unchecked"), ("nightly", "load", "late")}, late.json
+    unchecked = next(f for f in late.json if f["kind"] == "unchecked")
+    assert "0 0 30 2 *" in unchecked["reason"] and "never fires" in unchecked["reason"]
+
+    watchman = app.extensions["batchy_webhooks"]
+    assert watchman.round() == 3
+    events = {(e["event"], e.get("workflow")) for e in receiver.received}
+    assert events == {("failed", "wf1"), ("late", "nightly"), ("unchecked", "cronbad")}, receiver.received
+    assert watchman.round() == 0  # each once
+
+    # The repair: a fixed file loaded again clears the report.
+    write_cfg("cronbad", ".batchy:\n  expected_by: '05:00'\nj1:\n  from_date: 2024-01-01\n")
+    assert client.post("/load_cfg/cronbad").status_code == 200
+    assert 'batchy_workflow_corrupt{workflow="cronbad"} 0.0' in client.get("/metrics").data.decode()
+
+
+def test_stored_lateness_settings_of_the_wrong_type_are_reported_not_raised(fake_redis, cfg_dir, write_cfg):
+    client = make_app(fake_redis, cfg_dir).test_client()
+    write_cfg("odd", ".batchy:\n  max_open_hours: 2\nj1:\n  max_age_hours: 3\n")
+    client.post("/load_cfg/odd")
+    client.post("/load_cfg/wf1")
+    fake_redis.hset(keys.meta("odd"), keys.SETTINGS, json.dumps({"max_open_hours": "two"}))
+    client.post("/open_batch/odd")
+    for path in ("/metrics", "/", "/late"):
+        assert client.get(path).status_code == 200, path
+    assert 'batchy_workflow_corrupt{workflow="odd"} 1.0' in client.get("/metrics").data.decode()
+    assert ("odd", "unchecked") in {(f["workflow"], f["kind"]) for f in client.get("/late").json}
