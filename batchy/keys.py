@@ -157,7 +157,8 @@ def backfill_count_field(status: str) -> str:
 
 
 WEBHOOK_OUTBOX = NAMESPACE + "webhook-outbox"  # list of JSON events not yet delivered, newest first
-WEBHOOK_SENDING = NAMESPACE + "webhook-sending"  # list: the event being delivered now
+WEBHOOK_INFLIGHT = NAMESPACE + "webhook-inflight"  # zset: events being posted -> deadline (ms, Redis' clock)
+WEBHOOK_SENDING = NAMESPACE + "webhook-sending"  # list where versions before the in-flight zset kept one (drained)
 WEBHOOK_LEADER = NAMESPACE + "webhook-leader"  # string, expiring: the process that checks and delivers
 
 

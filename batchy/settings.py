@@ -151,14 +151,30 @@ SETTINGS: tuple[Setting, ...] = (
         "BATCHY_WEBHOOK_URL",
         "",
         "POST a JSON event (with a `text` field, so a Slack or Teams incoming webhook takes it as "
-        "is) when a batch fails, a job becomes late or a batch stuck: once per event across all "
-        "processes, in the background, retried while the receiver is down. Empty: none.",
+        "is) when a batch fails, a job becomes late or a batch stuck: queued once per event across all "
+        "processes, delivered at least once in the background (a repeat carries the same `id`), "
+        "retried while the receiver is down. Empty: none.",
     ),
     Setting(
         "BATCHY_WEBHOOK_INTERVAL",
         30.0,
         "Seconds between two rounds of the webhook process: checking lateness (even when no ETL "
         "calls the API) and delivering what is queued.",
+        _positive_float,
+    ),
+    Setting(
+        "BATCHY_WEBHOOK_TIMEOUT",
+        5.0,
+        "Seconds a webhook POST may wait for the receiver (to connect, and for each read) before it "
+        "counts as failed and is retried on a later round.",
+        _positive_float,
+    ),
+    Setting(
+        "BATCHY_WEBHOOK_VISIBILITY_TIMEOUT",
+        15.0,
+        "Seconds an event being posted is hidden from other processes: if its sender dies (kill -9, "
+        "OOM, a worker timeout) the event is sent again after this. Longer than BATCHY_WEBHOOK_TIMEOUT "
+        "(the default is twice it plus 5 s), so a slow but living post is not sent twice.",
         _positive_float,
     ),
     Setting(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -26,19 +27,19 @@ class Receiver:
     def __init__(self):
         self.received: list[dict] = []
         self.down = False
-        self.hang = threading.Event()  # set: every POST waits until it is cleared (or 30 s)
+        self.hang = threading.Event()  # set: every POST hangs until back is set (or 30 s)
+        self.back = threading.Event()
         self.hung = threading.Event()  # set once a POST has started to hang
+        self.attempts: list[dict] = []  # every body posted, taken or not
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.attempts.append(json.loads(body))
                 if outer.hang.is_set():
                     outer.hung.set()
-                    for _ in range(600):
-                        if not outer.hang.is_set():
-                            break
-                        outer.hang.wait(0.05)
+                    outer.back.wait(30)
                     return  # the sender is gone by now: drop the connection unanswered
                 if outer.down:
                     self.send_response(503)
@@ -56,8 +57,13 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/s3cr3tT0ken?x=1"
 
-    def close(self):
+    def come_back(self):
+        """Stop hanging: posts from now on are taken."""
         self.hang.clear()
+        self.back.set()
+
+    def close(self):
+        self.come_back()
         self.server.shutdown()
         self.server.server_close()
 
@@ -182,3 +188,116 @@ def test_stored_lateness_settings_of_the_wrong_type_are_reported_not_raised(fake
         assert client.get(path).status_code == 200, path
     assert 'batchy_workflow_corrupt{workflow="odd"} 1.0' in client.get("/metrics").data.decode()
     assert ("odd", "unchecked") in {(f["workflow"], f["kind"]) for f in client.get("/late").json}
+
+
+# -- 2. webhook delivery at least once ----------------------------------------------------------
+
+
+def test_an_event_whose_sender_died_is_sent_again_after_the_visibility_timeout(redis_server, real_redis, cfg_dir,
+                                                                               receiver):
+    clock = VirtualClock(datetime(2024, 3, 5, 8, 0, tzinfo=UTC))
+    app = webhook_app(redis_server, cfg_dir, receiver, clock, BATCHY_WEBHOOK_TIMEOUT=0.2,
+                      BATCHY_WEBHOOK_VISIBILITY_TIMEOUT=0.6)
+    client = app.test_client()
+    client.post("/load_cfg/wf1")
+    client.post("/open_batch/wf1")
+    assert client.post("/fail_batch/wf1").status_code == 200
+    # A sender took the event and died while posting: it sits in flight with its deadline.
+    raw = real_redis.rpop(keys.WEBHOOK_OUTBOX)
+    seconds, micros = real_redis.time()
+    real_redis.zadd(keys.WEBHOOK_INFLIGHT, {raw: seconds * 1000 + micros // 1000 + 600})
+    watchman = app.extensions["batchy_webhooks"]
+    assert watchman.round() == 0 and receiver.received == []  # still in its sender's hands
+    assert real_redis.zcard(keys.WEBHOOK_INFLIGHT) == 1
+    time.sleep(0.8)
+    assert watchman.round() == 1
+    assert [e["id"] for e in receiver.received] == [json.loads(raw)["body"]["id"]]
+    assert real_redis.zcard(keys.WEBHOOK_INFLIGHT) == 0 and real_redis.llen(keys.WEBHOOK_OUTBOX) == 0
+
+
+def test_an_event_left_in_the_old_sending_list_is_delivered(redis_server, real_redis, cfg_dir, receiver):
+    clock = VirtualClock(datetime(2024, 3, 5, 8, 0, tzinfo=UTC))
+    app = webhook_app(redis_server, cfg_dir, receiver, clock)
+    entry = json.dumps({"body": {"text": "Batchy: batch 1 of wf1 failed (a)", "event": "failed"}, "tries": 0})
+    real_redis.lpush(keys.WEBHOOK_SENDING, entry)  # where a sender of an earlier version left it
+    assert app.extensions["batchy_webhooks"].round() == 1
+    assert receiver.received[0]["text"] == "Batchy: batch 1 of wf1 failed (a)"
+    assert not real_redis.exists(keys.WEBHOOK_SENDING, keys.WEBHOOK_INFLIGHT, keys.WEBHOOK_OUTBOX)
+
+
+def test_a_visibility_timeout_not_longer_than_the_post_timeout_is_refused(redis_server, real_redis, cfg_dir,
+                                                                         receiver):
+    with pytest.raises(ValueError, match="BATCHY_WEBHOOK_VISIBILITY_TIMEOUT"):
+        webhook_app(redis_server, cfg_dir, receiver, None, BATCHY_WEBHOOK_TIMEOUT=10,
+                    BATCHY_WEBHOOK_VISIBILITY_TIMEOUT=5)
+
+
+def worker_pids(master: int) -> list[int]:
+    """Return the gunicorn workers of a master we started (its child processes)."""
+    with open(f"/proc/{master}/task/{master}/children") as fh:
+        return [int(pid) for pid in fh.read().split()]
+
+
+def webhook_service(redis_server, cfg_dir, receiver, **env):
+    from batchy.testing import ServiceProcess
+
+    settings = {"BATCHY_WEBHOOK_URL": receiver.url, "BATCHY_WEBHOOK_INTERVAL": "0.2", **env}
+    return ServiceProcess(redis_server.url, str(cfg_dir), env=settings, workers=1)
+
+
+def fail_a_batch(url: str) -> None:
+    import urllib.request
+
+    for path in ("/load_cfg/wf1", "/open_batch/wf1", "/fail_batch/wf1?message=source%20down"):
+        with urllib.request.urlopen(urllib.request.Request(url + path, method="POST"), timeout=10) as resp:
+            assert resp.status == 200
+
+
+@pytest.mark.slow
+def test_an_event_survives_kill_9_of_the_worker_posting_it(redis_server, real_redis, cfg_dir, receiver):
+    import os
+    import signal
+
+    from batchy.testing import wait_for
+
+    svc = webhook_service(redis_server, cfg_dir, receiver, BATCHY_WEBHOOK_TIMEOUT="2",
+                          BATCHY_WEBHOOK_VISIBILITY_TIMEOUT="3")
+    receiver.hang.set()
+    svc.start()
+    try:
+        fail_a_batch(svc.url)
+        assert receiver.hung.wait(20), "the event was never posted"
+        [worker] = worker_pids(svc.proc.pid)
+        os.kill(worker, signal.SIGKILL)  # the worker holding the connection dies mid-post
+        receiver.come_back()
+        wait_for(lambda: receiver.received, timeout=30, what="the event, sent again")
+        wait_for(lambda: worker_pids(svc.proc.pid) != [worker], timeout=10, what="a new worker")
+        assert [e["event"] for e in receiver.received] == ["failed"]
+        assert receiver.received[0]["id"] == receiver.attempts[0]["id"]  # the same event, the same id
+        assert real_redis.zcard(keys.WEBHOOK_INFLIGHT) == 0 and real_redis.llen(keys.WEBHOOK_OUTBOX) == 0
+    finally:
+        svc.stop()
+
+
+@pytest.mark.slow
+def test_an_event_survives_a_graceful_restart_during_a_slow_post(redis_server, real_redis, cfg_dir, receiver):
+    from batchy.testing import wait_for
+
+    # A visibility timeout longer than the test: only the hand-back at exit can explain a delivery.
+    env = {"BATCHY_WEBHOOK_TIMEOUT": "20", "BATCHY_WEBHOOK_VISIBILITY_TIMEOUT": "600"}
+    receiver.hang.set()
+    svc = webhook_service(redis_server, cfg_dir, receiver, **env).start()
+    try:
+        fail_a_batch(svc.url)
+        assert receiver.hung.wait(20), "the event was never posted"
+        svc.stop()  # SIGTERM: gunicorn's graceful stop, the post still hanging
+        receiver.come_back()
+        started = time.monotonic()
+        svc = webhook_service(redis_server, cfg_dir, receiver, **env).start()
+        wait_for(lambda: receiver.received, timeout=30, what="the event, after the restart")
+        assert time.monotonic() - started < 30
+        assert [e["event"] for e in receiver.received] == ["failed"]
+        assert receiver.received[0]["id"] == receiver.attempts[0]["id"]
+        assert not real_redis.exists(keys.WEBHOOK_INFLIGHT, keys.WEBHOOK_OUTBOX)
+    finally:
+        svc.stop()
