@@ -23,6 +23,7 @@ import logging
 import random
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import redis
@@ -103,6 +104,35 @@ def announce(client: redis.Redis, kind: str, text: str, ident: str, **fields) ->
     body = {"text": text, "event": kind, "id": ident, **fields}
     client.lpush(keys.WEBHOOK_OUTBOX, json.dumps({"body": body, "tries": 0}))
     return True
+
+
+def redact(url: str) -> str:
+    """Return a webhook URL as a log may show it: scheme and host; its path and query (where
+    Slack and Teams keep the secret) and any user:password as `/***`."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(a webhook URL that cannot be read)"
+    host = f"[{host}]" if ":" in host else host
+    hidden = parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None
+    return f"{parts.scheme}://{host}{port}" + ("/***" if hidden else "")
+
+
+def slack_escape(text: str) -> str:
+    """Return text with Slack's control characters escaped (&, <, >): a message shows as
+    written, never as a mention (<!channel>) or a link labelled as another (<url|label>)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def payload(body: dict) -> dict:
+    """Return what is posted for a queued event: `text` escaped for Slack, the text as
+    written in `raw_text`."""
+    text = body.get("text")
+    if not isinstance(text, str) or "raw_text" in body:
+        return body
+    return {**body, "text": slack_escape(text), "raw_text": text}
 
 
 def failure_text(wf: str, jobs: dict) -> tuple[str, str]:
@@ -235,13 +265,15 @@ class Watchman:
         return sent
 
     def _post(self, body: dict) -> bool:
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
         try:
+            req = urllib.request.Request(self.url, data=json.dumps(payload(body)).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return 200 <= resp.status < 300
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            log.warning("webhooks: %s did not take an event (%s); retrying later", self.url, exc)
+            shown = redact(self.url)  # the URL is the secret of a Slack webhook: never logged whole
+            log.warning("webhooks: %s did not take an event (%s); retrying later", shown,
+                        str(exc).replace(self.url, shown))
             return False
 
 

@@ -301,3 +301,55 @@ def test_an_event_survives_a_graceful_restart_during_a_slow_post(redis_server, r
         assert not real_redis.exists(keys.WEBHOOK_INFLIGHT, keys.WEBHOOK_OUTBOX)
     finally:
         svc.stop()
+
+
+# -- 3. secrets and markup ----------------------------------------------------------------------
+
+
+def test_slack_markup_in_a_failure_message_arrives_escaped_with_the_raw_text_beside(redis_server, real_redis,
+                                                                                    cfg_dir, receiver):
+    clock = VirtualClock(datetime(2024, 3, 5, 8, 0, tzinfo=UTC))
+    app = webhook_app(redis_server, cfg_dir, receiver, clock)
+    client = app.test_client()
+    client.post("/load_cfg/wf1")
+    client.post("/open_batch/wf1")
+    message = "<!channel> log in at <https://evil|https://sso.corp> & retry"
+    assert client.post("/fail_batch/wf1", query_string={"message": message}).status_code == 200
+    assert app.extensions["batchy_webhooks"].round() == 1
+    [event] = receiver.received
+    assert "<" not in event["text"] and ">" not in event["text"]
+    assert "&lt;!channel&gt; log in at &lt;https://evil|https://sso.corp&gt; &amp; retry" in event["text"]
+    assert message in event["raw_text"] and event["raw_text"].startswith("Batchy: batch ")
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://hooks.slack.com/services/T0/B0/s3cr3tT0ken", "https://hooks.slack.com/***"),
+    ("https://user:s3cr3tT0ken@example.com:8443/hook?key=s3cr3tT0ken", "https://example.com:8443/***"),
+    ("http://[::1]:9/s3cr3tT0ken", "http://[::1]:9/***"),
+    ("https://example.com", "https://example.com"),
+])
+def test_a_webhook_url_is_redacted(url, shown):
+    from batchy.webhooks import redact
+
+    assert redact(url) == shown
+
+
+@pytest.mark.parametrize("down", ["503", "refused"])
+def test_a_failed_delivery_never_logs_the_secret_of_the_url(redis_server, real_redis, cfg_dir, receiver, caplog,
+                                                             down):
+    clock = VirtualClock(datetime(2024, 3, 5, 8, 0, tzinfo=UTC))
+    app = webhook_app(redis_server, cfg_dir, receiver, clock)
+    watchman = app.extensions["batchy_webhooks"]
+    if down == "503":
+        receiver.down = True
+    else:
+        receiver.close()  # nothing listens any more
+    client = app.test_client()
+    client.post("/load_cfg/wf1")
+    client.post("/open_batch/wf1")
+    client.post("/fail_batch/wf1")
+    with caplog.at_level("WARNING", logger="batchy"):
+        assert watchman.round() == 0
+    port = receiver.server.server_port
+    assert f"http://127.0.0.1:{port}/***" in caplog.text, caplog.text
+    assert "s3cr3tT0ken" not in caplog.text and "/services/" not in caplog.text
