@@ -2,11 +2,14 @@
 
 Each backfill is a hash (keys.backfill), its chunks a hash of JSON (keys.backfill_chunks)
 and a queue of the chunks a worker may lease (keys.backfill_queue); every chunk change
-is one Lua script (backfill_scripts.BACKFILL_*) that also appends it to the workflow's audit
-stream. The workflow's own state is never touched, except the coverage ledger: a
-successful chunk's window is merged into it by a committed change (plans.plan_backfill_coverage
-through store.mutate), after the chunk is recorded successful, so the ledger never holds
-more than what succeeded; a retried close merges it again (a no-op if it is there).
+is one Lua script (backfill_scripts.BACKFILL_*) that also appends its event: creation and
+cancel to the workflow's audit stream, chunk events (lease, close, fail, expire, coverage)
+to the backfill's own capped stream (keys.backfill_events), so chunk traffic never evicts
+the workflow's audit trail. The workflow's own state is never touched, except the coverage
+ledger: a successful chunk's window is merged into it by a committed change
+(plans.plan_backfill_coverage through store.mutate), after the chunk is recorded
+successful, so the ledger never holds more than what succeeded; a retried close merges it
+again (a no-op if it is there).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class Backfills:
         self._finish = client.register_script(backfill_scripts.BACKFILL_FINISH)
         self._cancel = client.register_script(backfill_scripts.BACKFILL_CANCEL)
         self._renew = client.register_script(backfill_scripts.BACKFILL_RENEW)
+        self._note = client.register_script(backfill_scripts.BACKFILL_NOTE)
 
     def _run(self, script, script_keys, args) -> list:
         return self.store.transport.run(script, tuple(script_keys), args)
@@ -155,7 +159,8 @@ class Backfills:
         """Lease the next chunk due (attempt + 1) for lease_seconds; None when none is due now."""
         lease_ms = max(1, round(lease_seconds * 1000))
         script_keys = (keys.workflow(wf), keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                       keys.backfill_queue(wf, backfill_id), keys.events(wf), keys.PAUSE, keys.pause(wf))
+                       keys.backfill_queue(wf, backfill_id), keys.backfill_events(wf, backfill_id), keys.PAUSE,
+                       keys.pause(wf), keys.events(wf))
         while True:
             reply = self._run(self._lease, script_keys, (lease_ms, self.events_keep, actor, backfill_id))
             code = int(reply[0])
@@ -209,14 +214,20 @@ class Backfills:
         A success merges the chunk's window into its job's coverage ledger.
         """
         reply = self._run(self._finish, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                                         keys.backfill_queue(wf, backfill_id), keys.events(wf)),
+                                         keys.backfill_queue(wf, backfill_id), keys.backfill_events(wf, backfill_id),
+                                         keys.events(wf)),
                           (number, attempt, outcome, "" if records_processed is None else records_processed,
                            message or "", self.events_keep, actor, backfill_id))
         chunk = self._checked(wf, backfill_id, number, attempt, reply)
         record = _pairs(reply[2])
         if outcome == backfill.ChunkStatus.SUCCESS:
-            self.store.mutate(wf, lambda state: plans.plan_backfill_coverage(
+            merged = self.store.mutate(wf, lambda state: plans.plan_backfill_coverage(
                 state, chunk["job"], parse_time(chunk["from_date"]), parse_time(chunk["to_date"])), actor=actor)
+            if not merged.noop:
+                self._run(self._note, (keys.backfill_events(wf, backfill_id), keys.events(wf)),
+                          (self.events_keep, "backfill_coverage", actor, formats.dumps([chunk["job"]]),
+                           f"chunk {number} {chunk['job']} [{chunk['from_date']}, {chunk['to_date']}): merged into "
+                           "the coverage ledger", backfill_id, number, attempt))
         counts = _counts(record)
         return {"backfill_id": backfill_id, "workflow": wf,
                 **backfill.render_chunk(number, chunk, _zone(record, chunk["job"])),

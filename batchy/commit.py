@@ -292,7 +292,7 @@ class Committer:
             args += [keys.batch(wf, batch_id), mode, score, len(snapshot)]
             for name, job in snapshot.items():
                 args += [name, formats.dumps(job)]
-        event = audit_event(state, change, actor)
+        event = audit_event(state, change, actor) if change.audited else {}
         args += [self._keep, keys.batch_prefix(wf), self._events_keep, len(event)]
         for item in event.items():
             args += item

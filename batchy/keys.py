@@ -151,6 +151,12 @@ def backfill_queue(wf: str, backfill_id: int | str) -> str:
     return f"{NAMESPACE}backfill:{wf}:{backfill_id}:queue"
 
 
+def backfill_events(wf: str, backfill_id: int | str) -> str:
+    """Capped stream of a backfill's chunk events (lease, close, fail, expire, coverage), kept apart
+    from the workflow's audit stream so chunk traffic never evicts it; ids ordered with it."""
+    return f"{NAMESPACE}backfill:{wf}:{backfill_id}:events"
+
+
 def backfill_count_field(status: str) -> str:
     """Field of the backfill hash counting its chunks in status."""
     return BACKFILL_COUNT_PREFIX + status

@@ -307,4 +307,5 @@ def plan_backfill_coverage(state: State, job: str, start: datetime, end: datetim
     low, high = start.timestamp(), end.timestamp()
     if coverage.covers(ledger, low, high):
         return Change(action="backfill_coverage", noop=True)
-    return Change(action="backfill_coverage", meta={field: formats.dumps(coverage.add(ledger, low, high))})
+    return Change(action="backfill_coverage", meta={field: formats.dumps(coverage.add(ledger, low, high))},
+                  audited=False)

@@ -128,7 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "BATCHY_EVENTS_KEEP",
         10000,
-        "Audit events kept per workflow (a capped Redis stream).",
+        "Audit events kept per workflow (a capped Redis stream), and chunk events kept per backfill "
+        "(a stream of its own, so a backfill never evicts the workflow's audit trail).",
         _positive_int,
     ),
     Setting(

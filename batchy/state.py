@@ -78,6 +78,9 @@ class Change:
     # Nothing to write: the call repeats one already applied (a retried close).
     noop: bool = False
     idempotency_key: str | None = None  # an open's Idempotency-Key (scripts.COMMIT, KEYS[10])
+    # False: no event in the workflow's audit stream (a backfill chunk's coverage merge: its
+    # event goes to the backfill's chunk event stream, backfill_scripts.BACKFILL_NOTE).
+    audited: bool = True
 
 
 @functools.lru_cache(maxsize=1024)

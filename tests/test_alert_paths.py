@@ -353,3 +353,91 @@ def test_a_failed_delivery_never_logs_the_secret_of_the_url(redis_server, real_r
     port = receiver.server.server_port
     assert f"http://127.0.0.1:{port}/***" in caplog.text, caplog.text
     assert "s3cr3tT0ken" not in caplog.text and "/services/" not in caplog.text
+
+
+# -- 5. chunk events keep out of the workflow's audit trail -----------------------------------------
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def small_cap_client(request, fake_redis, cfg_dir, write_cfg):
+    """A client whose streams keep 40 events, on the embedded store, then on our redis-server."""
+    write_cfg("hourly", "load:\n  from_date: 2024-01-01\n")
+    config = {"BATCHY_CFG_DIR": str(cfg_dir), "BATCHY_EVENTS_KEEP": 40}
+    if request.param == "fakeredis":
+        app = make_app(fake_redis, cfg_dir, BATCHY_EVENTS_KEEP=40)
+        redis = fake_redis
+    else:
+        redis = request.getfixturevalue("real_redis")
+        app = create_app({**config, "BATCHY_REDIS_URL": request.getfixturevalue("redis_server").url})
+    return app.test_client(), redis
+
+
+def run_hourly_backfill(client, chunks: int) -> str:
+    end = datetime(2024, 3, 1, tzinfo=UTC).timestamp() + chunks * 3600
+    to = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    r = client.post("/backfill/hourly", query_string={"from": "2024-03-01T00:00:00Z", "to": to, "batch_size": "hour"})
+    assert r.status_code == 201 and len(r.json["chunks"]) == chunks, r.json
+    bid = r.json["backfill_id"]
+    for n in range(chunks):
+        leased = client.post(f"/backfill/hourly/{bid}/lease").json
+        outcome = "fail" if n % 10 == 3 else "close"
+        assert client.post(f"/backfill/hourly/{bid}/{outcome}",
+                           query_string={"chunk": leased["chunk"], "attempt": leased["attempt"]}).status_code == 200
+    return bid
+
+
+def test_an_hourly_backfill_larger_than_the_cap_leaves_the_audit_trail(small_cap_client):
+    client, redis = small_cap_client
+    assert client.post("/load_cfg/hourly").status_code == 200
+    recent = datetime.now(UTC).replace(microsecond=0).timestamp() - 86400  # after the backfill's range
+    since = datetime.fromtimestamp(recent, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert client.post("/set_from_date/hourly", query_string={"from_date": since}).status_code == 200
+    client.post("/open_batch/hourly")
+    client.post("/close_batch/hourly")
+    bid = run_hourly_backfill(client, 120)  # 120 chunks: 360 chunk events, 9 times the cap of 40
+    client.post(f"/backfill/hourly/{bid}/cancel")
+
+    trail = [fields["action"] for _id, fields in redis.xrange(keys.events("hourly"))]
+    assert trail == ["load", "set", "open", "close", "backfill_create", "backfill_cancel"], trail
+    chunk_stream = keys.backfill_events("hourly", bid)
+    assert 40 <= redis.xlen(chunk_stream) <= 40 + 200  # bounded: MAXLEN ~ trims whole nodes
+    actions = {fields["action"] for _id, fields in redis.xrange(chunk_stream)}
+    assert actions <= {"backfill_lease", "backfill_close", "backfill_fail", "backfill_coverage"}
+
+    # /events still lists every event, chunk events included, newest first in one order.
+    listed = client.get("/events/hourly?limit=1000").json["events"]
+    ids = [tuple(int(p) for p in e["id"].split("-")) for e in listed]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids)
+    assert [e["action"] for e in listed][:1] == ["backfill_cancel"]
+    assert [e["action"] for e in listed][-5:] == ["backfill_create", "close", "open", "set", "load"]
+    assert {"backfill_lease", "backfill_close", "backfill_coverage"} <= {e["action"] for e in listed}
+    # Paging with before= walks the merged order without a gap or a repeat.
+    seen, before = [], None
+    while True:
+        page = client.get("/events/hourly", query_string={"limit": 7, **({"before": before} if before else {})})
+        events = page.json["events"]
+        if not events:
+            break
+        seen += [e["id"] for e in events]
+        before = events[-1]["id"]
+    assert seen == [e["id"] for e in listed]
+
+
+def test_chunk_events_and_workflow_events_in_one_millisecond_keep_their_order(small_cap_client):
+    client, redis = small_cap_client
+    client.post("/load_cfg/hourly")
+    bid = run_hourly_backfill(client, 3)
+    client.post("/set_from_date/hourly?from_date=2024-02-01T00:00:00Z")
+    listed = [e["action"] for e in client.get("/events/hourly?limit=100").json["events"]]
+    assert listed[0] == "set" and listed[-2:] == ["backfill_create", "load"]
+    assert listed[1:4] == ["backfill_coverage", "backfill_close", "backfill_lease"]
+    assert redis.xlen(keys.backfill_events("hourly", bid)) == len(listed) - 3
+
+
+def test_purging_a_workflow_removes_its_chunk_event_streams(small_cap_client):
+    client, redis = small_cap_client
+    client.post("/load_cfg/hourly")
+    bid = run_hourly_backfill(client, 2)
+    assert redis.exists(keys.backfill_events("hourly", bid))
+    assert client.post("/remove_workflow/hourly?purge_history=true").status_code == 200
+    assert not redis.exists(keys.backfill_events("hourly", bid))
