@@ -33,9 +33,10 @@ _PROBE = datetime(2000, 1, 1, tzinfo=times.UTC)  # a cron expression is tried ar
 def check_field(key: str, value):
     """Return a lateness setting's value if valid, else raise ValueError naming the rule."""
     if key == "expected_by":
-        if not isinstance(value, str) or not (_CLOCK.fullmatch(value) or _cron_ok(value)):
+        problem = _expected_by_problem(value) if isinstance(value, str) else "type"
+        if problem == "type" or problem == "syntax":
             raise ValueError(f"expected_by must be HH:MM or a 5-field cron expression, not {value!r}")
-        if not _CLOCK.fullmatch(value) and not _fires(value):
+        if problem == "never":
             raise ValueError(f"expected_by {value!r} is a cron expression that never fires (a day no month "
                              "has, such as 30 February or 31 April): no success could ever be due")
     elif key in ("max_age_hours", "max_open_hours"):
@@ -49,7 +50,16 @@ def _cron_ok(text: str) -> bool:
     return len(text.split()) == 5 and croniter.is_valid(text)
 
 
-@functools.lru_cache(maxsize=1024)  # every /late, /metrics and dashboard read checks the stored expressions
+@functools.lru_cache(maxsize=1024)  # every /late, /metrics and dashboard read checks the stored settings
+def _expected_by_problem(text: str) -> str | None:
+    """Return None for a usable expected_by, else "syntax" or "never" (a cron that never fires)."""
+    if _CLOCK.fullmatch(text):
+        return None
+    if not _cron_ok(text):
+        return "syntax"
+    return None if _fires(text) else "never"
+
+
 def _fires(text: str) -> bool:
     """Return whether a valid cron expression has a firing before and after a moment.
 
