@@ -441,3 +441,22 @@ def test_purging_a_workflow_removes_its_chunk_event_streams(small_cap_client):
     assert redis.exists(keys.backfill_events("hourly", bid))
     assert client.post("/remove_workflow/hourly?purge_history=true").status_code == 200
     assert not redis.exists(keys.backfill_events("hourly", bid))
+
+
+@pytest.mark.parametrize("field, value", [("timezone", "Nope/Zone"), ("expected_by", "0 0 31 2 *"),
+                                          ("max_age_hours", "three"), ("expected_by", ["06:00"])])
+def test_a_bad_stored_job_field_leaves_the_other_workflows_monitored(fake_redis, cfg_dir, write_cfg, field, value):
+    client = make_app(fake_redis, cfg_dir).test_client()
+    write_cfg("good", "load:\n  expected_by: '06:00'\n")
+    write_cfg("bad", "j1:\n  expected_by: '05:00'\n")
+    for wf in ("good", "bad"):
+        client.post(f"/load_cfg/{wf}")
+    job = json.loads(fake_redis.hget("bad", "j1"))
+    fake_redis.hset("bad", "j1", json.dumps({**job, field: value}))
+    fake_redis.hdel(keys.meta("bad"), keys.VERSION)
+    for path in ("/metrics", "/", "/late"):
+        assert client.get(path).status_code == 200, path
+    assert 'batchy_workflow_corrupt{workflow="bad"} 1.0' in client.get("/metrics").data.decode()
+    assert ("good", "load", "late") in {(f["workflow"], f["job"], f["kind"]) for f in client.get("/late").json}
+    assert ("bad", None, "unchecked") in {(f["workflow"], f["job"], f["kind"]) for f in client.get("/late").json}
+    assert b'data-corrupt="bad"' in client.get("/").data
