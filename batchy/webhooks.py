@@ -46,6 +46,16 @@ end
 return 0
 """
 
+# Queue an event unless its id was queued before: claiming the id and queuing the event are one
+# step, so a process that dies in between cannot leave an id claimed and its event never queued.
+# KEYS[1] batchy:webhook-seen:<id>, KEYS[2] the outbox; ARGV[1] seconds the id is remembered, ARGV[2] the entry.
+# Returns 1 when queued, 0 when queued before.
+ANNOUNCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
 # Take the next event to post, first handing back those whose sender died.
 # KEYS[1] the outbox (list, taken from the right), KEYS[2] the in-flight zset (entry -> deadline, ms),
 # KEYS[3] the list older versions moved an event to while posting (drained: it was never handed back).
@@ -99,11 +109,10 @@ def event_id(kind: str, *parts) -> str:
 
 def announce(client: redis.Redis, kind: str, text: str, ident: str, **fields) -> bool:
     """Queue an event once across every process (False: it was queued before)."""
-    if not client.set(keys.webhook_seen(ident), "1", nx=True, ex=SEEN_DAYS * 86400):
-        return False
     body = {"text": text, "event": kind, "id": ident, **fields}
-    client.lpush(keys.WEBHOOK_OUTBOX, json.dumps({"body": body, "tries": 0}))
-    return True
+    entry = json.dumps({"body": body, "tries": 0})
+    queue = client.register_script(ANNOUNCE)
+    return bool(int(queue(keys=[keys.webhook_seen(ident), keys.WEBHOOK_OUTBOX], args=[SEEN_DAYS * 86400, entry])))
 
 
 def redact(url: str) -> str:

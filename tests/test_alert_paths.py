@@ -464,3 +464,30 @@ def test_a_bad_stored_job_field_leaves_the_other_workflows_monitored(fake_redis,
     assert ("good", "load", "late") in {(f["workflow"], f["job"], f["kind"]) for f in client.get("/late").json}
     assert ("bad", None, "unchecked") in {(f["workflow"], f["job"], f["kind"]) for f in client.get("/late").json}
     assert b'data-corrupt="bad"' in client.get("/").data
+
+
+def test_an_event_id_is_never_claimed_without_its_event_queued(redis_server, real_redis):
+    import redis as redis_py
+
+    from batchy import webhooks
+
+    class DiesAfterOneWrite(redis_py.Redis):
+        """A client whose process dies after its first write (the id claimed, say)."""
+
+        writes = 0
+
+        def execute_command(self, *args, **options):
+            if args[0] in ("SET", "LPUSH", "EVALSHA", "EVAL") and self.writes:
+                raise redis_py.ConnectionError("the process died")
+            if args[0] in ("SET", "LPUSH", "EVALSHA", "EVAL"):
+                type(self).writes += 1
+            return super().execute_command(*args, **options)
+
+    dying = DiesAfterOneWrite(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    try:
+        webhooks.announce(dying, "failed", "Batchy: batch 1 of wf1 failed (a)", "id-1", workflow="wf1")
+    except redis_py.ConnectionError:
+        pass
+    # Another process notices the same failure: the event is queued exactly once, by one of them.
+    webhooks.announce(real_redis, "failed", "Batchy: batch 1 of wf1 failed (a)", "id-1", workflow="wf1")
+    assert real_redis.llen(keys.WEBHOOK_OUTBOX) == 1
