@@ -22,6 +22,13 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"must be >= 0: {value!r}")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -172,11 +179,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "BATCHY_WEBHOOK_VISIBILITY_TIMEOUT",
-        15.0,
+        0.0,
         "Seconds an event being posted is hidden from other processes: if its sender dies (kill -9, "
-        "OOM, a worker timeout) the event is sent again after this. Longer than BATCHY_WEBHOOK_TIMEOUT "
-        "(the default is twice it plus 5 s), so a slow but living post is not sent twice.",
-        _positive_float,
+        "OOM, a worker timeout) the event is sent again after this. 0: twice BATCHY_WEBHOOK_TIMEOUT "
+        "plus 5 s (15 s). Else it must be longer than BATCHY_WEBHOOK_TIMEOUT, so a slow but living "
+        "post is not sent twice.",
+        _non_negative_float,
     ),
     Setting(
         "BATCHY_IDEMPOTENCY_HOURS",

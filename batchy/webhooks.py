@@ -156,7 +156,8 @@ def failure_text(wf: str, jobs: dict) -> tuple[str, str]:
 class Watchman:
     """The background thread of one process: lead, check lateness, deliver the outbox."""
 
-    def __init__(self, store, url: str, interval: float, timeout: float = 5.0, visibility: float = 15.0):
+    def __init__(self, store, url: str, interval: float, timeout: float = 5.0, visibility: float = 0.0):
+        visibility = visibility or 2 * timeout + 5  # a post takes at most about 2 timeouts: connect, answer
         if visibility <= timeout:
             raise ValueError(f"BATCHY_WEBHOOK_VISIBILITY_TIMEOUT ({visibility:g} s) must be longer than "
                              f"BATCHY_WEBHOOK_TIMEOUT ({timeout:g} s): a slow post would be sent twice")

@@ -491,3 +491,12 @@ def test_an_event_id_is_never_claimed_without_its_event_queued(redis_server, rea
     # Another process notices the same failure: the event is queued exactly once, by one of them.
     webhooks.announce(real_redis, "failed", "Batchy: batch 1 of wf1 failed (a)", "id-1", workflow="wf1")
     assert real_redis.llen(keys.WEBHOOK_OUTBOX) == 1
+
+
+@pytest.mark.parametrize("post, visibility, expected", [(None, None, 15.0), (10, None, 25.0), (1, 3, 3.0)])
+def test_the_visibility_timeout_follows_the_post_timeout(redis_server, real_redis, cfg_dir, receiver, post,
+                                                        visibility, expected):
+    config = {name: value for name, value in (("BATCHY_WEBHOOK_TIMEOUT", post),
+                                              ("BATCHY_WEBHOOK_VISIBILITY_TIMEOUT", visibility)) if value}
+    app = webhook_app(redis_server, cfg_dir, receiver, None, **config)
+    assert app.extensions["batchy_webhooks"].visibility == expected
