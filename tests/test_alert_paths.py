@@ -500,3 +500,17 @@ def test_the_visibility_timeout_follows_the_post_timeout(redis_server, real_redi
                                               ("BATCHY_WEBHOOK_VISIBILITY_TIMEOUT", visibility)) if value}
     app = webhook_app(redis_server, cfg_dir, receiver, None, **config)
     assert app.extensions["batchy_webhooks"].visibility == expected
+
+
+def test_an_unreadable_queued_entry_is_dropped_and_the_rest_delivered(redis_server, real_redis, cfg_dir, receiver,
+                                                                     caplog):
+    app = webhook_app(redis_server, cfg_dir, receiver, None)
+    client = app.test_client()
+    client.post("/load_cfg/wf1")
+    real_redis.lpush(keys.WEBHOOK_OUTBOX, "{not json")  # a hand edit, oldest
+    client.post("/open_batch/wf1")
+    client.post("/fail_batch/wf1")
+    with caplog.at_level("WARNING", logger="batchy"):
+        assert app.extensions["batchy_webhooks"].round() == 1
+    assert [e["event"] for e in receiver.received] == ["failed"] and "unreadable" in caplog.text
+    assert not real_redis.exists(keys.WEBHOOK_OUTBOX, keys.WEBHOOK_INFLIGHT)
