@@ -18,7 +18,7 @@ from datetime import datetime
 
 from . import backfill, backfill_scripts, formats, keys, plans
 from .backfill import BackfillNotFound, NotLeased, StaleAttempt
-from .errors import InvalidParameter
+from .errors import CorruptState, InvalidParameter
 from .store import BatchStore
 from .times import UTC, format_time, parse_time, zone
 
@@ -31,6 +31,20 @@ def _pairs(flat: list) -> dict[str, str]:
 
 def _counts(record: dict[str, str]) -> dict[str, int]:
     return {str(s): int(record.get(keys.backfill_count_field(s)) or 0) for s in backfill.CHUNK_STATUSES}
+
+
+def _summary(wf: str, backfill_id, record: dict[str, str]) -> dict:
+    """Return backfill.summary of a stored backfill hash, or CorruptState naming it (a bad hand edit)."""
+    try:
+        return backfill.summary(record, _counts(record))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _corrupt(wf, backfill_id, exc) from None
+
+
+def _corrupt(wf: str, backfill_id, exc: Exception) -> CorruptState:
+    return CorruptState(f"workflow {wf!r}: backfill {backfill_id} in Redis key {keys.backfill(wf, backfill_id)!r} "
+                        f"holds a value Batchy cannot read ({str(exc)[:200]}); fix it with redis-cli or cancel "
+                        "and create the backfill again", workflow=wf, backfill_id=str(backfill_id))
 
 
 class Backfills:
@@ -116,12 +130,15 @@ class Backfills:
         record, raw = pipe.execute()
         if not record:
             raise self._missing(wf, backfill_id)
-        zones = json.loads(record.get("zones") or "{}")
-        answer = backfill.summary(record, _counts(record))
-        answer["chunks"] = [
-            backfill.render_chunk(n, chunk, zone(zones.get(chunk["job"]) or "UTC"))
-            for n, chunk in sorted((int(n), json.loads(text)) for n, text in raw.items())
-        ]
+        answer = _summary(wf, backfill_id, record)
+        try:
+            zones = json.loads(record.get("zones") or "{}")
+            answer["chunks"] = [
+                backfill.render_chunk(n, chunk, zone(zones.get(chunk["job"]) or "UTC"))
+                for n, chunk in sorted((int(n), json.loads(text)) for n, text in raw.items())
+            ]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise _corrupt(wf, backfill_id, exc) from None
         return answer
 
     def list(self, wf: str, limit: int = 50) -> list[dict]:
@@ -132,7 +149,7 @@ class Backfills:
         pipe = self.store.redis.pipeline(transaction=False)
         for backfill_id in ids:
             pipe.hgetall(keys.backfill(wf, backfill_id))
-        return [backfill.summary(record, _counts(record)) for record in pipe.execute() if record]
+        return [_summary(wf, backfill_id, record) for backfill_id, record in zip(ids, pipe.execute()) if record]
 
     def running(self, wfs: list[str], limit: int = 20) -> dict[str, list[dict]]:
         """Return {wf: its running backfills} of each of wfs' newest limit, in two round trips."""
@@ -147,8 +164,12 @@ class Backfills:
         records = iter(pipe.execute())
         result = {}
         for wf, found in ids.items():
-            summaries = [backfill.summary(record, _counts(record)) for record in (next(records) for _ in found)
-                         if record]
+            summaries = []
+            for backfill_id, record in zip(found, [next(records) for _ in found]):
+                try:
+                    summaries += [_summary(wf, backfill_id, record)] if record else []
+                except CorruptState as exc:  # shown on its workflow; the other backfills and workflows go on
+                    summaries.append({"backfill_id": backfill_id, "status": backfill.RUNNING, "error": exc.message})
             result[wf] = [s for s in summaries if s["status"] == backfill.RUNNING]
         return result
 

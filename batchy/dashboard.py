@@ -203,6 +203,9 @@ def running_backfills(overview: dict[str, dict]) -> None:
 
     for wf, running in get_backfills().running(sorted(overview)).items():
         overview[wf]["backfills"] = running
+        problem = next((b["error"] for b in running if b.get("error")), None)
+        if problem and not overview[wf].get("error"):
+            overview[wf]["error"] = problem
 
 
 @bp.get("/")

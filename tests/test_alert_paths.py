@@ -514,3 +514,19 @@ def test_an_unreadable_queued_entry_is_dropped_and_the_rest_delivered(redis_serv
         assert app.extensions["batchy_webhooks"].round() == 1
     assert [e["event"] for e in receiver.received] == ["failed"] and "unreadable" in caplog.text
     assert not real_redis.exists(keys.WEBHOOK_OUTBOX, keys.WEBHOOK_INFLIGHT)
+
+
+@pytest.mark.parametrize("field, value", [("count:pending", "x"), ("max_attempts", "many"), ("jobs", "{")])
+def test_a_bad_stored_backfill_is_reported_for_its_workflow_only(fake_redis, cfg_dir, write_cfg, field, value):
+    client = make_app(fake_redis, cfg_dir).test_client()
+    write_cfg("bf", "load:\n  from_date: 2024-01-01\n")
+    for wf in ("wf1", "bf"):
+        client.post(f"/load_cfg/{wf}")
+    bid = client.post("/backfill/bf?from=2024-03-01T00:00:00Z&to=2024-03-03T00:00:00Z").json["backfill_id"]
+    fake_redis.hset(keys.backfill("bf", bid), field, value)
+    page = client.get("/")
+    assert page.status_code == 200 and b'data-corrupt="bf"' in page.data and b'data-workflow="wf1"' in page.data
+    for path in (f"/backfill/bf/{bid}", "/backfills/bf"):
+        r = client.get(path)
+        assert r.status_code == 409 and r.json["error"] == "corrupt_state" and str(bid) in r.json["message"], path
+    assert client.get("/metrics").status_code == 200 and client.get("/late").status_code == 200
