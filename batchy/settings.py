@@ -22,6 +22,13 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"must be >= 0: {value!r}")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -128,7 +135,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "BATCHY_EVENTS_KEEP",
         10000,
-        "Audit events kept per workflow (a capped Redis stream).",
+        "Audit events kept per workflow (a capped Redis stream), and chunk events kept per backfill "
+        "(a stream of its own, so a backfill never evicts the workflow's audit trail).",
         _positive_int,
     ),
     Setting(
@@ -151,8 +159,9 @@ SETTINGS: tuple[Setting, ...] = (
         "BATCHY_WEBHOOK_URL",
         "",
         "POST a JSON event (with a `text` field, so a Slack or Teams incoming webhook takes it as "
-        "is) when a batch fails, a job becomes late or a batch stuck: once per event across all "
-        "processes, in the background, retried while the receiver is down. Empty: none.",
+        "is) when a batch fails, a job becomes late or a batch stuck: queued once per event across all "
+        "processes, delivered at least once in the background (a repeat carries the same `id`), "
+        "retried while the receiver is down. Empty: none.",
     ),
     Setting(
         "BATCHY_WEBHOOK_INTERVAL",
@@ -160,6 +169,22 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds between two rounds of the webhook process: checking lateness (even when no ETL "
         "calls the API) and delivering what is queued.",
         _positive_float,
+    ),
+    Setting(
+        "BATCHY_WEBHOOK_TIMEOUT",
+        5.0,
+        "Seconds a webhook POST may wait for the receiver (to connect, and for each read) before it "
+        "counts as failed and is retried on a later round.",
+        _positive_float,
+    ),
+    Setting(
+        "BATCHY_WEBHOOK_VISIBILITY_TIMEOUT",
+        0.0,
+        "Seconds an event being posted is hidden from other processes: if its sender dies (kill -9, "
+        "OOM, a worker timeout) the event is sent again after this. 0: twice BATCHY_WEBHOOK_TIMEOUT "
+        "plus 5 s (15 s). Else it must be longer than BATCHY_WEBHOOK_TIMEOUT, so a slow but living "
+        "post is not sent twice.",
+        _non_negative_float,
     ),
     Setting(
         "BATCHY_IDEMPOTENCY_HOURS",

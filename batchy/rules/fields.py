@@ -8,13 +8,16 @@ is one row here, plus the rule that gives it a meaning.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
+from datetime import datetime
 from typing import Callable, NamedTuple
 
 from croniter import croniter
+from croniter.croniter import CroniterError
 
-from .times import MAX_HOURS, zone
+from .times import MAX_HOURS, UTC, zone
 from .windows import UNITS, WEEKDAYS
 
 RUNTIME = "runtime"  # Batchy maintains it while batches run; a reload never overwrites it
@@ -80,13 +83,39 @@ def _names(value):
 
 
 def _expected_by(value):
-    if not isinstance(value, str) or not (CLOCK.fullmatch(value) or _cron_ok(value)):
+    problem = _expected_by_problem(value) if isinstance(value, str) else "syntax"
+    if problem == "syntax":
         raise ValueError(f"expected_by must be HH:MM or a 5-field cron expression, not {value!r}")
+    if problem == "never":
+        raise ValueError(f"expected_by {value!r} is a cron expression that never fires (a day no month "
+                         "has, such as 30 February or 31 April): no success could ever be due")
     return value
 
 
-def _cron_ok(text: str) -> bool:
-    return len(text.split()) == 5 and croniter.is_valid(text)
+@functools.lru_cache(maxsize=1024)  # every /late, /metrics and dashboard read checks the stored settings
+def _expected_by_problem(text: str) -> str | None:
+    """Return None for a usable expected_by, else "syntax" or "never" (a cron that never fires)."""
+    if CLOCK.fullmatch(text):
+        return None
+    if not (len(text.split()) == 5 and croniter.is_valid(text)):
+        return "syntax"
+    return None if _fires(text) else "never"
+
+
+_PROBE = datetime(2000, 1, 1, tzinfo=UTC)  # a cron expression is tried around this moment
+
+
+def _fires(text: str) -> bool:
+    """Return whether a valid cron expression has a firing before and after a moment.
+
+    croniter.is_valid accepts "0 0 30 2 *", but get_prev and get_next raise on it.
+    """
+    try:
+        croniter(text, _PROBE).get_next(datetime)
+        croniter(text, _PROBE).get_prev(datetime)
+    except (CroniterError, ValueError, OverflowError):
+        return False
+    return True
 
 
 FIELDS = (

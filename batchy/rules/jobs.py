@@ -13,7 +13,7 @@ import orjson
 
 from ..errors import CorruptState
 
-from .times import format_time, parse_time
+from .times import format_time, parse_time, zone
 
 
 class Status(str, Enum):
@@ -124,6 +124,10 @@ def stored_problem(job, statuses=STATUSES) -> str | None:
         return f"has reprocess_hours {hours!r}, not a number >= 0"
     if not isinstance(job.get("timezone") or "UTC", str):
         return "has a timezone that is not text"
+    try:
+        zone(job.get("timezone") or "UTC")
+    except ValueError as exc:  # read by every window, the dashboard, /metrics and /late
+        return f"has a timezone that cannot be used: {exc}"
     return None
 
 

@@ -17,9 +17,45 @@ from datetime import datetime, time, timedelta
 
 from croniter import croniter
 
-from . import times
+from . import fields, times
 from .fields import CLOCK
 from .health import last_success, open_since
+
+# The settings this module gives a meaning to (declared in fields.py); a job may set the first two.
+SETTINGS = ("expected_by", "max_age_hours", "max_open_hours")
+JOB_SETTINGS = tuple(key for key in SETTINGS if key in fields.JOB_SETTINGS)
+
+
+def usable(key: str, value):
+    """Return a stored lateness setting if valid, else None (setting_problem names it)."""
+    if value is None:
+        return None
+    try:
+        return fields.check(key, value)
+    except ValueError:
+        return None
+
+
+def setting_problem(jobs: dict[str, dict], settings: dict) -> str | None:
+    """Return what is wrong with a lateness setting stored for a workflow (a hand edit, or one
+    stored before a rule was added), or None: the workflow's own report, never a crash."""
+    for key in SETTINGS:
+        if settings.get(key) is not None and usable(key, settings[key]) is None:
+            return _problem(key, settings[key], "the workflow setting")
+    for name in sorted(jobs):
+        for key in JOB_SETTINGS:
+            value = jobs[name].get(key) if isinstance(jobs[name], dict) else None
+            if value is not None and usable(key, value) is None:
+                return _problem(key, value, f"job {name!r}")
+    return None
+
+
+def _problem(key: str, value, where: str) -> str:
+    try:
+        fields.check(key, value)
+    except ValueError as exc:
+        return f"{where} {exc}; its lateness is not checked until the workflow file is fixed and loaded again"
+    return ""
 
 
 def due(expected_by: str, now: datetime, tz) -> tuple[datetime, datetime]:
@@ -38,8 +74,9 @@ def due(expected_by: str, now: datetime, tz) -> tuple[datetime, datetime]:
 
 def job_lateness(job: dict, settings: dict, now: datetime) -> dict | None:
     """Return {"kind": "late", "reason", "since"} when the job is late at now, else None."""
-    expected_by = job.get("expected_by") or settings.get("expected_by")
-    max_age = job.get("max_age_hours") or settings.get("max_age_hours")
+    # A bad stored value is skipped here (setting_problem reports it): never a crash for every workflow.
+    expected_by = usable("expected_by", job.get("expected_by") or settings.get("expected_by"))
+    max_age = usable("max_age_hours", job.get("max_age_hours") or settings.get("max_age_hours"))
     success = last_success(job)
     tz = times.job_zone(job)
     if expected_by:
@@ -60,7 +97,7 @@ def job_lateness(job: dict, settings: dict, now: datetime) -> dict | None:
 
 def workflow_stuck(jobs: dict[str, dict], settings: dict, now: datetime) -> dict | None:
     """Return {"kind": "stuck", "reason", "since"} when the open batch outlived max_open_hours."""
-    limit = settings.get("max_open_hours")
+    limit = usable("max_open_hours", settings.get("max_open_hours"))
     since = open_since(jobs)
     if not limit or since is None or now - since <= timedelta(hours=limit):
         return None
@@ -69,11 +106,15 @@ def workflow_stuck(jobs: dict[str, dict], settings: dict, now: datetime) -> dict
 
 
 def late_list(overview: dict[str, dict], now: datetime) -> list[dict]:
-    """Return every late job and stuck workflow of an overview (history.History.overview)."""
+    """Return every late job and stuck workflow of an overview (history.History.overview), and
+    each workflow whose lateness cannot be checked (kind "unchecked": a value stored for it
+    cannot be read)."""
     found = []
     for wf in sorted(overview):
         data = overview[wf]
         settings = data.get("settings") or {}
+        if data.get("error"):
+            found.append({"workflow": wf, "job": None, "kind": "unchecked", "since": None, "reason": data["error"]})
         stuck = workflow_stuck(data["jobs"], settings, now)
         if stuck:
             found.append({"workflow": wf, "job": None, **stuck})

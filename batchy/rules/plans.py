@@ -315,10 +315,11 @@ def audit_event(state: State, change: Change) -> dict:
     }
 
 
-@audited
 def plan_backfill_coverage(state: State, job: str, start: datetime, end: datetime) -> Change:
     """Merge a backfill chunk's window [start, end), just recorded successful, into job's coverage ledger.
 
+    Not audited in the workflow's stream: the chunk's event goes to its backfill's own stream
+    (storage/backfill_lua.BACKFILL_NOTE), so chunk traffic never evicts the operator's trail.
     Nothing to write when the ledger covers it already (a retried close) or the job is gone.
     """
     if job not in state.jobs:

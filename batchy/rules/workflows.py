@@ -118,7 +118,10 @@ def parse_config(wf: str, data: bytes | str) -> Config:
             f"{wf}.yaml must be a mapping of job name -> parameters, not a {type(doc).__name__}",
             workflow=wf,
         )
-    settings = check_settings(wf, doc.pop(SETTINGS_KEY, None) or {})
+    try:
+        settings = check_settings(wf, doc.pop(SETTINGS_KEY, None) or {})
+    except InvalidConfig as exc:
+        raise _at_line(exc, lines.get((SETTINGS_KEY, exc.context.get("field")))) from None
     if not doc:
         raise InvalidConfig(f"{wf}.yaml lists no job", workflow=wf)
     if len(doc) > MAX_JOBS:
@@ -220,7 +223,7 @@ def check_settings(wf: str, raw, where: str = "") -> dict:
         try:
             settings[key] = fields.check(key, value)
         except ValueError as exc:  # "<key> must ...": said once, with where
-            raise InvalidConfig(f"{key} in {where} {str(exc).split(' ', 1)[1]}", workflow=wf) from None
+            raise InvalidConfig(f"{key} in {where} {str(exc).split(' ', 1)[1]}", workflow=wf, field=key) from None
     return settings
 
 

@@ -2,11 +2,14 @@
 
 Each backfill is a hash (keys.backfill), its chunks a hash of JSON (keys.backfill_chunks)
 and a queue of the chunks a worker may lease (keys.backfill_queue); every chunk change
-is one Lua script (backfill_lua.BACKFILL_*) that also appends it to the workflow's audit
-stream. The workflow's own state is never touched, except the coverage ledger: a
-successful chunk's window is merged into it by a committed change (plans.plan_backfill_coverage
-through store.mutate), after the chunk is recorded successful, so the ledger never holds
-more than what succeeded; a retried close merges it again (a no-op if it is there).
+is one Lua script (backfill_lua.BACKFILL_*) that also appends its event: creation and
+cancel to the workflow's audit stream, chunk events (lease, close, fail, expire, coverage)
+to the backfill's own capped stream (keys.backfill_events), so chunk traffic never evicts
+the workflow's audit trail. The workflow's own state is never touched, except the coverage
+ledger: a successful chunk's window is merged into it by a committed change
+(rules/plans.plan_backfill_coverage through store.mutate), after the chunk is recorded
+successful, so the ledger never holds more than what succeeded; a retried close merges it
+again (a no-op if it is there).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from ..rules import backfill, coverage, formats, plans
 from . import backfill_lua, keys
 from ..rules.backfill import BackfillNotFound, NotLeased, StaleAttempt
 from .cache import DerivedCache
-from ..errors import InvalidParameter
+from ..errors import CorruptState, InvalidParameter
 from .store import BatchStore
 from ..rules.times import UTC, format_time, parse_time, zone
 
@@ -30,6 +33,20 @@ def _pairs(flat: list) -> dict[str, str]:
 
 def _counts(record: dict[str, str]) -> dict[str, int]:
     return {str(s): int(record.get(keys.backfill_count_field(s)) or 0) for s in backfill.CHUNK_STATUSES}
+
+
+def _summary(wf: str, backfill_id, record: dict[str, str]) -> dict:
+    """Return backfill.summary of a stored backfill hash, or CorruptState naming it (a bad hand edit)."""
+    try:
+        return backfill.summary(record, _counts(record))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _corrupt(wf, backfill_id, exc) from None
+
+
+def _corrupt(wf: str, backfill_id, exc: Exception) -> CorruptState:
+    return CorruptState(f"workflow {wf!r}: backfill {backfill_id} in Redis key {keys.backfill(wf, backfill_id)!r} "
+                        f"holds a value Batchy cannot read ({str(exc)[:200]}); fix it with redis-cli or cancel "
+                        "and create the backfill again", workflow=wf, backfill_id=str(backfill_id))
 
 
 class Backfills:
@@ -47,6 +64,7 @@ class Backfills:
         # What running backfills may still fill, per workflow: shared by every /wait of
         # this process, computed once per change (filling_cache.computed counts).
         self.filling_cache = DerivedCache()
+        self._note = client.register_script(backfill_lua.BACKFILL_NOTE)
 
     def _run(self, script, script_keys, args) -> list:
         return self.store.transport.run(script, tuple(script_keys), args)
@@ -117,12 +135,15 @@ class Backfills:
         record, raw = pipe.execute()
         if not record:
             raise self._missing(wf, backfill_id)
-        zones = json.loads(record.get("zones") or "{}")
-        answer = backfill.summary(record, _counts(record))
-        answer["chunks"] = [
-            backfill.render_chunk(n, chunk, zone(zones.get(chunk["job"]) or "UTC"))
-            for n, chunk in sorted((int(n), json.loads(text)) for n, text in raw.items())
-        ]
+        answer = _summary(wf, backfill_id, record)
+        try:
+            zones = json.loads(record.get("zones") or "{}")
+            answer["chunks"] = [
+                backfill.render_chunk(n, chunk, zone(zones.get(chunk["job"]) or "UTC"))
+                for n, chunk in sorted((int(n), json.loads(text)) for n, text in raw.items())
+            ]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise _corrupt(wf, backfill_id, exc) from None
         return answer
 
     def list(self, wf: str, limit: int = 50) -> list[dict]:
@@ -133,7 +154,7 @@ class Backfills:
         pipe = self.store.redis.pipeline(transaction=False)
         for backfill_id in ids:
             pipe.hgetall(keys.backfill(wf, backfill_id))
-        return [backfill.summary(record, _counts(record)) for record in pipe.execute() if record]
+        return [_summary(wf, backfill_id, record) for backfill_id, record in zip(ids, pipe.execute()) if record]
 
     def running(self, wfs: list[str], limit: int = 20) -> dict[str, list[dict]]:
         """Return {wf: its running backfills} of each of wfs' newest limit, in two round trips."""
@@ -148,8 +169,12 @@ class Backfills:
         records = iter(pipe.execute())
         result = {}
         for wf, found in ids.items():
-            summaries = [backfill.summary(record, _counts(record)) for record in (next(records) for _ in found)
-                         if record]
+            summaries = []
+            for backfill_id, record in zip(found, [next(records) for _ in found]):
+                try:
+                    summaries += [_summary(wf, backfill_id, record)] if record else []
+                except CorruptState as exc:  # shown on its workflow; the other backfills and workflows go on
+                    summaries.append({"backfill_id": backfill_id, "status": backfill.RUNNING, "error": exc.message})
             result[wf] = [s for s in summaries if s["status"] == backfill.RUNNING]
         return result
 
@@ -197,7 +222,8 @@ class Backfills:
         """Lease the next chunk due (attempt + 1) for lease_seconds; None when none is due now."""
         lease_ms = max(1, round(lease_seconds * 1000))
         script_keys = (keys.workflow(wf), keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                       keys.backfill_queue(wf, backfill_id), keys.events(wf), keys.PAUSE, keys.pause(wf))
+                       keys.backfill_queue(wf, backfill_id), keys.backfill_events(wf, backfill_id), keys.PAUSE,
+                       keys.pause(wf), keys.events(wf))
         while True:
             reply = self._run(self._lease, script_keys, (lease_ms, self.events_keep, actor, backfill_id))
             code = int(reply[0])
@@ -251,14 +277,20 @@ class Backfills:
         A success merges the chunk's window into its job's coverage ledger.
         """
         reply = self._run(self._finish, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                                         keys.backfill_queue(wf, backfill_id), keys.events(wf)),
+                                         keys.backfill_queue(wf, backfill_id), keys.backfill_events(wf, backfill_id),
+                                         keys.events(wf)),
                           (number, attempt, outcome, "" if records_processed is None else records_processed,
                            message or "", self.events_keep, actor, backfill_id))
         chunk = self._checked(wf, backfill_id, number, attempt, reply)
         record = _pairs(reply[2])
         if outcome == backfill.ChunkStatus.SUCCESS:
-            self.store.mutate(wf, lambda state: plans.plan_backfill_coverage(
+            merged = self.store.mutate(wf, lambda state: plans.plan_backfill_coverage(
                 state, chunk["job"], parse_time(chunk["from_date"]), parse_time(chunk["to_date"])), actor=actor)
+            if not merged.noop:
+                self._run(self._note, (keys.backfill_events(wf, backfill_id), keys.events(wf)),
+                          (self.events_keep, "backfill_coverage", actor, formats.dumps([chunk["job"]]),
+                           f"chunk {number} {chunk['job']} [{chunk['from_date']}, {chunk['to_date']}): merged into "
+                           "the coverage ledger", backfill_id, number, attempt))
         counts = _counts(record)
         return {"backfill_id": backfill_id, "workflow": wf,
                 **backfill.render_chunk(number, chunk, _zone(record, chunk["job"])),

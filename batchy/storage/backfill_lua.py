@@ -61,6 +61,45 @@ local function audit(stream, maxlen, time, action, actor, jobs, message, backfil
   fields[#fields + 1] = 'message'; fields[#fields + 1] = message
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))
 end
+-- A chunk event goes to the backfill's own stream (chunk traffic must not evict the
+-- workflow's audit trail), under an id after every id of that stream and of the workflow's
+-- stream, and the workflow's stream is told so: all of a workflow's events keep one order
+-- however they are merged (History.events), the same-millisecond ones included.
+local function last_id(stream)
+  if redis.call('EXISTS', stream) == 0 then return 0, 0 end
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local ms, seq = string.match(info[i + 1], '(%d+)-(%d+)')
+      return tonumber(ms), tonumber(seq)
+    end
+  end
+  return 0, 0
+end
+local function next_id(now, workflow_stream, stream)
+  local ms, seq = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), 0
+  for _, key in ipairs({workflow_stream, stream}) do
+    local last_ms, last_seq = last_id(key)
+    if last_ms > ms or (last_ms == ms and last_seq >= seq) then ms, seq = last_ms, last_seq + 1 end
+  end
+  return string.format('%.0f-%.0f', ms, seq)
+end
+local function chunk_audit(streams, maxlen, now, action, actor, jobs, message, backfill_id, chunk, attempt)
+  local stream, workflow_stream = streams[1], streams[2]
+  local id = next_id(now, workflow_stream, stream)
+  local fields = {'time', iso(now[1]), 'action', action, 'batch_id', '', 'actor', actor, 'jobs', jobs,
+                  'from_before', '{}', 'from_after', '{}', 'backfill_id', backfill_id,
+                  'chunk', chunk, 'attempt', attempt, 'message', message}
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, unpack(fields))
+  if redis.call('EXISTS', workflow_stream) == 1 then  -- its next XADD * comes after id
+    local set = redis.pcall('XSETID', workflow_stream, id)
+    if type(set) == 'table' and set.err then  -- no XSETID (the embedded store): an entry added and deleted
+      redis.call('XADD', workflow_stream, id, 'placeholder', '')
+      redis.call('XDEL', workflow_stream, id)
+    end
+  end
+  return id
+end
 local function window(chunk)
   return chunk.job .. ' [' .. chunk.from_date .. ', ' .. chunk.to_date .. ')'
 end
@@ -112,8 +151,9 @@ return {1, now}
 # cancelled) instead, and the next one is looked at. Leased chunks stay in the queue,
 # scored by when their lease ends (epoch ms, always above any chunk number).
 # KEYS[1] workflow hash <wf>   KEYS[2] backfill hash   KEYS[3] its chunks hash   KEYS[4] its queue
-# KEYS[5] audit stream         KEYS[6] batchy:pause    KEYS[7] batchy:pause:<wf>
-# ARGV: lease ms, events maxlen, actor, backfill id
+# KEYS[5] its chunk event stream   KEYS[6] batchy:pause    KEYS[7] batchy:pause:<wf>
+# KEYS[8] the workflow's audit stream (ids only: chunk events are ordered after its last)
+# ARGV: lease ms, events maxlen (of the chunk event stream), actor, backfill id
 # Returns {1, chunk number, chunk JSON, flat HGETALL backfill} leased; {0, flat HGETALL
 # backfill} no chunk due now (all finished, live leases only, or cancelled); {-1} no such
 # backfill; {-2, pause key} paused; {-3} no such workflow.
@@ -145,8 +185,8 @@ while true do
     redis.call('HSET', KEYS[3], n, cjson.encode(chunk))
     redis.call('ZREM', KEYS[4], n)
     moved(KEYS[2], from, chunk.status)
-    audit(KEYS[5], A[2], time, 'backfill_expire', A[3], jobs, 'chunk ' .. n .. ' ' .. window(chunk) .. ': ' ..
-      chunk.message, A[4], n, chunk.attempts)
+    chunk_audit({KEYS[5], KEYS[8]}, A[2], now, 'backfill_expire', A[3], jobs, 'chunk ' .. n .. ' ' ..
+      window(chunk) .. ': ' .. chunk.message, A[4], n, chunk.attempts)
   elseif cancelled then
     break  -- a cancel took the pending chunks out of the queue: nothing else is due
   else
@@ -157,9 +197,9 @@ while true do
     redis.call('HSET', KEYS[3], n, encoded)
     redis.call('ZADD', KEYS[4], chunk.lease_until, n)
     moved(KEYS[2], from, 'leased')
-    audit(KEYS[5], A[2], time, 'backfill_lease', A[3], jobs, 'chunk ' .. n .. ' ' .. window(chunk) ..
-      ': attempt ' .. chunk.attempts .. (from == 'leased' and ' (the lease of the previous one ran out)' or ''),
-      A[4], n, chunk.attempts)
+    chunk_audit({KEYS[5], KEYS[8]}, A[2], now, 'backfill_lease', A[3], jobs, 'chunk ' .. n .. ' ' ..
+      window(chunk) .. ': attempt ' .. chunk.attempts ..
+      (from == 'leased' and ' (the lease of the previous one ran out)' or ''), A[4], n, chunk.attempts)
     return {1, n, encoded, redis.call('HGETALL', KEYS[2])}
   end
 end
@@ -169,9 +209,10 @@ return {0, redis.call('HGETALL', KEYS[2])}
 # End a leased chunk's attempt: success, or failed (pending again with the same window
 # until max_attempts are used, then failed for good; cancelled after a cancel). Only the
 # attempt that holds the chunk may end it; the same call again answers as applied.
-# KEYS[1] backfill hash   KEYS[2] its chunks hash   KEYS[3] its queue   KEYS[4] audit stream
+# KEYS[1] backfill hash   KEYS[2] its chunks hash   KEYS[3] its queue   KEYS[4] its chunk event stream
+# KEYS[5] the workflow's audit stream (ids only)
 # ARGV: chunk number, attempt, outcome ("success" or "failed"), records processed ("": none),
-#   message ("": none), events maxlen, actor, backfill id
+#   message ("": none), events maxlen (of the chunk event stream), actor, backfill id
 # Returns {1, chunk JSON, flat HGETALL backfill} applied; {2, chunk JSON, flat HGETALL
 # backfill} this attempt ended so already (a retried call); {-1} no such backfill;
 # {-4} no such chunk; {-5, chunk JSON} another attempt holds the chunk; {-6, chunk JSON}
@@ -217,7 +258,7 @@ moved(KEYS[1], 'leased', chunk.status)
 local note = 'chunk ' .. A[1] .. ' ' .. window(chunk) .. ': attempt ' .. attempt .. ' ' .. outcome
 if chunk.status ~= outcome then note = note .. ', now ' .. chunk.status end
 if chunk.message then note = note .. ': ' .. string.sub(chunk.message, 1, 200) end
-audit(KEYS[4], A[6], time, outcome == 'success' and 'backfill_close' or 'backfill_fail', A[7],
+chunk_audit({KEYS[4], KEYS[5]}, A[6], now, outcome == 'success' and 'backfill_close' or 'backfill_fail', A[7],
   cjson.encode({chunk.job}), note, A[8], A[1], attempt)
 return {1, encoded, redis.call('HGETALL', KEYS[1])}
 """).substitute(COUNT=keys.BACKFILL_COUNT_PREFIX)
@@ -278,4 +319,15 @@ local leased = tonumber(redis.call('HGET', KEYS[1], '$COUNT' .. 'leased') or '0'
 audit(KEYS[4], A[1], time, 'backfill_cancel', A[2], A[4], 'backfill ' .. A[3] .. ' cancelled: ' .. cancelled ..
   ' pending chunk(s) cancelled, ' .. leased .. ' leased may still close', A[3])
 return {1, cancelled, redis.call('HGETALL', KEYS[1])}
+""").substitute(COUNT=keys.BACKFILL_COUNT_PREFIX)
+
+# Append an event of a chunk to its backfill's chunk event stream, after a change made
+# elsewhere: backfill_coverage, the chunk's window merged into the coverage ledger by a
+# committed change of the workflow (which writes no event of its own to the workflow's stream).
+# KEYS[1] the backfill's chunk event stream   KEYS[2] the workflow's audit stream (ids only)
+# ARGV: events maxlen, action, actor, jobs (JSON list), message, backfill id, chunk, attempt
+# Returns the event's id.
+BACKFILL_NOTE = Template(BACKFILL_LIB + """
+local A = ARGV
+return chunk_audit({KEYS[1], KEYS[2]}, A[1], redis.call('TIME'), A[2], A[3], A[4], A[5], A[6], A[7], A[8])
 """).substitute(COUNT=keys.BACKFILL_COUNT_PREFIX)

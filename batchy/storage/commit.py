@@ -287,7 +287,9 @@ class Committer:
             args += [keys.batch(wf, batch_id), mode, score, len(snapshot)]
             for name, job in snapshot.items():
                 args += [name, dumps(job)]
-        event = bookkeeping.event_fields(change.audit, actor)
+        # A change planned without an audit event (a chunk's coverage merge: its event goes to
+        # the backfill's own stream) writes none.
+        event = bookkeeping.event_fields(change.audit, actor) if change.audit else {}
         args += [self._keep, keys.batch_prefix(wf), self._events_keep, len(event)]
         for item in event.items():
             args += item

@@ -4,13 +4,15 @@ Reads only; every write goes through commit.py.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 from datetime import datetime
 from typing import Callable
 
 import redis
 
-from ..rules import coverage as coverage_mod
+from ..rules import coverage as coverage_mod, lateness
 from . import keys
 from ..errors import BatchNotFound, CorruptState, InvalidParameter, JobNotFound, WorkflowNotFound
 from ..rules.health import loaded_through
@@ -114,13 +116,20 @@ class History:
         return found, offset + scanned
 
     def events(self, wf: str, *, limit: int = 100, before: str | None = None) -> list[dict]:
-        """Return wf's audit events newest first."""
+        """Return wf's audit events newest first: its own stream merged with its backfills' chunk
+        event streams (their ids share one order: backfill_lua.chunk_audit)."""
         top = f"({before}" if before else "+"
+        streams = [keys.events(wf)] + [keys.backfill_events(wf, backfill_id)
+                                       for backfill_id in self.redis.zrange(keys.backfills(wf), 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xrevrange(stream, top, "-", count=limit)
         try:
-            entries = self.redis.xrevrange(keys.events(wf), top, "-", count=limit)
+            replies = pipe.execute()
         except redis.ResponseError as exc:
             raise InvalidParameter(f"before must be an event id such as 1700000000000-0 ({exc})",
                                    parameter="before") from None
+        entries = heapq.nlargest(limit, itertools.chain.from_iterable(replies), key=lambda e: _event_order(e[0]))
         if not entries and not self.redis.exists(keys.workflow(wf)):
             raise self.not_found(wf)
         result = []
@@ -234,7 +243,15 @@ class History:
                 "counts": _counts(meta),
                 "last_batch_id": last,
             }
+            problem = lateness.setting_problem(jobs, result[wf]["settings"])
+            if problem:  # shown, and counted as corrupt, for this workflow only; its jobs stay on view
+                result[wf]["error"] = f"workflow {wf!r}: {problem}"
         return result
+
+
+def _event_order(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def success_marks(meta: dict[str, str]) -> dict[str, dict]:

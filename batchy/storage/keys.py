@@ -151,13 +151,20 @@ def backfill_queue(wf: str, backfill_id: int | str) -> str:
     return f"{NAMESPACE}backfill:{wf}:{backfill_id}:queue"
 
 
+def backfill_events(wf: str, backfill_id: int | str) -> str:
+    """Capped stream of a backfill's chunk events (lease, close, fail, expire, coverage), kept apart
+    from the workflow's audit stream so chunk traffic never evicts it; ids ordered with it."""
+    return f"{NAMESPACE}backfill:{wf}:{backfill_id}:events"
+
+
 def backfill_count_field(status: str) -> str:
     """Field of the backfill hash counting its chunks in status."""
     return BACKFILL_COUNT_PREFIX + status
 
 
 WEBHOOK_OUTBOX = NAMESPACE + "webhook-outbox"  # list of JSON events not yet delivered, newest first
-WEBHOOK_SENDING = NAMESPACE + "webhook-sending"  # list: the event being delivered now
+WEBHOOK_INFLIGHT = NAMESPACE + "webhook-inflight"  # zset: events being posted -> deadline (ms, Redis' clock)
+WEBHOOK_SENDING = NAMESPACE + "webhook-sending"  # list where versions before the in-flight zset kept one (drained)
 WEBHOOK_LEADER = NAMESPACE + "webhook-leader"  # string, expiring: the process that checks and delivers
 
 

@@ -172,7 +172,7 @@ class BatchStore:
         pipe = self.redis.pipeline(transaction=True)
         for backfill_id in ids:
             pipe.delete(keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                        keys.backfill_queue(wf, backfill_id))
+                        keys.backfill_queue(wf, backfill_id), keys.backfill_events(wf, backfill_id))
         pipe.zrem(keys.backfills(wf), *ids)
         pipe.execute()
 

@@ -199,6 +199,9 @@ def running_backfills(overview: dict[str, dict]) -> None:
     """Add each workflow's running backfills (with their progress) to the overview."""
     for wf, running in services().backfills.running(sorted(overview)).items():
         overview[wf]["backfills"] = running
+        problem = next((b["error"] for b in running if b.get("error")), None)
+        if problem and not overview[wf].get("error"):
+            overview[wf]["error"] = problem
 
 
 @endpoint(bp, "/", "/dashboard", summary="The operator's dashboard", ok=HTML, reads="dashboard", params=[

@@ -98,7 +98,7 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None):
                               "Stretches of time between the job's first and latest successful window that no "
                               "successful window covered (GET /coverage).", labels=job_labels)
     corrupt = GaugeMetricFamily("batchy_workflow_corrupt",
-                                "1 while a value stored for the workflow cannot be read (a bad hand edit), else 0.",
+                                "1 while a value stored for the workflow cannot be read or used (a bad hand edit), else 0.",
                                 labels=wf_labels)
     paused = GaugeMetricFamily("batchy_workflow_paused", "1 while the workflow itself is paused, else 0.",
                                labels=wf_labels)
