@@ -129,8 +129,10 @@ class Batchy:
     def status(self, wf: str) -> dict:
         return self._json("GET", f"/get_status/{self._name(wf)}")
 
-    def open(self, wf: str, fmt: str = "json", dry_run: bool = False, idempotency_key: str | None = None):
-        """Open a batch; return {job: {...}} (fmt json) or the parameter file text (fmt infa).
+    def open(self, wf: str, fmt: str = "json", dry_run: bool = False, idempotency_key: str | None = None,
+             job: str | list[str] | None = None):
+        """Open a batch (of every job, or of job: one name or a list); return {job: {...}} (fmt
+        json) or the parameter file text (fmt infa). Jobs not named are left as they are.
 
         Every attempt of one call carries the same Idempotency-Key (idempotency_key, else a
         new one per call): a retry after a lost answer gets the batch the first attempt
@@ -138,7 +140,7 @@ class Batchy:
         """
         key = None if dry_run else {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         raw = self.request("POST", f"/open_batch/{self._name(wf)}/{self._name(fmt)}",
-                           body={"dry_run": dry_run or None}, headers=key, retry=not dry_run)
+                           body={"dry_run": dry_run or None, "job": job}, headers=key, retry=not dry_run)
         return json.loads(raw) if fmt == "json" else raw.decode()
 
     def close(self, wf: str, job: str | None = None, records_processed: int | None = None,
@@ -225,13 +227,14 @@ class Batchy:
     def batch(self, wf: str, job: str | None = None, open: bool = True):
         """Run one batch: open it (or join the open one), close on success, fail on error.
 
-        With job, only that step is closed or failed; with open=False the batch that is
-        already open is used (a step of a workflow opened by someone else). The close or
+        With job, only that step is opened and closed or failed (a job on its own schedule:
+        the other steps are left as they are); with open=False the batch that is already open
+        is used (a step of a workflow opened by someone else). The close or
         fail always names the batch_id, so it is safe to retry and never closes a newer
         batch. batch.records_processed set to an int is sent with that one close (or
         fail); set to {job: n}, each job is closed (or failed) on its own with its count.
         """
-        jobs = self.open(wf) if open else self.status(wf)
+        jobs = self.open(wf, job=job) if open else self.status(wf)
         run = Batch(wf, jobs, job)
         try:
             yield run

@@ -252,67 +252,77 @@ def next_batch_id(wf: dict, now: datetime) -> int:
     return max(int(now.timestamp()), (wf["last_batch_id"] or 0) + 1)
 
 
-def open_batch(wf: dict, now: datetime, *, key: str | None = None, dry_run: bool = False) -> Result:
-    """open_batch: every job gets its window [from_date, now); open jobs are abandoned."""
+def open_batch(wf: dict, now: datetime, *, key: str | None = None, dry_run: bool = False,
+               jobs: list[str] | None = None) -> Result:
+    """open_batch: every job (or each job named) gets its window [from_date, now); a job it
+    opens that is still open elsewhere is abandoned there; the other jobs stay as they are."""
     if dry_run and wf["paused"]:
         return refuse(423, "paused")
     if not wf["loaded"]:
         return refuse(404, "workflow_not_found")
-    if key is not None and key in wf["idem"]:
+    scope = (key, tuple(sorted(set(jobs))) if jobs else None)  # a key is one open of one set of jobs
+    if key is not None and scope in wf["idem"]:
         # A retry "answers the batch the first call opened instead of opening another"
         # (BATCHY_IDEMPOTENCY_HOURS, docs/operations.md): so before any refusal a new open
-        # would get (exclusive, paused); a batch superseded since is 409 stale_batch.
-        if wf["idem"][key] != wf["last_batch_id"] or \
-                not any(job["batch_id"] == wf["last_batch_id"] for job in wf["jobs"].values()):
-            return refuse(409, "stale_batch")  # superseded by a newer batch, or ended by a reset
-        return Result(200, answer=wf["jobs"], batch_id=wf["last_batch_id"])
-    opened_now = [job for job in wf["jobs"].values() if job["status"] == "open"]
+        # would get (exclusive, paused); a batch no job runs in any more is 409 stale_batch.
+        opened = wf["idem"][scope]
+        if not any(job["batch_id"] == opened for job in wf["jobs"].values()):
+            return refuse(409, "stale_batch")  # superseded by a newer batch of its jobs, or ended by a reset
+        return Result(200, answer=wf["jobs"], batch_id=opened)
+    if jobs is not None and any(name not in wf["jobs"] for name in jobs):
+        return refuse(404, "job_not_found")
+    selected = {name: wf["jobs"][name] for name in (sorted(set(jobs)) if jobs else wf["jobs"])}
+    opened_now = [job for job in selected.values() if job["status"] == "open"]
     if wf["settings"].get("exclusive") and opened_now:
         lease = wf["settings"].get("lease_hours")
         oldest = min(job["batch_start"] for job in opened_now)
         if lease is None or now - oldest <= timedelta(hours=lease):
             return refuse(409, "batch_open")
     batch_id = next_batch_id(wf, now)
-    jobs, runs = {}, {}
-    for name, job in wf["jobs"].items():
+    opened, runs = {}, {}
+    for name, job in selected.items():
         start, operator = window_start(job)
         if start > now:
             return refuse(409, "from_date_in_future")
         fields = policy(job, wf["settings"])
         end, caught_up, behind = policy_window(start, now, fields, job["timezone"]) if fields else (now, None, None)
-        jobs[name] = {**job, "status": "open", "batch_id": batch_id, "from_date": start, "to_date": end,
-                      "batch_start": now, "batch_end": None, "next_from_date": None, "moved": False,
-                      "caught_up": caught_up, "behind_seconds": behind}
+        opened[name] = {**job, "status": "open", "batch_id": batch_id, "from_date": start, "to_date": end,
+                        "batch_start": now, "batch_end": None, "next_from_date": None, "moved": False,
+                        "caught_up": caught_up, "behind_seconds": behind}
         runs[name] = {"status": "open", "from_date": start, "to_date": end, "gen": job["gen"],
                       "operator": operator, "rh": job["reprocess_hours"], "trunc": job["trunc_start"]}
+    after = {**wf["jobs"], **opened}
     if dry_run:
-        return Result(200, answer=jobs, batch_id=batch_id)
+        return Result(200, answer=after, batch_id=batch_id)
     if wf["paused"]:
         return refuse(423, "paused")
     new = copy.deepcopy(wf)
-    abandon(new, wf["jobs"])
+    abandon(new, selected)
     new["batches"][batch_id] = runs
-    new["jobs"] = jobs
+    new["jobs"] = after
     new["last_batch_id"] = batch_id
     if key is not None:
-        new["idem"][key] = batch_id
-    return Result(200, wf=new, events=[event("open", batch_id, wf["jobs"], jobs)], answer=jobs, batch_id=batch_id)
+        new["idem"][scope] = batch_id
+    return Result(200, wf=new, events=[event("open", batch_id, selected, opened)], answer=after, batch_id=batch_id)
 
 
 def close_batch(wf: dict, outcome: str, now: datetime, *, job: str | None = None,
                 batch_id: int | None = None) -> Result:
     """close_batch (outcome success) / fail_batch (failed): the open jobs, or one.
 
-    With batch_id: a stale one is 409 stale_batch; a repeat whose jobs already ended with
-    this outcome is 200 and changes nothing. Nothing open is 409 not_open."""
+    With batch_id: the jobs (or the one) that run in that batch, none is 409 stale_batch; a
+    repeat whose jobs already ended with this outcome is 200 and changes nothing. Nothing
+    open is 409 not_open."""
     if not wf["loaded"]:
         return refuse(404, "workflow_not_found")
     jobs = wf["jobs"]
     if job is not None and job not in jobs:
         return refuse(404, "job_not_found")
-    if batch_id is not None and batch_id != wf["last_batch_id"]:
-        return refuse(409, "stale_batch")
     targets = [job] if job is not None else list(jobs)
+    if batch_id is not None:
+        targets = [name for name in targets if jobs[name]["batch_id"] == batch_id]
+        if not targets:
+            return refuse(409, "stale_batch")
     open_targets = [name for name in targets if jobs[name]["status"] == "open"]
     if not open_targets:
         ran = [jobs[name] for name in targets if batch_id is not None and jobs[name]["batch_id"] == batch_id]
@@ -330,8 +340,9 @@ def close_batch(wf: dict, outcome: str, now: datetime, *, job: str | None = None
             new["batches"][changed["batch_id"]][name]["status"] = outcome
         closed[name] = changed
     before = {name: jobs[name] for name in open_targets}
-    return Result(200, wf=new, events=[event("close" if outcome == "success" else "fail", wf["last_batch_id"],
-                                             before, closed)])
+    ran_in = {closed[name]["batch_id"] for name in closed}
+    ended = batch_id or (ran_in.pop() if len(ran_in) == 1 else wf["last_batch_id"])
+    return Result(200, wf=new, events=[event("close" if outcome == "success" else "fail", ended, before, closed)])
 
 
 def _set_next(wf: dict, targets: dict, force: bool, action: str, batch_id) -> Result:
@@ -397,9 +408,6 @@ def resume(wf: dict) -> Result:
     return Result(200, wf={**wf, "paused": False}, events=[{"action": "resume"}])
 
 
-FINAL = ("success", "failed", "abandoned")  # a batch line no later change rewrites
-
-
 def restore(wf: dict, backup: dict, now: datetime) -> Result:
     """import --replace of an export taken when the workflow was backup: its jobs and
     settings come back, its batch snapshots are written but never over a final line,
@@ -455,7 +463,7 @@ def batch_status(runs: dict) -> str:
 
 
 def open_batches(wf: dict) -> set[int]:
-    """The batches /batches?status=open must list for the workflow: at most its current one."""
+    """The batches /batches?status=open must list for the workflow: those an open job runs in."""
     return {bid for bid, runs in wf["batches"].items() if batch_status(runs) == "open"}
 
 

@@ -59,19 +59,22 @@ def status(wf):
 @click.option("--dry-run", is_flag=True, help="Show what open would return; change nothing.")
 @click.option("--idempotency-key", metavar="KEY",
               help="The same KEY again answers the batch the first open opened (a rerun of the script).")
-def open_(wf, fmt, dry_run, idempotency_key):
-    """Open a batch of WF and print its parameters (e.g. --format infa > wf1.param)."""
+@click.option("--job", "jobs", multiple=True, metavar="JOB",
+              help="Open only this job (repeatable): a job on its own schedule; the others are left as they are.")
+def open_(wf, fmt, dry_run, idempotency_key, jobs):
+    """Open a batch of WF (or of --job) and print its parameters (e.g. --format infa > wf1.param)."""
     if fmt != "json" and json_flag() is not None:
         raise click.UsageError(f"--json and --table apply to --format json, not {fmt}")
     client = Batchy()
     if fmt == "env":
         env_names(client.status(wf))  # refuse before opening, not after
     answer = client.open(wf, fmt="infa" if fmt == "infa" else "json", dry_run=dry_run,
-                         idempotency_key=idempotency_key)
+                         idempotency_key=idempotency_key, job=list(jobs) or None)
     if fmt == "json":
         show(answer, state_table)
     else:
-        show_text(answer if fmt == "infa" else env_lines(answer))
+        opened = {name: answer[name] for name in jobs} if jobs and fmt == "env" else answer
+        show_text(answer if fmt == "infa" else env_lines(opened))
 
 
 def _close_options(fn):

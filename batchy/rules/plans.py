@@ -83,15 +83,18 @@ def check_from_dates(state: State, jobs: dict[str, dict], error=InvalidParameter
 
 
 @audited
-def plan_open(state: State, idempotency_key: str | None = None) -> Change:
-    """Open a new batch of every job; jobs still open in an older batch are abandoned."""
-    watermark.check_exclusive(state.wf, state.jobs, state.now, state.settings, state.last_batch_id)
+def plan_open(state: State, idempotency_key: str | None = None, jobs: list[str] | None = None) -> Change:
+    """Open a new batch of every job, or of the jobs named (a job on its own schedule); a
+    job it opens that is still open in an older batch is abandoned there. Other jobs, their
+    open batches included, are left as they are."""
+    selected = {name: state.jobs[name] for name in target_jobs(state.wf, state.jobs, jobs)}
+    watermark.check_exclusive(state.wf, selected, state.now, state.settings, state.last_batch_id)
     batch_id = next_batch_id(state.now, state.last_batch_id, state.floor)
-    opened = watermark.open_jobs(state.jobs, state.now, batch_id, state.wf, state.settings)
+    opened = watermark.open_jobs(selected, state.now, batch_id, state.wf, state.settings)
     snapshots = [SnapshotWrite(batch_id, SNAPSHOT_NEW, state.now.timestamp(),
                                {name: snapshot(job) for name, job in opened.items()})]
-    for old_id, jobs in watermark.abandoned_jobs(state.jobs, batch_id).items():
-        snapshots.append(SnapshotWrite(old_id, SNAPSHOT_UPDATE, 0, jobs))
+    for old_id, superseded in watermark.abandoned_jobs(selected, batch_id).items():
+        snapshots.append(SnapshotWrite(old_id, SNAPSHOT_UPDATE, 0, superseded))
     return Change(
         action="open",
         writes=opened,
@@ -127,7 +130,7 @@ def plan_close(
     )
     if not closed:  # a retry of a close already applied: answer with the state as it is
         return Change(action="close" if outcome == Status.SUCCESS else "fail", noop=True,
-                      batch_id=state.last_batch_id)
+                      batch_id=batch_id or state.last_batch_id)
     by_batch: dict[int, dict[str, dict]] = {}
     for name, new in closed.items():
         by_batch.setdefault(new["batch_id"], {})[name] = snapshot(new)
@@ -139,7 +142,9 @@ def plan_close(
         writes=closed,
         book=Book(marks=marks, ledgers=ledgers),
         snapshots=[SnapshotWrite(bid, SNAPSHOT_UPDATE, 0, snap) for bid, snap in by_batch.items()],
-        batch_id=state.last_batch_id,
+        # The batch it ends: the one named, else the one its jobs ran in (jobs on their own
+        # schedule may be open in several), else the newest.
+        batch_id=batch_id or (next(iter(by_batch)) if len(by_batch) == 1 else state.last_batch_id),
     )
 
 
@@ -154,13 +159,15 @@ def _epoch(text: str) -> float:
     return parse_time(text).timestamp()
 
 
-def target_jobs(wf: str, jobs: dict[str, dict], job: str | None) -> list[str]:
-    """Return the jobs a call names: one job, or every job when job is None."""
+def target_jobs(wf: str, jobs: dict[str, dict], job: str | list[str] | None) -> list[str]:
+    """Return the jobs a call names: one job, several (in name order), or every job when None."""
     if job is None:
         return list(jobs)
-    if job not in jobs:
-        raise JobNotFound(f"workflow {wf!r} has no job {job!r}", workflow=wf, job=job)
-    return [job]
+    named = [job] if isinstance(job, str) else list(job)
+    for name in named:
+        if name not in jobs:
+            raise JobNotFound(f"workflow {wf!r} has no job {name!r}", workflow=wf, job=name)
+    return sorted(set(named))
 
 
 @audited

@@ -133,22 +133,28 @@ def close_jobs(
     """Return the jobs that close (outcome success) or fail (outcome failed) now.
 
     Only open jobs change; closing nothing open is NotOpen, naming the states found.
-    batch_id, when given, must be the workflow's current batch (else StaleBatch); then
-    a repeated call whose jobs already ended with this outcome changes nothing and
-    returns {} (a retry after a lost answer), instead of NotOpen.
+    batch_id, when given, names the batch to end: the jobs that run in it (a named job
+    must, else StaleBatch: a newer batch of it was opened since). Then a repeated call
+    whose jobs already ended with this outcome changes nothing and returns {} (a retry
+    after a lost answer), instead of NotOpen. Without batch_id: every open job (or the
+    one named), whatever batch it runs in.
     """
     assert outcome in (Status.SUCCESS, Status.FAILED)
     if job is not None and job not in jobs:
         raise JobNotFound(f"workflow {wf!r} has no job {job!r}", workflow=wf, job=job)
-    if batch_id is not None and batch_id != current_batch_id:
-        raise StaleBatch(
-            f"batch {batch_id} of {wf!r} is not the current batch (current: {current_batch_id}); "
-            "another run opened a newer batch",
-            workflow=wf,
-            batch_id=batch_id,
-            current_batch_id=current_batch_id,
-        )
     targets = [job] if job is not None else list(jobs)
+    if batch_id is not None:
+        targets = [name for name in targets if jobs[name].get("batch_id") == batch_id]
+        if not targets:
+            newest = jobs[job].get("batch_id") if job is not None else current_batch_id
+            raise StaleBatch(
+                f"batch {batch_id} of {wf!r} is not the current batch of "
+                f"{'job ' + repr(job) if job is not None else 'any job'} (current: {newest}); "
+                "another run opened a newer batch",
+                workflow=wf,
+                batch_id=batch_id,
+                current_batch_id=newest,
+            )
     open_targets = [name for name in targets if jobs[name].get("status") == Status.OPEN]
     if not open_targets and batch_id is not None and already_closed(jobs, targets, batch_id, outcome):
         return {}
@@ -230,7 +236,8 @@ def lease_expired(jobs: dict[str, dict], now: datetime, lease_hours: float | Non
 
 
 def check_exclusive(wf: str, jobs: dict[str, dict], now: datetime, settings: dict, current: int | None) -> None:
-    """Refuse (BatchOpen) a new batch of an exclusive workflow while its open batch's lease runs."""
+    """Refuse (BatchOpen) a new batch of an exclusive workflow's jobs while one of them is open
+    and its batch's lease runs (jobs: those the open would open; the lease is per job)."""
     if not settings.get("exclusive"):
         return
     if not any(j.get("status") == Status.OPEN for j in jobs.values()):
@@ -238,6 +245,8 @@ def check_exclusive(wf: str, jobs: dict[str, dict], now: datetime, settings: dic
     lease = settings.get("lease_hours")
     if lease_expired(jobs, now, lease):
         return  # the old batch is abandoned and its window rerun
+    running = sorted({j.get("batch_id") for j in jobs.values() if j.get("status") == Status.OPEN} - {None})
+    current = running[-1] if running else current
     raise BatchOpen(
         f"workflow {wf!r} is exclusive and batch {current} is still open"
         + (f" (lease {lease} h not expired)" if lease else "")

@@ -252,13 +252,17 @@ class Committer:
         return done == 1
 
     def repeated_open(self, wf: str, batch_id: int, lenient: bool = False) -> Change:
-        """Answer an open retried with its Idempotency-Key: the batch it opened, if still current."""
+        """Answer an open retried with its Idempotency-Key: the batch it opened, while a job still runs in it.
+
+        A newer batch of the same jobs (or a reset) supersedes it; a newer batch of other jobs
+        (each on its own schedule) does not.
+        """
         state = self.read(wf, lenient)
-        if state.last_batch_id != batch_id:
+        ran = {name: job for name, job in state.jobs.items() if job.get("batch_id") == batch_id}
+        if not ran and state.last_batch_id != batch_id:
             raise StaleBatch(
                 f"this Idempotency-Key opened batch {batch_id} of {wf!r}, which batch {state.last_batch_id} "
                 "has superseded since", workflow=wf, batch_id=batch_id, current_batch_id=state.last_batch_id)
-        ran = {name: job for name, job in state.jobs.items() if job.get("batch_id") == batch_id}
         if not ran:  # a reset (or a reload that dropped its jobs) ended it: nothing to answer with
             raise StaleBatch(
                 f"this Idempotency-Key opened batch {batch_id} of {wf!r}, which no job runs in any more "

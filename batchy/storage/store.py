@@ -102,14 +102,20 @@ class BatchStore:
         return dict(sorted(change.after.items()))
 
     def open(self, wf: str, *, actor: str = "", dry_run: bool = False,
-             idempotency_key: str | None = None) -> Change:
-        """Open a new batch of every job in wf; return the change (jobs and batch_id).
+             idempotency_key: str | None = None, jobs: list[str] | None = None) -> Change:
+        """Open a new batch of every job in wf, or of the jobs named; return the change (jobs and batch_id).
 
         With an idempotency_key, a retry answers the batch the first call opened.
         """
+        if idempotency_key and jobs:  # one key, one scope: the same key naming other jobs is another open
+            idempotency_key = f"{idempotency_key}\njobs={','.join(sorted(set(jobs)))}"
+
+        def plan(state):
+            return plans.plan_open(state, idempotency_key, jobs)
+
         if dry_run:
             self.pausing.check(wf)
-            return self.mutate(wf, plans.plan_open, actor=actor, dry_run=True)
+            return self.mutate(wf, plan, actor=actor, dry_run=True)
         if idempotency_key:
             # A retry answers the batch its key opened before any rule is applied again (an
             # exclusive workflow would refuse a second open); the commit script checks the
@@ -117,8 +123,7 @@ class BatchStore:
             opened = self.redis.get(keys.idempotency(wf, idempotency_key))
             if opened is not None:
                 return self.committer.repeated_open(wf, int(opened))
-            return self.mutate(wf, lambda state: plans.plan_open(state, idempotency_key), actor=actor)
-        return self.mutate(wf, plans.plan_open, actor=actor)
+        return self.mutate(wf, plan, actor=actor)
 
     def close(self, wf: str, outcome: str, *, job: str | None = None, batch_id: int | None = None,
               records_processed: int | None = None, message: str | None = None, actor: str = "") -> Change:

@@ -11,8 +11,8 @@ from ..rules import formats, lateness, names, workflows
 from ..rules.jobs import BATCH_STATUSES, Status
 from .db import get_store, services
 from .http import (
-    actor, endpoint, idempotency_key, json_response, params, parse_flag, parse_job, parse_limit, parse_moment,
-    parse_text, parse_whole_number, state_response,
+    actor, endpoint, idempotency_key, json_response, params, parse_flag, parse_job, parse_jobs, parse_limit,
+    parse_moment, parse_text, parse_whole_number, state_response,
 )
 from .schema import DATE, FLAG, GET_MESSAGE, IDEM, JOB, LIMIT, NAME, TEXT, WHOLE, json_content, param
 
@@ -87,7 +87,9 @@ def get_status(wf):
 
 
 @endpoint(bp, "/open_batch/<wf>", "/open_batch/<wf>/<fmt>", summary="Open a batch as JSON or an Informatica "
-          "parameter file", schema="State", params=[param("dry_run", schema=FLAG), IDEM],
+          "parameter file", schema="State",
+          params=[{**JOB, "description": "Open only this job (repeatable); every other job is left as it is"},
+                  param("dry_run", schema=FLAG), IDEM],
           ok={"content": {**json_content("State")["content"], **TEXT["content"]}}, mutating=True)
 def open_batch(wf, fmt="json"):
     if fmt not in formats.FORMATS:
@@ -96,7 +98,7 @@ def open_batch(wf, fmt="json"):
         )
     values = params()
     change = get_store().open(wf, actor=actor(), dry_run=parse_flag(values, "dry_run"),
-                              idempotency_key=idempotency_key())
+                              idempotency_key=idempotency_key(), jobs=parse_jobs(values, wf))
     if fmt == "infa":
         return Response(
             formats.infa(change.writes).encode(),

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import math
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
 from ..errors import InvalidParameter
-from ..rules import backfill, names
+from ..rules import backfill
 from ..rules.times import MAX_HOURS
 from ..storage.backfill import Backfills
 from .db import services
-from .http import actor, endpoint, json_response, params, parse_limit, parse_moment, parse_text, parse_whole_number
+from .http import (
+    actor, endpoint, json_response, params, parse_jobs, parse_limit, parse_moment, parse_text, parse_whole_number,
+)
 from .schema import DATE, JOB, LIMIT, NUMBER, OBJECT, WHOLE, param
 
 bp = Blueprint("backfill", __name__)
@@ -50,24 +52,6 @@ def _positive_number(values: dict, name: str, maximum: float) -> float | None:
     return number
 
 
-def _job_names(values: dict, wf: str) -> list[str] | None:
-    """Return the jobs named: `job` repeated in the query string or a form, or a JSON list (None: every job)."""
-    given = values.get("job")
-    if given is None:
-        return None
-    if isinstance(given, list):
-        items = given
-    else:
-        body = request.get_json(silent=True) if request.is_json else None
-        if isinstance(body, dict) and "job" in body:
-            items = [given]
-        else:
-            items = request.form.getlist("job") or request.args.getlist("job") or [given]
-    if len(items) > backfill.MAX_CHUNKS:
-        raise InvalidParameter(f"job names more than {backfill.MAX_CHUNKS} jobs", parameter="job", workflow=wf)
-    return list(dict.fromkeys(names.check_job(item, wf) for item in items))
-
-
 @endpoint(bp, "/backfill/<wf>", summary="Create a backfill of a past range, in chunks", ok=OBJECT, status="201",
           params=[param("from", schema=DATE, required=True), param("to", schema=DATE, required=True),
                   {**JOB, "description": "Only this job (repeatable)"},
@@ -84,7 +68,7 @@ def create(wf):
     if max_attempts is not None and not 1 <= max_attempts <= backfill.MAX_ATTEMPTS:
         raise InvalidParameter(f"max_attempts must be from 1 to {backfill.MAX_ATTEMPTS}", parameter="max_attempts")
     answer = get_backfills().create(
-        wf, start, end, jobs=_job_names(values, wf), batch_size=batch_size,
+        wf, start, end, jobs=parse_jobs(values, wf), batch_size=batch_size,
         chunk_hours=_positive_number(values, "chunk_hours", MAX_HOURS),
         max_attempts=max_attempts or backfill.DEFAULT_MAX_ATTEMPTS, actor=actor())
     return json_response(answer, 201)

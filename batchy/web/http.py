@@ -289,6 +289,27 @@ def parse_moment(values: dict, name: str, required: bool = False, local: bool = 
         raise InvalidParameter(str(exc), parameter=name) from None
 
 
+MAX_JOBS = 10000  # as many as a workflow file may hold
+
+
+def parse_jobs(values: dict, wf: str) -> list[str] | None:
+    """Return the jobs named: `job` repeated in the query string or a form, or a JSON list (None: every job)."""
+    given = values.get("job")
+    if given is None:
+        return None
+    if isinstance(given, list):
+        items = given
+    else:
+        body = request.get_json(silent=True) if request.is_json else None
+        if isinstance(body, dict) and "job" in body:
+            items = [given]
+        else:
+            items = request.form.getlist("job") or request.args.getlist("job") or [given]
+    if len(items) > MAX_JOBS:
+        raise InvalidParameter(f"job names more than {MAX_JOBS} jobs", parameter="job", workflow=wf)
+    return list(dict.fromkeys(names.check_job(item, wf) for item in items))
+
+
 def parse_job(values: dict, wf: str) -> str | None:
     job = values.get("job")
     return None if job is None else names.check_job(job, wf)
