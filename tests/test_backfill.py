@@ -544,9 +544,12 @@ def test_ctrl_c_stops_backfill_run_and_its_commands(real_app, tmp_path):
         made = runner.BackfillClient(Batchy(url)).create("bf", "2024-02-01T00:00:00Z", "2024-02-02T00:00:00Z",
                                                          jobs=["customers"])
         env = {**os.environ, "BATCHY_URL": url}
+        # Ctrl-C does what it does by default, whatever this suite inherited (started with `&`
+        # from a non-interactive shell, SIGINT is ignored, and so it would be in batchy).
         proc = subprocess.Popen([sys.executable, "-m", "batchy.cli", "backfill", "run", "bf", str(made["backfill_id"]),
                                  "--", "sh", "-c", f"touch {marker}; sleep 30; echo done"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 20
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -10,6 +10,7 @@ import click
 from ..client import Batchy
 from .backfill_run import BackfillClient, finished, run_backfill
 from .output import output_options, service_errors, table
+from .run import runner_options
 
 
 def _show(data, human, as_json: bool | None, quiet: bool) -> None:
@@ -163,19 +164,27 @@ def backfill_fail(wf, backfill_id, chunk, attempt, records_processed, message, a
               help="How long a chunk is held without news from its worker [3600]; renewed every third of it "
                    "while the command runs, so a chunk may run longer.")
 @click.option("--chunk-timeout", type=click.FloatRange(min=0, min_open=True),
-              help="Stop a chunk's command after this many seconds: its attempt fails (default: no limit).")
+              help="Stop a chunk's command (its whole session) after this many seconds: its attempt fails "
+                   "(default: no limit).")
+@runner_options
 @click.pass_context
-def backfill_run(ctx, wf, backfill_id, command, parallel, lease_seconds, chunk_timeout):
+def backfill_run(ctx, wf, backfill_id, command, parallel, lease_seconds, chunk_timeout, grace_seconds,
+                 outage_seconds, leave_children):
     """Run COMMAND (after --) on each chunk of a backfill; exit 0 when every chunk succeeded, else 1.
 
     \b
     Environment per chunk: BATCHY_WORKFLOW, BATCHY_BACKFILL_ID, BATCHY_CHUNK,
     BATCHY_ATTEMPT, BATCHY_JOB, BATCHY_FROM_DATE, BATCHY_TO_DATE, BATCHY_<JOB>_FROM_DATE
     and _TO_DATE, BATCHY_RECORDS_FILE.
+    Exit code: 0 every chunk succeeded, 1 otherwise; 128+N when signal N (TERM, INT,
+    HUP) stopped the run (each running command is stopped, its attempt failed); 75 the
+    service stayed unreachable past --outage-seconds
+    (docs/backfills.md#signals-outages-and-exit-codes).
     """
     with service_errors():
-        code = run_backfill(BackfillClient(Batchy()), wf, backfill_id, list(command), parallel=parallel,
-                            lease_seconds=lease_seconds, chunk_timeout=chunk_timeout)
+        code = run_backfill(BackfillClient(Batchy(retries=0)), wf, backfill_id, list(command), parallel=parallel,
+                            lease_seconds=lease_seconds, chunk_timeout=chunk_timeout, grace=grace_seconds,
+                            outage_seconds=outage_seconds, leave_children=leave_children)
     ctx.exit(code)
 
 
