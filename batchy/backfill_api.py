@@ -133,23 +133,25 @@ def _chunk_attempt(values) -> tuple[int, int]:
 @mutation
 def renew(wf, backfill_id):
     names.check_workflow(wf)
-    values = request_params("chunk", "attempt", "lease_seconds")
+    values = request_params("chunk", "attempt", "lease_token", "lease_seconds")
     number, attempt = _chunk_attempt(values)
     seconds = _positive_number(values, "lease_seconds", backfill.MAX_LEASE_SECONDS)
     return json_response(get_backfills().renew(wf, _id(backfill_id), number, attempt,
-                                               seconds or backfill.DEFAULT_LEASE_SECONDS))
+                                               seconds or backfill.DEFAULT_LEASE_SECONDS,
+                                               lease_token=parse_text(values, "lease_token", 200)))
 
 
 def _finish(wf: str, backfill_id: str, outcome: str):
     names.check_workflow(wf)
-    values = request_params("chunk", "attempt", "records_processed", "message")
+    values = request_params("chunk", "attempt", "lease_token", "records_processed", "message")
     number, attempt = _chunk_attempt(values)
     records = parse_whole_number(values, "records_processed")
     if records is not None and records > MAX_RECORDS:
         raise InvalidParameter(f"records_processed of a chunk must be at most {MAX_RECORDS}",
                                parameter="records_processed")
     answer = get_backfills().finish(wf, _id(backfill_id), number, attempt, outcome, records_processed=records,
-                                    message=parse_text(values, "message"), actor=actor())
+                                    message=parse_text(values, "message"), actor=actor(),
+                                    lease_token=parse_text(values, "lease_token", 200))
     return json_response(answer)
 
 
@@ -180,8 +182,10 @@ def openapi_paths() -> dict:
     bid = _param("backfill_id", "path", {"type": "string", "pattern": "^[0-9]{1,15}$"})
     number = {"type": "string", "pattern": "^[0-9]{1,10}(\\.[0-9]{1,6})?$"}
     obj = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    token = {**_param("lease_token", schema={"type": "string", "maxLength": 200}),
+             "description": "The lease_token the lease answered (a missing or wrong one: 409 wrong_lease_token)"}
     finish = [WF, bid, _param("chunk", schema=WHOLE, required=True), _param("attempt", schema=WHOLE, required=True),
-              _param("records_processed", schema=WHOLE), _param("message", schema={"type": "string", "maxLength": 500})]
+              token, _param("records_processed", schema=WHOLE), _param("message", schema={"type": "string", "maxLength": 500})]
     create_ops = _mutating("Create a backfill of a past range, in chunks", None, [
         WF, _param("from", schema=DATE, required=True), _param("to", schema=DATE, required=True),
         {**JOB, "description": "Only this job (repeatable)"},
@@ -202,7 +206,7 @@ def openapi_paths() -> dict:
         "/backfill/{wf}/{backfill_id}/renew": _mutating(
             "Renew a leased chunk's lease (a heartbeat)", None,
             [WF, bid, _param("chunk", schema=WHOLE, required=True), _param("attempt", schema=WHOLE, required=True),
-             _param("lease_seconds", schema=number)], ok=obj),
+             token, _param("lease_seconds", schema=number)], ok=obj),
         "/backfill/{wf}/{backfill_id}/close": _mutating("End a leased chunk's attempt: success", None, finish, ok=obj),
         "/backfill/{wf}/{backfill_id}/fail": _mutating("End a leased chunk's attempt: failed", None, finish, ok=obj),
         "/backfill/{wf}/{backfill_id}/cancel": _mutating("Cancel a backfill: its pending chunks", None, [WF, bid],

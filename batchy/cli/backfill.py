@@ -111,9 +111,16 @@ def backfill_lease(wf, backfill_id, lease_seconds, as_json, quiet):
         _show(answer, _fields_text, as_json, quiet)
 
 
+def lease_token_option(fn):
+    return click.option("--lease-token", metavar="TOKEN",
+                        help="The lease_token the lease answered (a missing or wrong one: exit 4, "
+                             "wrong_lease_token).")(fn)
+
+
 def _finish_options(fn):
     fn = click.option("--message", "-m", help="A note kept on the chunk (a failure's reason).")(fn)
     fn = click.option("--records-processed", type=click.IntRange(min=0), help="Rows the chunk loaded.")(fn)
+    fn = lease_token_option(fn)
     fn = click.option("--attempt", type=click.IntRange(min=1), required=True,
                       help="The attempt the lease answered.")(fn)
     fn = click.option("--chunk", type=click.IntRange(min=0), required=True, help="The chunk the lease answered.")(fn)
@@ -126,32 +133,36 @@ def _finish_options(fn):
 @click.argument("backfill_id", type=int)
 @click.option("--chunk", type=click.IntRange(min=0), required=True, help="The chunk the lease answered.")
 @click.option("--attempt", type=click.IntRange(min=1), required=True, help="The attempt the lease answered.")
+@lease_token_option
 @click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), help="From now on [3600].")
 @output_options
-def backfill_renew(wf, backfill_id, chunk, attempt, lease_seconds, as_json, quiet):
+def backfill_renew(wf, backfill_id, chunk, attempt, lease_token, lease_seconds, as_json, quiet):
     """Renew a leased chunk's lease while its work goes on (a worker of your own's heartbeat)."""
     with service_errors():
-        answer = BackfillClient(Batchy()).renew(wf, backfill_id, chunk, attempt, lease_seconds)
+        answer = BackfillClient(Batchy()).renew(wf, backfill_id, chunk, attempt, lease_seconds,
+                                                lease_token=lease_token)
     _show(answer, _fields_text, as_json, quiet)
 
 
 @backfill_group.command("close")
 @_finish_options
-def backfill_close(wf, backfill_id, chunk, attempt, records_processed, message, as_json, quiet):
+def backfill_close(wf, backfill_id, chunk, attempt, lease_token, records_processed, message, as_json, quiet):
     """Mark a leased chunk's attempt successful (its window goes into the coverage ledger)."""
     with service_errors():
         answer = BackfillClient(Batchy()).finish(wf, backfill_id, chunk, attempt, "success",
-                                                 records_processed=records_processed, message=message)
+                                                 records_processed=records_processed, message=message,
+                                                 lease_token=lease_token)
     _show(answer, _fields_text, as_json, quiet)
 
 
 @backfill_group.command("fail")
 @_finish_options
-def backfill_fail(wf, backfill_id, chunk, attempt, records_processed, message, as_json, quiet):
+def backfill_fail(wf, backfill_id, chunk, attempt, lease_token, records_processed, message, as_json, quiet):
     """Mark a leased chunk's attempt failed: it is due again until max_attempts are used."""
     with service_errors():
         answer = BackfillClient(Batchy()).finish(wf, backfill_id, chunk, attempt, "failed",
-                                                 records_processed=records_processed, message=message)
+                                                 records_processed=records_processed, message=message,
+                                                 lease_token=lease_token)
     _show(answer, _fields_text, as_json, quiet)
 
 
