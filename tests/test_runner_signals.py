@@ -2,7 +2,6 @@
 that leave children behind (issue 21: a runner under systemd, Kubernetes, Airflow, cron)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,8 +16,13 @@ from batchy.cli import main
 from batchy.cli.output import params_env
 from batchy.client import Batchy
 
-from .test_backfill import Lines, jobs_cfg, real_app, serving  # noqa: F401 - fixtures
-from .test_runner import batchy, live  # noqa: F401 - fixtures
+from . import test_backfill, test_runner
+from .test_backfill import Lines, serving
+
+# The fixtures of test_runner.py (a live service over HTTP, `batchy` in this process) and of
+# test_backfill.py (the app with workflow bf on our redis-server).
+live, batchy = test_runner.live, test_runner.batchy
+jobs_cfg, real_app = test_backfill.jobs_cfg, test_backfill.real_app
 
 UTC = timezone.utc
 BIN = os.path.dirname(sys.executable)  # the venv's batchy

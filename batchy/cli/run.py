@@ -59,7 +59,7 @@ def base_env() -> dict[str, str]:
 
 
 def execute(command: list[str], env: dict[str, str], started=None, *, leave_children: bool = False,
-            grace: float = DEFAULT_GRACE_SECONDS) -> tuple[int, str, int | None, str | None]:
+            grace: float = DEFAULT_GRACE_SECONDS, exited=None) -> tuple[int, str, int | None, str | None]:
     """Run command with env and a BATCHY_RECORDS_FILE; return (exit code, stderr tail, records
     written, why the records file was not read: None when it was fine or empty).
 
@@ -69,8 +69,8 @@ def execute(command: list[str], env: dict[str, str], started=None, *, leave_chil
     the command exits, not when its stderr closes: what it left running is then stopped
     (its session: SIGTERM, SIGKILL after grace), or with leave_children left alone, and
     the rest of its stderr is read for DRAIN_SECONDS at most. A command killed by a signal
-    exits 128 + the signal's number, as in a shell. started(proc), when given, is called
-    once the command runs.
+    exits 128 + the signal's number, as in a shell. started(proc) and exited(proc), when
+    given, are called once the command runs and as soon as it has exited.
     """
     fd, path = tempfile.mkstemp(prefix="batchy-records-")
     os.close(fd)
@@ -87,6 +87,8 @@ def execute(command: list[str], env: dict[str, str], started=None, *, leave_chil
         if started is not None:
             started(proc)
         code = proc.wait()
+        if exited is not None:
+            exited(proc)
         if not leave_children:
             end_session(proc.pid, grace)
         tail = reader.finish(DRAIN_SECONDS)
@@ -365,12 +367,14 @@ def _run_batches(client: Batchy, wf: str, command: list[str], stop: Stop, *, job
         else:
             window = {**window_env(wf, jobs, job), "BATCHY_BATCH_ID": str(batch_id)}
             env = {**base_env(), **window, **params_env(jobs, job, taken=window)}
+            ended: list[float] = []  # when the command exited: a signal after that does not fail it
             try:
                 code, tail, records, note = execute(command, env, stop.started, leave_children=leave_children,
-                                                    grace=stop.grace)
+                                                    grace=stop.grace,
+                                                    exited=lambda proc: ended.append(time.monotonic()))
             finally:
                 stop.running.clear()
-            if stop.signum is not None:
+            if stop.when is not None and (not ended or stop.when <= ended[0]):  # it came while the command ran
                 why = (f"stopped by {stop.name} (batchy run passed it on to the command, exit code {code})"
                        + (f": {tail.strip()}" if tail.strip() else ""))
                 finish("failed", message=why[-TAIL_CHARS:])
@@ -379,7 +383,7 @@ def _run_batches(client: Batchy, wf: str, command: list[str], stop: Stop, *, job
             if code != 0:
                 finish("failed", message=tail.strip() or f"exit code {code}")
                 _err(f"batchy run: {wf} batch {batch_id}: {shown}: failed (exit code {code})")
-                return code
+                return stop.exit_code if stop.signum is not None else code
             try:
                 finish("success", records_processed=records, message=note)
             except ServiceError as exc:
@@ -391,6 +395,9 @@ def _run_batches(client: Batchy, wf: str, command: list[str], stop: Stop, *, job
                 finish("success", message=note)
             done = "" if records is None else f" ({records} records)"
             _err(f"batchy run: {wf} batch {batch_id}: {shown}: success{done}")
+            if stop.signum is not None:  # a signal after the command exited: its outcome is recorded, then stop
+                _err(f"batchy run: {wf}: stopped by {stop.name} after the command exited")
+                return stop.exit_code
         behind = [name for name in ran if jobs[name].get("caught_up") is False]
         if not until_caught_up or not behind:
             return 0
