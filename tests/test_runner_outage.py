@@ -132,3 +132,26 @@ def test_backfill_run_exits_75_when_the_outage_outlasts_outage_seconds(fresh, tm
     err = proc.stderr.read().decode()
     assert proc.returncode == 75, err
     assert "unreachable" in err
+
+
+def test_a_stop_signal_during_an_outage_ends_the_retries_after_the_grace_period(fresh, tmp_path):
+    """systemd stopping the unit while Redis is away: batchy gives up after --grace-seconds, before
+    the supervisor's SIGKILL, and says so."""
+    redis, service, client = fresh
+    started = tmp_path / "started"
+    outage = pause_when(started, redis, 10)
+    proc = spawn(service.url, "run", "bf", "--grace-seconds", "2", "--", "sh", "-c", f"touch {started}; sleep 0.5")
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(started) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(1.5)  # the command ended; its close is being retried
+        begun = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        took = time.monotonic() - begun
+    finally:
+        outage.join()
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 143 and took < 6, (took, err)
+    assert "unreachable" in err

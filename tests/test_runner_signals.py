@@ -340,3 +340,56 @@ def test_main_turns_ctrl_c_into_130(monkeypatch, capsys):
     monkeypatch.setattr("batchy.cli.commands.Batchy.status", interrupted)
     assert main(["status", "wf1"]) == 130
     assert "Aborted!" not in capsys.readouterr().err
+
+
+# -- beyond the list: how supervisors stop a task ------------------------------------------------------
+
+def test_airflow_sigterm_to_the_whole_process_group(live, tmp_path):
+    """Airflow's timeout sends SIGTERM to the task's process group: batchy's, not the command's session."""
+    started = tmp_path / "started"
+    pattern = "sleep 15.601"
+    proc = spawn(live.url, "run", "wf1", "--", "sh", "-c", f"touch {started}; {pattern}", new_session=True)
+    try:
+        wait_for_file(started, proc)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+        assert proc.returncode == 143, proc.stderr.read()
+        assert {job["status"] for job in live.status("wf1").values()} == {"failed"}
+        assert not running(pattern)
+    finally:
+        kill_all(pattern)
+
+
+@pytest.mark.skipif(subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True).returncode != 0,
+                    reason="no PID namespaces here (unshare needs CAP_SYS_ADMIN)")
+def test_a_pod_eviction_stops_batchy_running_as_pid_1(live, tmp_path):
+    """Kubernetes sends SIGTERM to PID 1 of the container, which the kernel delivers only to a
+    handler PID 1 installed itself: batchy's, not a default disposition."""
+    started = tmp_path / "started"
+    pattern = "sleep 15.602"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHY_")}
+    env["BATCHY_URL"] = live.url
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "batchy.cli", "run",
+                              "wf1", "--", "sh", "-c", f"touch {started}; {pattern} & wait"],
+                             env=env, stderr=subprocess.PIPE, preexec_fn=default_signals)
+    try:
+        wait_for_file(started, outer)
+        (pid_1,) = subprocess.run(["pgrep", "-P", str(outer.pid)], capture_output=True, text=True).stdout.split()
+        os.kill(int(pid_1), signal.SIGTERM)
+        outer.wait(15)
+        assert outer.returncode == 143, outer.stderr.read()
+        assert {job["status"] for job in live.status("wf1").values()} == {"failed"}
+        assert not running(pattern)
+    finally:
+        kill_all(pattern)
+
+
+def test_a_signal_after_the_command_exited_records_its_success_then_stops(live, tmp_path):
+    """systemd stopping the unit while batchy closes the batch: the load happened, so it is recorded."""
+    proc = spawn(live.url, "run", "wf1", "--leave-children", "--", "sh", "-c",
+                 '(sleep 0.2; kill -TERM $PPID) & echo 4 > "$BATCHY_RECORDS_FILE"; exit 0')
+    proc.wait(15)
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 143, err
+    jobs = live.status("wf1")
+    assert {(job["status"], job["records_processed"]) for job in jobs.values()} == {("success", 4)}, err

@@ -116,9 +116,22 @@ def end_session(pid: int, grace: float) -> None:
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         time.sleep(0.02)
+        _reap(pid)
         if not signal_session(pid, 0):
             return
     signal_session(pid, signal.SIGKILL)
+    _reap(pid)
+
+
+def _reap(pgid: int) -> None:
+    """Reap what of the session pgid ended as our child: as PID 1 (a container without an
+    init) the command's orphans are ours, and a zombie would look alive for ever. Only
+    this process group: another command's exit status is its own Popen's to collect."""
+    try:
+        while os.waitpid(-pgid, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
 
 
 def stop_command(proc, signum: int = signal.SIGTERM, grace: float | None = None) -> None:
@@ -329,7 +342,7 @@ def run_batches(client: Batchy, wf: str, command: list[str], *, job: str | None 
                                 leave_children=leave_children)
         except Outage as exc:
             _err(f"batchy run: {wf}: {exc}")
-            return EXIT_OUTAGE
+            return stop.exit_code if stop.signum is not None else EXIT_OUTAGE
 
 
 def _run_batches(client: Batchy, wf: str, command: list[str], stop: Stop, *, job, until_caught_up, skip_empty,
