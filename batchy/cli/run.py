@@ -117,10 +117,32 @@ def end_session(pid: int, grace: float) -> None:
     while time.monotonic() < deadline:
         time.sleep(0.02)
         _reap(pid)
-        if not signal_session(pid, 0):
+        if not _alive(pid):
             return
     signal_session(pid, signal.SIGKILL)
     _reap(pid)
+
+
+def _alive(pgid: int) -> bool:
+    """Return whether a process of group pgid still runs: a zombie waiting for an init that
+    reaps slowly (or never) does not count. Without /proc, whether the group exists."""
+    if not signal_session(pgid, 0):
+        return False
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
+            return True
+    return False
 
 
 def _reap(pgid: int) -> None:
