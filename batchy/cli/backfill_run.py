@@ -59,8 +59,9 @@ class BackfillClient:
         return self._call("POST", self._path(wf, backfill_id, "cancel"), body={}, retry=True)
 
     def lease(self, wf: str, backfill_id: int, lease_seconds: float | None = None) -> dict | None:
-        """Return the chunk leased, or None when none is due now (204). Not retried: a lost
-        answer leaves a lease that runs out, and the chunk is leased again then."""
+        """Return the chunk leased, or None when none is due now (204). Not retried here (the
+        workers retry it across an outage): a lost answer leaves a lease that runs out, and
+        the chunk is leased again then."""
         return self._call("POST", self._path(wf, backfill_id, "lease"), body={"lease_seconds": lease_seconds})
 
     def renew(self, wf: str, backfill_id: int, chunk: int, attempt: int, lease_seconds: float | None = None,

@@ -188,10 +188,11 @@ class _Tail(threading.Thread):
     def run(self) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         fd = self.stream.fileno()
+        poller = select.poll()  # not select.select: a busy runner's descriptors may pass 1024
+        poller.register(fd, select.POLLIN)
         try:
             while self.deadline is None or time.monotonic() < self.deadline:
-                ready, _, _ = select.select([fd], [], [], 0.05)
-                if not ready:
+                if not poller.poll(50):
                     continue
                 block = os.read(fd, 65536)
                 if not block:
