@@ -518,8 +518,13 @@ def backfill_lease(wf: dict, backfill_id: int) -> tuple[Result, int | None]:
         return Result(204), None
     new = copy.deepcopy(wf)
     chunk = new["backfills"][backfill_id]["chunks"][due[0]]
-    chunk.update(status="leased", attempts=chunk["attempts"] + 1, outcome=None)
+    chunk.update(status="leased", attempts=chunk["attempts"] + 1, outcome=None, token=None)  # the caller sets token
     return Result(200, wf=new, events=[{"action": "backfill_lease"}]), due[0]
+
+
+def fenced(chunk: dict, attempt: int, token: str | None) -> bool:
+    """A call naming the chunk's current attempt without the lease_token its lease answered."""
+    return chunk["attempts"] == attempt and bool(chunk.get("token")) and token != chunk["token"]
 
 
 def chunk_refusal(wf: dict, backfill_id: int, attempt: int) -> Result | None:
@@ -533,13 +538,16 @@ def chunk_refusal(wf: dict, backfill_id: int, attempt: int) -> Result | None:
     return None
 
 
-def backfill_finish(wf: dict, backfill_id: int, number: int, attempt: int, outcome: str) -> Result:
-    """POST .../close (outcome success) or .../fail (failed) of a chunk's attempt."""
+def backfill_finish(wf: dict, backfill_id: int, number: int, attempt: int, outcome: str,
+                    token: str | None = None) -> Result:
+    """POST .../close (outcome success) or .../fail (failed) of a chunk's attempt, with a lease_token."""
     refused = chunk_refusal(wf, backfill_id, attempt)
     if refused:
         return refused
     fill = wf["backfills"][backfill_id]
     chunk = fill["chunks"][number]
+    if fenced(chunk, attempt, token):
+        return refuse(409, "wrong_lease_token")
     if chunk["status"] != "leased" or chunk["attempts"] != attempt:
         if chunk["attempts"] == attempt and chunk["outcome"] == outcome:
             return Result(200)  # a retry of the same close or fail
@@ -561,7 +569,7 @@ def backfill_finish(wf: dict, backfill_id: int, number: int, attempt: int, outco
     return Result(200, wf=new, events=events)
 
 
-def backfill_renew(wf: dict, backfill_id: int, number: int, attempt: int) -> Result:
+def backfill_renew(wf: dict, backfill_id: int, number: int, attempt: int, token: str | None = None) -> Result:
     """POST .../renew: the attempt holding a leased chunk renews its lease (no outcome, no event)."""
     refused = chunk_refusal(wf, backfill_id, attempt)
     if refused:
@@ -569,6 +577,8 @@ def backfill_renew(wf: dict, backfill_id: int, number: int, attempt: int) -> Res
     chunk = wf["backfills"][backfill_id]["chunks"][number]
     if chunk["attempts"] != attempt:
         return refuse(409, "stale_attempt")
+    if fenced(chunk, attempt, token):
+        return refuse(409, "wrong_lease_token")
     if chunk["status"] != "leased":
         return refuse(409, "not_leased")
     return Result(200)

@@ -388,7 +388,8 @@ def run_hourly_backfill(client, chunks: int) -> str:
         leased = client.post(f"/backfill/hourly/{bid}/lease").json
         outcome = "fail" if n % 10 == 3 else "close"
         assert client.post(f"/backfill/hourly/{bid}/{outcome}",
-                           query_string={"chunk": leased["chunk"], "attempt": leased["attempt"]}).status_code == 200
+                           query_string={"chunk": leased["chunk"], "attempt": leased["attempt"],
+                                         "lease_token": leased["lease_token"]}).status_code == 200
     return bid
 
 

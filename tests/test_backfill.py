@@ -17,7 +17,7 @@ from batchy.rules import backfill
 from batchy.web import backfill as backfill_api, openapi
 from batchy.storage import backfill_lua as backfill_scripts, keys
 from batchy import create_app
-from batchy.rules.backfill import BackfillNotFound, NotLeased, StaleAttempt
+from batchy.rules.backfill import BackfillNotFound, NotLeased, StaleAttempt, WrongLeaseToken
 from batchy.storage.backfill import Backfills
 from batchy.cli import backfill_run as runner
 from batchy.client import Batchy, ServiceError
@@ -222,16 +222,17 @@ def test_a_failed_chunk_is_leased_again_with_its_window_until_max_attempts(any_c
     bid = create(any_client, "from=2024-03-01&to=2024-03-03&job=customers&max_attempts=2")["backfill_id"]
     first = lease(any_client, bid)
     assert (first["chunk"], first["attempt"], first["max_attempts"]) == (0, 1, 2)
-    r = any_client.post(f"/backfill/bf/{bid}/fail", json={"chunk": 0, "attempt": 1, "message": "source down"})
+    r = any_client.post(f"/backfill/bf/{bid}/fail", json={"chunk": 0, "attempt": 1, "message": "source down",
+                                                          "lease_token": first["lease_token"]})
     assert r.status_code == 200 and r.json["status"] == "pending" and r.json["message"] == "source down"
     again = lease(any_client, bid)
     assert (again["chunk"], again["attempt"]) == (0, 2)
     assert (again["from_date"], again["to_date"]) == (first["from_date"], first["to_date"])
-    r = any_client.post(f"/backfill/bf/{bid}/fail?chunk=0&attempt=2&message=still%20down")
+    r = any_client.post(f"/backfill/bf/{bid}/fail?chunk=0&attempt=2&message=still%20down&lease_token={again['lease_token']}")
     assert r.json["status"] == "failed" and r.json["attempts"] == 2  # for good: max_attempts used
     other = lease(any_client, bid)
     assert other["chunk"] == 1
-    r = any_client.post(f"/backfill/bf/{bid}/close?chunk=1&attempt=1&records_processed=12")
+    r = any_client.post(f"/backfill/bf/{bid}/close?chunk=1&attempt=1&records_processed=12&lease_token={other['lease_token']}")
     assert r.json["status"] == "success" and r.json["records_processed"] == 12
     assert r.json["backfill_status"] == "failed" and r.json["progress"]["done"] == 1.0
     assert lease(any_client, bid) is None  # 204: nothing pending
@@ -241,18 +242,20 @@ def test_a_failed_chunk_is_leased_again_with_its_window_until_max_attempts(any_c
 
 def test_close_names_the_attempt_retries_are_safe_and_a_stale_attempt_is_a_409(any_client):
     bid = create(any_client, "from=2024-03-01&to=2024-03-02&job=customers")["backfill_id"]
-    assert lease(any_client, bid)["attempt"] == 1
+    assert (held := lease(any_client, bid))["attempt"] == 1
     r = any_client.post(f"/backfill/bf/{bid}/close?chunk=0")
     assert r.status_code == 400 and r.json["parameter"] == "attempt"
-    any_client.post(f"/backfill/bf/{bid}/fail?chunk=0&attempt=1")
-    assert any_client.post(f"/backfill/bf/{bid}/fail?chunk=0&attempt=1").status_code == 200  # a retry
-    assert lease(any_client, bid)["attempt"] == 2
+    any_client.post(f"/backfill/bf/{bid}/fail?chunk=0&attempt=1&lease_token={held['lease_token']}")
+    assert any_client.post(f"/backfill/bf/{bid}/fail?chunk=0&attempt=1&lease_token={held['lease_token']}"
+                           ).status_code == 200  # a retry
+    assert (held := lease(any_client, bid))["attempt"] == 2
     r = any_client.post(f"/backfill/bf/{bid}/close?chunk=0&attempt=1")
     assert r.status_code == 409 and r.json["error"] == "stale_attempt" and "attempt 2" in r.json["message"]
     for _ in range(2):  # the second close is a retry after a lost answer: the same 200
-        r = any_client.post(f"/backfill/bf/{bid}/close?chunk=0&attempt=2&records_processed=5")
+        r = any_client.post(f"/backfill/bf/{bid}/close?chunk=0&attempt=2&records_processed=5"
+                            f"&lease_token={held['lease_token']}")
         assert r.status_code == 200 and r.json["status"] == "success"
-    r = any_client.post(f"/backfill/bf/{bid}/fail?chunk=0&attempt=2")
+    r = any_client.post(f"/backfill/bf/{bid}/fail?chunk=0&attempt=2&lease_token={held['lease_token']}")
     assert r.status_code == 409 and r.json["error"] == "not_leased"
     ledger = any_client.get("/coverage/bf?job=customers").json["customers"]
     assert ledger == {"covered": [["2024-03-01T00:00:00+00:00", "2024-03-02T00:00:00+00:00"]], "holes": []}
@@ -266,7 +269,8 @@ def test_cancel_stops_pending_chunks_and_a_leased_one_may_still_close(any_client
     r = any_client.post(f"/backfill/bf/{bid}/cancel")
     assert r.status_code == 200 and r.json["status"] == "cancelled" and r.json["cancelled_chunks"] == 2
     assert lease(any_client, bid) is None
-    closed = any_client.post(f"/backfill/bf/{bid}/close?chunk={held['chunk']}&attempt=1").json
+    closed = any_client.post(f"/backfill/bf/{bid}/close?chunk={held['chunk']}&attempt=1"
+                             f"&lease_token={held['lease_token']}").json
     assert closed["status"] == "success" and closed["backfill_status"] == "cancelled"
     assert any_client.post(f"/backfill/bf/{bid}/cancel").json["cancelled_chunks"] == 0  # again: nothing new
     shown = any_client.get(f"/backfill/bf/{bid}").json
@@ -278,10 +282,10 @@ def test_cancel_stops_pending_chunks_and_a_leased_one_may_still_close(any_client
 def test_every_chunk_change_is_audited_and_the_watermark_never_moves(any_client):
     before = any_client.get("/get_status/bf").json
     bid = create(any_client, "from=2024-03-01&to=2024-03-03&job=orders")["backfill_id"]
-    lease(any_client, bid)
-    any_client.post(f"/backfill/bf/{bid}/fail?chunk=0&attempt=1&message=boom")
-    lease(any_client, bid)
-    any_client.post(f"/backfill/bf/{bid}/close?chunk=0&attempt=2")
+    token = lease(any_client, bid)["lease_token"]
+    any_client.post(f"/backfill/bf/{bid}/fail?chunk=0&attempt=1&message=boom&lease_token={token}")
+    token = lease(any_client, bid)["lease_token"]
+    any_client.post(f"/backfill/bf/{bid}/close?chunk=0&attempt=2&lease_token={token}")
     any_client.post(f"/backfill/bf/{bid}/cancel")
     assert any_client.get("/get_status/bf").json == before
     events = any_client.get("/events/bf?limit=20").json["events"]
@@ -366,7 +370,8 @@ def test_an_operators_skip_makes_a_hole_and_a_backfill_of_it_closes_the_hole(any
     bid = made.json["backfill_id"]
     assert [c["from_date"] for c in made.json["chunks"]] == holes[0][:1] + [format_time(start + timedelta(days=2))]
     while (chunk := lease_of(any_client, "daily", bid)) is not None:
-        any_client.post(f"/backfill/daily/{bid}/close?chunk={chunk['chunk']}&attempt={chunk['attempt']}")
+        any_client.post(f"/backfill/daily/{bid}/close?chunk={chunk['chunk']}&attempt={chunk['attempt']}"
+                        f"&lease_token={chunk['lease_token']}")
     after = any_client.get("/coverage/daily").json["sales"]
     assert after == {"covered": [[format_time(start), format_time(start + timedelta(days=4))]], "holes": []}
 
@@ -439,12 +444,12 @@ def test_parallel_leases_never_hand_a_chunk_to_two_live_leases(backfills):
 def test_an_expired_lease_is_leased_again_and_ends_failed_on_the_last_attempt(backfills):
     bid = backfills.create("bf", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC),
                            jobs=["customers"], max_attempts=2)["backfill_id"]
-    assert backfills.lease("bf", bid, 0.05)["attempt"] == 1
+    assert (first := backfills.lease("bf", bid, 0.05))["attempt"] == 1
     assert backfills.lease("bf", bid, 0.05) is None  # a live lease: not handed out again
     time.sleep(0.1)
     assert backfills.lease("bf", bid, 0.05)["attempt"] == 2  # the first lease ran out
     with pytest.raises(StaleAttempt):
-        backfills.finish("bf", bid, 0, 1, "success")
+        backfills.finish("bf", bid, 0, 1, "success", lease_token=first["lease_token"])
     time.sleep(0.1)
     assert backfills.lease("bf", bid, 60) is None  # the last attempt's lease ran out: failed for good
     chunk = backfills.get("bf", bid)["chunks"][0]
@@ -455,14 +460,15 @@ def test_a_renewed_lease_keeps_the_chunk_from_other_workers(backfills):
     bid = backfills.create("bf", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC),
                            jobs=["customers"])["backfill_id"]
     first = backfills.lease("bf", bid, 0.2)
+    token = first["lease_token"]
     for _ in range(3):  # 0.45 s in all, past the first lease's 0.2 s: renewed, never due
         time.sleep(0.15)
-        renewed = backfills.renew("bf", bid, 0, 1, 0.2)
+        renewed = backfills.renew("bf", bid, 0, 1, 0.2, lease_token=token)
         assert renewed["lease_until"] >= first["lease_until"] and renewed["attempt"] == 1
         assert backfills.lease("bf", bid, 60) is None
-    backfills.finish("bf", bid, 0, 1, "success")
+    backfills.finish("bf", bid, 0, 1, "success", lease_token=token)
     with pytest.raises(NotLeased):
-        backfills.renew("bf", bid, 0, 1, 60)  # it ended
+        backfills.renew("bf", bid, 0, 1, 60, lease_token=token)  # it ended
     with pytest.raises(StaleAttempt):
         backfills.renew("bf", bid, 0, 2, 60)
 
@@ -470,11 +476,11 @@ def test_a_renewed_lease_keeps_the_chunk_from_other_workers(backfills):
 def test_a_lease_that_ran_out_may_be_renewed_until_another_worker_takes_the_chunk(backfills):
     bid = backfills.create("bf", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC),
                            jobs=["customers"])["backfill_id"]
-    backfills.lease("bf", bid, 0.05)
+    token = backfills.lease("bf", bid, 0.05)["lease_token"]
     time.sleep(0.1)
-    backfills.renew("bf", bid, 0, 1, 60)  # ran out, nobody took it: renewed
+    backfills.renew("bf", bid, 0, 1, 60, lease_token=token)  # ran out, nobody took it: renewed
     assert backfills.lease("bf", bid, 60) is None
-    backfills.renew("bf", bid, 0, 1, 0.05)
+    backfills.renew("bf", bid, 0, 1, 0.05, lease_token=token)
     time.sleep(0.1)
     assert backfills.lease("bf", bid, 60)["attempt"] == 2  # ran out again, and taken over
     with pytest.raises(StaleAttempt):
@@ -484,11 +490,13 @@ def test_a_lease_that_ran_out_may_be_renewed_until_another_worker_takes_the_chun
 def test_renew_over_http_names_chunk_and_attempt(any_client):
     bid = create(any_client, "from=2024-03-01&to=2024-03-02&job=orders")["backfill_id"]
     got = lease(any_client, bid, lease_seconds=60)
-    r = any_client.post(f"/backfill/bf/{bid}/renew?chunk={got['chunk']}&attempt={got['attempt']}&lease_seconds=600")
+    r = any_client.post(f"/backfill/bf/{bid}/renew?chunk={got['chunk']}&attempt={got['attempt']}&lease_seconds=600"
+                        f"&lease_token={got['lease_token']}")
     assert r.status_code == 200 and r.json["lease_until"] > got["lease_until"], r.json
     assert any_client.post(f"/backfill/bf/{bid}/renew?chunk=0").json["parameter"] == "attempt"
     assert any_client.post(f"/backfill/bf/{bid}/renew?chunk=0&attempt=2").json["error"] == "stale_attempt"
-    assert any_client.post(f"/backfill/bf/{bid}/renew?chunk=0&attempt=1&lease=5").json["error"] == \
+    assert any_client.post(f"/backfill/bf/{bid}/renew?chunk=0&attempt=1&lease=5&lease_token={got['lease_token']}"
+                           ).json["error"] == \
         "invalid_parameter"  # a typo: lease_seconds
 
 
@@ -548,9 +556,12 @@ def test_ctrl_c_stops_backfill_run_and_its_commands(real_app, tmp_path):
         made = runner.BackfillClient(Batchy(url)).create("bf", "2024-02-01T00:00:00Z", "2024-02-02T00:00:00Z",
                                                          jobs=["customers"])
         env = {**os.environ, "BATCHY_URL": url}
+        # Ctrl-C does what it does by default, whatever this suite inherited (started with `&`
+        # from a non-interactive shell, SIGINT is ignored, and so it would be in batchy).
         proc = subprocess.Popen([sys.executable, "-m", "batchy.cli", "backfill", "run", "bf", str(made["backfill_id"]),
                                  "--", "sh", "-c", f"touch {marker}; sleep 30; echo done"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 20
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -573,6 +584,10 @@ def test_the_scripts_follow_the_rules_of_backfill_py(backfills):
         bid, max_attempts = made["backfill_id"], made["max_attempts"]
         model = {c["chunk"]: {"status": "pending", "attempts": 0} for c in made["chunks"]}
         cancelled = False
+        tokens: dict[int, str] = {}  # the lease_token of each chunk's latest lease
+
+        def token_for(n: int) -> str | None:  # mostly the right one; now and then none, or a guess
+            return rng.choice([tokens.get(n)] * 4 + [None, "f" * 32])
         for _ in range(60):
             op = rng.choice(["lease", "lease", "close", "fail", "close", "cancel"] if rng.random() < 0.1
                             else ["lease", "lease", "close", "fail", "close", "renew"])
@@ -582,18 +597,21 @@ def test_the_scripts_follow_the_rules_of_backfill_py(backfills):
                 if not due:
                     assert got is None
                     continue
-                model[due[0]], what = backfill.lease(model[due[0]], 0, 600_000, max_attempts, cancelled)
+                model[due[0]], what = backfill.lease(model[due[0]], 0, 600_000, max_attempts, cancelled,
+                                                     token=got["lease_token"])
+                tokens[due[0]] = got["lease_token"]
                 assert what == "leased" and (got["chunk"], got["attempt"]) == (due[0], model[due[0]]["attempts"])
             elif op == "renew":
                 n = rng.choice(list(model))
                 attempt = max(1, model[n]["attempts"] + rng.choice([0, 0, -1, 1]))
-                new, what = backfill.renew(model[n], attempt, 0, 600_000)
-                expected = {"stale": StaleAttempt, "not_leased": NotLeased}.get(what)
+                token = token_for(n)
+                new, what = backfill.renew(model[n], attempt, 0, 600_000, token=token)
+                expected = {"stale": StaleAttempt, "not_leased": NotLeased, "wrong_token": WrongLeaseToken}.get(what)
                 if expected:
                     with pytest.raises(expected):
-                        backfills.renew("bf", bid, n, attempt, 600)
+                        backfills.renew("bf", bid, n, attempt, 600, lease_token=token)
                 else:
-                    assert backfills.renew("bf", bid, n, attempt, 600)["attempt"] == attempt
+                    assert backfills.renew("bf", bid, n, attempt, 600, lease_token=token)["attempt"] == attempt
                 model[n] = new
             elif op == "cancel":
                 backfills.cancel("bf", bid)
@@ -603,13 +621,14 @@ def test_the_scripts_follow_the_rules_of_backfill_py(backfills):
                 n = rng.choice(list(model))
                 attempt = max(1, model[n]["attempts"] + rng.choice([0, 0, 0, -1, 1]))
                 outcome = "success" if op == "close" else "failed"
-                new, what = backfill.finish(model[n], attempt, outcome, max_attempts, cancelled)
-                expected = {"stale": StaleAttempt, "not_leased": NotLeased}.get(what)
+                token = token_for(n)
+                new, what = backfill.finish(model[n], attempt, outcome, max_attempts, cancelled, token=token)
+                expected = {"stale": StaleAttempt, "not_leased": NotLeased, "wrong_token": WrongLeaseToken}.get(what)
                 if expected:
                     with pytest.raises(expected):
-                        backfills.finish("bf", bid, n, attempt, outcome)
+                        backfills.finish("bf", bid, n, attempt, outcome, lease_token=token)
                 else:
-                    backfills.finish("bf", bid, n, attempt, outcome)
+                    backfills.finish("bf", bid, n, attempt, outcome, lease_token=token)
                 model[n] = new
             shown = backfills.get("bf", bid)
             assert {c["chunk"]: (c["status"], c["attempts"]) for c in shown["chunks"]} == {

@@ -356,7 +356,8 @@ def test_running_backfills_show_their_progress(client):
     created = client.post("/backfill/wf1?from=2024-01-01T00:00:00Z&to=2024-01-05T00:00:00Z&job=s_extract"
                           "&batch_size=day").json
     chunk = client.post(f"/backfill/wf1/{created['backfill_id']}/lease").json
-    client.post(f"/backfill/wf1/{created['backfill_id']}/close?chunk={chunk['chunk']}&attempt={chunk['attempt']}")
+    client.post(f"/backfill/wf1/{created['backfill_id']}/close?chunk={chunk['chunk']}&attempt={chunk['attempt']}"
+                f"&lease_token={chunk['lease_token']}")
     text = page(client)
     assert f'data-backfill="{created["backfill_id"]}"' in text and "1/4 chunks" in text
     client.post(f"/backfill/wf1/{created['backfill_id']}/cancel")

@@ -40,7 +40,8 @@ def gated(real_redis, redis_server, cfg_dir):
             if chunk["chunk"] % 2:
                 odd.append(chunk)
             else:
-                backfills.finish("gw", backfill_id, chunk["chunk"], chunk["attempt"], "success")
+                backfills.finish("gw", backfill_id, chunk["chunk"], chunk["attempt"], "success",
+                                 lease_token=chunk["lease_token"])
     return app, client, backfill_id, odd
 
 
@@ -82,12 +83,14 @@ def test_concurrent_waiters_compute_what_backfills_fill_once_per_change(gated):
     assert answers == ["waiting"] * 8
     assert _computed(app) == before + 1  # eight waiters, one computation
     with app.app_context():  # a chunk succeeds: the workflow changes, what backfills fill does not
-        get_backfills().finish("gw", backfill_id, odd[0]["chunk"], odd[0]["attempt"], "success")
+        get_backfills().finish("gw", backfill_id, odd[0]["chunk"], odd[0]["attempt"], "success",
+                               lease_token=odd[0]["lease_token"])
     for _ in range(3):
         assert app.test_client().get(GATE + "&timeout=0").json["state"] == "waiting"
     assert _computed(app) == before + 1
     with app.app_context():  # a chunk fails for good (max_attempts=1): one computation more
-        get_backfills().finish("gw", backfill_id, odd[1]["chunk"], odd[1]["attempt"], "failed")
+        get_backfills().finish("gw", backfill_id, odd[1]["chunk"], odd[1]["attempt"], "failed",
+                               lease_token=odd[1]["lease_token"])
     for _ in range(3):
         assert app.test_client().get(GATE + "&timeout=0").json["state"] == "missed"
     assert _computed(app) == before + 2
@@ -104,7 +107,8 @@ def test_a_waiter_answers_by_its_timeout_while_the_workflow_keeps_changing(gated
             for chunk in odd:
                 if stop.is_set():
                     return
-                backfills.finish("gw", backfill_id, chunk["chunk"], chunk["attempt"], "success")
+                backfills.finish("gw", backfill_id, chunk["chunk"], chunk["attempt"], "success",
+                                 lease_token=chunk["lease_token"])
 
     worker = threading.Thread(target=close_chunks)
     worker.start()
@@ -135,7 +139,8 @@ def test_a_backfill_chunk_that_fails_for_good_makes_the_gate_missed_again(fake_r
     chunk = client.post(f"/backfill/up/{created['backfill_id']}/lease").json
     assert client.get(gate).json["state"] == "waiting"  # asked again: the cached answer
     # A failure on the last attempt moves no watermark, only the backfill: the gate sees it.
-    client.post(f"/backfill/up/{created['backfill_id']}/fail?chunk={chunk['chunk']}&attempt={chunk['attempt']}")
+    client.post(f"/backfill/up/{created['backfill_id']}/fail?chunk={chunk['chunk']}&attempt={chunk['attempt']}"
+                f"&lease_token={chunk['lease_token']}")
     assert client.get(gate).json["state"] == "missed"
 
 

@@ -116,5 +116,6 @@ def test_a_hole_a_running_backfill_will_fill_is_waited_for(hourly):
     backfill_id = created.json["backfill_id"]
     for _ in range(2):
         chunk = client.post(f"/backfill/up/{backfill_id}/lease").json
-        client.post(f"/backfill/up/{backfill_id}/close?chunk={chunk['chunk']}&attempt={chunk['attempt']}")
+        client.post(f"/backfill/up/{backfill_id}/close?chunk={chunk['chunk']}&attempt={chunk['attempt']}"
+                    f"&lease_token={chunk['lease_token']}")
     assert client.get(gate).json["state"] == "ready"

@@ -100,6 +100,17 @@ def text(value):
     if isinstance(value, list):
         return [text(v) for v in value]
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# Which lease_token a worker's call carries: mostly its lease's, now and then none or a guess.
+tokens = st.sampled_from(("right", "right", "right", "missing", "guessed"))
+
+
+def lease_token(chunk: dict, which: str) -> str | None:
+    """Return the lease_token a call carries: the chunk's latest lease's, none, or a guess."""
+    return {"right": chunk.get("token"), "missing": None, "guessed": "0123456789abcdef" * 2}[which]
+
+
 # Virtual time moves by seconds, hours or days.
 delays = st.one_of(st.integers(0, 120), st.integers(120, 4 * 3600), st.integers(4 * 3600, 3 * 86400))
 
@@ -561,14 +572,16 @@ class BatchyMachine(RuleBasedStateMachine):
         body = self.backfill_call(wf, resp, result, what)
         if number is not None:
             chunk = self.model[wf]["backfills"][backfill_id]["chunks"][number]
+            assert len(body["lease_token"]) >= 32, f"{what}: a lease_token of less than 128 bits: {body}"
+            chunk["token"] = body["lease_token"]
             assert (body["chunk"], body["job"], when(body["from_date"]), when(body["to_date"]), body["attempt"]) == \
                 (number, chunk["job"], chunk["from_date"], chunk["to_date"], chunk["attempts"]), \
                 f"{what}: leased {body}, the model chunk {number} {chunk}"
 
     @rule(wf=workflows, app=apps, pick=st.integers(-1, 3), which=st.integers(0, 10_000),
           leased=st.booleans(), outcome=st.sampled_from(("success", "success", "failed")),
-          attempt_off=st.sampled_from((0, 0, 0, -1, 1)), repeat=st.booleans())
-    def backfill_finish(self, wf, app, pick, which, leased, outcome, attempt_off, repeat):
+          attempt_off=st.sampled_from((0, 0, 0, -1, 1)), repeat=st.booleans(), token=tokens)
+    def backfill_finish(self, wf, app, pick, which, leased, outcome, attempt_off, repeat, token):
         """A worker closes or fails its chunk's attempt (maybe a stale attempt, maybe twice)."""
         backfill_id = self.pick_backfill(wf, pick)
         if backfill_id is None:
@@ -579,16 +592,18 @@ class BatchyMachine(RuleBasedStateMachine):
             numbers = [n for n in numbers if fill["chunks"][n]["status"] == "leased"] or numbers
         number = numbers[which % len(numbers)]
         attempt = (fill["chunks"][number]["attempts"] if fill else 1) + attempt_off
+        token = lease_token(fill["chunks"][number] if fill else {}, token)
         path = f"/backfill/{wf}/{backfill_id}/{'close' if outcome == 'success' else 'fail'}"
         for _ in range(2 if repeat else 1):
-            result = model.backfill_finish(self.model[wf], backfill_id, number, attempt, outcome)
-            resp = self.call(1 - app, path, {"chunk": number, "attempt": attempt, "records_processed": 7}, "form")
+            result = model.backfill_finish(self.model[wf], backfill_id, number, attempt, outcome, token)
+            resp = self.call(1 - app, path, {"chunk": number, "attempt": attempt, "records_processed": 7,
+                                             "lease_token": token}, "form")
             self.backfill_call(wf, resp, result, f"backfill_finish(wf={wf!r}, backfill_id={backfill_id}, "
                                                  f"chunk={number}, attempt={attempt}, outcome={outcome!r})")
 
     @rule(wf=workflows, app=apps, pick=st.integers(-1, 3), which=st.integers(0, 10_000),
-          attempt_off=st.sampled_from((0, 0, -1, 1)))
-    def backfill_renew(self, wf, app, pick, which, attempt_off):
+          attempt_off=st.sampled_from((0, 0, -1, 1)), token=tokens)
+    def backfill_renew(self, wf, app, pick, which, attempt_off, token):
         """A worker's heartbeat: renew a chunk's lease (maybe not its attempt's, maybe ended)."""
         backfill_id = self.pick_backfill(wf, pick)
         if backfill_id is None:
@@ -597,8 +612,10 @@ class BatchyMachine(RuleBasedStateMachine):
         numbers = sorted(fill["chunks"]) if fill else [0]
         number = numbers[which % len(numbers)]
         attempt = (fill["chunks"][number]["attempts"] if fill else 1) + attempt_off
-        resp = self.call(app, f"/backfill/{wf}/{backfill_id}/renew", {"chunk": number, "attempt": attempt}, "form")
-        self.backfill_call(wf, resp, model.backfill_renew(self.model[wf], backfill_id, number, attempt),
+        token = lease_token(fill["chunks"][number] if fill else {}, token)
+        resp = self.call(app, f"/backfill/{wf}/{backfill_id}/renew", {"chunk": number, "attempt": attempt,
+                                                                      "lease_token": token}, "form")
+        self.backfill_call(wf, resp, model.backfill_renew(self.model[wf], backfill_id, number, attempt, token),
                            f"backfill_renew(wf={wf!r}, backfill_id={backfill_id}, chunk={number}, attempt={attempt})")
 
     @rule(wf=workflows, app=apps, pick=st.integers(0, 3),
@@ -617,10 +634,11 @@ class BatchyMachine(RuleBasedStateMachine):
                           if c["status"] == "leased" and before["backfills"][backfill_id]["chunks"][n]["status"]
                           == "pending")
             attempt = self.model[wf]["backfills"][backfill_id]["chunks"][number]["attempts"]
+            token = self.model[wf]["backfills"][backfill_id]["chunks"][number]["token"]
             path = f"/backfill/{wf}/{backfill_id}/{'close' if outcome == 'success' else 'fail'}"
             for _ in range(2 if repeat else 1):  # a retry after a lost answer
-                result = model.backfill_finish(self.model[wf], backfill_id, number, attempt, outcome)
-                resp = self.call(1 - app, path, {"chunk": number, "attempt": attempt}, "json")
+                result = model.backfill_finish(self.model[wf], backfill_id, number, attempt, outcome, token)
+                resp = self.call(1 - app, path, {"chunk": number, "attempt": attempt, "lease_token": token}, "json")
                 self.backfill_call(wf, resp, result, f"backfill_worker(wf={wf!r}, backfill_id={backfill_id}, "
                                                      f"chunk={number}, attempt={attempt}, outcome={outcome!r})")
 

@@ -174,7 +174,7 @@ def test_backfill_commands_create_status_list_cancel_and_run(batchy, live):
     code, out, err = batchy("backfill", "fail", "wf1", str(third), "--chunk", "0", "--attempt", "2")
     assert code == 4 and "stale_attempt" in err
     code, out, _ = batchy("backfill", "close", "wf1", str(third), "--chunk", "0", "--attempt", "1",
-                          "--records-processed", "9", "--table")
+                          "--lease-token", leased["lease_token"], "--records-processed", "9", "--table")
     assert code == 0 and "status: success" in out and "records_processed: 9" in out
     code, _, err = batchy("backfill", "create", "wf1", "--from", "2024-03-02", "--to", "2024-03-01")
     assert code == 8 and "must be later than from" in err

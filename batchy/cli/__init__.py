@@ -7,6 +7,8 @@ import), run.py (`batchy run` and the environment of a run), backfill.py
 """
 from __future__ import annotations
 
+import signal
+
 import click
 
 from . import admin, backfill, commands, reads, run, serve
@@ -38,7 +40,9 @@ def main(argv=None) -> int:
     """Run batchy with argv (default sys.argv[1:]); return the exit code (EXIT_*)."""
     try:
         code = cli.main(args=argv, prog_name="batchy", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # Ctrl-C: what a shell reports, 128 + SIGINT
+            return 128 + signal.SIGINT
         click.echo("Aborted!", err=True)
         return EXIT_ERROR
     except click.ClickException as exc:

@@ -10,6 +10,7 @@ import click
 from ..client import Batchy
 from .backfill_run import BackfillClient, finished, run_backfill
 from .output import output_options, service_errors, table
+from .run import runner_options
 
 
 def _show(data, human, as_json: bool | None, quiet: bool) -> None:
@@ -110,9 +111,16 @@ def backfill_lease(wf, backfill_id, lease_seconds, as_json, quiet):
         _show(answer, _fields_text, as_json, quiet)
 
 
+def lease_token_option(fn):
+    return click.option("--lease-token", metavar="TOKEN",
+                        help="The lease_token the lease answered (a missing or wrong one: exit 4, "
+                             "wrong_lease_token).")(fn)
+
+
 def _finish_options(fn):
     fn = click.option("--message", "-m", help="A note kept on the chunk (a failure's reason).")(fn)
     fn = click.option("--records-processed", type=click.IntRange(min=0), help="Rows the chunk loaded.")(fn)
+    fn = lease_token_option(fn)
     fn = click.option("--attempt", type=click.IntRange(min=1), required=True,
                       help="The attempt the lease answered.")(fn)
     fn = click.option("--chunk", type=click.IntRange(min=0), required=True, help="The chunk the lease answered.")(fn)
@@ -125,32 +133,36 @@ def _finish_options(fn):
 @click.argument("backfill_id", type=int)
 @click.option("--chunk", type=click.IntRange(min=0), required=True, help="The chunk the lease answered.")
 @click.option("--attempt", type=click.IntRange(min=1), required=True, help="The attempt the lease answered.")
+@lease_token_option
 @click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), help="From now on [3600].")
 @output_options
-def backfill_renew(wf, backfill_id, chunk, attempt, lease_seconds, as_json, quiet):
+def backfill_renew(wf, backfill_id, chunk, attempt, lease_token, lease_seconds, as_json, quiet):
     """Renew a leased chunk's lease while its work goes on (a worker of your own's heartbeat)."""
     with service_errors():
-        answer = BackfillClient(Batchy()).renew(wf, backfill_id, chunk, attempt, lease_seconds)
+        answer = BackfillClient(Batchy()).renew(wf, backfill_id, chunk, attempt, lease_seconds,
+                                                lease_token=lease_token)
     _show(answer, _fields_text, as_json, quiet)
 
 
 @backfill_group.command("close")
 @_finish_options
-def backfill_close(wf, backfill_id, chunk, attempt, records_processed, message, as_json, quiet):
+def backfill_close(wf, backfill_id, chunk, attempt, lease_token, records_processed, message, as_json, quiet):
     """Mark a leased chunk's attempt successful (its window goes into the coverage ledger)."""
     with service_errors():
         answer = BackfillClient(Batchy()).finish(wf, backfill_id, chunk, attempt, "success",
-                                                 records_processed=records_processed, message=message)
+                                                 records_processed=records_processed, message=message,
+                                                 lease_token=lease_token)
     _show(answer, _fields_text, as_json, quiet)
 
 
 @backfill_group.command("fail")
 @_finish_options
-def backfill_fail(wf, backfill_id, chunk, attempt, records_processed, message, as_json, quiet):
+def backfill_fail(wf, backfill_id, chunk, attempt, lease_token, records_processed, message, as_json, quiet):
     """Mark a leased chunk's attempt failed: it is due again until max_attempts are used."""
     with service_errors():
         answer = BackfillClient(Batchy()).finish(wf, backfill_id, chunk, attempt, "failed",
-                                                 records_processed=records_processed, message=message)
+                                                 records_processed=records_processed, message=message,
+                                                 lease_token=lease_token)
     _show(answer, _fields_text, as_json, quiet)
 
 
@@ -163,19 +175,27 @@ def backfill_fail(wf, backfill_id, chunk, attempt, records_processed, message, a
               help="How long a chunk is held without news from its worker [3600]; renewed every third of it "
                    "while the command runs, so a chunk may run longer.")
 @click.option("--chunk-timeout", type=click.FloatRange(min=0, min_open=True),
-              help="Stop a chunk's command after this many seconds: its attempt fails (default: no limit).")
+              help="Stop a chunk's command (its whole session) after this many seconds: its attempt fails "
+                   "(default: no limit).")
+@runner_options
 @click.pass_context
-def backfill_run(ctx, wf, backfill_id, command, parallel, lease_seconds, chunk_timeout):
+def backfill_run(ctx, wf, backfill_id, command, parallel, lease_seconds, chunk_timeout, grace_seconds,
+                 outage_seconds, leave_children):
     """Run COMMAND (after --) on each chunk of a backfill; exit 0 when every chunk succeeded, else 1.
 
     \b
     Environment per chunk: BATCHY_WORKFLOW, BATCHY_BACKFILL_ID, BATCHY_CHUNK,
     BATCHY_ATTEMPT, BATCHY_JOB, BATCHY_FROM_DATE, BATCHY_TO_DATE, BATCHY_<JOB>_FROM_DATE
     and _TO_DATE, BATCHY_RECORDS_FILE.
+    Exit code: 0 every chunk succeeded, 1 otherwise; 128+N when signal N (TERM, INT,
+    HUP) stopped the run (each running command is stopped, its attempt failed); 75 the
+    service stayed unreachable past --outage-seconds
+    (docs/backfills.md#signals-outages-and-exit-codes).
     """
     with service_errors():
-        code = run_backfill(BackfillClient(Batchy()), wf, backfill_id, list(command), parallel=parallel,
-                            lease_seconds=lease_seconds, chunk_timeout=chunk_timeout)
+        code = run_backfill(BackfillClient(Batchy(retries=0)), wf, backfill_id, list(command), parallel=parallel,
+                            lease_seconds=lease_seconds, chunk_timeout=chunk_timeout, grace=grace_seconds,
+                            outage_seconds=outage_seconds, leave_children=leave_children)
     ctx.exit(code)
 
 

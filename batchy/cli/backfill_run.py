@@ -6,12 +6,16 @@ token and retries); every `batchy backfill` command uses it (backfill.py).
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
+import time
 import urllib.parse
 
 from ..client import Batchy, ServiceError
-from .run import base_env, execute, stop_command, window_env
+from .output import EXIT_OUTAGE
+from .run import (DEFAULT_GRACE_SECONDS, DEFAULT_OUTAGE_SECONDS, Outage, Stop, base_env, execute, persist,
+                  stop_command, window_env)
 
 POLL_SECONDS = 1.0  # at most, a backfill worker with nothing due waits this long for another's chunk to end
 DEFAULT_LEASE_SECONDS = 3600.0  # the service's default, when --lease-seconds is not given
@@ -55,24 +59,27 @@ class BackfillClient:
         return self._call("POST", self._path(wf, backfill_id, "cancel"), body={}, retry=True)
 
     def lease(self, wf: str, backfill_id: int, lease_seconds: float | None = None) -> dict | None:
-        """Return the chunk leased, or None when none is due now (204). Not retried: a lost
-        answer leaves a lease that runs out, and the chunk is leased again then."""
+        """Return the chunk leased, or None when none is due now (204). Not retried here (the
+        workers retry it across an outage): a lost answer leaves a lease that runs out, and
+        the chunk is leased again then."""
         return self._call("POST", self._path(wf, backfill_id, "lease"), body={"lease_seconds": lease_seconds})
 
     def renew(self, wf: str, backfill_id: int, chunk: int, attempt: int, lease_seconds: float | None = None,
-              retry: bool = True) -> dict:
+              retry: bool = True, lease_token: str | None = None) -> dict:
         """Renew one attempt's lease of a chunk; safe to retry (a heartbeat does not: its next
         beat is the retry)."""
         return self._call("POST", self._path(wf, backfill_id, "renew"), body={
-            "chunk": chunk, "attempt": attempt, "lease_seconds": lease_seconds}, retry=retry)
+            "chunk": chunk, "attempt": attempt, "lease_token": lease_token, "lease_seconds": lease_seconds},
+            retry=retry)
 
     def finish(self, wf: str, backfill_id: int, chunk: int, attempt: int, outcome: str, *,
-               records_processed: int | None = None, message: str | None = None) -> dict:
+               records_processed: int | None = None, message: str | None = None,
+               lease_token: str | None = None) -> dict:
         """Close (outcome success) or fail one attempt of a chunk; safe to retry, so retried."""
         action = "close" if outcome == "success" else "fail"
         return self._call("POST", self._path(wf, backfill_id, action), body={
-            "chunk": chunk, "attempt": attempt, "records_processed": records_processed, "message": message},
-            retry=True)
+            "chunk": chunk, "attempt": attempt, "lease_token": lease_token, "records_processed": records_processed,
+            "message": message}, retry=True)
 
 
 # -- batchy backfill run --------------------------------------------------------------------
@@ -129,7 +136,8 @@ class BackfillRun:
 
     def __init__(self, api: BackfillClient, wf: str, backfill_id: int, command: list[str], *,
                  lease_seconds: float | None = None, chunk_timeout: float | None = None, poll: float | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, grace: float = DEFAULT_GRACE_SECONDS,
+                 outage_seconds: float = DEFAULT_OUTAGE_SECONDS, leave_children: bool = False):
         self.api = api
         self.wf = wf
         self.backfill_id = backfill_id
@@ -138,45 +146,60 @@ class BackfillRun:
         self.chunk_timeout = chunk_timeout
         self.poll = POLL_SECONDS if poll is None else poll
         self.progress = progress or Progress()
+        self.outage_seconds = outage_seconds
+        self.leave_children = leave_children
         self.changed = threading.Condition()  # a worker finished a chunk, or stopped
         self.busy = 0  # workers leasing or running a chunk now
         self.stop = threading.Event()
         self.error: Exception | None = None
-        self.running: set = set()  # the commands running now, each in a session of its own
+        self.signals = Stop(grace)  # a SIGTERM, SIGINT or SIGHUP, passed on to every command running
+
+    def halt(self, error: Exception | None = None) -> None:
+        """Stop every worker: no more leases; the chunks running end and are recorded."""
+        if error is not None and self.error is None:
+            self.error = error
+        self.stop.set()
+        with self.changed:
+            self.changed.notify_all()
 
     def run(self, parallel: int = 1) -> None:
-        """Run parallel workers until no chunk is due and none is leased by this run."""
+        """Run parallel workers until no chunk is due and none is leased by this run, or a signal."""
         threads = [threading.Thread(target=self.worker, name=f"backfill-{i}", daemon=True) for i in range(parallel)]
-        for thread in threads:
-            thread.start()
-        try:
+        with self.signals:
             for thread in threads:
+                thread.start()
+            for thread in threads:
+                # Short joins: the signal handler runs in this thread, between them.
                 while thread.is_alive():
-                    thread.join(0.2)
-        except KeyboardInterrupt:
-            self.stop.set()
-            for proc in list(self.running):  # in sessions of their own: Ctrl-C reached us only
-                stop_command(proc)  # their chunks fail
-            with self.changed:  # a join interrupted once may return early: wait for the workers' own word
-                while self.busy and self.changed.wait(5):
-                    pass
-            raise
+                    if self.signals.signum is not None and not self.stop.is_set():
+                        self.progress.note(f"batchy backfill run: {self.signals.name}: stopping the running "
+                                           "commands and failing their chunks")
+                        self.halt()
+                    thread.join(0.1)
+
+    def stopping(self) -> bool:
+        return self.stop.is_set() or self.signals.signum is not None
 
     def worker(self) -> None:
-        while not self.stop.is_set():
+        while not self.stopping():
             with self.changed:
                 self.busy += 1
             try:
-                lease = self.api.lease(self.wf, self.backfill_id, self.lease_seconds)
-            except (ServiceError, OSError) as exc:
-                self.error = exc  # no lease can be had: stop every worker
-                self.stop.set()
+                lease = persist(lambda: self.api.lease(self.wf, self.backfill_id, self.lease_seconds),
+                                f"lease a chunk of backfill {self.backfill_id}", self.outage_seconds,
+                                stop=self.signals, note=self.progress.note)
+            except (ServiceError, OSError, Outage) as exc:
+                self.halt(exc)  # no lease can be had: stop every worker
+                lease = None
+            if lease is not None and self.stopping():  # leased as a signal came: give it back at once
+                self.finish(lease, "failed", None, f"batchy backfill run stopped by {self.signals.name or 'an error'} "
+                                                   "before the command started", time.monotonic())
                 lease = None
             if lease is None:
                 with self.changed:
                     self.busy -= 1
                     self.changed.notify_all()
-                    if self.busy == 0 or self.stop.is_set():
+                    if self.busy == 0 or self.stopping():
                         return
                     # Another worker's chunk may fail and be due again: wait until it ends.
                     self.changed.wait(self.poll)
@@ -188,18 +211,22 @@ class BackfillRun:
                     self.busy -= 1
                     self.changed.notify_all()
 
-    def heartbeat(self, lease: dict, done: threading.Event, running: list) -> None:
+    def heartbeat(self, lease: dict, done: threading.Event, running: list, held: list) -> None:
         """While the command runs, renew the chunk's lease every third of it, so a command that
         runs longer than its lease keeps its chunk: nobody else is handed it meanwhile.
 
         A renewal refused (409: another worker took the chunk after this lease ran out, the
         service having been unreachable for a whole lease) stops the command: the chunk is
         the other worker's now. A renewal that fails otherwise is tried again next beat.
+        held[0] is when the lease ends (monotonic), as far as this worker knows.
         """
         seconds = self.lease_seconds or DEFAULT_LEASE_SECONDS
         while not done.wait(max(MIN_BEAT_SECONDS, seconds / 3)):
+            sent = time.monotonic()
             try:
-                self.api.renew(self.wf, self.backfill_id, lease["chunk"], lease["attempt"], seconds, retry=False)
+                self.api.renew(self.wf, self.backfill_id, lease["chunk"], lease["attempt"], seconds, retry=False,
+                               lease_token=lease.get("lease_token"))
+                held[0] = sent + seconds
             except (ServiceError, OSError) as exc:
                 if done.is_set():
                     return  # the command ended meanwhile: its close says what happened
@@ -208,7 +235,7 @@ class BackfillRun:
                                    f"{getattr(exc, 'message', exc)}" + ("; stopping its command" if lost else ""))
                 if lost:
                     for proc in running:
-                        stop_command(proc)
+                        stop_command(proc, signal.SIGTERM, self.signals.grace)
                     return
 
     def run_chunk(self, lease: dict) -> None:
@@ -216,6 +243,7 @@ class BackfillRun:
         env = {**base_env(), **window_env(self.wf, {name: lease}, name), "BATCHY_JOB": name,
                "BATCHY_BACKFILL_ID": str(self.backfill_id), "BATCHY_CHUNK": str(lease["chunk"]),
                "BATCHY_ATTEMPT": str(lease["attempt"])}
+        held = [time.monotonic() + (self.lease_seconds or DEFAULT_LEASE_SECONDS)]
         done = threading.Event()
         running: list = []  # the command's process, once started: the heartbeat may stop it
         timers: list[threading.Timer] = []
@@ -223,40 +251,39 @@ class BackfillRun:
 
         def started(proc) -> None:
             running.append(proc)
-            self.running.add(proc)
+            self.signals.started(proc)
             if self.chunk_timeout is not None:
                 def stop() -> None:
                     if proc.poll() is None:
                         timed_out.set()
-                        stop_command(proc)
+                        stop_command(proc, signal.SIGTERM, self.signals.grace)
                 timer = threading.Timer(self.chunk_timeout, stop)
                 timer.daemon = True
                 timer.start()
                 timers.append(timer)
 
-        beat = threading.Thread(target=self.heartbeat, args=(lease, done, running), name="backfill-heartbeat",
+        beat = threading.Thread(target=self.heartbeat, args=(lease, done, running, held), name="backfill-heartbeat",
                                 daemon=True)
         beat.start()
         try:
-            code, tail, records = execute(self.command, env, started)
+            code, tail, records, note = execute(self.command, env, started, leave_children=self.leave_children,
+                                                grace=self.signals.grace)
         finally:
             done.set()  # the heartbeat stops; a renewal in flight does not hold up the close
             for timer in timers:
                 timer.cancel()
-            self.running.difference_update(running)
-        if timed_out.is_set():
+            for proc in running:
+                self.signals.ended(proc)
+        if self.signals.signum is not None and running and code != 0:
+            tail = f"stopped by {self.signals.name} (batchy backfill run passed it on)" + (
+                f": {tail.strip()}" if tail.strip() else "")
+        elif timed_out.is_set():
             tail = f"stopped after --chunk-timeout {self.chunk_timeout:g} s" + (
                 f": {tail.strip()}" if tail.strip() else "")
         outcome = "success" if code == 0 else "failed"
-        try:
-            answer = self.api.finish(self.wf, self.backfill_id, lease["chunk"], lease["attempt"], outcome,
-                                     records_processed=records if code == 0 else None,
-                                     message=None if code == 0 else tail.strip() or f"exit code {code}")
-        except (ServiceError, OSError) as exc:
-            # Stale (its lease ran out and another worker has the chunk), or the service is
-            # unreachable: the chunk stays leased until its lease runs out, then is due again.
-            self.progress.note(f"chunk {lease['chunk']} attempt {lease['attempt']}: {outcome}, but not recorded: "
-                               f"{getattr(exc, 'message', exc)}")
+        answer = self.finish(lease, outcome, records if code == 0 else None,
+                             note if code == 0 else tail.strip() or f"exit code {code}", held[0])
+        if answer is None:
             return
         if code == 0:
             what = "success" + ("" if records is None else f" ({records} records)")
@@ -264,24 +291,61 @@ class BackfillRun:
             what = f"failed (exit code {code}), now {answer['status']}"
         self.progress.chunk(lease, what, answer.get("progress"))
 
+    def finish(self, lease: dict, outcome: str, records: int | None, message: str | None,
+               held_until: float) -> dict | None:
+        """Close or fail a chunk's attempt, retried across an outage until its lease ends; None
+        when it could not be recorded (said so)."""
+        try:
+            return persist(lambda: self.api.finish(self.wf, self.backfill_id, lease["chunk"], lease["attempt"],
+                                                   outcome, records_processed=records, message=message,
+                                                   lease_token=lease.get("lease_token")),
+                           f"the {outcome} of chunk {lease['chunk']} attempt {lease['attempt']}", self.outage_seconds,
+                           until=max(held_until, time.monotonic() + 1), stop=self.signals, note=self.progress.note)
+        except Outage as exc:
+            # The chunk stays leased until its lease runs out, then is due again.
+            self.progress.note(f"chunk {lease['chunk']} attempt {lease['attempt']}: {outcome}, but not recorded: "
+                               f"{exc}")
+            self.halt(exc)
+        except ServiceError as exc:
+            if outcome == "success" and exc.status == 400 and exc.body.get("parameter") == "records_processed":
+                note = f"records_processed {records} refused ({exc.message}): not sent"
+                return self.finish(lease, outcome, None, note, held_until)
+            # Stale: its lease ran out and another worker has the chunk.
+            self.progress.note(f"chunk {lease['chunk']} attempt {lease['attempt']}: {outcome}, but not recorded: "
+                               f"{exc.message}")
+        return None
+
 
 def run_backfill(api: BackfillClient, wf: str, backfill_id: int, command: list[str], *, parallel: int = 1,
                  lease_seconds: float | None = None, chunk_timeout: float | None = None, poll: float | None = None,
-                 progress: Progress | None = None) -> int:
-    """Run a backfill's chunks with parallel workers; return 0 when every chunk succeeded, else 1."""
+                 progress: Progress | None = None, grace: float = DEFAULT_GRACE_SECONDS,
+                 outage_seconds: float = DEFAULT_OUTAGE_SECONDS, leave_children: bool = False) -> int:
+    """Run a backfill's chunks with parallel workers; return 0 when every chunk succeeded, else 1;
+    128 + N after signal N (every command stopped, its attempt failed); EXIT_OUTAGE when the
+    service stayed unreachable past outage_seconds."""
     progress = progress or Progress()
-    before = api.status(wf, backfill_id)
+    before = persist(lambda: api.status(wf, backfill_id), f"backfill {backfill_id}", outage_seconds)
     due = before["progress"]["pending"] + before["progress"]["leased"]
     progress.note(f"backfill {backfill_id} of {wf}: {before['progress']['chunks']} chunk(s), {due} to run, "
                   f"{parallel} worker(s)")
     job = BackfillRun(api, wf, backfill_id, command, lease_seconds=lease_seconds, chunk_timeout=chunk_timeout,
-                      poll=poll, progress=progress)
+                      poll=poll, progress=progress, grace=grace, outage_seconds=outage_seconds,
+                      leave_children=leave_children)
     job.run(parallel)
     progress.end()
     if job.error is not None:
         progress.note(f"batchy backfill run: stopped: {getattr(job.error, 'message', job.error)}")
-    after = api.status(wf, backfill_id)
-    counts = after["progress"]
-    progress.note(f"backfill {backfill_id} of {wf}: {after['status']}: " + ", ".join(
-        f"{counts[s]} {s}" for s in ("success", "failed", "cancelled", "leased", "pending") if counts[s]))
-    return 0 if after["status"] == "success" else 1
+    try:
+        after = persist(lambda: api.status(wf, backfill_id), f"backfill {backfill_id}",
+                        0 if job.signals.signum or isinstance(job.error, Outage) else outage_seconds)
+    except (ServiceError, OSError, Outage):
+        after = None
+    if after is not None:
+        counts = after["progress"]
+        progress.note(f"backfill {backfill_id} of {wf}: {after['status']}: " + ", ".join(
+            f"{counts[s]} {s}" for s in ("success", "failed", "cancelled", "leased", "pending") if counts[s]))
+    if job.signals.signum is not None:
+        return job.signals.exit_code
+    if isinstance(job.error, Outage):
+        return EXIT_OUTAGE
+    return 0 if after is not None and after["status"] == "success" else 1

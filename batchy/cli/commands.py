@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from ..client import Batchy
-from .output import (EXIT_BAD_INPUT, Failed, env_lines, env_names, json_flag, pairs, service_command, show,
-                     show_text, state_table, table)
+from ..client import Batchy, ServiceError
+from .output import (EXIT_BAD_INPUT, Failed, env_failure_lines, env_lines, env_names, json_flag, pairs,
+                     service_command, show, show_text, state_table, table)
 
 
 @service_command()
@@ -67,7 +67,7 @@ def open_(wf, fmt, dry_run, idempotency_key, jobs):
         raise click.UsageError(f"--json and --table apply to --format json, not {fmt}")
     client = Batchy()
     if fmt == "env":
-        env_names(client.status(wf))  # refuse before opening, not after
+        return _open_env(client, wf, dry_run, idempotency_key)
     answer = client.open(wf, fmt="infa" if fmt == "infa" else "json", dry_run=dry_run,
                          idempotency_key=idempotency_key, job=list(jobs) or None)
     if fmt == "json":
@@ -75,6 +75,28 @@ def open_(wf, fmt, dry_run, idempotency_key, jobs):
     else:
         opened = {name: answer[name] for name in jobs} if jobs and fmt == "env" else answer
         show_text(answer if fmt == "infa" else env_lines(opened))
+
+
+def _open_env(client: Batchy, wf: str, dry_run: bool, idempotency_key: str | None) -> None:
+    """Print a batch as `export` lines; when the open fails, lines that make the `eval` fail."""
+    jobs = None
+    try:
+        jobs = client.status(wf)
+        env_names(jobs)  # refuse before opening, not after
+    except (ServiceError, OSError):
+        _echo_unchecked(env_failure_lines(jobs))
+        raise
+    try:
+        answer = client.open(wf, dry_run=dry_run, idempotency_key=idempotency_key)
+    except (ServiceError, OSError):
+        _echo_unchecked(env_failure_lines(jobs))
+        raise
+    show_text(env_lines(answer))
+
+
+def _echo_unchecked(text: str) -> None:
+    """Print text to stdout even with --quiet: it is for `eval`, not for people."""
+    click.echo(text, nl=False)
 
 
 def _close_options(fn):

@@ -17,6 +17,9 @@ from contextlib import contextmanager
 import click
 
 from ..client import Batchy, ServiceError
+from ..settings import SETTINGS
+
+SETTING_NAMES = frozenset(setting.name for setting in SETTINGS)
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything else: a 500, an unexpected answer, export/import errors
@@ -27,6 +30,8 @@ EXIT_PAUSED = 5
 EXIT_UNAUTHORIZED = 6
 EXIT_UNAVAILABLE = 7  # a 503, or the service cannot be reached at all
 EXIT_BAD_INPUT = 8
+EXIT_NOT_CAUGHT_UP = 9  # batchy run --until-caught-up stopped short: --max-runs, or a window that did not move
+EXIT_OUTAGE = 75  # a runner gave up on the service after --outage-seconds (sysexits' EX_TEMPFAIL)
 EXIT_BY_STATUS = {
     400: EXIT_BAD_INPUT, 401: EXIT_UNAUTHORIZED, 404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT,
     413: EXIT_BAD_INPUT, 423: EXIT_PAUSED, 503: EXIT_UNAVAILABLE,
@@ -36,7 +41,8 @@ EXIT_BY_STATUS = {
 EXIT_CODES_HELP = """\b
 Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 conflict, 5 paused,
 6 unauthorized, 7 unavailable (503 or unreachable), 8 bad input (400);
-`batchy wait` exits with waitsy's codes. Output: a table on a terminal, JSON
+`batchy run` and `batchy backfill run`: see their --help; `batchy wait` exits
+with waitsy's codes. Output: a table on a terminal, JSON
 otherwise; --json, --table and --quiet choose."""
 
 
@@ -178,8 +184,57 @@ def env_names(jobs) -> dict[str, str]:
     return names
 
 
+# The state of a job in an open's answer (jobs.RUNTIME_FIELDS): every other field is a parameter.
+STATE_FIELDS = frozenset({"status", "batch_id", "from_date", "to_date", "batch_start", "batch_end",
+                          "records_processed", "message", "next_from_date", "records_scope", "caught_up",
+                          "behind_seconds"})
+# Variables batchy itself sets or reads: a parameter never takes one of these names.
+RESERVED = re.compile(r"BATCHY_(BATCH_ID|FROM_DATE|TO_DATE|WORKFLOW|JOB|CHUNK|ATTEMPT|BACKFILL_ID|RECORDS_FILE|"
+                      r"URL|API_TOKENS?|RUN_\w+|REDIS_\w+|\w+_(FROM|TO)_DATE)")
+
+
+def _shell_value(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def params_env(jobs: dict, job: str | None = None, taken=()) -> dict[str, str]:
+    """Return each job's parameters as BATCHY_<JOB>_<PARAM>, and those of job (or of the only
+    job) as BATCHY_<PARAM> too.
+
+    Names are upper-cased, every character other than A-Z, 0-9 and `_` becoming `_`. First
+    come, first served: a name batchy sets or reads itself (RESERVED, taken) is never given
+    to a parameter, every BATCHY_<JOB>_<PARAM> comes before any BATCHY_<PARAM>, jobs and
+    parameters in the answer's order; a parameter whose name is taken is left out (it is
+    still in --format json).
+    """
+    values: dict[str, str] = {}
+    chosen = job if job is not None else (next(iter(jobs)) if len(jobs) == 1 else None)
+    named = [(f"BATCHY_{env_name(name)}_{env_name(key)}", value) for name, params in jobs.items()
+             for key, value in params.items() if key not in STATE_FIELDS]
+    if chosen is not None:
+        named += [(f"BATCHY_{env_name(key)}", value) for key, value in jobs[chosen].items()
+                  if key not in STATE_FIELDS]
+    for variable, value in named:
+        if variable in values or variable in taken or variable in SETTING_NAMES or RESERVED.fullmatch(variable):
+            continue
+        values[variable] = _shell_value(value)
+    return values
+
+
 def env_lines(jobs: dict) -> str:
     """Return a batch as `export` lines for `eval "$(batchy open WF --format env)"`."""
+    values = _window_values(jobs)
+    values.update(params_env(jobs, taken=values))
+    return "".join(f"export {k}={shlex.quote('' if v is None else str(v))}\n" for k, v in values.items())
+
+
+def _window_values(jobs: dict) -> dict:
     ids = {params.get("batch_id") for params in jobs.values()}
     if len(ids) != 1:
         raise Failed(f"the jobs have different batch ids ({sorted(map(str, ids))}): use --format json")
@@ -190,4 +245,15 @@ def env_lines(jobs: dict) -> str:
     if len(jobs) == 1:
         (only,) = jobs.values()
         values["BATCHY_FROM_DATE"], values["BATCHY_TO_DATE"] = only.get("from_date"), only.get("to_date")
-    return "".join(f"export {k}={shlex.quote('' if v is None else str(v))}\n" for k, v in values.items())
+    return values
+
+
+def env_failure_lines(jobs: dict | None) -> str:
+    """Return what a failed `open --format env` prints: shell that unsets the variables a
+    previous open set (so no stale batch id survives) and ends in `false`, so that
+    `eval "$(batchy open WF --format env)"` itself fails (set -e stops the script)."""
+    names = {"BATCHY_BATCH_ID", "BATCHY_FROM_DATE", "BATCHY_TO_DATE"}
+    names |= {k for k in os.environ if re.fullmatch(r"BATCHY_\w+_(FROM|TO)_DATE", k)}
+    if jobs:
+        names |= set(_window_values({name: {"batch_id": 0} for name in jobs})) | set(params_env(jobs))
+    return f"unset {' '.join(sorted(names))}\nfalse\n"

@@ -8,6 +8,7 @@ fail them. A chunk's states:
 
     pending --lease--> leased --close--> success
                          |----renew---> leased, its lease ending later (a heartbeat)
+                         |   (renew, close and fail must carry the lease's lease_token)
                          |----fail----> pending again (same window), or failed once
                          |              max_attempts are used (cancelled after a cancel)
                          '--its lease expires--> leased again by the next lease (attempt + 1),
@@ -74,6 +75,12 @@ class NotLeased(Conflict):
     """A close or fail of a chunk that no worker holds (pending, finished or cancelled)."""
 
     code = "not_leased"
+
+
+class WrongLeaseToken(Conflict):
+    """A renew, close or fail of the chunk's current attempt without the lease_token its lease answered."""
+
+    code = "wrong_lease_token"
 
 
 # -- chunking ---------------------------------------------------------------------------
@@ -161,8 +168,12 @@ def due(chunk: dict, now_ms: int) -> bool:
         chunk["status"] == ChunkStatus.LEASED and chunk["lease_until"] <= now_ms)
 
 
-def lease(chunk: dict, now_ms: int, lease_ms: int, max_attempts: int, cancelled: bool = False) -> tuple[dict, str]:
+def lease(chunk: dict, now_ms: int, lease_ms: int, max_attempts: int, cancelled: bool = False,
+          token: str | None = None) -> tuple[dict, str]:
     """Return (chunk after a lease takes it at now_ms, "leased" or "expired").
+
+    token (random, new for each lease) is kept with the attempt: only who holds it may
+    renew, close or fail that attempt (fenced).
 
     "expired": a lease ran out on the chunk's last allowed attempt (or after a cancel),
     so it ends failed (or cancelled) instead, and the lease looks at the next chunk.
@@ -175,15 +186,27 @@ def lease(chunk: dict, now_ms: int, lease_ms: int, max_attempts: int, cancelled:
                    outcome=str(ChunkStatus.FAILED))
         return new, "expired"
     new.update(status=str(ChunkStatus.LEASED), attempts=chunk["attempts"] + 1, lease_until=now_ms + lease_ms)
+    if token is not None:
+        new["lease_token"] = token
     return new, "leased"
 
 
-def finish(chunk: dict, attempt: int, outcome: str, max_attempts: int, cancelled: bool = False) -> tuple[dict, str]:
+def fenced(chunk: dict, attempt: int, token: str | None) -> bool:
+    """Return whether a call naming the chunk's current attempt lacks the token its lease
+    answered (a chunk leased before tokens existed has none, and takes any)."""
+    return chunk["attempts"] == attempt and bool(chunk.get("lease_token")) and token != chunk["lease_token"]
+
+
+def finish(chunk: dict, attempt: int, outcome: str, max_attempts: int, cancelled: bool = False,
+           token: str | None = None) -> tuple[dict, str]:
     """Return (chunk after attempt ends with outcome "success" or "failed", what the call did).
 
     What it did: "applied"; "repeated" (this attempt ended so already: a retried call);
-    "stale" (another attempt is the chunk's current one); "not_leased".
+    "stale" (another attempt is the chunk's current one); "not_leased"; "wrong_token" (the
+    current attempt, without its lease_token: nothing changes).
     """
+    if fenced(chunk, attempt, token):
+        return chunk, "wrong_token"
     if chunk["status"] != ChunkStatus.LEASED or chunk["attempts"] != attempt:
         if chunk["attempts"] == attempt and chunk.get("outcome") == outcome:
             return chunk, "repeated"
@@ -200,14 +223,17 @@ def finish(chunk: dict, attempt: int, outcome: str, max_attempts: int, cancelled
     return new, "applied"
 
 
-def renew(chunk: dict, attempt: int, now_ms: int, lease_ms: int) -> tuple[dict, str]:
+def renew(chunk: dict, attempt: int, now_ms: int, lease_ms: int, token: str | None = None) -> tuple[dict, str]:
     """Return (chunk after its worker renews attempt's lease at now_ms, what the call did).
 
     What it did: "applied" (the lease now ends lease_ms from now, also when it had run out
-    but nobody leased the chunk since); "stale" (another attempt holds the chunk); "not_leased".
+    but nobody leased the chunk since); "stale" (another attempt holds the chunk);
+    "wrong_token"; "not_leased".
     """
     if chunk["attempts"] != attempt:
         return chunk, "stale"
+    if fenced(chunk, attempt, token):
+        return chunk, "wrong_token"
     if chunk["status"] != ChunkStatus.LEASED:
         return chunk, "not_leased"
     return dict(chunk, lease_until=now_ms + lease_ms), "applied"

@@ -14,11 +14,12 @@ again (a no-op if it is there).
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import datetime
 
 from ..rules import backfill, coverage, formats, plans
 from . import backfill_lua, keys
-from ..rules.backfill import BackfillNotFound, NotLeased, StaleAttempt
+from ..rules.backfill import BackfillNotFound, NotLeased, StaleAttempt, WrongLeaseToken
 from .cache import DerivedCache
 from ..errors import CorruptState, InvalidParameter
 from .store import BatchStore
@@ -225,7 +226,9 @@ class Backfills:
                        keys.backfill_queue(wf, backfill_id), keys.backfill_events(wf, backfill_id), keys.PAUSE,
                        keys.pause(wf), keys.events(wf))
         while True:
-            reply = self._run(self._lease, script_keys, (lease_ms, self.events_keep, actor, backfill_id))
+            # 128 random bits: a close cannot be guessed from (chunk, attempt), two small numbers.
+            token = secrets.token_hex(16)
+            reply = self._run(self._lease, script_keys, (lease_ms, self.events_keep, actor, backfill_id, token))
             code = int(reply[0])
             if code == Reply.PAUSED:
                 self.store.pausing.check(wf)  # raises Paused with the pause's message
@@ -240,15 +243,19 @@ class Backfills:
         return _lease_answer(wf, backfill_id, int(reply[1]), json.loads(reply[2]), _pairs(reply[3]))
 
     def renew(self, wf: str, backfill_id: int, number: int, attempt: int,
-              lease_seconds: float = backfill.DEFAULT_LEASE_SECONDS) -> dict:
-        """Renew attempt's lease of chunk number: it now ends lease_seconds from now (a heartbeat)."""
+              lease_seconds: float = backfill.DEFAULT_LEASE_SECONDS, *, lease_token: str | None = None) -> dict:
+        """Renew attempt's lease of chunk number: it now ends lease_seconds from now (a heartbeat).
+
+        lease_token: the one the lease answered (WrongLeaseToken without it)."""
         lease_ms = max(1, round(lease_seconds * 1000))
         reply = self._run(self._renew, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                                        keys.backfill_queue(wf, backfill_id)), (number, attempt, lease_ms))
-        chunk = self._checked(wf, backfill_id, number, attempt, reply)
+                                        keys.backfill_queue(wf, backfill_id)),
+                          (number, attempt, lease_ms, lease_token or ""))
+        chunk = self._checked(wf, backfill_id, number, attempt, reply, lease_token)
         return _lease_answer(wf, backfill_id, number, chunk, _pairs(reply[2]))
 
-    def _checked(self, wf: str, backfill_id: int, number: int, attempt: int, reply: list) -> dict:
+    def _checked(self, wf: str, backfill_id: int, number: int, attempt: int, reply: list,
+                 lease_token: str | None = None) -> dict:
         """Return the chunk of a BACKFILL_FINISH or BACKFILL_RENEW reply, or raise the refusal it is."""
         code = int(reply[0])
         if code == Reply.NO_BACKFILL:
@@ -265,23 +272,30 @@ class Backfills:
                    "so its outcome is not recorded")
             raise StaleAttempt(f"chunk {number} of backfill {backfill_id} is on attempt {chunk['attempts']} "
                                f"({chunk['status']}), not {attempt}: {why}", **context)
+        if code == Reply.WRONG_TOKEN:
+            problem = "without the lease_token" if not lease_token else "with a lease_token that is not the one"
+            raise WrongLeaseToken(f"chunk {number} of backfill {backfill_id}, attempt {attempt}: called {problem} "
+                                  "its lease answered: only the worker holding the lease may renew, close or fail "
+                                  "it; nothing changed", **context)
         if code == Reply.NOT_LEASED:
             raise NotLeased(f"chunk {number} of backfill {backfill_id} is {chunk['status']}, not leased: attempt "
                             f"{attempt} ended already (or never started)", **context)
         return chunk
 
     def finish(self, wf: str, backfill_id: int, number: int, attempt: int, outcome: str, *,
-               records_processed: int | None = None, message: str | None = None, actor: str = "") -> dict:
+               records_processed: int | None = None, message: str | None = None, actor: str = "",
+               lease_token: str | None = None) -> dict:
         """End attempt of chunk number with outcome (success or failed); return the chunk and the progress.
 
-        A success merges the chunk's window into its job's coverage ledger.
+        A success merges the chunk's window into its job's coverage ledger. lease_token: the
+        one the lease answered (WrongLeaseToken without it).
         """
         reply = self._run(self._finish, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
                                          keys.backfill_queue(wf, backfill_id), keys.backfill_events(wf, backfill_id),
                                          keys.events(wf)),
                           (number, attempt, outcome, "" if records_processed is None else records_processed,
-                           message or "", self.events_keep, actor, backfill_id))
-        chunk = self._checked(wf, backfill_id, number, attempt, reply)
+                           message or "", self.events_keep, actor, backfill_id, lease_token or ""))
+        chunk = self._checked(wf, backfill_id, number, attempt, reply, lease_token)
         record = _pairs(reply[2])
         if outcome == backfill.ChunkStatus.SUCCESS:
             merged = self.store.mutate(wf, lambda state: plans.plan_backfill_coverage(
@@ -314,7 +328,8 @@ def _lease_answer(wf: str, backfill_id: int, number: int, chunk: dict, record: d
     shown = backfill.render_chunk(number, chunk, _zone(record, chunk["job"]))
     return {"backfill_id": backfill_id, "workflow": wf, "chunk": number, "job": chunk["job"],
             "from_date": chunk["from_date"], "to_date": chunk["to_date"], "attempt": chunk["attempts"],
-            "max_attempts": int(record["max_attempts"]), "lease_until": shown["lease_until"]}
+            "max_attempts": int(record["max_attempts"]), "lease_until": shown["lease_until"],
+            "lease_token": chunk.get("lease_token")}
 
 
 def _zone(record: dict[str, str], job: str):

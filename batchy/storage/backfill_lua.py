@@ -23,6 +23,7 @@ class BackfillReply(IntEnum):
     NO_CHUNK = -4
     STALE_ATTEMPT = -5  # another attempt holds the chunk now (this one's lease expired, it was leased again)
     NOT_LEASED = -6  # the chunk is pending, finished or cancelled
+    WRONG_TOKEN = -7  # the chunk's current attempt, without the lease_token its lease answered
 
 
 # Shared by the BACKFILL_* scripts: UTC ISO-8601 text of a TIME second (as
@@ -48,6 +49,12 @@ local function moved(key, from, to)  -- a chunk went from status `from` to statu
   if from == to then return end
   if from then redis.call('HINCRBY', key, '$COUNT' .. from, -1) end
   if to then redis.call('HINCRBY', key, '$COUNT' .. to, 1) end
+end
+-- A call naming the chunk's current attempt without the token its lease answered (a chunk
+-- leased before tokens existed has none, and takes any): backfill.fenced().
+local function fenced(chunk, attempt, token)
+  return chunk.attempts == attempt and chunk.lease_token ~= nil and chunk.lease_token ~= '' and
+    chunk.lease_token ~= token
 end
 -- The audit event: the fields every event has (from_before / from_after empty: a
 -- backfill moves no watermark), then which backfill, chunk and attempt.
@@ -153,7 +160,8 @@ return {1, now}
 # KEYS[1] workflow hash <wf>   KEYS[2] backfill hash   KEYS[3] its chunks hash   KEYS[4] its queue
 # KEYS[5] its chunk event stream   KEYS[6] batchy:pause    KEYS[7] batchy:pause:<wf>
 # KEYS[8] the workflow's audit stream (ids only: chunk events are ordered after its last)
-# ARGV: lease ms, events maxlen (of the chunk event stream), actor, backfill id
+# ARGV: lease ms, events maxlen (of the chunk event stream), actor, backfill id, lease token (random:
+#   kept with the attempt)
 # Returns {1, chunk number, chunk JSON, flat HGETALL backfill} leased; {0, flat HGETALL
 # backfill} no chunk due now (all finished, live leases only, or cancelled); {-1} no such
 # backfill; {-2, pause key} paused; {-3} no such workflow.
@@ -193,6 +201,7 @@ while true do
     chunk.attempts = chunk.attempts + 1
     chunk.status = 'leased'
     chunk.lease_until = now_ms + tonumber(A[1])
+    chunk.lease_token = A[5]
     local encoded = cjson.encode(chunk)
     redis.call('HSET', KEYS[3], n, encoded)
     redis.call('ZADD', KEYS[4], chunk.lease_until, n)
@@ -208,15 +217,16 @@ return {0, redis.call('HGETALL', KEYS[2])}
 
 # End a leased chunk's attempt: success, or failed (pending again with the same window
 # until max_attempts are used, then failed for good; cancelled after a cancel). Only the
-# attempt that holds the chunk may end it; the same call again answers as applied.
+# attempt that holds the chunk, with its lease token, may end it; the same call again answers
+# as applied.
 # KEYS[1] backfill hash   KEYS[2] its chunks hash   KEYS[3] its queue   KEYS[4] its chunk event stream
 # KEYS[5] the workflow's audit stream (ids only)
 # ARGV: chunk number, attempt, outcome ("success" or "failed"), records processed ("": none),
-#   message ("": none), events maxlen (of the chunk event stream), actor, backfill id
+#   message ("": none), events maxlen (of the chunk event stream), actor, backfill id, lease token ("": none)
 # Returns {1, chunk JSON, flat HGETALL backfill} applied; {2, chunk JSON, flat HGETALL
 # backfill} this attempt ended so already (a retried call); {-1} no such backfill;
 # {-4} no such chunk; {-5, chunk JSON} another attempt holds the chunk; {-6, chunk JSON}
-# the chunk is not leased.
+# the chunk is not leased; {-7, chunk JSON} the current attempt, without its lease token.
 BACKFILL_FINISH = Template(BACKFILL_LIB + """
 local A = ARGV
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
@@ -224,6 +234,7 @@ local raw = redis.call('HGET', KEYS[2], A[1])
 if not raw then return {-4} end
 local chunk = cjson.decode(raw)
 local attempt, outcome = tonumber(A[2]), A[3]
+if fenced(chunk, attempt, A[9]) then return {-7, raw} end
 if chunk.status ~= 'leased' or chunk.attempts ~= attempt then
   if chunk.attempts == attempt and chunk.outcome == outcome then
     return {2, raw, redis.call('HGETALL', KEYS[1])}
@@ -268,16 +279,18 @@ return {1, encoded, redis.call('HGETALL', KEYS[1])}
 # lease ran out as long as nobody leased the chunk since. Not audited: a heartbeat changes
 # no outcome. backfill.renew() is the same rule in Python.
 # KEYS[1] backfill hash   KEYS[2] its chunks hash   KEYS[3] its queue
-# ARGV: chunk number, attempt, lease ms
+# ARGV: chunk number, attempt, lease ms, lease token ("": none)
 # Returns {1, chunk JSON, flat HGETALL backfill} renewed; {-1} no such backfill; {-4} no
-# such chunk; {-5, chunk JSON} another attempt holds the chunk; {-6, chunk JSON} not leased.
-BACKFILL_RENEW = """
+# such chunk; {-5, chunk JSON} another attempt holds the chunk; {-7, chunk JSON} without its
+# lease token; {-6, chunk JSON} not leased.
+BACKFILL_RENEW = Template(BACKFILL_LIB + """
 local A = ARGV
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local raw = redis.call('HGET', KEYS[2], A[1])
 if not raw then return {-4} end
 local chunk = cjson.decode(raw)
 if chunk.attempts ~= tonumber(A[2]) then return {-5, raw} end
+if fenced(chunk, tonumber(A[2]), A[4]) then return {-7, raw} end
 if chunk.status ~= 'leased' then return {-6, raw} end
 local now = redis.call('TIME')
 chunk.lease_until = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(A[3])
@@ -285,7 +298,7 @@ local encoded = cjson.encode(chunk)
 redis.call('HSET', KEYS[2], A[1], encoded)
 redis.call('ZADD', KEYS[3], chunk.lease_until, A[1])
 return {1, encoded, redis.call('HGETALL', KEYS[1])}
-"""
+""").substitute(COUNT=keys.BACKFILL_COUNT_PREFIX)
 
 # Cancel a backfill: its pending chunks are cancelled and leave the queue; leased ones may
 # still close (or fail: then cancelled); nothing is leased any more.

@@ -19,7 +19,9 @@ bp = Blueprint("backfill", __name__)
 CHUNK = param("chunk", schema=WHOLE, required=True)
 ATTEMPT = param("attempt", schema=WHOLE, required=True)
 LEASE = param("lease_seconds", schema=NUMBER)
-FINISH = (CHUNK, ATTEMPT, param("records_processed", schema=WHOLE),
+TOKEN = param("lease_token", schema={"type": "string", "maxLength": 200},
+              description="The lease_token the lease answered (a missing or wrong one: 409 wrong_lease_token)")
+FINISH = (CHUNK, ATTEMPT, TOKEN, param("records_processed", schema=WHOLE),
           param("message", schema={"type": "string", "maxLength": 500}))
 # A chunk's records_processed is kept by Lua's JSON encoder, exact to 14 digits.
 MAX_RECORDS = 10**14 - 1
@@ -111,13 +113,14 @@ def _chunk_attempt(values) -> tuple[int, int]:
 
 
 @endpoint(bp, "/backfill/<wf>/<backfill_id>/renew", summary="Renew a leased chunk's lease (a heartbeat)", ok=OBJECT,
-          params=[CHUNK, ATTEMPT, LEASE], mutating=True)
+          params=[CHUNK, ATTEMPT, TOKEN, LEASE], mutating=True)
 def renew(wf, backfill_id):
     values = params()
     number, attempt = _chunk_attempt(values)
     seconds = _positive_number(values, "lease_seconds", backfill.MAX_LEASE_SECONDS)
     return json_response(get_backfills().renew(wf, _id(backfill_id), number, attempt,
-                                               seconds or backfill.DEFAULT_LEASE_SECONDS))
+                                               seconds or backfill.DEFAULT_LEASE_SECONDS,
+                                               lease_token=parse_text(values, "lease_token", 200)))
 
 
 def _finish(wf: str, backfill_id: str, outcome: str):
@@ -128,7 +131,8 @@ def _finish(wf: str, backfill_id: str, outcome: str):
         raise InvalidParameter(f"records_processed of a chunk must be at most {MAX_RECORDS}",
                                parameter="records_processed")
     answer = get_backfills().finish(wf, _id(backfill_id), number, attempt, outcome, records_processed=records,
-                                    message=parse_text(values, "message"), actor=actor())
+                                    message=parse_text(values, "message"), actor=actor(),
+                                    lease_token=parse_text(values, "lease_token", 200))
     return json_response(answer)
 
 
