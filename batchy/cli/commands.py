@@ -67,17 +67,16 @@ def open_(wf, fmt, dry_run, idempotency_key, jobs):
         raise click.UsageError(f"--json and --table apply to --format json, not {fmt}")
     client = Batchy()
     if fmt == "env":
-        return _open_env(client, wf, dry_run, idempotency_key)
+        return _open_env(client, wf, dry_run, idempotency_key, list(jobs))
     answer = client.open(wf, fmt="infa" if fmt == "infa" else "json", dry_run=dry_run,
                          idempotency_key=idempotency_key, job=list(jobs) or None)
     if fmt == "json":
         show(answer, state_table)
     else:
-        opened = {name: answer[name] for name in jobs} if jobs and fmt == "env" else answer
-        show_text(answer if fmt == "infa" else env_lines(opened))
+        show_text(answer)
 
 
-def _open_env(client: Batchy, wf: str, dry_run: bool, idempotency_key: str | None) -> None:
+def _open_env(client: Batchy, wf: str, dry_run: bool, idempotency_key: str | None, only: list[str]) -> None:
     """Print a batch as `export` lines; when the open fails, lines that make the `eval` fail."""
     jobs = None
     try:
@@ -87,11 +86,12 @@ def _open_env(client: Batchy, wf: str, dry_run: bool, idempotency_key: str | Non
         _echo_unchecked(env_failure_lines(jobs))
         raise
     try:
-        answer = client.open(wf, dry_run=dry_run, idempotency_key=idempotency_key)
+        answer = client.open(wf, dry_run=dry_run, idempotency_key=idempotency_key, job=only or None)
     except (ServiceError, OSError):
         _echo_unchecked(env_failure_lines(jobs))
         raise
-    show_text(env_lines(answer))
+    # With --job, that job's batch only: the other jobs are not this run's.
+    show_text(env_lines({name: answer[name] for name in only} if only else answer))
 
 
 def _echo_unchecked(text: str) -> None:

@@ -382,7 +382,9 @@ def _run_batches(client: Batchy, wf: str, command: list[str], stop: Stop, *, job
             return stop.exit_code
         # The client sends one Idempotency-Key for every attempt: a retried open is the same batch.
         key = uuid.uuid4().hex
-        jobs = retried(lambda: client.open(wf, idempotency_key=key), "the open")
+        # --job: a batch of that job only; the workflow's other jobs (maybe running now, each
+        # on its own schedule) are left as they are.
+        jobs = retried(lambda: client.open(wf, idempotency_key=key, job=job), "the open")
         ran = [job] if job is not None else list(jobs)
         batch_id = jobs[ran[0]].get("batch_id")
         spans = {name: (jobs[name].get("from_date"), jobs[name].get("to_date")) for name in ran}
@@ -401,8 +403,9 @@ def _run_batches(client: Batchy, wf: str, command: list[str], stop: Stop, *, job
             finish("success", message="empty window: not run (--skip-empty)")
             _err(f"batchy run: {wf} batch {batch_id}: {shown}: empty window, not run (--skip-empty)")
         else:
-            window = {**window_env(wf, jobs, job), "BATCHY_BATCH_ID": str(batch_id)}
-            env = {**base_env(), **window, **params_env(jobs, job, taken=window)}
+            opened = {name: jobs[name] for name in ran}  # with --job, the other jobs' batches are not ours
+            window = {**window_env(wf, opened, job), "BATCHY_BATCH_ID": str(batch_id)}
+            env = {**base_env(), **window, **params_env(opened, job, taken=window)}
             ended: list[float] = []  # when the command exited: a signal after that does not fail it
             try:
                 code, tail, records, note = execute(command, env, stop.started, leave_children=leave_children,
@@ -468,7 +471,8 @@ def runner_options(fn):
 @click.command("run")
 @click.argument("wf")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--job", help="Only this job step: its window is BATCHY_FROM_DATE / BATCHY_TO_DATE; only it is closed.")
+@click.option("--job", help="Only this job step, on its own schedule: only it is opened (its window is "
+                            "BATCHY_FROM_DATE / BATCHY_TO_DATE) and closed; other jobs are left as they are.")
 @click.option("--until-caught-up", is_flag=True,
               help="Run batch after batch while the answer says caught_up: false (a window policy); stop at a failure.")
 @click.option("--skip-empty", is_flag=True, help="Do not run the command for an empty window (from = to); close it.")
