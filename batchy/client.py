@@ -223,6 +223,11 @@ class Batchy:
         """Return every pause and resume, newest first."""
         return self._json("GET", "/pause_history", {"limit": limit})["history"]
 
+    @property
+    def backfills(self) -> "BackfillClient":
+        """The backfill endpoints: client.backfills.create(...), .lease(...), .finish(...)."""
+        return BackfillClient(self)
+
     @contextmanager
     def batch(self, wf: str, job: str | None = None, open: bool = True):
         """Run one batch: open it (or join the open one), close on success, fail on error.
@@ -248,6 +253,64 @@ class Batchy:
             raise
         for step, records, batch_id in run._outcomes():
             self.close(wf, job=step, records_processed=records, message=run.message, batch_id=batch_id)
+
+
+class BackfillClient:
+    """Call the backfill endpoints (docs/backfills.md) with a Batchy's URL, token and retries."""
+
+    def __init__(self, client: Batchy):
+        self.client = client
+
+    def _call(self, method: str, path: str, query: dict | None = None, body: dict | None = None,
+              retry: bool = False):
+        raw = self.client.request(method, path, query, body, retry=retry)
+        return json.loads(raw) if raw else None
+
+    @staticmethod
+    def _path(wf: str, backfill_id: int | None = None, action: str = "") -> str:
+        path = "/backfill/" + urllib.parse.quote(wf, safe="")
+        if backfill_id is not None:
+            path += f"/{int(backfill_id)}"
+        return path + (f"/{action}" if action else "")
+
+    def create(self, wf: str, start: str, end: str, *, jobs: list[str] | None = None, batch_size: str | None = None,
+               chunk_hours: float | None = None, max_attempts: int | None = None) -> dict:
+        return self._call("POST", self._path(wf), body={
+            "from": start, "to": end, "job": jobs or None, "batch_size": batch_size, "chunk_hours": chunk_hours,
+            "max_attempts": max_attempts})
+
+    def status(self, wf: str, backfill_id: int) -> dict:
+        return self._call("GET", self._path(wf, backfill_id), retry=True)
+
+    def list(self, wf: str, limit: int = 50) -> list[dict]:
+        return self._call("GET", "/backfills/" + urllib.parse.quote(wf, safe=""), {"limit": limit},
+                          retry=True)["backfills"]
+
+    def cancel(self, wf: str, backfill_id: int) -> dict:
+        return self._call("POST", self._path(wf, backfill_id, "cancel"), body={}, retry=True)
+
+    def lease(self, wf: str, backfill_id: int, lease_seconds: float | None = None) -> dict | None:
+        """Return the chunk leased, or None when none is due now (204). Not retried here (the
+        workers retry it across an outage): a lost answer leaves a lease that runs out, and
+        the chunk is leased again then."""
+        return self._call("POST", self._path(wf, backfill_id, "lease"), body={"lease_seconds": lease_seconds})
+
+    def renew(self, wf: str, backfill_id: int, chunk: int, attempt: int, lease_seconds: float | None = None,
+              retry: bool = True, lease_token: str | None = None) -> dict:
+        """Renew one attempt's lease of a chunk; safe to retry (a heartbeat does not: its next
+        beat is the retry)."""
+        return self._call("POST", self._path(wf, backfill_id, "renew"), body={
+            "chunk": chunk, "attempt": attempt, "lease_token": lease_token, "lease_seconds": lease_seconds},
+            retry=retry)
+
+    def finish(self, wf: str, backfill_id: int, chunk: int, attempt: int, outcome: str, *,
+               records_processed: int | None = None, message: str | None = None,
+               lease_token: str | None = None) -> dict:
+        """Close (outcome success) or fail one attempt of a chunk; safe to retry, so retried."""
+        action = "close" if outcome == "success" else "fail"
+        return self._call("POST", self._path(wf, backfill_id, action), body={
+            "chunk": chunk, "attempt": attempt, "lease_token": lease_token, "records_processed": records_processed,
+            "message": message}, retry=True)
 
 
 class Window(NamedTuple):

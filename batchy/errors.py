@@ -110,6 +110,30 @@ class CorruptState(Conflict):
         )
 
 
+# -- backfills ---------------------------------------------------------------------------
+
+class BackfillNotFound(NotFound):
+    code = "backfill_not_found"
+
+
+class StaleAttempt(Conflict):
+    """A close or fail names an attempt that is not the chunk's current one."""
+
+    code = "stale_attempt"
+
+
+class NotLeased(Conflict):
+    """A close or fail of a chunk that no worker holds (pending, finished or cancelled)."""
+
+    code = "not_leased"
+
+
+class WrongLeaseToken(Conflict):
+    """A renew, close or fail of the chunk's current attempt without the lease_token its lease answered."""
+
+    code = "wrong_lease_token"
+
+
 class WorkflowExists(Conflict):
     code = "workflow_exists"
 

@@ -17,7 +17,7 @@ from batchy.rules import backfill
 from batchy.web import backfill as backfill_api, openapi
 from batchy.storage import backfill_lua as backfill_scripts, keys
 from batchy import create_app
-from batchy.rules.backfill import BackfillNotFound, NotLeased, StaleAttempt, WrongLeaseToken
+from batchy.errors import BackfillNotFound, NotLeased, StaleAttempt, WrongLeaseToken
 from batchy.storage.backfill import Backfills
 from batchy.cli import backfill_run as runner
 from batchy.client import Batchy, ServiceError

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from ..client import Batchy
-from .backfill_run import BackfillClient, finished, run_backfill
+from ..client import BackfillClient, Batchy
+from .backfill_run import finished, run_backfill
 from .output import output_options, service_errors, table
 from .run import runner_options
 

@@ -1,18 +1,16 @@
 """`batchy backfill run`: N threads lease a backfill's chunks and run a command on each, over HTTP.
 
-BackfillClient calls the backfill endpoints through batchy.client's transport (its URL,
-token and retries); every `batchy backfill` command uses it (backfill.py).
+The endpoints are called through batchy.client.BackfillClient (the client's URL, token and
+retries), as every `batchy backfill` command does (backfill.py).
 """
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
 import time
-import urllib.parse
 
-from ..client import Batchy, ServiceError
+from ..client import BackfillClient, ServiceError
 from .output import EXIT_OUTAGE
 from .run import (DEFAULT_GRACE_SECONDS, DEFAULT_OUTAGE_SECONDS, Outage, Stop, base_env, execute, persist,
                   stop_command, window_env)
@@ -20,66 +18,6 @@ from .run import (DEFAULT_GRACE_SECONDS, DEFAULT_OUTAGE_SECONDS, Outage, Stop, b
 POLL_SECONDS = 1.0  # at most, a backfill worker with nothing due waits this long for another's chunk to end
 DEFAULT_LEASE_SECONDS = 3600.0  # the service's default, when --lease-seconds is not given
 MIN_BEAT_SECONDS = 0.1  # a heartbeat renews every third of the lease, but never more often than this
-
-
-# -- the backfill endpoints, over the client's transport (its URL, token and retries) -------
-
-class BackfillClient:
-    """Call the backfill endpoints with a batchy.client.Batchy."""
-
-    def __init__(self, client: Batchy):
-        self.client = client
-
-    def _call(self, method: str, path: str, query: dict | None = None, body: dict | None = None,
-              retry: bool = False):
-        raw = self.client.request(method, path, query, body, retry=retry)
-        return json.loads(raw) if raw else None
-
-    @staticmethod
-    def _path(wf: str, backfill_id: int | None = None, action: str = "") -> str:
-        path = "/backfill/" + urllib.parse.quote(wf, safe="")
-        if backfill_id is not None:
-            path += f"/{int(backfill_id)}"
-        return path + (f"/{action}" if action else "")
-
-    def create(self, wf: str, start: str, end: str, *, jobs: list[str] | None = None, batch_size: str | None = None,
-               chunk_hours: float | None = None, max_attempts: int | None = None) -> dict:
-        return self._call("POST", self._path(wf), body={
-            "from": start, "to": end, "job": jobs or None, "batch_size": batch_size, "chunk_hours": chunk_hours,
-            "max_attempts": max_attempts})
-
-    def status(self, wf: str, backfill_id: int) -> dict:
-        return self._call("GET", self._path(wf, backfill_id), retry=True)
-
-    def list(self, wf: str, limit: int = 50) -> list[dict]:
-        return self._call("GET", "/backfills/" + urllib.parse.quote(wf, safe=""), {"limit": limit},
-                          retry=True)["backfills"]
-
-    def cancel(self, wf: str, backfill_id: int) -> dict:
-        return self._call("POST", self._path(wf, backfill_id, "cancel"), body={}, retry=True)
-
-    def lease(self, wf: str, backfill_id: int, lease_seconds: float | None = None) -> dict | None:
-        """Return the chunk leased, or None when none is due now (204). Not retried here (the
-        workers retry it across an outage): a lost answer leaves a lease that runs out, and
-        the chunk is leased again then."""
-        return self._call("POST", self._path(wf, backfill_id, "lease"), body={"lease_seconds": lease_seconds})
-
-    def renew(self, wf: str, backfill_id: int, chunk: int, attempt: int, lease_seconds: float | None = None,
-              retry: bool = True, lease_token: str | None = None) -> dict:
-        """Renew one attempt's lease of a chunk; safe to retry (a heartbeat does not: its next
-        beat is the retry)."""
-        return self._call("POST", self._path(wf, backfill_id, "renew"), body={
-            "chunk": chunk, "attempt": attempt, "lease_token": lease_token, "lease_seconds": lease_seconds},
-            retry=retry)
-
-    def finish(self, wf: str, backfill_id: int, chunk: int, attempt: int, outcome: str, *,
-               records_processed: int | None = None, message: str | None = None,
-               lease_token: str | None = None) -> dict:
-        """Close (outcome success) or fail one attempt of a chunk; safe to retry, so retried."""
-        action = "close" if outcome == "success" else "fail"
-        return self._call("POST", self._path(wf, backfill_id, action), body={
-            "chunk": chunk, "attempt": attempt, "lease_token": lease_token, "records_processed": records_processed,
-            "message": message}, retry=True)
 
 
 # -- batchy backfill run --------------------------------------------------------------------

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from . import windows
-from ..errors import Conflict, InvalidParameter, JobNotFound, NotFound
+from ..errors import InvalidParameter, JobNotFound
 from .times import UTC, format_time, in_zone, job_zone
 
 MAX_CHUNKS = 10_000  # per backfill, every job together
@@ -58,29 +58,6 @@ class ChunkStatus(str, Enum):
 CHUNK_STATUSES = tuple(ChunkStatus)
 FINAL = (ChunkStatus.SUCCESS, ChunkStatus.FAILED, ChunkStatus.CANCELLED)
 RUNNING, CANCELLED = "running", "cancelled"  # a backfill's own status, as stored
-
-
-# Errors of backfills only (the one JSON error shape, errors.register).
-class BackfillNotFound(NotFound):
-    code = "backfill_not_found"
-
-
-class StaleAttempt(Conflict):
-    """A close or fail names an attempt that is not the chunk's current one."""
-
-    code = "stale_attempt"
-
-
-class NotLeased(Conflict):
-    """A close or fail of a chunk that no worker holds (pending, finished or cancelled)."""
-
-    code = "not_leased"
-
-
-class WrongLeaseToken(Conflict):
-    """A renew, close or fail of the chunk's current attempt without the lease_token its lease answered."""
-
-    code = "wrong_lease_token"
 
 
 # -- chunking ---------------------------------------------------------------------------

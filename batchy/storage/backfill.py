@@ -19,7 +19,7 @@ from datetime import datetime
 
 from ..rules import backfill, coverage, formats, plans
 from . import backfill_lua, keys
-from ..rules.backfill import BackfillNotFound, NotLeased, StaleAttempt, WrongLeaseToken
+from ..errors import BackfillNotFound, NotLeased, StaleAttempt, WrongLeaseToken
 from .cache import DerivedCache
 from ..errors import CorruptState, InvalidParameter
 from .store import BatchStore
