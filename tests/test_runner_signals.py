@@ -262,9 +262,9 @@ def test_a_bad_records_file_never_costs_a_chunk_its_success(real_app):
 
 
 def test_a_count_the_service_refuses_is_sent_again_without_it(live, monkeypatch, capsys):
-    from batchy.cli import run as run_mod
+    from batchy.cli import process, run as run_mod
 
-    monkeypatch.setattr(run_mod, "MAX_RECORDS", 10**30)  # past what the service takes: it answers 400
+    monkeypatch.setattr(process, "MAX_RECORDS", 10**30)  # past what the service takes: it answers 400
     code = run_mod.run_batches(Batchy(live.url), "wf1", ["sh", "-c", 'echo 99999999999999999999 > '
                                                                      '"$BATCHY_RECORDS_FILE"'])
     assert code == 0, capsys.readouterr().err

@@ -12,8 +12,8 @@ import time
 
 from ..client import BackfillClient, ServiceError
 from .output import EXIT_OUTAGE
-from .run import (DEFAULT_GRACE_SECONDS, DEFAULT_OUTAGE_SECONDS, Outage, Stop, base_env, execute, persist,
-                  stop_command, window_env)
+from .process import DEFAULT_GRACE_SECONDS, DEFAULT_OUTAGE_SECONDS, Outage, Stop, execute, persist, stop_command
+from .run import base_env, window_env
 
 POLL_SECONDS = 1.0  # at most, a backfill worker with nothing due waits this long for another's chunk to end
 DEFAULT_LEASE_SECONDS = 3600.0  # the service's default, when --lease-seconds is not given
