@@ -130,6 +130,27 @@ def test_the_readme_links_every_page_of_docs():
         assert page.resolve() in linked, f"README.md does not link to docs/{page.name}"
 
 
+def test_the_readmes_documentation_table_lists_every_page_of_docs():
+    # Linked somewhere is not enough: the table under "## Documentation" is where a newcomer looks.
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Documentation\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| \[[^\]]*\]\(([^)#]+)\) \|", section, re.M)
+    for page in DOCS.glob("*.md"):
+        assert f"docs/{page.name}" in rows, f"README.md's documentation table has no row for docs/{page.name}"
+
+
+def command_list() -> str:
+    """Return the command list of docs/api.md: the ```text block under "## Command line"."""
+    section = (DOCS / "api.md").read_text().split("\n## Command line\n", 1)[1]
+    return FENCE.search(section).group(2)
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_every_command_is_in_the_command_list(command):
+    listed = re.findall(r"^batchy ([\w-]+)", command_list(), re.M)
+    assert command in listed, f"batchy {command} is not in docs/api.md's command list (## Command line)"
+
+
 def test_the_readme_stays_short():
     # The README is what a newcomer reads first; reference material belongs in docs/.
     assert len((ROOT / "README.md").read_text().splitlines()) <= 300
