@@ -306,6 +306,20 @@ def test_exit_8_bad_input(batchy):
     assert batchy("batches", "--from", "yesterday-ish")[0] == 8
 
 
+def test_set_from_date_and_rewind_tables_show_next_from_date(batchy):
+    # Issue 22, item 6: the table looked unchanged, as only next_from_date changes.
+    batchy("load", "wf1")
+    code, out, _ = batchy("set-from-date", "wf1", "2026-11-01T00:00:00+00:00", "--job", "s_load", "--table")
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split()[-1] == "NEXT_FROM_DATE"
+    last = {line.split()[0]: line.split()[-1] for line in rows}
+    assert last == {"s_extract": "-", "s_load": "2026-11-01T01:00:00+01:00"}  # s_load's zone is Europe/Paris
+    batchy("open", "wf1")
+    batch_id = json.loads(batchy("close", "wf1")[1])["s_load"]["batch_id"]
+    code, out, _ = batchy("rewind", "wf1", str(batch_id), "--table")
+    assert code == 0 and out.splitlines()[0].split()[-1] == "NEXT_FROM_DATE" and "-" not in out.split()
+
+
 @pytest.fixture
 def answering():
     """A stand-in service that answers every request with one (status, code)."""
