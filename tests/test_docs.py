@@ -151,6 +151,21 @@ def test_every_command_is_in_the_command_list(command):
     assert command in listed, f"batchy {command} is not in docs/api.md's command list (## Command line)"
 
 
+def test_an_inline_copy_of_the_alert_rules_is_the_file():
+    # One file, one truth: a page may show docs/batchy-alerts.yml, but only as it is.
+    rules = (DOCS / "batchy-alerts.yml").read_text()
+    copies = [m.group(2) for page in PAGES for m in FENCE.finditer(page.read_text()) if "- alert:" in m.group(2)]
+    assert copies, "docs/operations.md shows the alert rules"
+    for copy in copies:
+        assert copy == rules, "an inline copy of the alert rules differs from docs/batchy-alerts.yml: paste the file"
+
+
+@pytest.mark.parametrize("page", [*PAGES, *sorted(DOCS.glob("*.yml"))], ids=lambda p: p.name)
+def test_every_test_file_the_docs_name_exists(page):
+    for name in set(re.findall(r"\btests/[\w/]+\.py\b", page.read_text())):
+        assert (ROOT / name).exists(), f"{page.name} names {name}, which does not exist"
+
+
 def test_the_readme_stays_short():
     # The README is what a newcomer reads first; reference material belongs in docs/.
     assert len((ROOT / "README.md").read_text().splitlines()) <= 300
