@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.request
 
+import click
 import pytest
 
 from batchy import cli as cli_mod
@@ -318,6 +319,66 @@ def test_set_from_date_and_rewind_tables_show_next_from_date(batchy):
     batch_id = json.loads(batchy("close", "wf1")[1])["s_load"]["batch_id"]
     code, out, _ = batchy("rewind", "wf1", str(batch_id), "--table")
     assert code == 0 and out.splitlines()[0].split()[-1] == "NEXT_FROM_DATE" and "-" not in out.split()
+
+
+# The flags batchy's service commands and waitsy share (issue 22, item 5: `waitsy -q` was refused).
+COMMON_FLAGS = {"-q", "--quiet", "--json", "--url", "--token"}
+
+
+def service_commands(group=cli_mod.cli, prefix="batchy"):
+    """Yield (name, command) for every command that talks to the service and prints its answer."""
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from service_commands(command, f"{prefix} {name}")
+        elif any("--quiet" in param.opts for param in command.params):
+            yield f"{prefix} {name}", command
+
+
+def test_batchy_and_waitsy_share_their_common_flags():
+    from waitsy.cli import build_parser
+
+    assert COMMON_FLAGS <= set(build_parser()._option_string_actions), "waitsy lacks a common flag"
+    commands = dict(service_commands())
+    assert {"batchy status", "batchy open", "batchy backfill status"} <= set(commands)
+    for name, command in commands.items():
+        flags = {opt for param in command.params for opt in [*param.opts, *param.secondary_opts]}
+        assert COMMON_FLAGS <= flags, f"{name} lacks {sorted(COMMON_FLAGS - flags)}"
+
+
+def test_url_token_and_q_work_alike(service, monkeypatch, capsys):
+    monkeypatch.setenv("BATCHY_URL", "http://127.0.0.1:9")  # nothing listens there: --url must win
+    monkeypatch.delenv("BATCHY_API_TOKEN", raising=False)
+    assert main(["load", "wf1", "--url", service.url, "-q"]) == 0
+    assert main(["status", "wf1", "--url", service.url, "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"s_extract", "s_load"}
+    from waitsy.cli import main as waitsy_main
+
+    assert waitsy_main(["-wf", "wf1", "--url", service.url, "-q", "--timeout", "0.2"]) == 1  # not run today
+    assert capsys.readouterr().out == ""
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            body = b'{"backfills": []}' if self.path.startswith("/backfills/") else b'{"s_a": {"status": "new"}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert main(["status", "wf1", "--url", url, "--token", "s3cret", "-q"]) == 0
+        assert main(["backfill", "list", "wf1", "--url", url, "--token", "other", "-q"]) == 0
+    finally:
+        server.shutdown()
+    assert seen == ["Bearer s3cret", "Bearer other"]
 
 
 @pytest.fixture

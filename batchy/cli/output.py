@@ -56,11 +56,30 @@ def service_errors():
     except ServiceError as exc:
         raise Failed(f"{exc.message} ({exc.status} {exc.code})", EXIT_BY_STATUS.get(exc.status, EXIT_ERROR)) from None
     except OSError as exc:
-        raise Failed(f"cannot reach Batchy at {Batchy().url}: {exc}", EXIT_UNAVAILABLE) from None
+        raise Failed(f"cannot reach Batchy at {client().url}: {exc}", EXIT_UNAVAILABLE) from None
+
+
+_CONNECTION = "batchy.connection"
+
+
+def _remember(ctx, param, value):
+    if value is not None:
+        ctx.meta.setdefault(_CONNECTION, {})[param.name] = value
+
+
+def client() -> Batchy:
+    """Return the client of the running command: its --url and --token, else $BATCHY_URL, $BATCHY_API_TOKEN."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx.meta.get(_CONNECTION, {}) if ctx is not None else {}
+    return Batchy(given.get("url"), given.get("token"))
 
 
 def output_options(fn):
-    """Add --json/--table and --quiet to a command."""
+    """Add --json/--table, --quiet, --url and --token to a command: waitsy's common flags too."""
+    fn = click.option("--token", metavar="TOKEN", expose_value=False, callback=_remember,
+                      help="API token (default: $BATCHY_API_TOKEN).")(fn)
+    fn = click.option("--url", metavar="URL", expose_value=False, callback=_remember,
+                      help="The Batchy service (default: $BATCHY_URL, else http://127.0.0.1:5000).")(fn)
     fn = click.option("--quiet", "-q", is_flag=True, help="Print nothing on success: the exit code says.")(fn)
     return click.option("--json/--table", "as_json", default=None,
                         help="JSON (the default when stdout is not a terminal) or a table (on a terminal).")(fn)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import click
 
-from ..client import Batchy
 from ..rules.jobs import BATCH_STATUSES
-from .output import BATCH_COLUMNS, limit_option, pairs, service_command, show, state_table, table
+from .output import BATCH_COLUMNS, client, limit_option, pairs, service_command, show, state_table, table
 
 
 @service_command()
@@ -14,7 +13,7 @@ from .output import BATCH_COLUMNS, limit_option, pairs, service_command, show, s
 @click.option("--before", type=int, metavar="BATCH_ID", help="Only batches older than this one (the next page).")
 def history(wf, limit, before):
     """Print WF's batches, newest first."""
-    show(Batchy().history(wf, limit=limit, before=before), lambda rows: table(rows, BATCH_COLUMNS))
+    show(client().history(wf, limit=limit, before=before), lambda rows: table(rows, BATCH_COLUMNS))
 
 
 @service_command()
@@ -22,7 +21,7 @@ def history(wf, limit, before):
 @click.argument("batch_id", type=int)
 def batch(wf, batch_id):
     """Print one batch's snapshot: each job's window and outcome."""
-    show(Batchy().snapshot(wf, batch_id), state_table)
+    show(client().snapshot(wf, batch_id), state_table)
 
 
 @service_command()
@@ -34,7 +33,7 @@ def batch(wf, batch_id):
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many (the next page).")
 def batches(status, workflow, start, end, limit, offset):
     """Print the batches of every workflow by start time."""
-    show(Batchy().batches(status=status, workflow=workflow, start=start, end=end, limit=limit, offset=offset),
+    show(client().batches(status=status, workflow=workflow, start=start, end=end, limit=limit, offset=offset),
          lambda rows: table(rows, ["workflow", *BATCH_COLUMNS]))
 
 
@@ -45,7 +44,7 @@ def batches(status, workflow, start, end, limit, offset):
 @click.option("--to", "end", metavar="TIME", help="Up to TIME (ISO-8601 or unix seconds).")
 def coverage(wf, job, start, end):
     """Print the time each job of WF has loaded successfully, and the holes in it."""
-    show(Batchy().coverage(wf, job=job, start=start, end=end), _coverage_table)
+    show(client().coverage(wf, job=job, start=start, end=end), _coverage_table)
 
 
 def _coverage_table(answer: dict) -> str:
@@ -60,7 +59,7 @@ def _coverage_table(answer: dict) -> str:
 @click.option("--job", help="Only this job step.")
 def most_recent(wf, job):
     """Print the start of WF's (or one job's) last successful batch."""
-    show(Batchy().most_recent(wf, job=job, full=True), _most_recent_text)
+    show(client().most_recent(wf, job=job, full=True), _most_recent_text)
 
 
 def _most_recent_text(answer: dict) -> str:
@@ -75,14 +74,14 @@ def _most_recent_text(answer: dict) -> str:
 @click.option("--before", metavar="EVENT_ID", help="Only events older than this one (the next page).")
 def events(wf, limit, before):
     """Print WF's audit log, newest first."""
-    show(Batchy().events(wf, limit=limit, before=before),
+    show(client().events(wf, limit=limit, before=before),
          lambda rows: table(rows, ["id", "time", "action", "batch_id", "actor", "jobs", "message"]))
 
 
 @service_command("late")
 def late():
     """Print late jobs and stuck batches (expected_by, max_age_hours, max_open_hours)."""
-    show(Batchy().late(), lambda rows: table(rows, ["workflow", "job", "kind", "since", "reason"])
+    show(client().late(), lambda rows: table(rows, ["workflow", "job", "kind", "since", "reason"])
          if rows else "nothing is late")
 
 
