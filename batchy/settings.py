@@ -226,6 +226,12 @@ def load(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] 
     return values
 
 
+def write_tokens(conf: Mapping[str, Any]) -> tuple[str, ...]:
+    """Return the write tokens of settings conf (BATCHY_API_TOKEN, BATCHY_API_TOKENS)."""
+    text = ",".join(str(conf.get(name) or "") for name in ("BATCHY_API_TOKEN", "BATCHY_API_TOKENS"))
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def markdown_table() -> str:
     """Return the configuration table of docs/operations.md, made from SETTINGS."""
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]

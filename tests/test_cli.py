@@ -2,6 +2,7 @@
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -523,6 +524,41 @@ def test_embedded_serve_preloads_cfg_and_warns(cfg_dir):
         log = svc.log()
         assert "EMBEDDED IN-MEMORY" in log and "loaded at start" in log
         assert log.count("Booting worker") == 1  # one process holds the embedded store
+    finally:
+        svc.stop()
+
+
+def listening_address(port: int) -> str | None:
+    """Return the IPv4 address a socket listens on at port (Linux' /proc/net/tcp), None if none does."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if int(hex_port, 16) == port and state == "0A":  # 0A: LISTEN
+                return socket.inet_ntoa(bytes.fromhex(address)[::-1])
+    return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux' socket table")
+@pytest.mark.parametrize("env, address, says", [
+    ({}, "127.0.0.1", "this host only (no BATCHY_API_TOKEN is set); --host 0.0.0.0 listens on every interface"),
+    ({"BATCHY_API_TOKEN": "s3cret"}, "0.0.0.0", "changes need a write token"),
+])
+def test_serve_listens_on_every_interface_only_with_a_token(cfg_dir, env, address, says):
+    # Issue 22, item 8: the embedded store listened on 0.0.0.0 without a token or a word.
+    svc = ServiceProcess("", str(cfg_dir), workers=1, host=None, env=env).start()
+    try:
+        assert listening_address(svc.port) == address
+        assert f"listening on {address}:{svc.port}" in svc.log() and says in svc.log()
+    finally:
+        svc.stop()
+
+
+def test_serve_warns_when_told_to_listen_everywhere_without_a_token(cfg_dir):
+    svc = ServiceProcess("", str(cfg_dir), workers=1, host="0.0.0.0").start()
+    try:
+        assert listening_address(svc.port) == "0.0.0.0"
+        assert f"WARNING: listening on 0.0.0.0:{svc.port} without a write token" in svc.log()
     finally:
         svc.stop()
 
