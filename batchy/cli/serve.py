@@ -19,6 +19,7 @@ from ..settings import write_tokens
 def serve(host, port, workers, threads):
     """Run the service under gunicorn."""
     from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
 
     from ..web.db import EMBEDDED_WARNING
 
@@ -49,6 +50,19 @@ def serve(host, port, workers, threads):
         "control_socket_disable": True,
     }
 
+    embedded = not conf["BATCHY_REDIS_URL"]
+
+    class Master(Arbiter):
+        def handle_hup(self):
+            # gunicorn's SIGHUP starts new workers, which read the settings and
+            # BATCHY_TOKENS_FILE afresh; the embedded store lives in its one worker and would
+            # be lost with it, and its worker reads the tokens file within a second of a change.
+            if embedded:
+                self.log.warning("SIGHUP: the embedded store lives in its worker, which keeps running "
+                                 "(a new one would start empty); BATCHY_TOKENS_FILE is read again when it changes")
+                return
+            super().handle_hup()
+
     class Server(BaseApplication):
         def load_config(self):
             for key, value in options.items():
@@ -60,6 +74,12 @@ def serve(host, port, workers, threads):
 
             _json_gunicorn_errors()
             return create_app()
+
+        def run(self):  # BaseApplication.run, with our Master
+            try:
+                Master(self).run()
+            except RuntimeError as exc:
+                raise click.ClickException(str(exc)) from None
 
     Server().run()
 
