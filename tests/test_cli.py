@@ -352,6 +352,7 @@ def test_url_token_and_q_work_alike(service, monkeypatch, capsys):
     assert main(["load", "wf1", "--url", service.url, "-q"]) == 0
     assert main(["status", "wf1", "--url", service.url, "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"s_extract", "s_load"}
+    assert os.environ["BATCHY_URL"] == "http://127.0.0.1:9"  # for that command only
     from waitsy.cli import main as waitsy_main
 
     assert waitsy_main(["-wf", "wf1", "--url", service.url, "-q", "--timeout", "0.2"]) == 1  # not run today
@@ -379,7 +380,7 @@ def test_url_token_and_q_work_alike(service, monkeypatch, capsys):
         assert main(["backfill", "list", "wf1", "--url", url, "--token", "other", "-q"]) == 0
     finally:
         server.shutdown()
-    assert seen == ["Bearer s3cret", "Bearer other"]
+    assert seen == ["Bearer s3cret", "Bearer other"] and "BATCHY_API_TOKEN" not in os.environ
 
 
 @pytest.fixture

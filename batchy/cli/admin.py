@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .output import client, limit_option, pairs, service_command, show, table
+from ..client import Batchy
+from .output import limit_option, pairs, service_command, show, table
 
 PAUSE_COLUMNS = ["scope", "since", "actor", "message"]
 # What set-from-date and rewind change: where the next batch of each job starts.
@@ -21,7 +22,7 @@ def _watermark_table(state: dict) -> str:
 @click.option("--force", is_flag=True, help="Even while a batch is open.")
 def set_from_date(wf, from_date, job, force):
     """Make the next batch of WF extract from FROM_DATE exactly (ISO-8601)."""
-    show(client().set_from_date(wf, from_date, job=job, force=force), _watermark_table)
+    show(Batchy().set_from_date(wf, from_date, job=job, force=force), _watermark_table)
 
 
 @service_command()
@@ -31,7 +32,7 @@ def set_from_date(wf, from_date, job, force):
 @click.option("--force", is_flag=True, help="Even while a batch is open.")
 def rewind(wf, batch_id, job, force):
     """Make the next batch of WF extract from where BATCH_ID started."""
-    show(client().rewind(wf, batch_id, job=job, force=force), _watermark_table)
+    show(Batchy().rewind(wf, batch_id, job=job, force=force), _watermark_table)
 
 
 @service_command()
@@ -39,20 +40,20 @@ def rewind(wf, batch_id, job, force):
 @click.option("--message", "-m", default="", help="Why; shown to whoever is refused.")
 def pause(wf, message):
     """Refuse new batches of WF (or of every workflow) until resumed."""
-    show(client().pause(wf, message=message), pairs)
+    show(Batchy().pause(wf, message=message), pairs)
 
 
 @service_command()
 @click.argument("wf", required=False)
 def resume(wf):
     """Allow new batches of WF (or of the whole service) again."""
-    show(client().resume(wf), pairs)
+    show(Batchy().resume(wf), pairs)
 
 
 @service_command("pause-status")
 def pause_status():
     """Print what is paused: the whole service, and each paused workflow."""
-    show(client().pause_status(), _pause_status_text)
+    show(Batchy().pause_status(), _pause_status_text)
 
 
 def _pause_status_text(answer: dict) -> str:
@@ -64,7 +65,7 @@ def _pause_status_text(answer: dict) -> str:
 @limit_option(20)
 def pause_history(limit):
     """Print every pause and resume, newest first."""
-    show(client().pause_history(limit=limit),
+    show(Batchy().pause_history(limit=limit),
          lambda rows: table(rows, ["id", "time", "action", "scope", "actor", "message"]))
 
 

@@ -7,8 +7,9 @@ import sys
 
 import click
 
+from ..client import Batchy
 from .backfill_run import BackfillClient, finished, run_backfill
-from .output import client, output_options, service_errors, table
+from .output import output_options, service_errors, table
 
 
 def _show(data, human, as_json: bool | None, quiet: bool) -> None:
@@ -58,7 +59,7 @@ def backfill_group():
 def backfill_create(wf, start, end, jobs, batch_size, chunk_hours, max_attempts, as_json, quiet):
     """Create a backfill of WF from --from to --to; print it with its chunks."""
     with service_errors():
-        answer = BackfillClient(client()).create(wf, start, end, jobs=list(jobs), batch_size=batch_size,
+        answer = BackfillClient(Batchy()).create(wf, start, end, jobs=list(jobs), batch_size=batch_size,
                                                  chunk_hours=chunk_hours, max_attempts=max_attempts)
     _show(answer, _backfill_text, as_json, quiet)
 
@@ -70,7 +71,7 @@ def backfill_create(wf, start, end, jobs, batch_size, chunk_hours, max_attempts,
 def backfill_status(wf, backfill_id, as_json, quiet):
     """Print a backfill's progress and every chunk."""
     with service_errors():
-        answer = BackfillClient(client()).status(wf, backfill_id)
+        answer = BackfillClient(Batchy()).status(wf, backfill_id)
     _show(answer, _backfill_text, as_json, quiet)
 
 
@@ -81,7 +82,7 @@ def backfill_status(wf, backfill_id, as_json, quiet):
 def backfill_list(wf, limit, as_json, quiet):
     """Print WF's backfills, newest first."""
     with service_errors():
-        answer = BackfillClient(client()).list(wf, limit)
+        answer = BackfillClient(Batchy()).list(wf, limit)
     _show(answer, _list_text, as_json, quiet)
 
 
@@ -92,7 +93,7 @@ def backfill_list(wf, limit, as_json, quiet):
 def backfill_cancel(wf, backfill_id, as_json, quiet):
     """Cancel a backfill: its pending chunks are cancelled; leased ones may still close."""
     with service_errors():
-        answer = BackfillClient(client()).cancel(wf, backfill_id)
+        answer = BackfillClient(Batchy()).cancel(wf, backfill_id)
     _show(answer, _backfill_text, as_json, quiet)
 
 
@@ -104,7 +105,7 @@ def backfill_cancel(wf, backfill_id, as_json, quiet):
 def backfill_lease(wf, backfill_id, lease_seconds, as_json, quiet):
     """Lease the next chunk due and print it; print nothing when none is due now (a worker of your own)."""
     with service_errors():
-        answer = BackfillClient(client()).lease(wf, backfill_id, lease_seconds)
+        answer = BackfillClient(Batchy()).lease(wf, backfill_id, lease_seconds)
     if answer is not None:
         _show(answer, _fields_text, as_json, quiet)
 
@@ -129,7 +130,7 @@ def _finish_options(fn):
 def backfill_renew(wf, backfill_id, chunk, attempt, lease_seconds, as_json, quiet):
     """Renew a leased chunk's lease while its work goes on (a worker of your own's heartbeat)."""
     with service_errors():
-        answer = BackfillClient(client()).renew(wf, backfill_id, chunk, attempt, lease_seconds)
+        answer = BackfillClient(Batchy()).renew(wf, backfill_id, chunk, attempt, lease_seconds)
     _show(answer, _fields_text, as_json, quiet)
 
 
@@ -138,7 +139,7 @@ def backfill_renew(wf, backfill_id, chunk, attempt, lease_seconds, as_json, quie
 def backfill_close(wf, backfill_id, chunk, attempt, records_processed, message, as_json, quiet):
     """Mark a leased chunk's attempt successful (its window goes into the coverage ledger)."""
     with service_errors():
-        answer = BackfillClient(client()).finish(wf, backfill_id, chunk, attempt, "success",
+        answer = BackfillClient(Batchy()).finish(wf, backfill_id, chunk, attempt, "success",
                                                  records_processed=records_processed, message=message)
     _show(answer, _fields_text, as_json, quiet)
 
@@ -148,7 +149,7 @@ def backfill_close(wf, backfill_id, chunk, attempt, records_processed, message, 
 def backfill_fail(wf, backfill_id, chunk, attempt, records_processed, message, as_json, quiet):
     """Mark a leased chunk's attempt failed: it is due again until max_attempts are used."""
     with service_errors():
-        answer = BackfillClient(client()).finish(wf, backfill_id, chunk, attempt, "failed",
+        answer = BackfillClient(Batchy()).finish(wf, backfill_id, chunk, attempt, "failed",
                                                  records_processed=records_processed, message=message)
     _show(answer, _fields_text, as_json, quiet)
 
@@ -173,7 +174,7 @@ def backfill_run(ctx, wf, backfill_id, command, parallel, lease_seconds, chunk_t
     and _TO_DATE, BATCHY_RECORDS_FILE.
     """
     with service_errors():
-        code = run_backfill(BackfillClient(client()), wf, backfill_id, list(command), parallel=parallel,
+        code = run_backfill(BackfillClient(Batchy()), wf, backfill_id, list(command), parallel=parallel,
                             lease_seconds=lease_seconds, chunk_timeout=chunk_timeout)
     ctx.exit(code)
 

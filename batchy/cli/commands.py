@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .output import (EXIT_BAD_INPUT, Failed, client, env_lines, env_names, json_flag, pairs, service_command, show,
+from ..client import Batchy
+from .output import (EXIT_BAD_INPUT, Failed, env_lines, env_names, json_flag, pairs, service_command, show,
                      show_text, state_table, table)
 
 
@@ -16,8 +17,8 @@ def load(wf, every, reset):
     if bool(wf) == every:
         raise click.UsageError("give a workflow, or --all for every file")
     if not every:
-        return show(client().load(wf, reset=reset), state_table)
-    answer = client().load_all(reset=reset)
+        return show(Batchy().load(wf, reset=reset), state_table)
+    answer = Batchy().load_all(reset=reset)
     show(answer, _loaded_table)
     if answer.get("failed"):
         failed = "; ".join(f"{name}: {e.get('message')} ({e.get('error')})" for name, e in answer["failed"].items())
@@ -33,7 +34,7 @@ def _loaded_table(answer: dict) -> str:
 @service_command("list")
 def list_():
     """List the loaded workflows: jobs, last batch, paused."""
-    show(client().workflows(), lambda rows: table(rows, ["workflow", "jobs", "last_batch_id", "paused"]))
+    show(Batchy().workflows(), lambda rows: table(rows, ["workflow", "jobs", "last_batch_id", "paused"]))
 
 
 @service_command()
@@ -41,14 +42,14 @@ def list_():
 @click.option("--purge-history", is_flag=True, help="Delete its batch history too (default: kept).")
 def remove(wf, purge_history):
     """Remove WF from the service (its open batch is abandoned); cfg/<WF>.yaml stays."""
-    show(client().remove(wf, purge_history=purge_history), pairs)
+    show(Batchy().remove(wf, purge_history=purge_history), pairs)
 
 
 @service_command()
 @click.argument("wf")
 def status(wf):
     """Print the state of every job of WF."""
-    show(client().status(wf), state_table)
+    show(Batchy().status(wf), state_table)
 
 
 @service_command("open")
@@ -62,10 +63,10 @@ def open_(wf, fmt, dry_run, idempotency_key):
     """Open a batch of WF and print its parameters (e.g. --format infa > wf1.param)."""
     if fmt != "json" and json_flag() is not None:
         raise click.UsageError(f"--json and --table apply to --format json, not {fmt}")
-    service = client()
+    client = Batchy()
     if fmt == "env":
-        env_names(service.status(wf))  # refuse before opening, not after
-    answer = service.open(wf, fmt="infa" if fmt == "infa" else "json", dry_run=dry_run,
+        env_names(client.status(wf))  # refuse before opening, not after
+    answer = client.open(wf, fmt="infa" if fmt == "infa" else "json", dry_run=dry_run,
                          idempotency_key=idempotency_key)
     if fmt == "json":
         show(answer, state_table)
@@ -85,7 +86,7 @@ def _close_options(fn):
 @_close_options
 def close(wf, job, records_processed, message, batch_id):
     """Mark the open batch of WF (or one job) successful."""
-    show(client().close(wf, job=job, records_processed=records_processed, message=message, batch_id=batch_id),
+    show(Batchy().close(wf, job=job, records_processed=records_processed, message=message, batch_id=batch_id),
          state_table)
 
 
@@ -93,7 +94,7 @@ def close(wf, job, records_processed, message, batch_id):
 @_close_options
 def fail(wf, job, records_processed, message, batch_id):
     """Mark the open batch of WF (or one job) failed; the next open reruns the same window."""
-    show(client().fail(wf, job=job, records_processed=records_processed, message=message, batch_id=batch_id),
+    show(Batchy().fail(wf, job=job, records_processed=records_processed, message=message, batch_id=batch_id),
          state_table)
 
 

@@ -56,29 +56,35 @@ def service_errors():
     except ServiceError as exc:
         raise Failed(f"{exc.message} ({exc.status} {exc.code})", EXIT_BY_STATUS.get(exc.status, EXIT_ERROR)) from None
     except OSError as exc:
-        raise Failed(f"cannot reach Batchy at {client().url}: {exc}", EXIT_UNAVAILABLE) from None
+        raise Failed(f"cannot reach Batchy at {Batchy().url}: {exc}", EXIT_UNAVAILABLE) from None
 
 
-_CONNECTION = "batchy.connection"
+# The client reads BATCHY_URL and BATCHY_API_TOKEN: --url and --token set them while their
+# command runs, as `BATCHY_URL=... batchy status wf1` would, and put them back after.
+_ENV_OF = {"url": "BATCHY_URL", "token": "BATCHY_API_TOKEN"}
 
 
-def _remember(ctx, param, value):
-    if value is not None:
-        ctx.meta.setdefault(_CONNECTION, {})[param.name] = value
+def _connection(ctx, param, value):
+    if value is None:
+        return
+    name = _ENV_OF[param.name]
+    before = os.environ.get(name)
 
+    def restore():
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
-def client() -> Batchy:
-    """Return the client of the running command: its --url and --token, else $BATCHY_URL, $BATCHY_API_TOKEN."""
-    ctx = click.get_current_context(silent=True)
-    given = ctx.meta.get(_CONNECTION, {}) if ctx is not None else {}
-    return Batchy(given.get("url"), given.get("token"))
+    os.environ[name] = value
+    ctx.call_on_close(restore)
 
 
 def output_options(fn):
     """Add --json/--table, --quiet, --url and --token to a command: waitsy's common flags too."""
-    fn = click.option("--token", metavar="TOKEN", expose_value=False, callback=_remember,
+    fn = click.option("--token", metavar="TOKEN", expose_value=False, callback=_connection,
                       help="API token (default: $BATCHY_API_TOKEN).")(fn)
-    fn = click.option("--url", metavar="URL", expose_value=False, callback=_remember,
+    fn = click.option("--url", metavar="URL", expose_value=False, callback=_connection,
                       help="The Batchy service (default: $BATCHY_URL, else http://127.0.0.1:5000).")(fn)
     fn = click.option("--quiet", "-q", is_flag=True, help="Print nothing on success: the exit code says.")(fn)
     return click.option("--json/--table", "as_json", default=None,

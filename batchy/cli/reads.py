@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import click
 
+from ..client import Batchy
 from ..rules.jobs import BATCH_STATUSES
-from .output import BATCH_COLUMNS, client, limit_option, pairs, service_command, show, state_table, table
+from .output import BATCH_COLUMNS, limit_option, pairs, service_command, show, state_table, table
 
 
 @service_command()
@@ -13,7 +14,7 @@ from .output import BATCH_COLUMNS, client, limit_option, pairs, service_command,
 @click.option("--before", type=int, metavar="BATCH_ID", help="Only batches older than this one (the next page).")
 def history(wf, limit, before):
     """Print WF's batches, newest first."""
-    show(client().history(wf, limit=limit, before=before), lambda rows: table(rows, BATCH_COLUMNS))
+    show(Batchy().history(wf, limit=limit, before=before), lambda rows: table(rows, BATCH_COLUMNS))
 
 
 @service_command()
@@ -21,7 +22,7 @@ def history(wf, limit, before):
 @click.argument("batch_id", type=int)
 def batch(wf, batch_id):
     """Print one batch's snapshot: each job's window and outcome."""
-    show(client().snapshot(wf, batch_id), state_table)
+    show(Batchy().snapshot(wf, batch_id), state_table)
 
 
 @service_command()
@@ -33,7 +34,7 @@ def batch(wf, batch_id):
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many (the next page).")
 def batches(status, workflow, start, end, limit, offset):
     """Print the batches of every workflow by start time."""
-    show(client().batches(status=status, workflow=workflow, start=start, end=end, limit=limit, offset=offset),
+    show(Batchy().batches(status=status, workflow=workflow, start=start, end=end, limit=limit, offset=offset),
          lambda rows: table(rows, ["workflow", *BATCH_COLUMNS]))
 
 
@@ -44,7 +45,7 @@ def batches(status, workflow, start, end, limit, offset):
 @click.option("--to", "end", metavar="TIME", help="Up to TIME (ISO-8601 or unix seconds).")
 def coverage(wf, job, start, end):
     """Print the time each job of WF has loaded successfully, and the holes in it."""
-    show(client().coverage(wf, job=job, start=start, end=end), _coverage_table)
+    show(Batchy().coverage(wf, job=job, start=start, end=end), _coverage_table)
 
 
 def _coverage_table(answer: dict) -> str:
@@ -59,7 +60,7 @@ def _coverage_table(answer: dict) -> str:
 @click.option("--job", help="Only this job step.")
 def most_recent(wf, job):
     """Print the start of WF's (or one job's) last successful batch."""
-    show(client().most_recent(wf, job=job, full=True), _most_recent_text)
+    show(Batchy().most_recent(wf, job=job, full=True), _most_recent_text)
 
 
 def _most_recent_text(answer: dict) -> str:
@@ -74,14 +75,14 @@ def _most_recent_text(answer: dict) -> str:
 @click.option("--before", metavar="EVENT_ID", help="Only events older than this one (the next page).")
 def events(wf, limit, before):
     """Print WF's audit log, newest first."""
-    show(client().events(wf, limit=limit, before=before),
+    show(Batchy().events(wf, limit=limit, before=before),
          lambda rows: table(rows, ["id", "time", "action", "batch_id", "actor", "jobs", "message"]))
 
 
 @service_command("late")
 def late():
     """Print late jobs and stuck batches (expected_by, max_age_hours, max_open_hours)."""
-    show(client().late(), lambda rows: table(rows, ["workflow", "job", "kind", "since", "reason"])
+    show(Batchy().late(), lambda rows: table(rows, ["workflow", "job", "kind", "since", "reason"])
          if rows else "nothing is late")
 
 
