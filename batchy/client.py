@@ -20,6 +20,7 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime
 from typing import NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -320,8 +321,15 @@ class Window(NamedTuple):
     to_date: datetime | None
 
 
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+def _time(value: str | None, zone: str | None = None) -> datetime | None:
+    """Return an ISO-8601 time as an aware datetime in zone (an IANA name), else at its offset."""
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    try:
+        return moment.astimezone(ZoneInfo(zone)) if zone else moment
+    except (ZoneInfoNotFoundError, ValueError):  # a machine without that zone's data: the offset is exact too
+        return moment
 
 
 class Batch:
@@ -329,8 +337,8 @@ class Batch:
 
     batch.jobs is the service's answer as it came ({job: {...}}, times as ISO-8601
     strings): the same thing client.open() returns, and json.dumps(batch.jobs) works.
-    The window as aware datetimes is batch.from_date / batch.to_date (of job=, or of the
-    only job) and batch.window(name) for any job. Converting inside batch.jobs instead
+    The window as aware datetimes in the job's timezone (a ZoneInfo) is batch.from_date /
+    batch.to_date (of job=, or of the only job) and batch.window(name) for any job. Converting inside batch.jobs instead
     would give one field two types depending on where it was read, and break json.dumps.
     """
 
@@ -387,14 +395,15 @@ class Batch:
         return ids.pop() if len(ids) == 1 else None
 
     def window(self, job: str | None = None) -> Window:
-        """Return (from_date, to_date) of job (default: job=, or the only job) as aware datetimes."""
+        """Return (from_date, to_date) of job (default: job=, or the only job), datetimes in its timezone."""
         if job is None:
             params = self.params
         elif job in self.jobs:
             params = self.jobs[job]
         else:
             raise ServiceError(404, "job_not_found", f"workflow {self.workflow!r} has no job {job!r}")
-        return Window(_time(params.get("from_date")), _time(params.get("to_date")))
+        zone = params.get("timezone")
+        return Window(_time(params.get("from_date"), zone), _time(params.get("to_date"), zone))
 
     @property
     def from_date(self) -> datetime | None:

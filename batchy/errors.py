@@ -54,10 +54,16 @@ class WorkflowNotFound(NotFound):
     code = "workflow_not_found"
 
     @classmethod
-    def named(cls, wf: str, cfg_dir: str = "cfg") -> "WorkflowNotFound":
-        """Return the error for a workflow that is not loaded, saying how to load it."""
-        path = f"{cfg_dir.rstrip('/') or '.'}/{wf}.yaml"
-        return cls(f"workflow {wf!r} is not loaded: create {path} and call /load_cfg/{wf}", workflow=wf)
+    def named(cls, wf: str, has_file: bool = False) -> "WorkflowNotFound":
+        """Return the error for a workflow that is not loaded, saying how to load it.
+
+        No server path: whoever calls may not be the operator (the service logs the path).
+        """
+        how = (f"its file {wf}.yaml is in the service's workflow folder: call /load_cfg/{wf} (batchy load {wf})"
+               if has_file else
+               f"add {wf}.yaml to the service's workflow folder (BATCHY_CFG_DIR), then call /load_cfg/{wf} "
+               f"(batchy load {wf})")
+        return cls(f"workflow {wf!r} is not loaded: {how}", workflow=wf)
 
 
 class JobNotFound(NotFound):

@@ -79,6 +79,13 @@ SETTINGS: tuple[Setting, ...] = (
         "require `Authorization: Bearer <token>` with a read or a write token.",
     ),
     Setting(
+        "BATCHY_TOKENS_FILE",
+        "",
+        "A file of `BATCHY_API_TOKEN=`, `BATCHY_API_TOKENS=` and `BATCHY_READ_TOKENS=` lines that, "
+        "when set, replaces those three settings; the service reads it again within a second of a "
+        "change, so tokens rotate without a restart ([steps](#rotating-tokens-without-a-restart)).",
+    ),
+    Setting(
         "BATCHY_PROTECTED_READS",
         "events,history",
         "Which reads the read tokens protect, comma-separated, from: `events` (/events: it holds "
@@ -248,7 +255,43 @@ def load(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] 
             raise SystemExit(f"batchy: bad value for {setting.name}: {exc}") from None
     if overrides:
         values.update(overrides)
+    if values.get("BATCHY_TOKENS_FILE"):
+        try:
+            values.update(read_tokens_file(values["BATCHY_TOKENS_FILE"]))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"batchy: BATCHY_TOKENS_FILE: {exc}") from None
     return values
+
+
+TOKEN_SETTINGS = ("BATCHY_API_TOKEN", "BATCHY_API_TOKENS", "BATCHY_READ_TOKENS")
+
+
+def read_tokens_file(path: str) -> dict[str, str]:
+    """Return the token settings a BATCHY_TOKENS_FILE holds: each of TOKEN_SETTINGS, empty when absent.
+
+    Lines are NAME=value (quotes around the value optional); blank lines and # comments are
+    skipped; any other name is refused, so a typo cannot silently drop a token.
+    """
+    values = dict.fromkeys(TOKEN_SETTINGS, "")
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, value = line.partition("=")
+            name, value = name.strip(), value.strip()
+            if not sep or name not in values:
+                raise ValueError(f"{path}, line {number}: expected one of {', '.join(TOKEN_SETTINGS)}=...")
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            values[name] = value
+    return values
+
+
+def write_tokens(conf: Mapping[str, Any]) -> tuple[str, ...]:
+    """Return the write tokens of settings conf (BATCHY_API_TOKEN, BATCHY_API_TOKENS)."""
+    text = ",".join(str(conf.get(name) or "") for name in ("BATCHY_API_TOKEN", "BATCHY_API_TOKENS"))
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 def markdown_table() -> str:

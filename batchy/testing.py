@@ -98,8 +98,10 @@ class RedisServer:
 class ServiceProcess:
     """`batchy serve` (gunicorn, as in production) in its own process on a free port."""
 
-    def __init__(self, redis_url: str, cfg_dir: str, *, env: dict | None = None, workers: int = 2):
+    def __init__(self, redis_url: str, cfg_dir: str, *, env: dict | None = None, workers: int = 2,
+                 host: str | None = "127.0.0.1"):
         self.port = free_port()
+        self.host = host  # None: no --host, batchy serve's own choice
         self.redis_url = redis_url
         self.cfg_dir = cfg_dir
         self.env = dict(env or {})
@@ -117,7 +119,7 @@ class ServiceProcess:
         env.update(BATCHY_REDIS_URL=self.redis_url, BATCHY_CFG_DIR=self.cfg_dir, **self.env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batchy.cli", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "batchy.cli", "serve", *(["--host", self.host] if self.host else []),
              "--port", str(self.port), "--workers", str(self.workers)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,

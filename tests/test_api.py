@@ -1,5 +1,6 @@
 """The HTTP API through Flask's test client, on fakeredis."""
 import json
+import os
 
 import pytest
 
@@ -171,6 +172,23 @@ def test_bad_requests_get_a_clear_error_and_change_nothing(client, fake_redis, m
     assert r.status_code == status, r.data
     assert r.json["error"] == code and r.json["status"] == status and r.json["message"]
     assert {k: fake_redis.hgetall(k) for k in fake_redis.keys("wf1*")} == before
+
+
+def test_a_workflow_not_loaded_says_how_to_load_it_and_no_server_path(app, client, cfg_dir, caplog):
+    # Issue 22, item 4: after a remove the answer said "create <path>/wf1.yaml" though the file was there.
+    served = os.path.abspath(app.config["BATCHY_CFG_DIR"])  # a link to cfg_dir
+    paths = [str(cfg_dir), served, str(cfg_dir.resolve())]
+    load(client)
+    assert client.post("/remove_workflow/wf1").status_code == 200
+    with caplog.at_level("INFO", logger="batchy"):
+        message = client.get("/get_status/wf1").json["message"]
+    assert "not loaded" in message and "/load_cfg/wf1" in message and "wf1.yaml is in" in message
+    assert "create" not in message and not any(path in message for path in paths)
+    assert os.path.join(served, "wf1.yaml") in caplog.text  # the operator's log has it
+    for url in ["/get_status/nope", "/load_cfg/nope"]:
+        message = client.get(url).json["message"]
+        assert "nope.yaml" in message and "is in" not in message and not any(path in message for path in paths)
+    assert "/load_cfg/nope" in client.get("/get_status/nope").json["message"]
 
 
 def test_oversized_body_is_413(fake_redis, cfg_dir):

@@ -2,12 +2,14 @@
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 
+import click
 import pytest
 
 from batchy import cli as cli_mod
@@ -306,6 +308,81 @@ def test_exit_8_bad_input(batchy):
     assert batchy("batches", "--from", "yesterday-ish")[0] == 8
 
 
+def test_set_from_date_and_rewind_tables_show_next_from_date(batchy):
+    # Issue 22, item 6: the table looked unchanged, as only next_from_date changes.
+    batchy("load", "wf1")
+    code, out, _ = batchy("set-from-date", "wf1", "2026-11-01T00:00:00+00:00", "--job", "s_load", "--table")
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split()[-1] == "NEXT_FROM_DATE"
+    last = {line.split()[0]: line.split()[-1] for line in rows}
+    assert last == {"s_extract": "-", "s_load": "2026-11-01T01:00:00+01:00"}  # s_load's zone is Europe/Paris
+    batchy("open", "wf1")
+    batch_id = json.loads(batchy("close", "wf1")[1])["s_load"]["batch_id"]
+    code, out, _ = batchy("rewind", "wf1", str(batch_id), "--table")
+    assert code == 0 and out.splitlines()[0].split()[-1] == "NEXT_FROM_DATE" and "-" not in out.split()
+
+
+# The flags batchy's service commands and waitsy share (issue 22, item 5: `waitsy -q` was refused).
+COMMON_FLAGS = {"-q", "--quiet", "--json", "--url", "--token"}
+
+
+def service_commands(group=cli_mod.cli, prefix="batchy"):
+    """Yield (name, command) for every command that talks to the service and prints its answer."""
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from service_commands(command, f"{prefix} {name}")
+        elif any("--quiet" in param.opts for param in command.params):
+            yield f"{prefix} {name}", command
+
+
+def test_batchy_and_waitsy_share_their_common_flags():
+    from waitsy.cli import build_parser
+
+    assert COMMON_FLAGS <= set(build_parser()._option_string_actions), "waitsy lacks a common flag"
+    commands = dict(service_commands())
+    assert {"batchy status", "batchy open", "batchy backfill status"} <= set(commands)
+    for name, command in commands.items():
+        flags = {opt for param in command.params for opt in [*param.opts, *param.secondary_opts]}
+        assert COMMON_FLAGS <= flags, f"{name} lacks {sorted(COMMON_FLAGS - flags)}"
+
+
+def test_url_token_and_q_work_alike(service, monkeypatch, capsys):
+    monkeypatch.setenv("BATCHY_URL", "http://127.0.0.1:9")  # nothing listens there: --url must win
+    monkeypatch.delenv("BATCHY_API_TOKEN", raising=False)
+    assert main(["load", "wf1", "--url", service.url, "-q"]) == 0
+    assert main(["status", "wf1", "--url", service.url, "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"s_extract", "s_load"}
+    assert os.environ["BATCHY_URL"] == "http://127.0.0.1:9"  # for that command only
+    from waitsy.cli import main as waitsy_main
+
+    assert waitsy_main(["-wf", "wf1", "--url", service.url, "-q", "--timeout", "0.2"]) == 1  # not run today
+    assert capsys.readouterr().out == ""
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            body = b'{"backfills": []}' if self.path.startswith("/backfills/") else b'{"s_a": {"status": "new"}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert main(["status", "wf1", "--url", url, "--token", "s3cret", "-q"]) == 0
+        assert main(["backfill", "list", "wf1", "--url", url, "--token", "other", "-q"]) == 0
+    finally:
+        server.shutdown()
+    assert seen == ["Bearer s3cret", "Bearer other"] and "BATCHY_API_TOKEN" not in os.environ
+
+
 @pytest.fixture
 def answering():
     """A stand-in service that answers every request with one (status, code)."""
@@ -448,6 +525,41 @@ def test_embedded_serve_preloads_cfg_and_warns(cfg_dir):
         log = svc.log()
         assert "EMBEDDED IN-MEMORY" in log and "loaded at start" in log
         assert log.count("Booting worker") == 1  # one process holds the embedded store
+    finally:
+        svc.stop()
+
+
+def listening_address(port: int) -> str | None:
+    """Return the IPv4 address a socket listens on at port (Linux' /proc/net/tcp), None if none does."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if int(hex_port, 16) == port and state == "0A":  # 0A: LISTEN
+                return socket.inet_ntoa(bytes.fromhex(address)[::-1])
+    return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux' socket table")
+@pytest.mark.parametrize("env, address, says", [
+    ({}, "127.0.0.1", "this host only (no BATCHY_API_TOKEN is set); --host 0.0.0.0 listens on every interface"),
+    ({"BATCHY_API_TOKEN": "s3cret"}, "0.0.0.0", "changes need a write token"),
+])
+def test_serve_listens_on_every_interface_only_with_a_token(cfg_dir, env, address, says):
+    # Issue 22, item 8: the embedded store listened on 0.0.0.0 without a token or a word.
+    svc = ServiceProcess("", str(cfg_dir), workers=1, host=None, env=env).start()
+    try:
+        assert listening_address(svc.port) == address
+        assert f"listening on {address}:{svc.port}" in svc.log() and says in svc.log()
+    finally:
+        svc.stop()
+
+
+def test_serve_warns_when_told_to_listen_everywhere_without_a_token(cfg_dir):
+    svc = ServiceProcess("", str(cfg_dir), workers=1, host="0.0.0.0").start()
+    try:
+        assert listening_address(svc.port) == "0.0.0.0"
+        assert f"WARNING: listening on 0.0.0.0:{svc.port} without a write token" in svc.log()
     finally:
         svc.stop()
 

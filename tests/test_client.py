@@ -1,6 +1,7 @@
 """batchy.client against a live service: the Jobs API loop and the batch context manager."""
 import json
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -74,6 +75,10 @@ def test_the_window_is_datetimes_and_the_jobs_stay_json(api):
             assert window == (datetime.fromisoformat(batch.jobs[job]["from_date"]),
                               datetime.fromisoformat(batch.jobs[job]["to_date"]))
         assert batch.window("s_load").from_date.utcoffset().total_seconds() in (3600, 7200)  # Europe/Paris
+        # Issue 22, item 10: the job's zone itself, not a fixed offset, so local arithmetic follows DST.
+        assert all(t.tzinfo == ZoneInfo("Europe/Paris") for t in batch.window("s_load"))
+        assert all(t.tzinfo == ZoneInfo("UTC") for t in batch.window("s_extract"))
+        assert batch.window("s_load").from_date.isoformat() == batch.jobs["s_load"]["from_date"]
         assert json.loads(json.dumps(batch.jobs)) == batch.jobs  # the service's answer, as it came
         with pytest.raises(ValueError):
             batch.window()  # two jobs: which one?

@@ -53,6 +53,8 @@ def test_dockerfile_copies_what_exists_and_runs_batchy_serve():
                 assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
     cmd = re.search(r"^CMD (.+)$", text, re.M).group(1)
     assert yaml.safe_load(cmd)[:2] == ["batchy", "serve"]
+    # batchy serve listens on loopback unless told or a token is set: a container must be reachable.
+    assert yaml.safe_load(cmd)[2:4] == ["--host", "0.0.0.0"]
     assert "EXPOSE 5000" in text
 
 

@@ -9,10 +9,12 @@ named by page and line. Other fences (console, text, yaml, json, ini) are illust
 and never run; tests/test_docs.py checks that commands which install or serve are not
 marked ```sh.
 
-Two rules, applied by this runner only:
+Three rules, applied by this runner only:
 - a `curl` must answer 2xx (it runs with --fail-with-body), unless its comment starts with
   the status and error code it shows on purpose (`curl ... # 409 not_open: ...`): then it
   must answer exactly that;
+- a `curl` whose comment starts with `{` or `[` (`curl ... # {"workflows": [...]}`) must
+  answer a JSON object or a JSON list, as the comment shows;
 - blocks run with `set -euo pipefail`, so any other failing command fails the block.
 """
 from __future__ import annotations
@@ -38,6 +40,8 @@ BLOCK_TIMEOUT = 120
 
 # `curl ARGS   # 409 not_open: why` -> `expect_status 409 not_open ARGS`
 EXPECTED_ERROR = re.compile(r"^([ \t]*)curl[ \t]+(.*?)[ \t]+#[ \t]*([1-5][0-9][0-9])[ \t]+([a-z_]+)\b.*$", re.M)
+# `curl ARGS   # {"workflows": ...}` -> `expect_json '{' ARGS`
+EXPECTED_JSON = re.compile(r"^([ \t]*)curl[ \t]+(.*?)[ \t]+#[ \t]*([\[{]).*$", re.M)
 
 PRELUDE = r"""
 set -euo pipefail
@@ -55,6 +59,17 @@ expect_status() {  # expect_status STATUS ERROR_CODE CURL_ARGS...
   if ! printf '%s' "$body" | grep -Eq "\"error\": ?\"$code\""; then
     echo "expected error $code in the body" >&2; return 1
   fi
+}
+expect_json() {  # expect_json '{'|'[' CURL_ARGS...: the answer is a JSON object, or a list
+  local want=$1 body
+  shift
+  body=$(curl "$@")
+  printf '%s\n' "$body"
+  printf '%s' "$body" | python3 -c '
+import json, sys
+kind = dict if sys.argv[1] == "{" else list
+if not isinstance(json.load(sys.stdin), kind):
+    sys.exit(f"the comment shows a JSON {kind.__name__}, the answer is not one")' "$want"
 }
 """
 
@@ -85,6 +100,7 @@ def blocks(page: Path) -> list[Block]:
 def script(block: Block) -> str:
     """Return the bash script that runs a sh block under the two rules."""
     body = EXPECTED_ERROR.sub(r"\1expect_status \3 \4 \2", block.text)
+    body = EXPECTED_JSON.sub(r"\1expect_json '\3' \2", body)
     return PRELUDE + body
 
 

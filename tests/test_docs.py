@@ -130,6 +130,42 @@ def test_the_readme_links_every_page_of_docs():
         assert page.resolve() in linked, f"README.md does not link to docs/{page.name}"
 
 
+def test_the_readmes_documentation_table_lists_every_page_of_docs():
+    # Linked somewhere is not enough: the table under "## Documentation" is where a newcomer looks.
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Documentation\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| \[[^\]]*\]\(([^)#]+)\) \|", section, re.M)
+    for page in DOCS.glob("*.md"):
+        assert f"docs/{page.name}" in rows, f"README.md's documentation table has no row for docs/{page.name}"
+
+
+def command_list() -> str:
+    """Return the command list of docs/api.md: the ```text block under "## Command line"."""
+    section = (DOCS / "api.md").read_text().split("\n## Command line\n", 1)[1]
+    return FENCE.search(section).group(2)
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_every_command_is_in_the_command_list(command):
+    listed = re.findall(r"^batchy ([\w-]+)", command_list(), re.M)
+    assert command in listed, f"batchy {command} is not in docs/api.md's command list (## Command line)"
+
+
+def test_an_inline_copy_of_the_alert_rules_is_the_file():
+    # One file, one truth: a page may show docs/batchy-alerts.yml, but only as it is.
+    rules = (DOCS / "batchy-alerts.yml").read_text()
+    copies = [m.group(2) for page in PAGES for m in FENCE.finditer(page.read_text()) if "- alert:" in m.group(2)]
+    assert copies, "docs/operations.md shows the alert rules"
+    for copy in copies:
+        assert copy == rules, "an inline copy of the alert rules differs from docs/batchy-alerts.yml: paste the file"
+
+
+@pytest.mark.parametrize("page", [*PAGES, *sorted(DOCS.glob("*.yml"))], ids=lambda p: p.name)
+def test_every_test_file_the_docs_name_exists(page):
+    for name in set(re.findall(r"\btests/[\w/]+\.py\b", page.read_text())):
+        assert (ROOT / name).exists(), f"{page.name} names {name}, which does not exist"
+
+
 def test_the_readme_stays_short():
     # The README is what a newcomer reads first; reference material belongs in docs/.
     assert len((ROOT / "README.md").read_text().splitlines()) <= 300

@@ -59,6 +59,23 @@ def test_history_newest_first_with_pagination_and_batch_lookup(env):
     assert client.get("/history/nope").status_code == 404
 
 
+def test_each_count_of_a_history_entry_says_what_it_is(env):
+    # Issue 22, item 9: a whole close of 1234 showed 1234 on the batch and on each job, with nothing to tell.
+    client, *_ = env
+    run(client, records_processed=1234)
+    entry = client.get("/history/wf1?limit=1").json["batches"][0]
+    assert entry["records_processed"] == 1234
+    assert {name: (job["records_processed"], job["records_scope"]) for name, job in entry["jobs"].items()} == {
+        "s_extract": (1234, "batch"), "s_load": (1234, "batch")}
+    batch_id = client.get("/open_batch/wf1").json["s_extract"]["batch_id"]
+    client.get(f"/close_batch/wf1?job=s_extract&records_processed=10&batch_id={batch_id}")
+    client.get(f"/close_batch/wf1?records_processed=5&batch_id={batch_id}")  # the one job left: its own count
+    entry = client.get("/history/wf1?limit=1").json["batches"][0]
+    assert entry["records_processed"] == 15
+    assert {name: (job["records_processed"], job["records_scope"]) for name, job in entry["jobs"].items()} == {
+        "s_extract": (10, None), "s_load": (5, None)}
+
+
 def test_batches_search_by_time_status_and_workflow(env):
     client, _redis, write_cfg, _ = env
     write_cfg("wf2", "j:\n")

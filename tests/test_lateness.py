@@ -42,6 +42,21 @@ def test_a_job_is_late_without_a_success_in_its_period():
     assert lateness.job_lateness(paris, {"expected_by": "06:00"}, at("2024-03-05 06:00")) is None  # 00:30 Paris
 
 
+def test_late_and_stuck_times_are_to_the_second():
+    # Issue 22, item 10: a fractional max_age_hours or max_open_hours showed microseconds in /late.
+    now = at("2024-03-05 09:00:00.123456")
+    job = {"status": "success", "last_success_end": "2024-03-05T03:00:00+00:00"}
+    late = lateness.job_lateness(job, {"max_age_hours": 0.3333}, now)  # 1199.88 s
+    assert late["since"] == "2024-03-05T03:19:59+00:00"
+    paris = {**job, "timezone": "Europe/Paris"}
+    assert lateness.job_lateness(paris, {"max_age_hours": 1.0001}, now)["since"] == "2024-03-05T05:00:00+01:00"
+    stuck = lateness.workflow_stuck({"a": {"status": "open", "batch_start": "2024-03-05T03:00:00+00:00"}},
+                                    {"max_open_hours": 0.3333}, now)
+    assert stuck["since"] == "2024-03-05T03:19:59+00:00"
+    for found in (late, stuck):
+        assert not any("." in word for word in found["reason"].split() if word[:4] == "2024"), found["reason"]
+
+
 @pytest.mark.parametrize("key, value", [("expected_by", "25:00"), ("expected_by", "61 * * * *"),
                                         ("expected_by", 6), ("max_age_hours", 0), ("max_open_hours", -1)])
 def test_bad_settings_are_refused(key, value):
@@ -85,7 +100,7 @@ def test_the_alert_rules_check_with_promtool():
     result = subprocess.run([promtool, "check", "rules", str(ROOT / "docs" / "batchy-alerts.yml")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_every_metric_the_alerts_use_is_exported(fake_redis, cfg_dir):

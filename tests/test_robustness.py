@@ -235,10 +235,12 @@ def test_a_405_never_leaves_its_allow_header_on_later_errors(fake_redis, cfg_dir
     assert later.status_code == 404 and "Allow" not in later.headers
 
 
-def test_not_found_names_the_configured_folder(fake_redis, tmp_path):
+def test_not_found_names_the_configured_folder_in_the_log_only(fake_redis, tmp_path, caplog):
     client = make_app(fake_redis, tmp_path / "flows").test_client()
-    message = client.get("/get_status/nosuch").json["message"]
-    assert f"create {tmp_path / 'flows'}/nosuch.yaml" in message and "create cfg/" not in message
+    with caplog.at_level("INFO", logger="batchy"):
+        message = client.get("/get_status/nosuch").json["message"]
+    assert "BATCHY_CFG_DIR" in message and str(tmp_path) not in message
+    assert str(tmp_path / "flows") in caplog.text
 
 
 def test_a_retried_open_with_its_idempotency_key_answers_the_same_batch(any_client):

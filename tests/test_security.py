@@ -1,11 +1,16 @@
 """The token rule on every mutating route, and secrets kept out of logs."""
+import json
+import os
 import re
+import signal
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from batchy.testing import RedisServer, ServiceProcess
+from batchy.testing import RedisServer, ServiceProcess, wait_for
+from batchy.web import http
 
 from .conftest import make_app
 
@@ -94,3 +99,98 @@ def test_protected_reads_are_configurable(fake_redis, cfg_dir):
         assert client.get(path).status_code == 401, path
         assert client.get(path, headers=bearer("r")).status_code == 200, path
     assert client.get("/events/wf1").status_code == 200  # not listed: open
+
+
+# -- rotating tokens without a restart (issue 22, item 11) ------------------------------
+
+def write_tokens(path, text: str) -> None:
+    """Replace the tokens file in one step, as docs/operations.md says: write aside, then rename."""
+    aside = f"{path}.new"
+    with open(aside, "w") as fh:
+        fh.write(text)
+    os.replace(aside, path)
+
+
+def test_the_tokens_file_is_read_again_when_it_changes(fake_redis, cfg_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(http, "TOKENS_CHECK_SECONDS", 0.0)  # look at the file on every request
+    tokens = tmp_path / "tokens"
+    write_tokens(tokens, "# rotated by the deploy\nBATCHY_API_TOKEN=old\n")
+    client = make_app(fake_redis, cfg_dir, BATCHY_API_TOKEN="from-the-environment",
+                      BATCHY_TOKENS_FILE=str(tokens)).test_client()
+
+    def status(token):
+        return client.post("/load_cfg/wf1", headers={"Authorization": f"Bearer {token}"}).status_code
+
+    assert (status("old"), status("from-the-environment")) == (200, 401)  # the file replaces the setting
+    write_tokens(tokens, "BATCHY_API_TOKEN=new\nBATCHY_API_TOKENS='old'\n")
+    assert (status("new"), status("old")) == (200, 200)
+    write_tokens(tokens, "BATCHY_API_TOKEN=new\nBATCHY_READ_TOKENS=reader\n")
+    assert (status("new"), status("old")) == (200, 401)
+    assert client.get("/events/wf1").status_code == 401  # the read token came in too
+    with caplog.at_level("ERROR", logger="batchy"):
+        write_tokens(tokens, "BATCHY_API_TOKN=typo\n")  # a broken file keeps the tokens in force
+        assert (status("new"), status("")) == (200, 401)
+        os.unlink(tokens)
+        assert (status("new"), status("")) == (200, 401)
+    assert "keeping the tokens in force" in caplog.text and "typo" not in caplog.text
+    with pytest.raises(SystemExit, match="BATCHY_TOKENS_FILE"):  # at start, a missing file is an error
+        make_app(fake_redis, cfg_dir, BATCHY_TOKENS_FILE=str(tokens))
+
+
+def post(url: str, token: str) -> int:
+    req = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {token}"})
+    try:
+        return urllib.request.urlopen(req, timeout=10).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def statuses(svc, path: str, *tokens: str, times: int = 6) -> set[tuple[int, ...]]:
+    """Return the (status per token) seen over several calls: every worker answers one."""
+    return {tuple(post(svc.url + path, token) for token in tokens) for _ in range(times)}
+
+
+@pytest.mark.slow  # a gunicorn service with two workers, and waits of a second
+def test_tokens_rotate_in_a_running_service_without_a_restart(redis_server, cfg_dir, tmp_path):
+    tokens = tmp_path / "tokens"
+    write_tokens(tokens, "BATCHY_API_TOKEN=old\n")
+    svc = ServiceProcess(redis_server.url, str(cfg_dir), env={"BATCHY_TOKENS_FILE": str(tokens)}).start()
+    try:
+        assert statuses(svc, "/load_cfg/wf1", "old", "new") == {(200, 401)}
+        write_tokens(tokens, "BATCHY_API_TOKEN=new\nBATCHY_API_TOKENS=old\n")  # step 1: both
+        time.sleep(http.TOKENS_CHECK_SECONDS + 0.3)
+        assert statuses(svc, "/load_cfg/wf1", "old", "new") == {(200, 200)}
+        write_tokens(tokens, "BATCHY_API_TOKEN=new\n")  # step 3: the old one goes
+        time.sleep(http.TOKENS_CHECK_SECONDS + 0.3)
+        assert statuses(svc, "/load_cfg/wf1", "old", "new") == {(401, 200)}
+        log = svc.log()
+        assert svc.proc.poll() is None and log.count("Booting worker") == 2 and "Hang up" not in log
+        assert "tokens read again" in log
+    finally:
+        svc.stop()
+
+
+@pytest.mark.slow  # real gunicorn masters and real signals
+@pytest.mark.parametrize("store", ["redis", "embedded"])
+def test_sighup_applies_new_tokens_and_keeps_the_state(redis_server, cfg_dir, tmp_path, store):
+    tokens = tmp_path / "tokens"
+    write_tokens(tokens, "BATCHY_API_TOKEN=old\n")
+    url = redis_server.url if store == "redis" else ""
+    svc = ServiceProcess(url, str(cfg_dir), env={"BATCHY_TOKENS_FILE": str(tokens)}, workers=1).start()
+    try:
+        assert post(svc.url + "/load_cfg/wf1", "old") == 200 and post(svc.url + "/open_batch/wf1", "old") == 200
+        write_tokens(tokens, "BATCHY_API_TOKEN=new\n")
+        os.kill(svc.proc.pid, signal.SIGHUP)  # the gunicorn master
+        wait_for(lambda: "Hang up" in svc.log() or "SIGHUP" in svc.log(), what="the master's SIGHUP")
+        if store == "redis":  # gunicorn's own reload: a new worker reads the settings afresh
+            wait_for(lambda: svc.log().count("Booting worker") == 2, what="a new worker")
+        dry_run = "/open_batch/wf1?dry_run=true"  # token-guarded, changes nothing
+        wait_for(lambda: statuses(svc, dry_run, "old", "new", times=1) == {(401, 200)}, timeout=10,
+                 what="the new token")
+        assert statuses(svc, dry_run, "old", "new") == {(401, 200)}
+        with urllib.request.urlopen(svc.url + "/get_status/wf1", timeout=10) as resp:
+            state = json.loads(resp.read())
+        assert {job["status"] for job in state.values()} == {"open"}, "the SIGHUP lost the open batch"
+        assert svc.proc.poll() is None
+    finally:
+        svc.stop()

@@ -320,6 +320,13 @@ def test_a_hole_behind_the_watermark_is_missed_at_once(svc, workflow, hourly, ca
     hole = f"[{(start + timedelta(hours=1)).isoformat()}, {(start + timedelta(hours=3)).isoformat()})"
     assert f"never covered: {hole} lies behind the watermark" in out, out
     assert "rewind or backfill that range" in out and "missed, it can never be ready" in out
+    # Issue 22, item 10: with --tz the reason speaks that zone's time, as the rest of the answer does.
+    assert waitsy.main(["-wf", wf, "--url", svc.url, "--through", "now", "--tz", "Asia/Kolkata"]) == EXIT_MISSED
+    out = capsys.readouterr().out
+    kolkata = ZoneInfo("Asia/Kolkata")
+    hole = f"[{(start + timedelta(hours=1)).astimezone(kolkata).isoformat()}, " \
+           f"{(start + timedelta(hours=3)).astimezone(kolkata).isoformat()})"
+    assert f"never covered: {hole} lies behind the watermark" in out and "+00:00" not in out, out
 
 
 def test_a_gate_becomes_missed_while_waiting(svc, workflow, hourly, redis_commands, capsys):

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS",
                         help="print a still-waiting line this often (default: %(default)s)")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings (stderr)")
+    output.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors and warnings (stderr)")
     output.add_argument("--json", action="store_true", help="print one JSON object per line instead of text")
     return parser
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 import click
 
 from ..client import Batchy
-from .output import limit_option, pairs, service_command, show, state_table, table
+from .output import limit_option, pairs, service_command, show, table
 
 PAUSE_COLUMNS = ["scope", "since", "actor", "message"]
+# What set-from-date and rewind change: where the next batch of each job starts.
+WATERMARK_COLUMNS = ["job", "status", "batch_id", "from_date", "to_date", "next_from_date"]
+
+
+def _watermark_table(state: dict) -> str:
+    return table([{"job": job, **fields} for job, fields in state.items()], WATERMARK_COLUMNS)
 
 
 @service_command("set-from-date")
@@ -16,7 +22,7 @@ PAUSE_COLUMNS = ["scope", "since", "actor", "message"]
 @click.option("--force", is_flag=True, help="Even while a batch is open.")
 def set_from_date(wf, from_date, job, force):
     """Make the next batch of WF extract from FROM_DATE exactly (ISO-8601)."""
-    show(Batchy().set_from_date(wf, from_date, job=job, force=force), state_table)
+    show(Batchy().set_from_date(wf, from_date, job=job, force=force), _watermark_table)
 
 
 @service_command()
@@ -26,7 +32,7 @@ def set_from_date(wf, from_date, job, force):
 @click.option("--force", is_flag=True, help="Even while a batch is open.")
 def rewind(wf, batch_id, job, force):
     """Make the next batch of WF extract from where BATCH_ID started."""
-    show(Batchy().rewind(wf, batch_id, job=job, force=force), state_table)
+    show(Batchy().rewind(wf, batch_id, job=job, force=force), _watermark_table)
 
 
 @service_command()

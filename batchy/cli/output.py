@@ -65,8 +65,33 @@ def service_errors():
         raise Failed(f"cannot reach Batchy at {Batchy().url}: {exc}", EXIT_UNAVAILABLE) from None
 
 
+# The client reads BATCHY_URL and BATCHY_API_TOKEN: --url and --token set them while their
+# command runs, as `BATCHY_URL=... batchy status wf1` would, and put them back after.
+_ENV_OF = {"url": "BATCHY_URL", "token": "BATCHY_API_TOKEN"}
+
+
+def _connection(ctx, param, value):
+    if value is None:
+        return
+    name = _ENV_OF[param.name]
+    before = os.environ.get(name)
+
+    def restore():
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+    os.environ[name] = value
+    ctx.call_on_close(restore)
+
+
 def output_options(fn):
-    """Add --json/--table and --quiet to a command."""
+    """Add --json/--table, --quiet, --url and --token to a command: waitsy's common flags too."""
+    fn = click.option("--token", metavar="TOKEN", expose_value=False, callback=_connection,
+                      help="API token (default: $BATCHY_API_TOKEN).")(fn)
+    fn = click.option("--url", metavar="URL", expose_value=False, callback=_connection,
+                      help="The Batchy service (default: $BATCHY_URL, else http://127.0.0.1:5000).")(fn)
     fn = click.option("--quiet", "-q", is_flag=True, help="Print nothing on success: the exit code says.")(fn)
     return click.option("--json/--table", "as_json", default=None,
                         help="JSON (the default when stdout is not a terminal) or a table (on a terminal).")(fn)

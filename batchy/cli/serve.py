@@ -7,16 +7,19 @@ import logging
 import click
 
 from .. import settings as settings_mod
+from ..settings import write_tokens
 
 
 @click.command()
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")
+@click.option("--host", default=None,
+              help="Address to bind (0.0.0.0: every interface). Default: 127.0.0.1 unless a write token is set.")
 @click.option("--port", default=5000, show_default=True, type=int, help="Port to bind.")
 @click.option("--workers", type=int, default=None, help="gunicorn worker processes [BATCHY_WORKERS].")
 @click.option("--threads", type=int, default=None, help="Threads per worker [BATCHY_THREADS].")
 def serve(host, port, workers, threads):
     """Run the service under gunicorn."""
     from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
 
     from ..web.db import EMBEDDED_WARNING
 
@@ -26,6 +29,7 @@ def serve(host, port, workers, threads):
         click.secho("WARNING: " + EMBEDDED_WARNING, fg="red", bold=True, err=True)
         workers = 1  # the embedded store lives inside one process
     logging.basicConfig(level=conf["BATCHY_LOG_LEVEL"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host = _announce_host(host, port, conf)
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
@@ -46,6 +50,19 @@ def serve(host, port, workers, threads):
         "control_socket_disable": True,
     }
 
+    embedded = not conf["BATCHY_REDIS_URL"]
+
+    class Master(Arbiter):
+        def handle_hup(self):
+            # gunicorn's SIGHUP starts new workers, which read the settings and
+            # BATCHY_TOKENS_FILE afresh; the embedded store lives in its one worker and would
+            # be lost with it, and its worker reads the tokens file within a second of a change.
+            if embedded:
+                self.log.warning("SIGHUP: the embedded store lives in its worker, which keeps running "
+                                 "(a new one would start empty); BATCHY_TOKENS_FILE is read again when it changes")
+                return
+            super().handle_hup()
+
     class Server(BaseApplication):
         def load_config(self):
             for key, value in options.items():
@@ -58,7 +75,35 @@ def serve(host, port, workers, threads):
             _json_gunicorn_errors()
             return create_app()
 
+        def run(self):  # BaseApplication.run, with our Master
+            try:
+                Master(self).run()
+            except RuntimeError as exc:
+                raise click.ClickException(str(exc)) from None
+
     Server().run()
+
+
+def _announce_host(host: str | None, port: int, conf: dict) -> str:
+    """Return the address to bind, and say on stderr who can reach the service.
+
+    Without a write token anyone who reaches the port may change state: listen on every
+    interface only with one, or when told to with --host.
+    """
+    guarded = bool(write_tokens(conf))
+    if host is None:
+        host = "0.0.0.0" if guarded else "127.0.0.1"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if host in ("127.0.0.1", "::1", "localhost"):
+        click.echo(f"batchy: listening on {where}, this host only"
+                   + ("" if guarded else " (no BATCHY_API_TOKEN is set); --host 0.0.0.0 listens on every interface"),
+                   err=True)
+    elif guarded:
+        click.echo(f"batchy: listening on {where}; changes need a write token", err=True)
+    else:
+        click.secho(f"WARNING: listening on {where} without a write token: whoever reaches it can change state "
+                    "(set BATCHY_API_TOKEN)", fg="red", bold=True, err=True)
+    return host
 
 
 def _json_gunicorn_errors() -> None:

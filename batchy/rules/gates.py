@@ -33,23 +33,26 @@ def moment(text: str, now: datetime, tz: tzinfo, name: str) -> datetime:
 
 
 def coverage_verdict(jobs: dict[str, dict], ledgers: dict[str, list], selected: list[str], since: datetime,
-                     through: datetime) -> dict:
-    """Return {"state", "ready", "missing", "failed", "jobs": {job: {...}}} for [since, through)."""
+                     through: datetime, tz: tzinfo = times.UTC) -> dict:
+    """Return {"state", "ready", "missing", "failed", "jobs": {job: {...}}} for [since, through).
+
+    Times in reasons and holes are written in tz, the gate's zone (waitsy's --tz).
+    """
     low, high = since.timestamp(), through.timestamp()
     detail = {}
     for name in selected:
         job = jobs[name]
         ledger = ledgers.get(name) or []
         holes = coverage.holes(ledger, low, high)
-        state, reason = READY, f"covered from {times.format_time(since)} to {times.format_time(through)}"
+        state, reason = READY, f"covered from {times.format_time(since, tz)} to {times.format_time(through, tz)}"
         if holes:
-            state, reason = WAITING, f"not yet covered: {_show(holes)}"
+            state, reason = WAITING, f"not yet covered: {_show(holes, tz)}"
             stuck = [h for h in holes if _behind(job, h)]
             if stuck:
-                state, reason = MISSED, (f"never covered: {_show(stuck)} lies behind the watermark and no open "
+                state, reason = MISSED, (f"never covered: {_show(stuck, tz)} lies behind the watermark and no open "
                                          "window covers it; rewind or backfill that range")
         detail[name] = {"state": state, "status": job.get("status"), "batch_id": job.get("batch_id"),
-                        "holes": [[times.format_time(_at(a)), times.format_time(_at(b))] for a, b in holes],
+                        "holes": [[times.format_time(_at(a), tz), times.format_time(_at(b), tz)] for a, b in holes],
                         "reason": reason}
     missed = [n for n, d in detail.items() if d["state"] == MISSED]
     missing = [n for n, d in detail.items() if d["state"] != READY]
@@ -107,6 +110,6 @@ def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, times.UTC)
 
 
-def _show(intervals: list) -> str:
-    return ", ".join(f"[{times.format_time(_at(a))}, {times.format_time(_at(b))})" for a, b in intervals[:3]) + \
-        (f" and {len(intervals) - 3} more" if len(intervals) > 3 else "")
+def _show(intervals: list, tz: tzinfo = times.UTC) -> str:
+    shown = ", ".join(f"[{times.format_time(_at(a), tz)}, {times.format_time(_at(b), tz)})" for a, b in intervals[:3])
+    return shown + (f" and {len(intervals) - 3} more" if len(intervals) > 3 else "")

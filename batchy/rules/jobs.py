@@ -85,6 +85,8 @@ def summarize_batch(batch_id: int, jobs: dict[str, dict]) -> dict:
             "batch_end": end,
             "duration_seconds": (parse_time(end) - parse_time(start)).total_seconds() if start and end else None,
             "records_processed": job.get("records_processed"),
+            # "batch": that number is the whole batch's (a whole-workflow close), not this job's own
+            "records_scope": job.get("records_scope"),
             "message": job.get("message"),
         }
     return {

@@ -72,6 +72,11 @@ def due(expected_by: str, now: datetime, tz) -> tuple[datetime, datetime]:
     return it.get_prev(datetime).astimezone(times.UTC), due_at.astimezone(times.UTC)
 
 
+def _text(moment: datetime, tz=times.UTC) -> str:
+    """Return moment to the second: fractional hours would otherwise show microseconds."""
+    return times.format_time(moment.replace(microsecond=0), tz)
+
+
 def job_lateness(job: dict, settings: dict, now: datetime) -> dict | None:
     """Return {"kind": "late", "reason", "since"} when the job is late at now, else None."""
     # A bad stored value is skipped here (setting_problem reports it): never a crash for every workflow.
@@ -82,14 +87,14 @@ def job_lateness(job: dict, settings: dict, now: datetime) -> dict | None:
     if expected_by:
         start, due_at = due(expected_by, now, tz)
         if success is None or success < start:
-            return {"kind": "late", "since": times.format_time(due_at, tz),
-                    "reason": f"no success since {times.format_time(start, tz)}, due by "
-                              f"{times.format_time(due_at, tz)} (expected_by {expected_by})"}
+            return {"kind": "late", "since": _text(due_at, tz),
+                    "reason": f"no success since {_text(start, tz)}, due by "
+                              f"{_text(due_at, tz)} (expected_by {expected_by})"}
     if max_age:
         limit = now - timedelta(hours=max_age)
         if success is None or success < limit:
-            last = times.format_time(success, tz) if success else "never"
-            return {"kind": "late", "since": times.format_time((success or limit) + timedelta(hours=max_age), tz)
+            last = _text(success, tz) if success else "never"
+            return {"kind": "late", "since": _text((success or limit) + timedelta(hours=max_age), tz)
                     if success else None,
                     "reason": f"last success {last}, older than max_age_hours {max_age:g}"}
     return None
@@ -101,8 +106,8 @@ def workflow_stuck(jobs: dict[str, dict], settings: dict, now: datetime) -> dict
     since = open_since(jobs)
     if not limit or since is None or now - since <= timedelta(hours=limit):
         return None
-    return {"kind": "stuck", "since": times.format_time(since + timedelta(hours=limit)),
-            "reason": f"a batch open since {times.format_time(since)}, longer than max_open_hours {limit:g}"}
+    return {"kind": "stuck", "since": _text(since + timedelta(hours=limit)),
+            "reason": f"a batch open since {_text(since)}, longer than max_open_hours {limit:g}"}
 
 
 def late_list(overview: dict[str, dict], now: datetime) -> list[dict]:

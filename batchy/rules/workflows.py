@@ -5,6 +5,7 @@ field and setting may hold is declared in fields.py.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import yaml
@@ -14,6 +15,8 @@ from ..errors import ConfigNotFound, InvalidConfig
 from .fields import RUNTIME_FIELDS
 from .jobs import Status
 from .validation import BadDate, check_sections, check_value, fill_job, has_surrogate
+
+log = logging.getLogger("batchy")
 
 __all__ = ["Config", "check_settings", "check_value", "fill_job", "has_surrogate", "merge", "parse_config",
            "read_config"]
@@ -74,8 +77,10 @@ def config_path(cfg_dir: str, wf: str) -> str:
         path = os.path.join(cfg_dir, wf + ext)
         if os.path.isfile(path):
             return path
+    # No server path in the answer, whoever calls may not be the operator: the log has it.
+    log.info("no workflow file %s.yaml (or .yml) in %s", wf, os.path.abspath(cfg_dir))
     raise ConfigNotFound(
-        f"no workflow file {wf}.yaml in {os.path.abspath(cfg_dir)}", workflow=wf
+        f"no workflow file {wf}.yaml (or .yml) in the service's workflow folder (BATCHY_CFG_DIR)", workflow=wf
     )
 
 

@@ -16,6 +16,8 @@ check in COMMIT still guards across processes.
 """
 from __future__ import annotations
 
+import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -25,11 +27,14 @@ from ..errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFoun
 from ..rules.formats import dumps
 from ..rules.jobs import decode
 from ..rules.state import Change, State
+from ..rules.workflows import config_path
 from . import bookkeeping, keys, scripts
 from .cache import StateCache
 from .clock import Clock
 from .connections import Transport
 from .locks import LockTable
+
+log = logging.getLogger("batchy")
 
 # A writer gives up with 409 busy only past its time budget and after this many tries.
 MIN_ATTEMPTS = 5
@@ -69,7 +74,12 @@ class Committer:
         self._wait_timeout = settings["BATCHY_REDIS_WAIT_TIMEOUT_MS"]
 
     def not_found(self, wf: str) -> WorkflowNotFound:
-        return WorkflowNotFound.named(wf, self.cfg_dir)
+        try:
+            path = config_path(self.cfg_dir, wf)  # logs where it looked when there is none
+        except BatchyError:  # no file, or a name no file can have
+            return WorkflowNotFound.named(wf)
+        log.info("workflow %s is not loaded; its file is %s", wf, os.path.abspath(path))
+        return WorkflowNotFound.named(wf, has_file=True)
 
     # -- reading a state -------------------------------------------------------
 

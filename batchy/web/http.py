@@ -5,15 +5,21 @@ import difflib
 import functools
 import hmac
 import json
+import logging
+import os
+import time
 from datetime import datetime
 from typing import NamedTuple
 
 from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
+from .. import settings
 from ..rules import formats, names, workflows
 from ..errors import InvalidParameter, Unauthorized
 from ..rules.times import UTC, has_offset, parse_input_time
+
+log = logging.getLogger("batchy")
 
 MAX_MESSAGE = 4096
 MAX_WHOLE = 2**53
@@ -121,6 +127,57 @@ def _bearer_matches(tokens: tuple[str, ...]) -> bool:
     # Compare with every token, so the time taken says nothing about which one matched.
     found = [hmac.compare_digest(given_bytes, token.encode()) for token in tokens]
     return scheme.lower() == "bearer" and any(found)
+
+
+# How often a process looks at BATCHY_TOKENS_FILE's mtime, size and inode (one stat).
+TOKENS_CHECK_SECONDS = 1.0
+
+
+class TokensFile:
+    """BATCHY_TOKENS_FILE, read again when it changes: tokens rotate without a restart.
+
+    A file that cannot be read or parsed keeps the tokens in force (never an open API), and
+    says why in the log once per version of the file.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._seen = self._signature()  # create_app read this version (settings.load)
+        self._next = 0.0
+
+    def _signature(self):
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            return repr(exc)
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def refresh(self, config) -> None:
+        """Put the file's tokens in config if it changed since last read (at most once a second)."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + TOKENS_CHECK_SECONDS
+        seen = self._signature()
+        if seen == self._seen:
+            return
+        self._seen = seen
+        try:
+            values = settings.read_tokens_file(self.path)
+        except (OSError, ValueError) as exc:
+            log.error("BATCHY_TOKENS_FILE: keeping the tokens in force: %s", exc)
+            return
+        config.update(values)
+        log.warning("tokens read again from %s (%s)", self.path,
+                    ", ".join(f"{name}: {len(_split(values[name]))}" for name in settings.TOKEN_SETTINGS))
+
+
+def watch_tokens(app) -> None:
+    """Re-read BATCHY_TOKENS_FILE, when set, before a request once it changed."""
+    if not app.config.get("BATCHY_TOKENS_FILE"):
+        return
+    tokens = TokensFile(app.config["BATCHY_TOKENS_FILE"])
+    app.before_request(lambda: tokens.refresh(app.config))
 
 
 def check_token(config=None) -> None:

@@ -18,6 +18,12 @@ bp = Blueprint("openapi", __name__)
 BLUEPRINTS = (api.bp, backfill.bp, wait.bp, dashboard.bp, metrics.bp, bp)
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_INT = {"type": ["integer", "null"]}
+# What the counts of a history entry are (docs/api.md#history); summarize_batch computes them.
+RECORDS_OF_A_BATCH = ("Rows of the whole batch: the sum of the counts its jobs were closed with one by one, plus "
+                      "the count of a whole-workflow close once (not once per job it closed); null when none "
+                      "was reported.")
+RECORDS_OF_A_JOB = ("What the close or fail of this job reported: its own count, or with records_scope batch the "
+                    "whole batch's count given to a whole-workflow close (the same number on each job it ended).")
 
 SCHEMAS = {
     "LoadAll": {
@@ -92,8 +98,11 @@ SCHEMAS = {
             "batch_start": NULLABLE_STRING,
             "batch_end": NULLABLE_STRING,
             "duration_seconds": {"type": ["number", "null"]},
-            "records_processed": NULLABLE_INT,
-            "jobs": {"type": "object", "additionalProperties": {"type": "object"}},
+            "records_processed": {**NULLABLE_INT, "description": RECORDS_OF_A_BATCH},
+            "jobs": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                "records_processed": {**NULLABLE_INT, "description": RECORDS_OF_A_JOB},
+                "records_scope": {"type": ["string", "null"], "enum": ["batch", None],
+                                  "description": "batch: records_processed is the whole batch's count."}}}},
         },
     },
     "History": {

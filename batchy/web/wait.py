@@ -137,7 +137,7 @@ def wait(wf):
         if through is not None:
             found, ledgers = state
             selected = _selected(wf, found, jobs)
-            result = gates.coverage_verdict(found, ledgers, selected, since, through)
+            result = gates.coverage_verdict(found, ledgers, selected, since, through, tz)
             if result["state"] != gates.MISSED:
                 return result
             # What backfills fill is read before the ledger is read again: a chunk that
@@ -147,7 +147,7 @@ def wait(wf):
             if again != state:  # changed meanwhile (rarely): judge what is there now
                 found, ledgers = again
                 selected = _selected(wf, found, jobs)
-                result = gates.coverage_verdict(found, ledgers, selected, since, through)
+                result = gates.coverage_verdict(found, ledgers, selected, since, through, tz)
             return gates.refilled(result, filling)
         return gates.date_missed(readiness.verdict(state, jobs, day, tz, wf), day, today)
 
