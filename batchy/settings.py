@@ -36,6 +36,13 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"must be >= 0: {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -181,6 +188,15 @@ SETTINGS: tuple[Setting, ...] = (
         "`too_many_waiters`); `batchy serve` adds this many threads to BATCHY_THREADS, so "
         "waiters never take the threads other requests need.",
         _positive_int,
+    ),
+    Setting(
+        "BATCHY_FLEET_INTERVAL",
+        10.0,
+        "Seconds each service process reuses what it read of the whole fleet: the dashboard's "
+        "summary, order and filter, `/metrics` and `/late`. An older read is answered while the "
+        "next is made in the background (one at a time per process); the rows the dashboard "
+        "shows are always read fresh. 0: read the fleet on every request (small fleets, tests).",
+        _non_negative_float,
     ),
     Setting("BATCHY_LOG_LEVEL", "INFO", "Python log level of the service."),
     Setting(
