@@ -36,6 +36,13 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def _detail(value: str) -> str:
+    text = str(value).strip().lower()
+    if text not in ("job", "workflow"):
+        raise ValueError(f"must be job or workflow: {value!r}")
+    return text
+
+
 def _non_negative_float(value: str) -> float:
     number = float(value)
     if number < 0:
@@ -197,6 +204,14 @@ SETTINGS: tuple[Setting, ...] = (
         "next is made in the background (one at a time per process); the rows the dashboard "
         "shows are always read fresh. 0: read the fleet on every request (small fleets, tests).",
         _non_negative_float,
+    ),
+    Setting(
+        "BATCHY_METRICS_DETAIL",
+        "job",
+        "`job`: `/metrics` has series per job (status, last success, late, holes, records); "
+        "`workflow`: per workflow only, each job figure summed or counted per workflow, to bound "
+        "the series of a large fleet ([how many](#series-per-detail)).",
+        _detail,
     ),
     Setting("BATCHY_LOG_LEVEL", "INFO", "Python log level of the service."),
     Setting(

@@ -103,10 +103,19 @@ class Fleet:
         self.interval = interval
         self.clock = clock or time.monotonic
         self.summaries = self.periodic(self._summaries)
+        self._kept: dict[str, Periodic] = {}
+        self._lock = threading.Lock()
 
     def periodic(self, derive: Callable[[FleetRead], object]) -> Periodic:
         """Return derive(a read of the fleet), kept for the fleet's interval."""
         return Periodic(lambda: derive(self.read()), self.interval, self.clock)
+
+    def kept(self, name: str, derive: Callable[[FleetRead], object]) -> Periodic:
+        """Return the Periodic named name, made once per process from derive (/metrics, /late)."""
+        with self._lock:
+            if name not in self._kept:
+                self._kept[name] = self.periodic(derive)
+            return self._kept[name]
 
     def read(self) -> FleetRead:
         """Read every workflow: the clock, names, states and bookkeeping, pauses, running backfills."""
