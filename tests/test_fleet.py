@@ -39,6 +39,19 @@ def test_a_value_is_computed_once_per_interval_and_refreshed_in_the_background()
     assert kept.get() == 2 and kept.computed == 3
 
 
+def test_a_warm_up_gives_the_first_request_its_value():
+    gate, values = threading.Event(), iter(range(100))
+
+    def slow():
+        gate.wait(5)
+        return next(values)
+
+    kept = Periodic(slow, interval=10, clock=Clock())
+    kept.warm()  # as a service process starts
+    gate.set()
+    assert kept.get() == 0 and kept.computed == 1  # waited for the warm-up, no read of its own
+
+
 def test_a_failed_refresh_keeps_the_last_value():
     clock, answers = Clock(), iter(["first", ConnectionError("redis went away"), "third"])
 
@@ -90,10 +103,10 @@ def test_the_dashboard_counts_the_fleet_once_per_interval_and_shows_its_rows_fre
     text = client.get("/").data.decode()
     assert '<b data-count="new">2</b>' in text  # the counts: as read at most 10 s ago
     assert text.count('data-status="open"') == 2  # the rows shown: read now
-    assert services_of(app).fleet.summaries.computed == 1
+    assert services_of(app).fleet.snapshot.computed == 1
     clock.now += 11
     client.get("/")  # answered from the old read while the next one is made
-    services_of(app).fleet.summaries.settle()
+    services_of(app).fleet.snapshot.settle()
     text = client.get("/").data.decode()
     assert '<b data-count="open">2</b>' in text and '<b data-count="new">0</b>' in text
     write_cfg("wf2", "a: {}\n")
@@ -101,8 +114,27 @@ def test_the_dashboard_counts_the_fleet_once_per_interval_and_shows_its_rows_fre
     assert 'data-workflow="wf2"' not in client.get("/").data.decode()  # listed from the next read on
     clock.now += 11
     client.get("/")
-    services_of(app).fleet.summaries.settle()
+    services_of(app).fleet.snapshot.settle()
     assert 'data-workflow="wf2"' in client.get("/").data.decode()
+
+
+def test_the_dashboard_metrics_and_late_share_one_read_of_the_fleet_per_interval(fake_redis, cfg_dir):
+    clock = Clock()
+    app = make_app(fake_redis, cfg_dir, BATCHY_FLEET_INTERVAL=10, FLEET_CLOCK=clock)
+    client = app.test_client()
+    client.post("/load_cfg/wf1")
+    fleet_of = services_of(app).fleet
+    for path in ("/", "/metrics", "/late"):  # each figure first asked for: derived from a read of its own
+        assert client.get(path).status_code == 200
+    assert fleet_of.reads == 3
+    clock.now += 11
+    client.get("/late")
+    fleet_of.snapshot.settle()  # one read in the background, every figure derived from it
+    assert fleet_of.reads == 4
+    for _ in range(3):
+        for path in ("/", "/metrics", "/late"):
+            assert client.get(path).status_code == 200
+    assert fleet_of.reads == 4 and fleet_of.snapshot.computed == 2
 
 
 # -- the pure summaries -----------------------------------------------------------

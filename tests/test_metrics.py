@@ -206,6 +206,6 @@ def test_the_fleet_is_read_once_per_interval_but_redis_up_on_every_scrape(cfg_di
     server.connected = True
     now[0] += 16
     scrape(client)  # answered from the last read while the next one is made
-    services_of(app).fleet.kept("metrics-job", None).settle()
+    services_of(app).fleet.snapshot.settle()
     got = scrape(client)
     assert got[("batchy_batches_opened_total", wf("wf1"))] == 1 and got[("batchy_redis_up", ())] == 1

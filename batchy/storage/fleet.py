@@ -60,10 +60,17 @@ class Periodic:
         if at is not None and now - at < self.max_stale:
             self._refresh_in_background()
             return self._value
+        if at is None:
+            self.settle(timeout=60.0)  # a warm-up started at the process' start: its value, not a second read
         with self._lock:
             if self._at is None or self.clock() - self._at >= self.max_stale:
                 self._store(self._run())
             return self._value
+
+    def warm(self) -> None:
+        """Compute the value in the background now, so that the first request finds it."""
+        if self.interval and self._at is None:
+            self._refresh_in_background()
 
     def _run(self):
         self.computed += 1
@@ -96,29 +103,54 @@ class Periodic:
 
 
 class Fleet:
-    """Every workflow at once: one read, and the figures derived from it, per interval."""
+    """Every workflow at once: one read per interval, and every figure derived from it.
+
+    Each figure (the dashboard's summaries, the /metrics text, /late's answer) is named and
+    derived from the same read, in the same pass: a process reads the fleet once per
+    interval however many pages ask.
+    """
 
     def __init__(self, store, backfills, interval: float, clock: Callable[[], float] | None = None):
         self.store, self.history, self.pauses, self.backfills = store, store.reads, store.pausing, backfills
         self.interval = interval
-        self.clock = clock or time.monotonic
-        self.summaries = self.periodic(self._summaries)
-        self._kept: dict[str, Periodic] = {}
+        self.reads = 0  # how many times the whole fleet was read: a test's window on the sharing
+        self._derive: dict[str, Callable[[FleetRead], object]] = {"summaries": self._summaries}
         self._lock = threading.Lock()
+        self.snapshot = Periodic(self._derive_all, interval, clock or time.monotonic)
 
-    def periodic(self, derive: Callable[[FleetRead], object]) -> Periodic:
-        """Return derive(a read of the fleet), kept for the fleet's interval."""
-        return Periodic(lambda: derive(self.read()), self.interval, self.clock)
+    def get(self, name: str, derive: Callable[[FleetRead], object] | None = None):
+        """Return the figure name (derive(read), registered on first use) of the latest read."""
+        if derive is not None and name not in self._derive:
+            self.register(name, derive)
+        if not self.interval:
+            return self._derive[name](self.read())
+        derived = self.snapshot.get()
+        if name not in derived:  # first asked for after this read: derived once from a read of its own
+            derived[name] = self._derive[name](self.read())
+        return derived[name]
 
-    def kept(self, name: str, derive: Callable[[FleetRead], object]) -> Periodic:
-        """Return the Periodic named name, made once per process from derive (/metrics, /late)."""
+    def register(self, name: str, derive: Callable[[FleetRead], object]) -> None:
+        """Derive the figure name from every read from now on."""
         with self._lock:
-            if name not in self._kept:
-                self._kept[name] = self.periodic(derive)
-            return self._kept[name]
+            self._derive.setdefault(name, derive)
+
+    def warm(self) -> None:
+        """Read the fleet in the background now (a service process starting), unless the interval is 0."""
+        self.snapshot.warm()
+
+    def summaries(self) -> dict:
+        """Return {"now", "workflows": [summary, ...] in the dashboard's order, "totals"}."""
+        return self.get("summaries")
+
+    def _derive_all(self) -> dict:
+        read = self.read()
+        with self._lock:
+            derivations = list(self._derive.items())
+        return {name: derive(read) for name, derive in derivations}
 
     def read(self) -> FleetRead:
         """Read every workflow: the clock, names, states and bookkeeping, pauses, running backfills."""
+        self.reads += 1
         now = self.store.now()
         names = self.store.workflows()
         overview = self.history.overview(names)
@@ -128,7 +160,6 @@ class Fleet:
 
     @staticmethod
     def _summaries(read: FleetRead) -> dict:
-        """Return {"now", "workflows": [summary, ...] in the dashboard's order, "totals"}."""
         paused = read.pauses.get("workflows") or {}
         summaries = fleet_rules.ordered([
             fleet_rules.summary(wf, data, read.now, wf in paused, len(read.backfills.get(wf) or []))

@@ -70,7 +70,7 @@ def late_text(read) -> bytes:
 def late():
     params()
     # Judged once per BATCHY_FLEET_INTERVAL per process, from one read of the fleet.
-    return json_response(services().fleet.kept("late", late_text).get())
+    return json_response(services().fleet.get("late", late_text))
 
 
 @endpoint(bp, "/workflows", summary="Loaded workflows in name order, a page at a time", schema="Workflows",

@@ -246,7 +246,7 @@ def dashboard():
     number = page_number(values)
     found = services()
     try:
-        fleet = found.fleet.summaries.get()
+        fleet = found.fleet.summaries()
         chosen = [s for s in fleet["workflows"] if fleet_rules.matches(s, text, state)]
         shown, pages = fleet_rules.page_of(chosen, number, PAGE_SIZE)
         names = [s["name"] for s in shown]
