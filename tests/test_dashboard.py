@@ -396,3 +396,25 @@ def test_running_backfills_show_their_progress(client):
     assert f'data-backfill="{created["backfill_id"]}"' in text and "1/4 chunks" in text
     client.post(f"/backfill/wf1/{created['backfill_id']}/cancel")
     assert "data-backfill" not in page(client)  # only running ones
+
+
+def test_a_page_reads_its_own_workflows_only(redis_server, real_redis, cfg_dir, redis_commands):
+    from batchy import create_app
+
+    app = create_app({"BATCHY_REDIS_URL": redis_server.url, "BATCHY_CFG_DIR": str(cfg_dir),
+                      "BATCHY_FLEET_INTERVAL": 60, "FLEET_CLOCK": lambda: 1000.0})
+    config = workflows.parse_config("w", "a: {}\nb: {}\n")
+    with app.app_context():
+        for i in range(120):
+            get_store().load(f"wf_{i:03d}", config)
+    client = app.test_client()
+    assert client.get("/").status_code == 200  # the fleet's read, kept for the interval
+    since = redis_commands.mark()
+    text = page(client, "/?page=2")
+    redis_commands.mark()
+    assert shown(text) == [f"wf_{i:03d}" for i in range(50, 100)]
+    assert redis_commands.count(since, "HGETALL", "wf_050") == 1  # on the page: read fresh
+    assert redis_commands.count(since, "HGETALL", "wf_000") == 0  # the rest of the fleet: not at all
+    assert redis_commands.count(since, "HGETALL", "wf_119") == 0
+    assert redis_commands.count(since, "SMEMBERS") == 0
+    assert redis_commands.count(since, "HGETALL") <= 2 * dashboard.PAGE_SIZE + 1 + dashboard.PAGE_SIZE
