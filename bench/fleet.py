@@ -41,6 +41,7 @@ PAGES = (
     ("dashboard /?state=late", "/?state=late"),
     ("dashboard /?q=wf00012", "/?q=wf00012"),
     ("/metrics (job)", "/metrics"),
+    ("/metrics (job, gzip)", "/metrics#gzip"),
     ("/late", "/late"),
     ("/workflows", "/workflows"),
     ("/workflows?limit=100", "/workflows?limit=100"),
@@ -79,6 +80,12 @@ def build(service: ServiceProcess, cfg_dir: str, size: int, threads: int = 8) ->
     return time.perf_counter() - started
 
 
+def request_of(page: str) -> tuple[str, dict]:
+    """Return a page's path and headers ("#gzip": a scrape accepting gzip, as Prometheus sends)."""
+    path, _, how = page.partition("#")
+    return path, {"Accept-Encoding": "gzip"} if how == "gzip" else {}
+
+
 def sample(service: ServiceProcess, pages, seconds: float) -> dict[str, dict]:
     """Ask for each page: first answers of fresh processes, then once a second for seconds."""
     http = Http(service.url)
@@ -86,7 +93,7 @@ def sample(service: ServiceProcess, pages, seconds: float) -> dict[str, dict]:
     for label, path in pages:  # both workers are fresh: the first two calls likely reach both
         cold = []
         for _ in range(2):
-            status, body, took = http.call("GET", path)
+            status, body, took = http.call("GET", *request_of(path))
             assert status == 200, (path, status, body[:200])
             cold.append(took)
             http.close()
@@ -96,7 +103,7 @@ def sample(service: ServiceProcess, pages, seconds: float) -> dict[str, dict]:
     while time.monotonic() < deadline:
         tick = time.monotonic()
         for label, path in pages:
-            status, body, took = http.call("GET", path)
+            status, body, took = http.call("GET", *request_of(path))
             assert status == 200, (path, status)
             figures[label]["warm"].append(took)
             figures[label]["bytes"] = len(body)

@@ -209,3 +209,14 @@ def test_the_fleet_is_read_once_per_interval_but_redis_up_on_every_scrape(cfg_di
     services_of(app).fleet.snapshot.settle()
     got = scrape(client)
     assert got[("batchy_batches_opened_total", wf("wf1"))] == 1 and got[("batchy_redis_up", ())] == 1
+
+
+def test_a_scrape_that_accepts_gzip_gets_it(client):
+    import gzip
+
+    client.post("/load_cfg/wf1")
+    plain = client.get("/metrics")
+    zipped = client.get("/metrics", headers={"Accept-Encoding": "gzip, deflate"})
+    assert "Content-Encoding" not in plain.headers and zipped.headers["Content-Encoding"] == "gzip"
+    assert samples(gzip.decompress(zipped.data).decode()) == samples(plain.data.decode())
+    assert samples(gzip.decompress(zipped.data).decode())[("batchy_redis_up", ())] == 1

@@ -8,11 +8,13 @@ figures come from one read of every workflow per BATCHY_FLEET_INTERVAL per proce
 """
 from __future__ import annotations
 
+import gzip
 import logging
+import threading
 from datetime import datetime, timezone
 
 import redis
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..rules import lateness
@@ -102,10 +104,25 @@ def redis_health(store) -> tuple[bytes, bool]:
     return render([up, writable]), True
 
 
+class Rendered:
+    """The fleet's families as text, and gzipped the first time a scrape accepts it (once per read)."""
+
+    def __init__(self, text: bytes):
+        self.text = text
+        self._gzipped: bytes | None = None
+        self._lock = threading.Lock()
+
+    def gzipped(self) -> bytes:
+        with self._lock:
+            if self._gzipped is None:
+                self._gzipped = gzip.compress(self.text, compresslevel=1)
+            return self._gzipped
+
+
 def fleet_text(detail: str):
     """Return a function rendering a fleet read's families at the given detail (job or workflow)."""
-    def derive(read: FleetRead) -> bytes:
-        return render(families(read.overview, read.now.timestamp(), read.pauses, detail))
+    def derive(read: FleetRead) -> Rendered:
+        return Rendered(render(families(read.overview, read.now.timestamp(), read.pauses, detail)))
     return derive
 
 
@@ -242,12 +259,18 @@ def metrics():
     params()
     found = services()
     health, answered = redis_health(found.store)
-    body = health
+    zipped = "gzip" in request.headers.get("Accept-Encoding", "")
+    headers = {"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store", "Vary": "Accept-Encoding"}
+    fleet = None
     if answered:
         detail = current_app.config["BATCHY_METRICS_DETAIL"]
         try:
-            body += found.fleet.get(f"metrics-{detail}", fleet_text(detail))
+            fleet = found.fleet.get(f"metrics-{detail}", fleet_text(detail))
         except redis.exceptions.RedisError as exc:  # Redis went away between the two reads
             log.warning("metrics: redis unavailable: %s", exc)
-            body = redis_health(found.store)[0]
-    return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+            health = redis_health(found.store)[0]
+    if not zipped:
+        return Response(health + (fleet.text if fleet else b""), headers=headers)
+    # Two gzip members make one gzip stream: the fleet's part is compressed once per read.
+    body = gzip.compress(health, compresslevel=1) + (fleet.gzipped() if fleet else b"")
+    return Response(body, headers={**headers, "Content-Encoding": "gzip"})
