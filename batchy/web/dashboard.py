@@ -152,19 +152,14 @@ def pause_view(pause: dict | None, tz=timezone.utc) -> dict | None:
     return {"since": show_time(parse_moment(pause.get("since")), tz), "message": pause.get("message") or ""}
 
 
-def page_view(overview: dict[str, dict], now: datetime, pauses: dict | None = None, tz=timezone.utc,
-              tz_name: str = "UTC", fleet: dict | None = None, order: list[str] | None = None) -> dict:
-    """Return the page's data: the fleet's summary (fleet.Fleet's, or of the overview itself),
-    then the overview's workflows in order (needing attention first, then by name), times in tz."""
+def page_view(overview: dict[str, dict], order: list[str], fleet: dict, now: datetime, pauses: dict | None = None,
+              tz=timezone.utc, tz_name: str = "UTC") -> dict:
+    """Return the page's data: the fleet's summary (storage.fleet.Fleet.summaries), then the
+    overview's workflows in order (those needing attention first, then by name), times in tz."""
     pauses = pauses or {}
     paused = pauses.get("workflows") or {}
-    if fleet is None:
-        summaries = fleet_rules.ordered([fleet_rules.summary(wf, data, now, wf in paused, len(data.get("backfills") or []))
-                                         for wf, data in overview.items()])
-        fleet = {"now": now, "workflows": summaries, "totals": fleet_rules.totals(summaries)}
     attention = {s["name"] for s in fleet["workflows"] if s["attention"]}
-    names = [wf for wf in order if wf in overview] if order is not None else [s["name"] for s in fleet["workflows"]]
-    flows = [workflow_view(wf, overview[wf], now, paused.get(wf), tz) for wf in names]
+    flows = [workflow_view(wf, overview[wf], now, paused.get(wf), tz) for wf in order if wf in overview]
     for flow in flows:
         flow["attention"] = flow["name"] in attention
     totals = fleet["totals"]
@@ -261,7 +256,7 @@ def dashboard():
         html = render_template("dashboard.html", page=None, refresh=refresh, query=query_of(values),
                                error="Redis is not reachable; this page retries by itself.")
         return html, 503, {"Cache-Control": "no-store"}
-    page = page_view(overview, now, pauses, tz, tz_name, fleet=fleet, order=names)
+    page = page_view(overview, names, fleet, now, pauses, tz, tz_name)
     page.update(q=text, state=state, number=number, pages=pages, matching=len(chosen), page_size=PAGE_SIZE,
                 links=page_links(values, number, pages))
     html = render_template("dashboard.html", page=page, refresh=refresh, query=query_of(values), error=None)
