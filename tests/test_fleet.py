@@ -183,3 +183,15 @@ def test_page_of():
     assert fleet.page_of(items, 1, 50) == (items[:50], 3)
     assert fleet.page_of(items, 3, 50) == (items[100:], 3)
     assert fleet.page_of([], 1, 50) == ([], 1)
+
+
+def test_a_figure_of_the_first_read_is_given_as_soon_as_it_is_derived(fake_redis, cfg_dir):
+    app = make_app(fake_redis, cfg_dir, BATCHY_FLEET_INTERVAL=10, FLEET_CLOCK=Clock())
+    app.test_client().post("/load_cfg/wf1")
+    fleet_of, slow = services_of(app).fleet, threading.Event()
+    fleet_of.register("slow", lambda read: slow.wait(10))  # derived after the summaries
+    fleet_of.warm()
+    assert fleet_of.summaries()["totals"]["workflows"] == 1  # while "slow" is still being derived
+    assert fleet_of.snapshot.busy() and not fleet_of.snapshot.ready()
+    slow.set()
+    assert fleet_of.get("slow") is True and fleet_of.reads == 1

@@ -95,6 +95,15 @@ class Periodic:
         with self._lock:
             self._store(value)
 
+    def ready(self) -> bool:
+        """Return whether a value was computed (however old)."""
+        return self._at is not None
+
+    def busy(self) -> bool:
+        """Return whether a background computation runs now."""
+        thread = self._refreshing
+        return thread is not None and thread.is_alive()
+
     def settle(self, timeout: float = 10.0) -> None:
         """Wait for a background computation, if one runs (tests, benchmarks)."""
         thread = self._refreshing
@@ -115,6 +124,7 @@ class Fleet:
         self.interval = interval
         self.reads = 0  # how many times the whole fleet was read: a test's window on the sharing
         self._derive: dict[str, Callable[[FleetRead], object]] = {"summaries": self._summaries}
+        self._fresh: dict = {}
         self._lock = threading.Lock()
         self.snapshot = Periodic(self._derive_all, interval, clock or time.monotonic)
 
@@ -124,6 +134,12 @@ class Fleet:
             self.register(name, derive)
         if not self.interval:
             return self._derive[name](self.read())
+        while not self.snapshot.ready() and self.snapshot.busy():
+            # The first read of a process (its warm-up) is being derived: take this figure as
+            # soon as it is made, not once every figure is (the summaries come first).
+            if name in self._fresh:
+                return self._fresh[name]
+            time.sleep(0.02)
         derived = self.snapshot.get()
         if name not in derived:  # first asked for after this read: derived once from a read of its own
             derived[name] = self._derive[name](self.read())
@@ -146,7 +162,11 @@ class Fleet:
         read = self.read()
         with self._lock:
             derivations = list(self._derive.items())
-        return {name: derive(read) for name, derive in derivations}
+        derived: dict = {}
+        self._fresh = derived  # published figure by figure (see get)
+        for name, derive in derivations:
+            derived[name] = derive(read)
+        return derived
 
     def read(self) -> FleetRead:
         """Read every workflow: the clock, names, states and bookkeeping, pauses, running backfills."""
