@@ -118,9 +118,22 @@ class Batchy:
         """
         return self._json("POST", "/load_cfg", body={"reset": reset or None})
 
-    def workflows(self) -> list[dict]:
-        """Return every loaded workflow: its name, number of jobs, last batch id and pause."""
-        return self._json("GET", "/workflows")["workflows"]
+    def workflows(self, page_size: int = 1000) -> list[dict]:
+        """Return every loaded workflow: its name, number of jobs, last batch id and pause.
+
+        Asked page_size at a time (/workflows?limit=), following next_offset to the last.
+        """
+        found, offset = [], 0
+        while True:
+            answer = self.workflows_page(page_size, offset)
+            found.extend(answer["workflows"])
+            offset = answer.get("next_offset")
+            if not offset:
+                return found
+
+    def workflows_page(self, limit: int | None = None, offset: int = 0) -> dict:
+        """Return one page of /workflows: {"workflows": [...], "next_offset": n or None}."""
+        return self._json("GET", "/workflows", {"limit": limit, "offset": offset or None})
 
     def remove(self, wf: str, purge_history: bool = False) -> dict:
         """Remove a loaded workflow; its batch history is kept unless purge_history."""

@@ -43,6 +43,13 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def _detail(value: str) -> str:
+    text = str(value).strip().lower()
+    if text not in ("job", "workflow"):
+        raise ValueError(f"must be job or workflow: {value!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -213,6 +220,23 @@ SETTINGS: tuple[Setting, ...] = (
         "`too_many_waiters`); `batchy serve` adds this many threads to BATCHY_THREADS, so "
         "waiters never take the threads other requests need.",
         _positive_int,
+    ),
+    Setting(
+        "BATCHY_FLEET_INTERVAL",
+        10.0,
+        "Seconds each service process reuses what it read of the whole fleet: the dashboard's "
+        "summary, order and filter, `/metrics` and `/late`. An older read is answered while the "
+        "next is made in the background (one at a time per process); the rows the dashboard "
+        "shows are always read fresh. 0: read the fleet on every request (small fleets, tests).",
+        _non_negative_float,
+    ),
+    Setting(
+        "BATCHY_METRICS_DETAIL",
+        "job",
+        "`job`: `/metrics` has series per job (status, last success, late, holes, records); "
+        "`workflow`: per workflow only, each job figure summed or counted per workflow, to bound "
+        "the series of a large fleet ([how many](#series-per-detail)).",
+        _detail,
     ),
     Setting("BATCHY_LOG_LEVEL", "INFO", "Python log level of the service."),
     Setting(

@@ -106,8 +106,9 @@ class Http:
         host, port = base_url.split("://", 1)[1].rsplit(":", 1)
         self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
 
-    def call(self, method: str, path: str) -> tuple[int, bytes, float]:
+    def call(self, method: str, path: str, extra: dict | None = None) -> tuple[int, bytes, float]:
         headers = {"Content-Length": "0"} if method != "GET" else {}
+        headers.update(extra or {})
         for attempt in (1, 2):
             started = time.perf_counter()
             try:

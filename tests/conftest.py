@@ -46,8 +46,13 @@ def write_cfg(cfg_dir):
     return write
 
 
+# Tests read the fleet fresh on every request (a change shows on the next page at once);
+# the figures kept per interval are tested on their own (test_fleet.py).
+FRESH = {"BATCHY_FLEET_INTERVAL": 0}
+
+
 def make_app(client, cfg_dir, **config):
-    return create_app({"REDIS_CLIENT": client, "BATCHY_CFG_DIR": str(cfg_dir), **config})
+    return create_app({"REDIS_CLIENT": client, "BATCHY_CFG_DIR": str(cfg_dir), **FRESH, **config})
 
 
 def point(link: Path, folder: Path) -> None:
@@ -119,7 +124,7 @@ def redis_commands(redis_server):
 @pytest.fixture
 def real_app(redis_server, real_redis, cfg_dir):
     """The app on our real redis-server, through the same connect() production uses."""
-    return create_app({"BATCHY_REDIS_URL": redis_server.url, "BATCHY_CFG_DIR": str(cfg_dir)})
+    return create_app({"BATCHY_REDIS_URL": redis_server.url, "BATCHY_CFG_DIR": str(cfg_dir), **FRESH})
 
 
 @pytest.fixture
@@ -135,7 +140,7 @@ def shared_service(redis_server, tmp_path_factory):
     checks the stored version, whose random token is never reused."""
     link = tmp_path_factory.mktemp("shared-service") / "cfg"
     link.symlink_to(tmp_path_factory.mktemp("shared-service-empty"))
-    svc = ServiceProcess(redis_server.url, str(link))
+    svc = ServiceProcess(redis_server.url, str(link), env={k: str(v) for k, v in FRESH.items()})
     svc.start()
     yield svc
     svc.stop()

@@ -79,7 +79,8 @@ def receiver():
 
 def webhook_app(redis_server, cfg_dir, receiver, clock, **config):
     return create_app({"BATCHY_REDIS_URL": redis_server.url, "BATCHY_CFG_DIR": str(cfg_dir), "CLOCK": clock,
-                       "BATCHY_WEBHOOK_URL": receiver.url, "BATCHY_WEBHOOK_INTERVAL": 3600, **config})
+                       "BATCHY_WEBHOOK_URL": receiver.url, "BATCHY_WEBHOOK_INTERVAL": 3600, "BATCHY_FLEET_INTERVAL": 0,
+                       **config})
 
 
 # -- 1. a cron expression that never fires --------------------------------------------------------

@@ -231,3 +231,19 @@ def test_a_parameter_past_64_bits_round_trips_exactly(real_client, write_cfg):
     assert b'"huge":1180591620717411303425' in real_client.get("/get_status/big").data
     infa = real_client.post("/open_batch/big/infa").data.decode()
     assert "$$huge=1180591620717411303425" in infa
+
+
+def test_workflows_come_a_page_at_a_time(client, write_cfg):
+    for name in ("b", "c", "a"):
+        write_cfg(name, "j: {}\n")
+    client.post("/load_cfg")
+    assert client.get("/workflows").json["next_offset"] is None
+    assert [w["workflow"] for w in client.get("/workflows").json["workflows"]] == ["a", "b", "c", "wf1"]
+    first = client.get("/workflows?limit=3").json
+    assert [w["workflow"] for w in first["workflows"]] == ["a", "b", "c"] and first["next_offset"] == 3
+    rest = client.get(f"/workflows?limit=3&offset={first['next_offset']}").json
+    assert [w["workflow"] for w in rest["workflows"]] == ["wf1"] and rest["next_offset"] is None
+    assert client.get("/workflows?offset=9").json == {"workflows": [], "next_offset": None}
+    for query in ("limit=0", "limit=10001", "offset=-1"):
+        response = client.get("/workflows?" + query)
+        assert response.status_code == 400 and response.json["error"] == "invalid_parameter", query

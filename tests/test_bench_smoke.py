@@ -63,3 +63,14 @@ def test_instruction_counter_drives_every_scenario():
         row = next(line for line in proc.stdout.splitlines() if line.startswith(f"  {label}  "))
         per_call = float(row[len(label) + 2:].split()[0].replace(",", ""))
         assert per_call > 0, row
+
+
+def test_fleet_scenario_prints_every_page():
+    from bench import fleet
+
+    proc = bench("bench.fleet", "--smoke")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for label, _path in (*fleet.PAGES, fleet.WORKFLOW_DETAIL):
+        row = next(line for line in proc.stdout.splitlines() if line.startswith(f"  {label}  "))
+        assert row.count(" s, ") == 2, row  # one figure per fleet size
+    assert "/metrics series" in proc.stdout

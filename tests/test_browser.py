@@ -237,3 +237,33 @@ def test_the_filter_box_hides_what_does_not_match_and_survives_a_refresh(service
     assert page.is_hidden("tbody[data-workflow=stock]") and page.is_visible("tr[data-job=refunds]")
     page.fill("#filter", "")
     assert page.is_visible("tr[data-job=levels]")
+
+
+def test_the_server_side_filter_and_the_pages_survive_refreshes(service, write_cfg, page):
+    for i in range(60):
+        write_cfg(f"w{i:02d}", "only: {}\n")
+    post(service, "/load_cfg")
+
+    def shown():
+        return page.eval_on_selector_all("tbody.workflow", "bodies => bodies.map(b => b.dataset.workflow)")
+
+    page.goto(service.url + "/?refresh=1")
+    assert shown() == [f"w{i:02d}" for i in range(50)]
+    page.click("#page-next")
+    page.wait_for_selector("text=page 2 of 2")
+    assert shown() == [f"w{i:02d}" for i in range(50, 60)] + ["wf1"]  # wf1: every test's cfg_dir has it
+
+    page.fill("#filter", "W5")
+    page.press("#filter", "Enter")  # the filter goes to the server: every page of the fleet
+    page.wait_for_url("**q=W5**")
+    assert shown() == [f"w{i:02d}" for i in range(50, 60)]
+    assert "page=" not in page.url and "refresh=1" in page.url
+    post(service, "/open_batch/w55")  # the next refresh brings new data, with the same filter
+    page.wait_for_selector("tr[data-workflow=w55][data-status=open]")
+    assert shown() == [f"w{i:02d}" for i in range(50, 60)]
+    assert page.input_value("#filter") == "W5"
+
+    page.select_option("#state", "open")
+    page.wait_for_url("**state=open**")
+    assert shown() == ["w55"]
+    assert page.locator('[data-count="matching"]').inner_text() == "1"

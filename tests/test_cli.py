@@ -161,6 +161,7 @@ def test_list_and_remove(batchy, write_cfg):
         {"workflow": "other", "jobs": 1, "last_batch_id": opened, "paused": False},
         {"workflow": "wf1", "jobs": 2, "last_batch_id": None, "paused": False},
     ]
+    assert [w["workflow"] for w in json.loads(batchy("list", "--limit", "1", "--offset", "1")[1])] == ["wf1"]
     code, out, _ = batchy("remove", "other")
     assert code == 0 and json.loads(out) == {"workflow": "other", "removed": True, "history": "kept"}
     assert [w["workflow"] for w in json.loads(batchy("list")[1])] == ["wf1"]

@@ -152,6 +152,7 @@ def test_reads_and_admin_calls(api, write_cfg):
     api.close("wf1")
     assert [w["workflow"] for w in api.workflows()] == ["other", "wf1"]
     assert api.workflows()[1]["last_batch_id"] == batch_id
+    assert api.workflows(page_size=1) == api.workflows()  # one a page: it follows next_offset
     assert api.snapshot("wf1", batch_id)["s_extract"]["status"] == "success"
     assert [b["batch_id"] for b in api.batches(workflow="wf1", start=datetime(2024, 1, 1).astimezone())] == [batch_id]
     assert api.batches(status="failed") == []

@@ -165,3 +165,58 @@ def test_pauses(client, write_cfg):
     assert got[("batchy_service_paused", ())] == 1
     assert got[("batchy_workflow_paused", wf("wf1"))] == 1
     assert got[("batchy_workflow_paused", wf("wf2"))] == 0
+
+
+def test_per_workflow_detail_counts_the_jobs_instead(fake_redis, cfg_dir, write_cfg):
+    write_cfg("wf2", ".batchy:\n  max_age_hours: 1\na_job: {}\nb_job: {}\n")
+    client = make_app(fake_redis, cfg_dir, BATCHY_METRICS_DETAIL="workflow").test_client()
+    client.post("/load_cfg/wf1")
+    client.post("/load_cfg/wf2")
+    client.post("/open_batch/wf1")
+    client.post("/close_batch/wf1")
+    client.post("/open_batch/wf2")
+    client.post("/fail_batch/wf2", json={"job": "a_job"})
+    ended = min(datetime.fromisoformat(j["batch_end"]).timestamp() for j in client.get("/get_status/wf1").json.values())
+
+    got = scrape(client)
+
+    assert not [key for key in got if "job" in dict(key[1])]  # no series names a job
+    assert got[("batchy_workflow_jobs", (("status", "success"), ("workflow", "wf1")))] == 2
+    assert got[("batchy_workflow_jobs", (("status", "failed"), ("workflow", "wf2")))] == 1
+    assert got[("batchy_workflow_jobs", (("status", "open"), ("workflow", "wf2")))] == 1
+    assert got[("batchy_workflow_late_jobs", wf("wf2"))] == 2 and got[("batchy_workflow_late_jobs", wf("wf1"))] == 0
+    assert got[("batchy_workflow_last_success_timestamp_seconds", wf("wf1"))] == ended
+    assert ("batchy_workflow_last_success_timestamp_seconds", wf("wf2")) not in got  # never succeeded
+    assert got[("batchy_workflow_coverage_holes", wf("wf1"))] == 0
+    assert got[("batchy_batches_failed_total", wf("wf2"))] == 1 and got[("batchy_redis_up", ())] == 1
+
+
+def test_the_fleet_is_read_once_per_interval_but_redis_up_on_every_scrape(cfg_dir):
+    server = fakeredis.FakeServer()
+    now = [1000.0]
+    app = make_app(fakeredis.FakeRedis(server=server, decode_responses=True), cfg_dir,
+                   BATCHY_FLEET_INTERVAL=15, FLEET_CLOCK=lambda: now[0])
+    client = app.test_client()
+    client.post("/load_cfg/wf1")
+    assert scrape(client)[("batchy_batches_opened_total", wf("wf1"))] == 0
+    client.post("/open_batch/wf1")
+    assert scrape(client)[("batchy_batches_opened_total", wf("wf1"))] == 0  # the read of the interval
+    server.connected = False
+    assert scrape(client) == {("batchy_redis_up", ()): 0, ("batchy_redis_writable", ()): 0}  # this scrape's
+    server.connected = True
+    now[0] += 16
+    scrape(client)  # answered from the last read while the next one is made
+    services_of(app).fleet.snapshot.settle()
+    got = scrape(client)
+    assert got[("batchy_batches_opened_total", wf("wf1"))] == 1 and got[("batchy_redis_up", ())] == 1
+
+
+def test_a_scrape_that_accepts_gzip_gets_it(client):
+    import gzip
+
+    client.post("/load_cfg/wf1")
+    plain = client.get("/metrics")
+    zipped = client.get("/metrics", headers={"Accept-Encoding": "gzip, deflate"})
+    assert "Content-Encoding" not in plain.headers and zipped.headers["Content-Encoding"] == "gzip"
+    assert samples(gzip.decompress(zipped.data).decode()) == samples(plain.data.decode())
+    assert samples(gzip.decompress(zipped.data).decode())[("batchy_redis_up", ())] == 1

@@ -32,9 +32,15 @@ def _loaded_table(answer: dict) -> str:
 
 
 @service_command("list")
-def list_():
-    """List the loaded workflows: jobs, last batch, paused."""
-    show(Batchy().workflows(), lambda rows: table(rows, ["workflow", "jobs", "last_batch_id", "paused"]))
+@click.option("--limit", type=click.IntRange(1, 10000), help="Only this many workflows (default: every one).")
+@click.option("--offset", type=click.IntRange(0), default=0, help="Skip this many first (name order).")
+def list_(limit, offset):
+    """List the loaded workflows in name order: jobs, last batch, paused."""
+    if limit is None and not offset:
+        rows = Batchy().workflows()
+    else:
+        rows = Batchy().workflows_page(limit=limit, offset=offset)["workflows"]
+    show(rows, lambda rows: table(rows, ["workflow", "jobs", "last_batch_id", "paused"]))
 
 
 @service_command()

@@ -72,8 +72,12 @@ def serve(host, port, workers, threads):
         def load(self):
             from .. import create_app  # read at load time: bench/baseline.py swaps it
 
+            from ..web import metrics
+
             _json_gunicorn_errors()
-            return create_app()
+            app = create_app()
+            metrics.warm(app)  # in each worker: its first dashboard or scrape finds the fleet read
+            return app
 
         def run(self):  # BaseApplication.run, with our Master
             try:

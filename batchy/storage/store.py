@@ -192,18 +192,22 @@ class BatchStore:
                 failed[wf] = {"error": exc.code, "message": exc.message, "status": exc.status}
         return loaded, failed
 
-    def summaries(self) -> list[dict]:
-        """Return each loaded workflow's name, job count, last batch id and pause, in name order."""
+    def summaries(self, limit: int | None = None, offset: int = 0) -> tuple[list[dict], int | None]:
+        """Return limit loaded workflows from offset in name order (each its name, job count, last batch
+        id and pause), and the offset of the next ones, or None after the last."""
         names = self.workflows()
+        chosen = names[offset:] if limit is None else names[offset:offset + limit]
         pipe = self.redis.pipeline(transaction=False)
-        for wf in names:
+        for wf in chosen:
             pipe.hlen(keys.workflow(wf))
             pipe.hget(keys.meta(wf), keys.LAST_BATCH_ID)
             pipe.exists(keys.pause(wf))
         replies = pipe.execute()
-        return [{"workflow": wf, "jobs": jobs, "last_batch_id": int(last) if last and last.isdigit() else None,
-                 "paused": bool(paused)}
-                for wf, jobs, last, paused in zip(names, replies[::3], replies[1::3], replies[2::3]) if jobs]
+        found = [{"workflow": wf, "jobs": jobs, "last_batch_id": int(last) if last and last.isdigit() else None,
+                  "paused": bool(paused)}
+                 for wf, jobs, last, paused in zip(chosen, replies[::3], replies[1::3], replies[2::3]) if jobs]
+        following = offset + len(chosen)
+        return found, following if following < len(names) else None
 
     # -- export / import -----------------------------------------------------------
 

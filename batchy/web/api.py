@@ -23,6 +23,8 @@ CLOSE = (JOB, param("records_processed", schema=WHOLE, description="Rows the run
          param("message", schema=GET_MESSAGE),
          param("batch_id", schema=WHOLE, description="Refuse (409) unless this is the current batch"))
 FORCE = param("force", schema=FLAG)
+WORKFLOWS_PAGE = 1000
+MAX_WORKFLOWS_PAGE = 10000
 
 
 @endpoint(bp, "/healthz", summary="Process alive", schema="Health")
@@ -59,17 +61,29 @@ def load_all():
     return json_response({"loaded": loaded, "failed": failed})
 
 
+def late_text(read) -> bytes:
+    """Return /late's answer for a read of the fleet (storage.fleet.FleetRead)."""
+    return formats.json_state(lateness.late_list(read.overview, read.now))
+
+
 @endpoint(bp, "/late", summary="Late jobs and stuck batches", schema="Late", reads="status")
 def late():
     params()
-    found = services()
-    return json_response(lateness.late_list(found.history.overview(found.store.workflows()), found.store.now()))
+    # Judged once per BATCHY_FLEET_INTERVAL per process, from one read of the fleet.
+    return json_response(services().fleet.get("late", late_text))
 
 
-@endpoint(bp, "/workflows", summary="Every loaded workflow", schema="Workflows", reads="status")
+@endpoint(bp, "/workflows", summary="Loaded workflows in name order, a page at a time", schema="Workflows",
+          reads="status", params=[
+              param("limit", schema={"type": "integer", "minimum": 1, "maximum": MAX_WORKFLOWS_PAGE},
+                    description=f"Workflows per answer ({WORKFLOWS_PAGE} by default)"),
+              param("offset", schema={"type": "integer", "minimum": 0},
+                    description="Skip this many (the next_offset of the previous answer)")])
 def list_workflows():
-    params()
-    return json_response({"workflows": get_store().summaries()})
+    values = params()
+    found, following = get_store().summaries(limit=parse_limit(values, WORKFLOWS_PAGE, MAX_WORKFLOWS_PAGE),
+                                             offset=parse_whole_number(values, "offset") or 0)
+    return json_response({"workflows": found, "next_offset": following})
 
 
 @endpoint(bp, "/remove_workflow/<wf>", summary="Remove a workflow (history kept, or purged)", schema="Removed",

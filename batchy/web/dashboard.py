@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
+from urllib.parse import urlencode
 
 import redis
 from flask import Blueprint, render_template, request
 
+from ..rules import fleet as fleet_rules
 from ..rules import lateness, times
 from ..rules.health import last_success, open_since, parse_moment, stale_after_seconds
 from ..rules.fields import RUNTIME_FIELDS
 from ..rules.jobs import Status
 from .db import services
 from ..errors import InvalidParameter
-from .http import endpoint, params
+from .http import endpoint, params, parse_text, parse_whole_number
 from .schema import HTML, param
 
 bp = Blueprint("dashboard", __name__)
@@ -29,6 +31,8 @@ STATUS_CLASSES = {Status.NEW, Status.OPEN, Status.SUCCESS, Status.FAILED}
 # Shown in their own columns, so left out of the job's parameter tooltip.
 SHOWN_FIELDS = set(RUNTIME_FIELDS) | {"last_success_start", "last_success_end", "coverage_holes"}
 MAX_MESSAGE_SHOWN = 300
+PAGE_SIZE = 50  # workflows per page: a page's cost grows with it, not with the fleet
+MAX_QUERY = 200
 
 
 def human_duration(seconds: float | None) -> str:
@@ -49,8 +53,12 @@ def human_duration(seconds: float | None) -> str:
 
 
 def show_time(moment: datetime | None, tz=timezone.utc) -> str:
-    """Return a time as the page shows it: in the page's one zone, to the second."""
-    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+    """Return a time as the page shows it: in the page's one zone, to the second, with its offset."""
+    if not moment:
+        return ""
+    local = moment.astimezone(tz)
+    offset = local.strftime("%z")
+    return local.strftime("%Y-%m-%d %H:%M:%S ") + offset[:3] + ":" + offset[3:5]
 
 
 def show_value(value) -> str:
@@ -144,32 +152,26 @@ def pause_view(pause: dict | None, tz=timezone.utc) -> dict | None:
     return {"since": show_time(parse_moment(pause.get("since")), tz), "message": pause.get("message") or ""}
 
 
-def page_view(overview: dict[str, dict], now: datetime, pauses: dict | None = None, tz=timezone.utc,
-              tz_name: str = "UTC") -> dict:
-    """Return the whole page's data: workflows needing attention first (late, failing, stuck,
-    unreadable), then by name; pauses; a status summary; every time in zone tz."""
+def page_view(overview: dict[str, dict], order: list[str], fleet: dict, now: datetime, pauses: dict | None = None,
+              tz=timezone.utc, tz_name: str = "UTC") -> dict:
+    """Return the page's data: the fleet's summary (storage.fleet.Fleet.summaries), then the
+    overview's workflows in order (those needing attention first, then by name), times in tz."""
     pauses = pauses or {}
     paused = pauses.get("workflows") or {}
-    flows = [workflow_view(wf, overview[wf], now, paused.get(wf), tz) for wf in sorted(overview)]
-    flows.sort(key=lambda f: not (f["late"] or f["failing"] or f["stuck"] or f["error"]))
-    summary = {status: 0 for status in ("new", "open", "success", "failed")}
-    stale = 0
+    attention = {s["name"] for s in fleet["workflows"] if s["attention"]}
+    flows = [workflow_view(wf, overview[wf], now, paused.get(wf), tz) for wf in order if wf in overview]
     for flow in flows:
-        stale += flow["stale"]
-        for job in flow["jobs"]:
-            summary[job["status"]] = summary.get(job["status"], 0) + 1
+        flow["attention"] = flow["name"] in attention
+    totals = fleet["totals"]
     return {
         "workflows": flows,
-        "summary": summary,
-        "stale": stale,
-        "jobs": sum(len(flow["jobs"]) for flow in flows),
+        "totals": totals,
+        "summary": totals["statuses"],
+        "as_of": show_time(fleet["now"], tz),
         "now": show_time(now, tz),
         "now_iso": times.format_time(now),
         "tz": tz_name,
-        "late": sum(flow["late"] for flow in flows),
-        "stuck": sum(1 for flow in flows if flow["stuck"]),
         "service_pause": pause_view(pauses.get("service"), tz),
-        "paused": sum(1 for flow in flows if flow["pause"]),
     }
 
 
@@ -197,6 +199,8 @@ def refresh_seconds() -> int:
 
 def running_backfills(overview: dict[str, dict]) -> None:
     """Add each workflow's running backfills (with their progress) to the overview."""
+    if not overview:
+        return
     for wf, running in services().backfills.running(sorted(overview)).items():
         overview[wf]["backfills"] = running
         problem = next((b["error"] for b in running if b.get("error")), None)
@@ -204,26 +208,74 @@ def running_backfills(overview: dict[str, dict]) -> None:
             overview[wf]["error"] = problem
 
 
+def page_number(values: dict) -> int:
+    """Return ?page= (from 1), 1 by default."""
+    number = parse_whole_number(values, "page")
+    if number is None:
+        return 1
+    if number < 1:
+        raise InvalidParameter("page must be a whole number from 1", parameter="page")
+    return number
+
+
+def state_filter(values: dict) -> str:
+    """Return ?state= (a job status, or a condition such as late), empty for all."""
+    state = values.get("state") or ""
+    if state and state not in fleet_rules.STATES:
+        raise InvalidParameter(f"state must be one of {', '.join(fleet_rules.STATES)}, not {str(state)[:40]!r}",
+                               parameter="state")
+    return state
+
+
 @endpoint(bp, "/", "/dashboard", summary="The operator's dashboard", ok=HTML, reads="dashboard", params=[
     param("refresh", schema={"type": "string", "pattern": "^[0-9]{1,5}$"}, description="Seconds between reloads, 0: never"),
-    param("tz", example="Europe/Paris", description="The page's time zone")])
+    param("tz", example="Europe/Paris", description="The page's time zone"),
+    param("q", schema={"type": "string", "maxLength": MAX_QUERY},
+          description="Only workflows whose name, or a job's name, contains this text (any case)"),
+    param("state", schema={"type": "string", "enum": list(fleet_rules.STATES)},
+          description="Only workflows with a job in this status, or late, stuck, failing (attention)..."),
+    param("page", schema={"type": "integer", "minimum": 1}, description=f"Page of {PAGE_SIZE} workflows, from 1")])
 def dashboard():
-    params()
+    values = params()
     refresh = refresh_seconds()
     tz, tz_name = page_zone()
+    text = (parse_text(values, "q", MAX_QUERY) or "").strip()
+    state = state_filter(values)
+    number = page_number(values)
     found = services()
     try:
+        fleet = found.fleet.summaries()
+        chosen = [s for s in fleet["workflows"] if fleet_rules.matches(s, text, state)]
+        shown, pages = fleet_rules.page_of(chosen, number, PAGE_SIZE)
+        names = [s["name"] for s in shown]
+        # Only the workflows shown are read in full, and fresh.
         now = found.store.now()
-        names = found.store.workflows()
         overview = found.history.overview(names)
         pauses = found.pauses.status(names)
         running_backfills(overview)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         # An HTML page, not the JSON error: the open tab keeps refreshing and recovers by itself.
         log.warning("dashboard: redis unavailable: %s", exc)
-        html = render_template("dashboard.html", page=None, refresh=refresh,
+        html = render_template("dashboard.html", page=None, refresh=refresh, query=query_of(values),
                                error="Redis is not reachable; this page retries by itself.")
         return html, 503, {"Cache-Control": "no-store"}
-    html = render_template("dashboard.html", page=page_view(overview, now, pauses, tz, tz_name), refresh=refresh,
-                           error=None)
+    page = page_view(overview, names, fleet, now, pauses, tz, tz_name)
+    page.update(q=text, state=state, number=number, pages=pages, matching=len(chosen), page_size=PAGE_SIZE,
+                links=page_links(values, number, pages))
+    html = render_template("dashboard.html", page=page, refresh=refresh, query=query_of(values), error=None)
     return html, 200, {"Cache-Control": "no-store"}
+
+
+def query_of(values: dict) -> dict:
+    """Return the parameters a form or link of the page carries on (refresh, tz)."""
+    return {k: values[k] for k in ("refresh", "tz") if values.get(k)}
+
+
+def page_links(values: dict, number: int, pages: int) -> dict:
+    """Return the query strings of the previous and next pages (None at either end)."""
+    kept = {k: v for k, v in values.items() if k != "page" and v}
+
+    def link(n):
+        return "?" + urlencode({**kept, "page": n}) if 1 <= n <= pages else None
+
+    return {"previous": link(number - 1), "next": link(number + 1), "first": link(1) if number > 1 else None}

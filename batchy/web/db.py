@@ -10,6 +10,7 @@ from flask import Flask, current_app
 from ..storage import webhooks
 from ..storage.backfill import Backfills
 from ..storage.connections import connect
+from ..storage.fleet import Fleet
 from ..storage.history import History
 from ..storage.notifier import Notifier
 from ..storage.pauses import Pauses
@@ -32,6 +33,7 @@ class Services:
     backfills: Backfills
     notifier: Notifier  # wakes the requests waiting on a workflow (GET /wait)
     webhooks: webhooks.Watchman | None  # the announcer, when BATCHY_WEBHOOK_URL is set
+    fleet: Fleet  # every workflow at once, read once per BATCHY_FLEET_INTERVAL (dashboard, metrics, /late)
 
 
 def init_app(app: Flask) -> None:
@@ -45,15 +47,17 @@ def init_app(app: Flask) -> None:
     if client is None:
         client = connect(config["BATCHY_REDIS_URL"], config["BATCHY_REDIS_TIMEOUT"])
     store = BatchStore(client, config, clock=config.get("CLOCK"))
+    backfills = Backfills(store, config["BATCHY_EVENTS_KEEP"])
     if embedded:
         log.warning(EMBEDDED_WARNING)
     app.extensions["batchy"] = Services(
         store=store,
         history=store.reads,
         pauses=store.pausing,
-        backfills=Backfills(store, config["BATCHY_EVENTS_KEEP"]),
+        backfills=backfills,
         notifier=Notifier(store, config["BATCHY_REDIS_TIMEOUT"] + 1.0, config["BATCHY_WAIT_MAX_WAITERS"]),
         webhooks=webhooks.start(app, store),
+        fleet=Fleet(store, backfills, config["BATCHY_FLEET_INTERVAL"], clock=config.get("FLEET_CLOCK")),
     )
     if embedded or config["BATCHY_LOAD_ON_START"]:
         preload(store, config["BATCHY_CFG_DIR"], config["BATCHY_MAX_CFG_BYTES"])

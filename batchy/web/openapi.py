@@ -34,11 +34,12 @@ SCHEMAS = {
     },
     "Workflows": {
         "type": "object",
-        "required": ["workflows"],
+        "required": ["workflows", "next_offset"],
         "properties": {"workflows": {"type": "array", "items": {
             "type": "object", "required": ["workflow", "jobs", "last_batch_id", "paused"],
             "properties": {"workflow": {"type": "string"}, "jobs": {"type": "integer"},
-                           "last_batch_id": {"type": ["integer", "null"]}, "paused": {"type": "boolean"}}}}},
+                           "last_batch_id": {"type": ["integer", "null"]}, "paused": {"type": "boolean"}}}},
+                       "next_offset": {"type": ["integer", "null"]}},
     },
     "Coverage": {
         "type": "object",
