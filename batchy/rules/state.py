@@ -5,7 +5,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 from . import coverage
 from ..errors import CorruptState
@@ -34,9 +34,9 @@ class State:
     jobs: dict[str, dict]
     last_batch_text: str | None = None
     settings_text: str | None = None
-    ledger_texts: dict[str, str] = field(default_factory=dict)  # job -> its coverage ledger as stored
-    mark_texts: dict[str, str] = field(default_factory=dict)  # job -> its last success as stored
-    counts: dict[str, int] = field(default_factory=dict)  # action -> how many changes of that kind
+    ledger_texts: Mapping[str, str] = field(default_factory=dict)  # job -> its coverage ledger as stored
+    mark_texts: Mapping[str, str] = field(default_factory=dict)  # job -> its last success as stored
+    counts: Mapping[str, int] = field(default_factory=dict)  # action -> how many changes of that kind
     raw: dict[str, str] = field(default_factory=dict)  # the jobs as stored (JSON text)
     version: str = "0"
     floor: int = 0  # lowest batch id still free, raised when a snapshot key was taken

@@ -13,6 +13,7 @@ from . import fields, windows
 from .jobs import BATCH_SCOPE, Status, snapshot
 from .times import UTC, format_now, format_time, job_zone, parse_time, start_of_day
 
+_check_hours = fields.BY_NAME["reprocess_hours"].check
 # from_date of a job that was never given one: extract everything.
 BEGINNING_OF_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -30,7 +31,7 @@ def next_from_date(job: dict) -> datetime:
     """
     if job.get("next_from_date"):  # set or rewound by an operator: used exactly as given
         return parse_time(job["next_from_date"], "next_from_date")
-    hours = fields.check("reprocess_hours", job.get("reprocess_hours") or 0)
+    hours = _check_hours(job.get("reprocess_hours") or 0)
     ended = job.get("to_date") or job.get("batch_start")
     if job.get("status") == Status.SUCCESS and ended:
         start = parse_time(ended, "to_date") - _hours(hours)

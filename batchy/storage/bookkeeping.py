@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from datetime import datetime
 
 from . import keys
@@ -52,16 +53,46 @@ def book_of(meta: dict[str, str]) -> Book:
 def state(wf: str, now: datetime, jobs: dict[str, dict], meta: dict[str, str], raw: dict[str, str],
           second: str = "") -> State:
     """Return the State a plan reads: wf's jobs, and its meta hash as the values it holds."""
-    ledgers, marks, counts = {}, {}, {}
-    for field, text in meta.items():  # one pass: a state is built on every change
-        if field.startswith(keys.COVERAGE_PREFIX):
-            ledgers[field[len(keys.COVERAGE_PREFIX):]] = text
-        elif field.startswith(keys.SUCCESS_PREFIX):
-            marks[field[len(keys.SUCCESS_PREFIX):]] = text
-        elif field.startswith(keys.COUNT_PREFIX) and text.isdigit():
-            counts[field[len(keys.COUNT_PREFIX):]] = int(text)
-    return State(wf, now, jobs, meta.get(keys.LAST_BATCH_ID), meta.get(keys.SETTINGS), ledgers, marks, counts,
+    # Views, not copies: a state is built on every change, and most plans read one field or none.
+    return State(wf, now, jobs, meta.get(keys.LAST_BATCH_ID), meta.get(keys.SETTINGS),
+                 Fields(meta, keys.COVERAGE_PREFIX), Fields(meta, keys.SUCCESS_PREFIX), Counts(meta, keys.COUNT_PREFIX),
                  raw, meta.get(keys.VERSION, "0"), second=second, where=_where(wf), stored=meta)
+
+
+class Fields(Mapping):
+    """The meta hash fields under one prefix, by what follows it (a job, an action): read in place."""
+
+    __slots__ = ("meta", "prefix")
+
+    def __init__(self, meta: dict[str, str], prefix: str):
+        self.meta, self.prefix = meta, prefix
+
+    def __getitem__(self, name: str):
+        return self.meta[self.prefix + name]
+
+    def get(self, name: str, default=None):
+        return self.meta.get(self.prefix + name, default)
+
+    def __iter__(self):
+        n = len(self.prefix)
+        return (field[n:] for field in self.meta if field[:n] == self.prefix)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class Counts(Fields):
+    """Fields holding whole numbers (count:<action>): a value Batchy did not write counts as 0."""
+
+    __slots__ = ()
+
+    def __getitem__(self, name: str) -> int:
+        text = self.meta[self.prefix + name]
+        return int(text) if text.isdigit() else 0
+
+    def get(self, name: str, default=None):
+        text = self.meta.get(self.prefix + name)
+        return default if text is None else (int(text) if text.isdigit() else 0)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -114,7 +114,7 @@ class Committer:
         # A load or import carries jobs as read from a file: keep only their JSON text.
         jobs = None if change.replace else change.after
         meta = {**state.stored, **fields, keys.VERSION: version}
-        counted = keys.count_field(change.action)  # COMMIT counts the change: so does the copy
+        counted = keys.COUNT_PREFIX + change.action  # COMMIT counts the change (keys.count_field): so does the copy
         meta[counted] = str(int(meta.get(counted) or 0) + 1)
         self.cache.put(wf, (change.after_text, meta, jobs))
 

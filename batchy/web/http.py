@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from datetime import datetime
+from contextvars import ContextVar
 from typing import NamedTuple
 
 from flask import Response, current_app, request
@@ -83,8 +84,11 @@ def endpoint(bp, *rules: str, summary: str, schema: str | None = None, params=()
     """Route a view on bp and declare it: its token check (mutating, a protected read scope, or auth),
     its workflow name checked, the parameters it takes (params() returns them) and its OpenAPI entry."""
     def decorate(view):
+        takes = tuple(p["name"] for p in params if p["in"] == "query")
+
         @functools.wraps(view)
         def handle(**kwargs):
+            _TAKES.set(takes)
             if reads is not None:
                 check_read(reads)
             elif auth is not None:
@@ -95,7 +99,6 @@ def endpoint(bp, *rules: str, summary: str, schema: str | None = None, params=()
             return view(**kwargs)
 
         routed = mutation(handle) if mutating else handle
-        routed.takes = tuple(p["name"] for p in params if p["in"] == "query")
         for rule in rules:
             bp.add_url_rule(rule, view_func=routed, methods=["GET", "POST"] if mutating else ["GET"])
         ENDPOINTS.append(Endpoint(rules, summary, schema, tuple(params), ok, mutating,
@@ -104,10 +107,13 @@ def endpoint(bp, *rules: str, summary: str, schema: str | None = None, params=()
     return decorate
 
 
+# What the endpoint answering this request takes (set by endpoint(), read by params()).
+_TAKES: ContextVar[tuple[str, ...]] = ContextVar("batchy_takes", default=())
+
+
 def params() -> dict:
     """Return the request's parameters, refusing one its endpoint does not declare (400)."""
-    req = request._get_current_object()
-    return request_params(*current_app.view_functions[req.url_rule.endpoint].takes)
+    return request_params(*_TAKES.get())
 
 
 def _tokens(*names: str, config=None) -> tuple[str, ...]:
