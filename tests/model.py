@@ -156,7 +156,9 @@ def policy_window(start: datetime, now: datetime, fields: dict, tz_name: str) ->
         limit = boundary(limit, unit, tz_name)
     end = limit
     if fields.get("max_window_hours") is not None:
-        cap = start + timedelta(hours=fields["max_window_hours"])
+        # Real hours: an aware datetime in a zone adds wall-clock time across a DST change
+        # (found by a long run: a 30-hour window over New York's spring-forward).
+        cap = start.astimezone(UTC) + timedelta(hours=fields["max_window_hours"])
         if cap < end:
             end = boundary(cap, unit, tz_name) if unit else cap
     if end <= start:
