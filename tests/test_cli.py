@@ -542,6 +542,7 @@ def listening_address(port: int) -> str | None:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux' socket table")
+@pytest.mark.slow  # a real batchy serve each
 @pytest.mark.parametrize("env, address, says", [
     ({}, "127.0.0.1", "this host only (no BATCHY_API_TOKEN is set); --host 0.0.0.0 listens on every interface"),
     ({"BATCHY_API_TOKEN": "s3cret"}, "0.0.0.0", "changes need a write token"),
@@ -556,6 +557,7 @@ def test_serve_listens_on_every_interface_only_with_a_token(cfg_dir, env, addres
         svc.stop()
 
 
+@pytest.mark.slow  # a real batchy serve
 def test_serve_warns_when_told_to_listen_everywhere_without_a_token(cfg_dir):
     svc = ServiceProcess("", str(cfg_dir), workers=1, host="0.0.0.0").start()
     try:

@@ -50,6 +50,7 @@ def _computed(app) -> int:
         return get_backfills().filling_cache.computed
 
 
+@pytest.mark.slow  # a 3,000-chunk backfill: 4 s to set up
 def test_a_missed_verdict_costs_time_in_proportion_to_the_intervals(gated):
     app, client, _backfill_id, _odd = gated
     started = time.thread_time()  # this thread's CPU: the test client runs the request here

@@ -19,6 +19,8 @@ from batchy.client import Batchy
 from . import test_backfill, test_runner
 from .test_backfill import Lines, serving
 
+pytestmark = pytest.mark.slow  # real processes and real signals: the CI run, not the everyday loop
+
 # The fixtures of test_runner.py (a live service over HTTP, `batchy` in this process) and of
 # test_backfill.py (the app with workflow bf on our redis-server).
 live, batchy = test_runner.live, test_runner.batchy
