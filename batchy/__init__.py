@@ -8,7 +8,7 @@ def create_app(config: dict | None = None):
     """Create and configure an instance of the Batchy application."""
     from flask import Flask
 
-    from .web import db, http, openapi
+    from .web import auth, db, openapi
     from . import errors, settings
 
     app = Flask(__name__)
@@ -17,7 +17,7 @@ def create_app(config: dict | None = None):
     app.json.sort_keys = False
     logging.getLogger("batchy").setLevel(app.config["BATCHY_LOG_LEVEL"].upper())
     errors.register(app)
-    http.watch_tokens(app)
+    auth.watch_tokens(app)
     db.init_app(app)
     for blueprint in openapi.BLUEPRINTS:
         app.register_blueprint(blueprint)

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from batchy.testing import RedisServer, ServiceProcess, wait_for
-from batchy.web import http
+from batchy.web import auth
 
 from .conftest import make_app
 
@@ -112,7 +112,7 @@ def write_tokens(path, text: str) -> None:
 
 
 def test_the_tokens_file_is_read_again_when_it_changes(fake_redis, cfg_dir, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(http, "TOKENS_CHECK_SECONDS", 0.0)  # look at the file on every request
+    monkeypatch.setattr(auth, "TOKENS_CHECK_SECONDS", 0.0)  # look at the file on every request
     tokens = tmp_path / "tokens"
     write_tokens(tokens, "# rotated by the deploy\nBATCHY_API_TOKEN=old\n")
     client = make_app(fake_redis, cfg_dir, BATCHY_API_TOKEN="from-the-environment",
@@ -158,10 +158,10 @@ def test_tokens_rotate_in_a_running_service_without_a_restart(redis_server, cfg_
     try:
         assert statuses(svc, "/load_cfg/wf1", "old", "new") == {(200, 401)}
         write_tokens(tokens, "BATCHY_API_TOKEN=new\nBATCHY_API_TOKENS=old\n")  # step 1: both
-        time.sleep(http.TOKENS_CHECK_SECONDS + 0.3)
+        time.sleep(auth.TOKENS_CHECK_SECONDS + 0.3)
         assert statuses(svc, "/load_cfg/wf1", "old", "new") == {(200, 200)}
         write_tokens(tokens, "BATCHY_API_TOKEN=new\n")  # step 3: the old one goes
-        time.sleep(http.TOKENS_CHECK_SECONDS + 0.3)
+        time.sleep(auth.TOKENS_CHECK_SECONDS + 0.3)
         assert statuses(svc, "/load_cfg/wf1", "old", "new") == {(401, 200)}
         log = svc.log()
         assert svc.proc.poll() is None and log.count("Booting worker") == 2 and "Hang up" not in log

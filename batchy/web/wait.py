@@ -17,7 +17,8 @@ from flask import Blueprint, current_app, request
 from ..rules import gates, names, readiness, times
 from .db import get_store, services
 from ..errors import InvalidParameter, JobNotFound
-from .http import check_wait_token, endpoint, json_response, params
+from .auth import check_wait_token
+from .http import endpoint, json_response, params
 from .schema import NAME, param
 from ..storage.notifier import Notifier
 
