@@ -109,3 +109,12 @@ def test_a_year_of_hourly_windows_with_a_hundred_holes_stays_small(client, app):
     widths = [float(w) for w in re.findall(r'<rect class="hole" x="[^"]+" y="2" width="([^"]+)"', text)]
     assert widths and min(widths) >= 1.0
     assert len(re.findall(r'<rect class="pending"', text)) == 1
+
+
+def test_a_workflow_of_many_jobs_shows_the_first_hundred_timelines(client, write_cfg):
+    write_cfg("wide", "".join(f"j{i:03d}: {{}}\n" for i in range(150)))
+    assert client.post("/load_cfg/wide").status_code == 200
+    text = client.get("/coverage/wide/view").get_data(as_text=True)
+    assert text.count('<section class="job"') == 100 and 'data-job="j099"' in text and 'data-job="j100"' not in text
+    assert "and 50 more jobs" in text
+    assert 'data-job="j120"' in client.get("/coverage/wide/view?job=j120").get_data(as_text=True)

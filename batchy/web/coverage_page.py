@@ -29,6 +29,7 @@ LEGEND = (("covered", "covered"), ("hole", "hole"), ("success", "backfill chunk:
           ("failed", "backfill chunk: failed"))
 MAX_HOLES_LISTED = 100  # per job and period; the rest are counted, and a narrower zoom lists them
 MAX_BACKFILLS = 50  # the newest running backfills read
+MAX_JOBS_SHOWN = 100  # timelines per page, in name order; ?job= shows any one of the others
 
 
 def _epochs(pairs: list) -> list[list]:
@@ -111,6 +112,8 @@ def coverage_view(wf):
     job = parse_job(values, wf)
     found = services()
     ledgers = found.history.coverage(wf, job)
+    hidden = max(0, len(ledgers) - MAX_JOBS_SHOWN)
+    ledgers = dict(list(ledgers.items())[:MAX_JOBS_SHOWN])
     now = found.store.now()
     at = parse_moment(values, "at", local=True)
     at = now if at is None else at if at.tzinfo else at.replace(tzinfo=tz)
@@ -126,7 +129,7 @@ def coverage_view(wf):
 
     around = timeline.neighbours(zoom, start, tz)
     page = {
-        "workflow": wf, "zoom": zoom, "tz": tz_name, "jobs": jobs, "legend": LEGEND,
+        "workflow": wf, "zoom": zoom, "tz": tz_name, "jobs": jobs, "legend": LEGEND, "hidden": hidden,
         "from": show_time(datetime.fromtimestamp(start, UTC), tz),
         "to": show_time(datetime.fromtimestamp(end, UTC), tz),
         "now": show_time(now, tz),
