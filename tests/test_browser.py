@@ -267,3 +267,53 @@ def test_the_server_side_filter_and_the_pages_survive_refreshes(service, write_c
     page.wait_for_url("**state=open**")
     assert shown() == ["w55"]
     assert page.locator('[data-count="matching"]').inner_text() == "1"
+
+
+# The coverage page's colours: covered, hole, and a pending backfill chunk.
+TIMELINE = {"covered": (21, 128, 61), "hole": (220, 38, 38), "pending": (156, 163, 175)}
+
+
+def test_the_coverage_page_draws_holes_backfills_and_a_legend(service, write_cfg, page, tmp_path):
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    write_cfg("daily", f"sales:\n  from_date: {start.isoformat()}\n  batch_size: day\n  max_window_hours: 25\n")
+    post(service, "/load_cfg/daily")
+    for day in (0, 3, 5):
+        post(service, "/set_from_date/daily", {"from_date": (start + timedelta(days=day)).isoformat()})
+        post(service, "/open_batch/daily")
+        post(service, "/close_batch/daily")
+    with urllib.request.urlopen(service.url + "/coverage/daily", timeout=10) as response:
+        holes = json.loads(response.read())["sales"]["holes"]
+    made = post(service, "/backfill/daily", {"from": holes[0][0], "to": holes[0][1]})
+
+    page.goto(service.url + "/")
+    page.click('a[href="coverage/daily/view"]')  # the dashboard's link opens the page, not JSON
+    page.wait_for_selector("svg.timeline")
+    page.click('a.zoom[data-zoom="month"]')
+    page.wait_for_url("**zoom=month**")
+    page.goto(page.url.split("&at=")[0] + "&at=2024-01-10")
+    legend = page.eval_on_selector_all("#legend li", "items => items.map(i => [i.dataset.kind, "
+                                       "getComputedStyle(i.querySelector('.swatch')).backgroundColor])")
+    assert [kind for kind, _ in legend] == ["covered", "hole", "success", "pending", "leased", "failed"]
+    assert len({colour for _, colour in legend}) == 6  # six distinct colours
+    repair = page.locator("a.repair")
+    assert repair.count() == 1 and repair.get_attribute("href") == f"../../backfill/daily/{made['backfill_id']}"
+    hint = page.locator(".hint code").inner_text()
+    assert hint == f"batchy backfill create daily --from {holes[1][0]} --to {holes[1][1]} --job sales"
+    assert page.locator('rect.hole').count() == 2 and page.locator('rect.pending').count() >= 1
+    assert page.locator("#previous").get_attribute("href").count("zoom=month") == 1
+    assert page.locator("button, form").count() == 0
+    page.click("#next")
+    page.wait_for_selector("text=2024-02-01 00:00:00 +00:00 to 2024-03-01 00:00:00 +00:00")
+    page.go_back()
+    repair.click()  # the backfill it links to answers its chunks
+    assert str(made["backfill_id"]) in page.locator("body").inner_text()
+
+    page.goto(service.url + "/coverage/daily/view?zoom=month&at=2024-01-10")
+    path = tmp_path / "coverage.png"
+    path.write_bytes(page.screenshot(full_page=True))
+    png = path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    _, inked, colours = pixel_stats(png)
+    assert inked > 0.02, f"a blank page? see {path}"
+    for kind, colour in TIMELINE.items():
+        assert colour in colours, f"no {kind} painted: see {path}"

@@ -495,7 +495,7 @@ COMMAND_OF = {
     "/backfill/{wf}/{backfill_id}/cancel": "backfill cancel", "/backfill/{wf}/{backfill_id}/renew": "backfill renew",
 }
 # Endpoints for machines and browsers, not for a shell script: no command.
-NOT_COMMANDS = {"/healthz", "/readyz", "/", "/dashboard", "/metrics", "/openapi.json"}
+NOT_COMMANDS = {"/healthz", "/readyz", "/", "/dashboard", "/coverage/{wf}/view", "/metrics", "/openapi.json"}
 OPTION_OF = {"fmt": "--format", "Idempotency-Key": "--idempotency-key"}
 
 

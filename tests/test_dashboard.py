@@ -381,7 +381,7 @@ def test_late_failing_and_stuck_come_first_with_their_links(client, write_cfg):
     assert text.index('id="wf-zzz"') < text.index('id="wf-aaa"')  # zzz never succeeded: late
     rows = Rows(text).rows
     assert rows[("zzz", "z")]["attrs"]["data-late"] == "true" and "data-late" not in rows[("aaa", "a")]["attrs"]
-    for link in ("history/zzz", "events/zzz", "coverage/zzz", "backfills/zzz"):
+    for link in ("history/zzz", "events/zzz", "coverage/zzz/view", "backfills/zzz"):
         assert f'href="{link}"' in text
     assert 'id="filter"' in text
 

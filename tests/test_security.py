@@ -16,7 +16,7 @@ from .conftest import make_app
 
 READ_ONLY = {"/healthz", "/readyz", "/get_status/<wf>", "/history/<wf>", "/batch/<wf>/<batch_id>", "/batches",
              "/most_recent/<wf>", "/events/<wf>", "/pause_status", "/pause_history", "/", "/dashboard",
-             "/metrics", "/openapi.json", "/workflows", "/coverage/<wf>", "/late", "/backfills/<wf>",
+             "/metrics", "/openapi.json", "/workflows", "/coverage/<wf>", "/coverage/<wf>/view", "/late", "/backfills/<wf>",
              "/backfill/<wf>/<backfill_id>"}
 
 

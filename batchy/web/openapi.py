@@ -9,13 +9,13 @@ import re
 from flask import Blueprint
 
 from ..rules.jobs import BATCH_STATUSES
-from . import api, backfill, dashboard, metrics, wait
+from . import api, backfill, coverage_page, dashboard, metrics, wait
 from .http import ENDPOINTS, Endpoint, endpoint, json_response, params
 from .schema import OBJECT, PATH, json_content
 
 bp = Blueprint("openapi", __name__)
 # Every blueprint of the app, this one last: each declares its endpoints when imported.
-BLUEPRINTS = (api.bp, backfill.bp, wait.bp, dashboard.bp, metrics.bp, bp)
+BLUEPRINTS = (api.bp, backfill.bp, wait.bp, dashboard.bp, coverage_page.bp, metrics.bp, bp)
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_INT = {"type": ["integer", "null"]}
 # What the counts of a history entry are (docs/api.md#history); summarize_batch computes them.
