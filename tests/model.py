@@ -193,7 +193,9 @@ def abandon(wf: dict, jobs: dict) -> None:
     """Record, in place on wf (a copy), every open job of jobs as abandoned in its batch."""
     for name, job in jobs.items():
         if job["status"] == "open" and job["batch_id"] in wf["batches"]:
-            wf["batches"][job["batch_id"]][name]["status"] = "abandoned"
+            line = wf["batches"][job["batch_id"]].get(name)
+            if line is not None and line["status"] not in FINAL:  # history is append-only
+                line["status"] = "abandoned"
 
 
 def event(action: str, batch_id, before: dict, after: dict) -> dict:
@@ -268,7 +270,9 @@ def open_batch(wf: dict, now: datetime, *, key: str | None = None, dry_run: bool
         # (BATCHY_IDEMPOTENCY_HOURS, docs/operations.md): so before any refusal a new open
         # would get (exclusive, paused); a batch no job runs in any more is 409 stale_batch.
         opened = wf["idem"][scope]
-        if not any(job["batch_id"] == opened for job in wf["jobs"].values()):
+        moved = [name for name in wf["batches"].get(opened, {}) if name in wf["jobs"]
+                 and (wf["jobs"][name]["batch_id"] or 0) > opened]  # a job it opened runs in a newer batch now
+        if moved or not any(job["batch_id"] == opened for job in wf["jobs"].values()):
             return refuse(409, "stale_batch")  # superseded by a newer batch of its jobs, or ended by a reset
         return Result(200, answer=wf["jobs"], batch_id=opened)
     if jobs is not None and any(name not in wf["jobs"] for name in jobs):
@@ -277,8 +281,8 @@ def open_batch(wf: dict, now: datetime, *, key: str | None = None, dry_run: bool
     opened_now = [job for job in selected.values() if job["status"] == "open"]
     if wf["settings"].get("exclusive") and opened_now:
         lease = wf["settings"].get("lease_hours")
-        oldest = min(job["batch_start"] for job in opened_now)
-        if lease is None or now - oldest <= timedelta(hours=lease):
+        newest = max(job["batch_start"] for job in opened_now)  # each open job holds a lease of its own
+        if lease is None or now - newest <= timedelta(hours=lease):
             return refuse(409, "batch_open")
     batch_id = next_batch_id(wf, now)
     opened, runs = {}, {}
@@ -338,8 +342,9 @@ def close_batch(wf: dict, outcome: str, now: datetime, *, job: str | None = None
         changed.update(status=outcome, batch_end=now)
         if outcome == "success":
             new["ledger"][name] = merge(new["ledger"].get(name, []), changed["from_date"], changed["to_date"])
-        if changed["batch_id"] in new["batches"]:
-            new["batches"][changed["batch_id"]][name]["status"] = outcome
+        line = new["batches"].get(changed["batch_id"], {}).get(name)
+        if line is not None and line["status"] not in FINAL:  # a final line is history: never rewritten
+            line["status"] = outcome
         closed[name] = changed
     before = {name: jobs[name] for name in open_targets}
     ran_in = {closed[name]["batch_id"] for name in closed}
@@ -440,11 +445,15 @@ def restore(wf: dict, backup: dict, now: datetime) -> Result:
             name: line for name, line in here.items() if line["status"] in FINAL or name not in runs}}
     known = [*backup["batches"], backup["last_batch_id"] or 0, wf["last_batch_id"] or 0]
     new["last_batch_id"] = max(known) or None
-    # A job the export shows open in a batch older than the newest id can never be closed
-    # (a close names the current batch only): it comes back failed, so its next open reruns
-    # the identical window, and its line in that old batch is abandoned.
+    # A job the export shows open in a batch it has ended or moved past here since can never be
+    # closed by its run: it comes back failed, so its next open reruns the identical window,
+    # and its line in that batch is abandoned (unless final here: history). A job open in a
+    # batch it still runs in here (its own schedule) stays open.
     for name, job in new["jobs"].items():
-        if job["status"] == "open" and job["batch_id"] < (new["last_batch_id"] or 0):
+        here = wf["jobs"].get(name)
+        if job["status"] == "open" and here is not None and here["batch_id"] is not None \
+                and job["batch_id"] is not None and (here["batch_id"] > job["batch_id"] or (
+                    here["batch_id"] == job["batch_id"] and here["status"] != "open")):
             job.update(status="failed", batch_end=now)
             line = new["batches"].get(job["batch_id"], {}).get(name)
             if line is not None and line["status"] not in FINAL:

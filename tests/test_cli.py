@@ -462,7 +462,9 @@ def test_env_refuses_two_jobs_with_one_name_before_opening(batchy, write_cfg):
     write_cfg("clash", "s-load:\n  from_date: 2024-01-01\ns.load:\n  from_date: 2024-01-01\n")
     batchy("load", "clash")
     code, out, err = batchy("open", "clash", "--format", "env")
-    assert code == 8 and out == "" and "'s-load' and 's.load'" in err and "BATCHY_S_LOAD_" in err
+    # Refused before opening, and the eval fails too (issue 21: a failed open stops `set -e`).
+    assert code == 8 and out.endswith("\nfalse\n") and "BATCHY_BATCH_ID" in out
+    assert "'s-load' and 's.load'" in err and "BATCHY_S_LOAD_" in err
     assert {job["status"] for job in json.loads(batchy("status", "clash")[1]).values()} == {"new"}
 
 

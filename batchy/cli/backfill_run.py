@@ -11,9 +11,9 @@ import threading
 import time
 
 from ..client import BackfillClient, ServiceError
-from .output import EXIT_OUTAGE
 from .process import DEFAULT_GRACE_SECONDS, DEFAULT_OUTAGE_SECONDS, Outage, Stop, execute, persist, stop_command
-from .run import base_env, window_env
+from .output import EXIT_OUTAGE, params_env
+from .run import command_env, window_env
 
 POLL_SECONDS = 1.0  # at most, a backfill worker with nothing due waits this long for another's chunk to end
 DEFAULT_LEASE_SECONDS = 3600.0  # the service's default, when --lease-seconds is not given
@@ -91,6 +91,18 @@ class BackfillRun:
         self.stop = threading.Event()
         self.error: Exception | None = None
         self.signals = Stop(grace)  # a SIGTERM, SIGINT or SIGHUP, passed on to every command running
+        self.jobs: dict | None = None  # the workflow's jobs, read once for their parameters
+
+    def parameters(self, job: str) -> dict:
+        """Return the job's parameters (BATCHY_<PARAM> for its commands), read once per run."""
+        with self.changed:
+            if self.jobs is None:
+                try:
+                    self.jobs = self.api.client.status(self.wf)
+                except (ServiceError, OSError) as exc:  # the window is what matters: run without them
+                    self.progress.note(f"batchy backfill run: the jobs' parameters could not be read ({exc})")
+                    self.jobs = {}
+            return self.jobs.get(job) or {}
 
     def halt(self, error: Exception | None = None) -> None:
         """Stop every worker: no more leases; the chunks running end and are recorded."""
@@ -178,9 +190,10 @@ class BackfillRun:
 
     def run_chunk(self, lease: dict) -> None:
         name = lease["job"]
-        env = {**base_env(), **window_env(self.wf, {name: lease}, name), "BATCHY_JOB": name,
-               "BATCHY_BACKFILL_ID": str(self.backfill_id), "BATCHY_CHUNK": str(lease["chunk"]),
-               "BATCHY_ATTEMPT": str(lease["attempt"])}
+        window = {**window_env(self.wf, {name: lease}, name), "BATCHY_JOB": name,
+                  "BATCHY_BACKFILL_ID": str(self.backfill_id), "BATCHY_CHUNK": str(lease["chunk"]),
+                  "BATCHY_ATTEMPT": str(lease["attempt"])}
+        env = command_env(window, params_env({name: self.parameters(name)}, name, taken=window))
         held = [time.monotonic() + (self.lease_seconds or DEFAULT_LEASE_SECONDS)]
         done = threading.Event()
         running: list = []  # the command's process, once started: the heartbeat may stop it

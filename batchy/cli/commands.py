@@ -88,16 +88,13 @@ def _open_env(client: Batchy, wf: str, dry_run: bool, idempotency_key: str | Non
     try:
         jobs = client.status(wf)
         env_names(jobs)  # refuse before opening, not after
-    except (ServiceError, OSError):
-        _echo_unchecked(env_failure_lines(jobs))
-        raise
-    try:
         answer = client.open(wf, dry_run=dry_run, idempotency_key=idempotency_key, job=only or None)
-    except (ServiceError, OSError):
+        # With --job, that job's batch only: the other jobs are not this run's.
+        text = env_lines({name: answer[name] for name in only} if only else answer)
+    except (ServiceError, OSError, Failed):  # every failure makes the eval fail too
         _echo_unchecked(env_failure_lines(jobs))
         raise
-    # With --job, that job's batch only: the other jobs are not this run's.
-    show_text(env_lines({name: answer[name] for name in only} if only else answer))
+    show_text(text)
 
 
 def _echo_unchecked(text: str) -> None:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import click
 
 from ..client import Batchy, ServiceError
+from ..rules.fields import RUNTIME_FIELDS
 from ..settings import SETTINGS
 
 SETTING_NAMES = frozenset(setting.name for setting in SETTINGS)
@@ -210,9 +211,10 @@ def env_names(jobs) -> dict[str, str]:
 
 
 # The state of a job in an open's answer (jobs.RUNTIME_FIELDS): every other field is a parameter.
-STATE_FIELDS = frozenset({"status", "batch_id", "from_date", "to_date", "batch_start", "batch_end",
-                          "records_processed", "message", "next_from_date", "records_scope", "caught_up",
-                          "behind_seconds"})
+STATE_FIELDS = frozenset(RUNTIME_FIELDS)  # what Batchy maintains is no parameter
+# Names the parameter variables a run (or an eval of open --format env) set, so that a run inside
+# it drops them: never passed on stale.
+PARAMS_VARIABLE = "BATCHY_RUN_PARAMS"
 # Variables batchy itself sets or reads: a parameter never takes one of these names.
 RESERVED = re.compile(r"BATCHY_(BATCH_ID|FROM_DATE|TO_DATE|WORKFLOW|JOB|CHUNK|ATTEMPT|BACKFILL_ID|RECORDS_FILE|"
                       r"URL|API_TOKENS?|RUN_\w+|REDIS_\w+|\w+_(FROM|TO)_DATE)")
@@ -255,7 +257,9 @@ def params_env(jobs: dict, job: str | None = None, taken=()) -> dict[str, str]:
 def env_lines(jobs: dict) -> str:
     """Return a batch as `export` lines for `eval "$(batchy open WF --format env)"`."""
     values = _window_values(jobs)
-    values.update(params_env(jobs, taken=values))
+    params = params_env(jobs, taken=values)
+    # Named, so that a batchy run started from this shell does not pass them on as its own.
+    values.update(params, **{PARAMS_VARIABLE: ",".join(params)})
     return "".join(f"export {k}={shlex.quote('' if v is None else str(v))}\n" for k, v in values.items())
 
 
@@ -280,5 +284,8 @@ def env_failure_lines(jobs: dict | None) -> str:
     names = {"BATCHY_BATCH_ID", "BATCHY_FROM_DATE", "BATCHY_TO_DATE"}
     names |= {k for k in os.environ if re.fullmatch(r"BATCHY_\w+_(FROM|TO)_DATE", k)}
     if jobs:
-        names |= set(_window_values({name: {"batch_id": 0} for name in jobs})) | set(params_env(jobs))
+        try:
+            names |= set(_window_values({name: {"batch_id": 0} for name in jobs})) | set(params_env(jobs))
+        except Failed:  # job names that clash: the batch id and the dates are unset all the same
+            pass
     return f"unset {' '.join(sorted(names))}\nfalse\n"

@@ -280,8 +280,9 @@ class Outage(Exception):
 
 
 def unavailable(exc: Exception) -> bool:
-    """Return whether exc is an outage (no answer, or a 503), not the service's refusal."""
-    return isinstance(exc, OSError) or (isinstance(exc, ServiceError) and exc.status == 503)
+    """Return whether exc is an outage (no answer, a 503) or a 409 busy (the service says: retry),
+    not the service's refusal."""
+    return isinstance(exc, OSError) or (isinstance(exc, ServiceError) and (exc.status == 503 or exc.code == "busy"))
 
 
 def persist(call, what: str, seconds: float, *, until: float | None = None, stop: Stop | None = None,

@@ -13,7 +13,8 @@ import uuid
 import click
 
 from ..client import Batchy, ServiceError
-from .output import EXIT_BAD_INPUT, EXIT_NOT_CAUGHT_UP, EXIT_OUTAGE, Failed, env_name, params_env, service_errors
+from .output import (EXIT_BAD_INPUT, EXIT_NOT_CAUGHT_UP, EXIT_OUTAGE, PARAMS_VARIABLE, Failed, env_name, params_env,
+                     service_errors)
 from .process import (DEFAULT_GRACE_SECONDS, DEFAULT_OUTAGE_SECONDS, TAIL_CHARS, Outage, Stop, complain, execute,
                       persist)
 
@@ -44,8 +45,14 @@ def window_env(wf: str, jobs: dict[str, dict], job: str | None = None) -> dict[s
 
 
 def base_env() -> dict[str, str]:
-    """Return our environment without the window variables of an enclosing run."""
-    return {k: v for k, v in os.environ.items() if not _WINDOW_VARIABLE.fullmatch(k)}
+    """Return our environment without the window and parameter variables of an enclosing run."""
+    inherited = set(os.environ.get(PARAMS_VARIABLE, "").split(",")) | {PARAMS_VARIABLE}
+    return {k: v for k, v in os.environ.items() if not _WINDOW_VARIABLE.fullmatch(k) and k not in inherited}
+
+
+def command_env(window: dict[str, str], params: dict[str, str]) -> dict[str, str]:
+    """Return the environment of a command: ours (less an enclosing run's), the window, the parameters."""
+    return {**base_env(), **window, **params, PARAMS_VARIABLE: ",".join(params)}
 
 
 # -- batchy run --------------------------------------------------------------------------
@@ -109,7 +116,7 @@ def _run_batches(client: Batchy, wf: str, command: list[str], stop: Stop, *, job
         else:
             opened = {name: jobs[name] for name in ran}  # with --job, the other jobs' batches are not ours
             window = {**window_env(wf, opened, job), "BATCHY_BATCH_ID": str(batch_id)}
-            env = {**base_env(), **window, **params_env(opened, job, taken=window)}
+            env = command_env(window, params_env(opened, job, taken=window))
             ended: list[float] = []  # when the command exited: a signal after that does not fail it
             try:
                 code, tail, records, note = execute(command, env, stop.started, leave_children=leave_children,

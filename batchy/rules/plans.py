@@ -250,7 +250,7 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], b
     # A batch open here that the import replaces can never close: it ends abandoned (unless
     # the export carries that batch, whose snapshot then replaces it whole).
     replaced = watermark.abandoned_jobs(state.jobs, None, "abandoned: the workflow was replaced by an import")
-    jobs, batches = stale_open_jobs(jobs, batches, last, state.now)
+    jobs, batches = stale_open_jobs(jobs, batches, state.jobs, state.now)
     given = {str(b) for b in batches}
     return Change(
         action="import",
@@ -270,26 +270,41 @@ def _batch_of(mark: dict | None) -> int:
         return -1
 
 
-def stale_open_jobs(jobs: dict[str, dict], batches: dict[str, dict], last_batch_id: int,
+def moved_on(job: dict, here: dict | None) -> bool:
+    """Return True if a job an export shows open in its batch has ended that batch here since, or
+    opened a newer one: its run can no longer close it, and what happened here is history."""
+    if here is None or here.get("batch_id") is None or job.get("batch_id") is None:
+        return False
+    mine, theirs = int(here["batch_id"]), int(job["batch_id"])
+    return mine > theirs or (mine == theirs and here.get("status") != Status.OPEN)
+
+
+def stale_open_jobs(jobs: dict[str, dict], batches: dict[str, dict], here: dict[str, dict],
                     now: datetime) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Return the imported jobs and batches with every job still open in a batch older than
-    last_batch_id ended: no close can name that batch any more (only the newest is current),
-    so the job comes back failed (its next open reruns the identical window) and its line
-    in the old batch's snapshot abandoned."""
+    """Return the imported jobs and batches with every job still open in a batch that the job
+    has ended or moved past here since the export (here: the jobs as they are) ended too: the
+    job comes back failed (its next open reruns the identical window) and its line in that
+    batch's snapshot abandoned, unless a final line here keeps what happened (the commit never
+    rewrites one). A job open in a batch it still runs in here, on its own schedule, stays open."""
     stale = {name: job for name, job in jobs.items()
-             if job.get("status") == Status.OPEN and job.get("batch_id") is not None
-             and int(job["batch_id"]) < last_batch_id}
+             if job.get("status") == Status.OPEN and moved_on(job, here.get(name))}
     if not stale:
         return jobs, batches
-    message = f"abandoned: batch {last_batch_id} was opened here after this export's batch"
     jobs = {**jobs, **{name: dict(job, status=Status.FAILED, batch_end=format_now(now, job_zone(job)),
-                                  message=message) for name, job in stale.items()}}
+                                  message=_moved_message(job, here[name])) for name, job in stale.items()}}
     batches = dict(batches)
     for name, job in stale.items():
         bid = str(job["batch_id"])
         if bid in batches and name in batches[bid]:
-            batches[bid] = {**batches[bid], name: dict(batches[bid][name], status=Status.ABANDONED, message=message)}
+            batches[bid] = {**batches[bid], name: dict(batches[bid][name], status=Status.ABANDONED,
+                                                       message=jobs[name]["message"])}
     return jobs, batches
+
+
+def _moved_message(job: dict, here: dict) -> str:
+    if int(here["batch_id"]) > int(job["batch_id"]):
+        return f"abandoned: batch {here['batch_id']} was opened here after this export's batch"
+    return f"abandoned: batch {job['batch_id']} ended here ({here.get('status')}) after this export was taken"
 
 
 @audited

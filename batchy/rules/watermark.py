@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from ..errors import BatchOpen, FutureWindow, JobNotFound, NotOpen, StaleBatch
+from ..errors import BatchOpen, FutureWindow, InvalidParameter, JobNotFound, NotOpen, StaleBatch
 from . import fields, windows
 from .jobs import BATCH_SCOPE, Status, snapshot
 from .times import UTC, format_now, format_time, job_zone, parse_time, start_of_day
@@ -168,6 +168,12 @@ def close_jobs(
             job=job,
             states={name: jobs[name].get("status") for name in targets},
         )
+    if records_processed is not None and job is None and \
+            len({jobs[name].get("batch_id") for name in open_targets}) > 1:
+        raise InvalidParameter(
+            f"the open jobs of {wf!r} run in several batches (jobs on their own schedule): one records_processed "
+            "cannot be each batch's count; close each with job= or batch_id=", parameter="records_processed",
+            workflow=wf)
     closed = {}
     for name in open_targets:
         current = jobs[name]
@@ -229,11 +235,12 @@ def set_next_from_date(
 
 
 def lease_expired(jobs: dict[str, dict], now: datetime, lease_hours: float | None) -> bool:
-    """Return True if the open batch among jobs started more than lease_hours before now."""
+    """Return True if every open job among jobs started its batch more than lease_hours before now
+    (jobs on their own schedule each hold a lease: the newest one decides)."""
     if lease_hours is None:
         return False
     starts = [parse_time(j["batch_start"]) for j in jobs.values() if j.get("status") == Status.OPEN and j.get("batch_start")]
-    return bool(starts) and now - min(starts) > timedelta(hours=lease_hours)
+    return bool(starts) and now - max(starts) > timedelta(hours=lease_hours)
 
 
 def check_exclusive(wf: str, jobs: dict[str, dict], now: datetime, settings: dict, current: int | None) -> None:

@@ -269,6 +269,16 @@ class Committer:
         """
         state = self.read(wf, lenient)
         ran = {name: job for name, job in state.jobs.items() if job.get("batch_id") == batch_id}
+        # A job it opened that runs in a newer batch now (its own schedule moved on): the
+        # batch is not the one to answer with any more, whole or in part.
+        opened = self.transport.redis.hkeys(keys.batch(wf, batch_id))
+        moved = sorted(name for name in opened if name in state.jobs
+                       and (state.jobs[name].get("batch_id") or 0) > batch_id)
+        if moved:
+            raise StaleBatch(
+                f"this Idempotency-Key opened batch {batch_id} of {wf!r}; a newer batch of {', '.join(moved)} "
+                "was opened since", workflow=wf, batch_id=batch_id,
+                current_batch_id=state.jobs[moved[0]].get("batch_id"))
         if not ran and state.last_batch_id != batch_id:
             raise StaleBatch(
                 f"this Idempotency-Key opened batch {batch_id} of {wf!r}, which batch {state.last_batch_id} "

@@ -47,7 +47,8 @@ class Reply(IntEnum):
 #   n, n x (field, value)       HSET into the meta hash
 #   n, n x (key, mode, score, m, m x (job, json))  batch snapshots to write;
 #       mode "new": the key must not exist yet, it is indexed with score (its start)
-#       mode "update": written only if it still exists (retention may have dropped it)
+#       mode "update": written only if it still exists (retention may have dropped it), and
+#         like "put" never over a final line of a job
 #       mode "put": indexed; each job's line written unless the key holds a final one for it
 #         (success, failed, abandoned): history is append-only, an import never rewrites it
 #   keep                        batches kept in the history index; older ones are deleted
@@ -146,7 +147,7 @@ for _, b in ipairs(batches) do
     redis.call('ZADD', KEYS[3], id, id)
     redis.call('ZADD', KEYS[4], b[3], key)
   elseif redis.call('EXISTS', key) == 1 then
-    hset(key, b[4], b[5])
+    put(key, b[4], b[5])  -- never over a final line: history is append-only
   end
 end
 

@@ -11,6 +11,7 @@ from ..rules.times import format_time, parse_input_time
 from ..rules.validation import check_sections, is_whole_number
 
 FORMAT = "batchy-export/1"
+MAX_WHOLE = 2**53  # the largest whole number a JSON reader keeps exact (validation.is_whole_number)
 
 
 def export(store, wfs: list[str] | None = None, *, history: bool = True) -> dict:
@@ -116,8 +117,10 @@ def _job_name(wf: str, job, where: str) -> str:
 def check_batches(wf: str, batches: dict) -> dict[str, dict]:
     """Return the batch snapshots checked: {batch_id: {job: {status, times...}}}."""
     for batch_id, jobs in batches.items():
-        if not (batch_id.isascii() and batch_id.isdigit() and str(int(batch_id)) == batch_id):
-            raise InvalidParameter(f"batch {batch_id[:40]!r} of {wf!r} in the export: a batch id is a whole number",
+        if not (batch_id.isascii() and batch_id.isdigit() and str(int(batch_id)) == batch_id
+                and int(batch_id) <= MAX_WHOLE):
+            raise InvalidParameter(f"batch {batch_id[:40]!r} of {wf!r} in the export: a batch id is a whole number "
+                                   f"up to {MAX_WHOLE}",
                                    workflow=wf, batch_id=batch_id[:40])
         if not isinstance(jobs, dict) or not jobs:
             raise InvalidParameter(f"batch {batch_id} of {wf!r} in the export must map job names to their run",
@@ -159,9 +162,9 @@ def check_meta(wf: str, meta: dict) -> dict[str, str]:
 
 
 _META_HELP = {
-    keys.LAST_BATCH_ID: " (a whole number)",
+    keys.LAST_BATCH_ID: " (a whole number up to 2**53)",
     keys.SETTINGS: " (the workflow settings as JSON)",
-    "count": " (a whole number)",
+    "count": " (a whole number up to 2**53)",
     "success": " (JSON {batch_id, start, end})",
     "coverage": " (JSON [[start, end], ...] in epoch seconds, sorted and disjoint)",
 }
@@ -169,7 +172,8 @@ _META_HELP = {
 
 def _meta_value_ok(wf: str, field: str, text: str) -> bool:
     if field in (keys.LAST_BATCH_ID,) or field.startswith(keys.COUNT_PREFIX):
-        return text.isascii() and text.isdigit()
+        # What every caller can name again (a batch id, a JSON integer) and Redis' HINCRBY can add to.
+        return text.isascii() and text.isdigit() and int(text) <= MAX_WHOLE
     if field == keys.SETTINGS:
         return isinstance(_json(text), dict)  # its content is checked as settings next
     if field.startswith(keys.SUCCESS_PREFIX):

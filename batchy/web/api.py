@@ -14,7 +14,7 @@ from .http import (
     actor, endpoint, idempotency_key, json_response, params, parse_flag, parse_job, parse_jobs, parse_limit,
     parse_moment, parse_text, parse_whole_number, state_response,
 )
-from .schema import DATE, FLAG, GET_MESSAGE, IDEM, JOB, LIMIT, NAME, TEXT, WHOLE, json_content, param
+from .schema import DATE, FLAG, GET_MESSAGE, IDEM, JOB, JOBS, LIMIT, NAME, TEXT, WHOLE, json_content, param
 
 bp = Blueprint("api", __name__)
 
@@ -102,7 +102,7 @@ def get_status(wf):
 
 @endpoint(bp, "/open_batch/<wf>", "/open_batch/<wf>/<fmt>", summary="Open a batch as JSON or an Informatica "
           "parameter file", schema="State",
-          params=[{**JOB, "description": "Open only this job (repeatable); every other job is left as it is"},
+          params=[{**JOBS, "description": "Open only these jobs; every other job is left as it is"},
                   param("dry_run", schema=FLAG), IDEM],
           ok={"content": {**json_content("State")["content"], **TEXT["content"]}}, mutating=True)
 def open_batch(wf, fmt="json"):

@@ -13,7 +13,7 @@ from .db import services
 from .http import (
     actor, endpoint, json_response, params, parse_jobs, parse_limit, parse_moment, parse_text, parse_whole_number,
 )
-from .schema import DATE, JOB, LIMIT, NUMBER, OBJECT, WHOLE, param
+from .schema import DATE, JOBS, LIMIT, NUMBER, OBJECT, WHOLE, param
 
 bp = Blueprint("backfill", __name__)
 CHUNK = param("chunk", schema=WHOLE, required=True)
@@ -56,7 +56,7 @@ def _positive_number(values: dict, name: str, maximum: float) -> float | None:
 
 @endpoint(bp, "/backfill/<wf>", summary="Create a backfill of a past range, in chunks", ok=OBJECT, status="201",
           params=[param("from", schema=DATE, required=True), param("to", schema=DATE, required=True),
-                  {**JOB, "description": "Only this job (repeatable)"},
+                  {**JOBS, "description": "Only these jobs"},
                   param("batch_size", schema={"type": "string", "enum": ["hour", "day", "week", "month"]}),
                   param("chunk_hours", schema=NUMBER), param("max_attempts", schema=WHOLE)], mutating=True)
 def create(wf):

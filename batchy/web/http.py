@@ -270,6 +270,8 @@ def parse_jobs(values: dict, wf: str) -> list[str] | None:
             items = [given]
         else:
             items = request.form.getlist("job") or request.args.getlist("job") or [given]
+    if not items:
+        raise InvalidParameter("job names no job: leave it out to mean every job", parameter="job", workflow=wf)
     if len(items) > MAX_JOBS:
         raise InvalidParameter(f"job names more than {MAX_JOBS} jobs", parameter="job", workflow=wf)
     return list(dict.fromkeys(names.check_job(item, wf) for item in items))

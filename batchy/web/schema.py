@@ -38,6 +38,9 @@ PATH = {
     "backfill_id": param("backfill_id", "path", {"type": "string", "pattern": "^[0-9]{1,15}$"}),
 }
 JOB = param("job", schema=NAME, description="Only this job step")
+# Several jobs: the parameter repeated in a query string or a form, a list in a JSON body.
+JOBS = {**param("job", schema={"type": "array", "items": NAME, "minItems": 1, "maxItems": 10000}),
+        "style": "form", "explode": True}
 LIMIT = param("limit", schema={"type": "integer", "minimum": 1, "maximum": 1000})
 IDEM = param("Idempotency-Key", "header", {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]+$"},
              description="A retry with the same key answers the batch the first call opened")
