@@ -196,6 +196,7 @@ def test_stored_lateness_settings_of_the_wrong_type_are_reported_not_raised(fake
 # -- 2. webhook delivery at least once ----------------------------------------------------------
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_an_event_whose_sender_died_is_sent_again_after_the_visibility_timeout(redis_server, real_redis, cfg_dir,
                                                                                receiver):
     clock = VirtualClock(datetime(2024, 3, 5, 8, 0, tzinfo=UTC))
@@ -394,6 +395,7 @@ def run_hourly_backfill(client, chunks: int) -> str:
     return bid
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_an_hourly_backfill_larger_than_the_cap_leaves_the_audit_trail(small_cap_client):
     client, redis = small_cap_client
     assert client.post("/load_cfg/hourly").status_code == 200

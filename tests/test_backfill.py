@@ -456,6 +456,7 @@ def test_an_expired_lease_is_leased_again_and_ends_failed_on_the_last_attempt(ba
     assert (chunk["status"], chunk["attempts"]) == ("failed", 2) and "ran out" in chunk["message"]
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_a_renewed_lease_keeps_the_chunk_from_other_workers(backfills):
     bid = backfills.create("bf", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC),
                            jobs=["customers"])["backfill_id"]
@@ -500,6 +501,7 @@ def test_renew_over_http_names_chunk_and_attempt(any_client):
         "invalid_parameter"  # a typo: lease_seconds
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_backfill_run_renews_the_lease_of_a_chunk_that_runs_long(real_app):
     """A command running three times its lease keeps its chunk: no second worker is handed it."""
     with serving(real_app) as url:
@@ -512,6 +514,7 @@ def test_backfill_run_renews_the_lease_of_a_chunk_that_runs_long(real_app):
     assert [(c["status"], c["attempts"]) for c in shown["chunks"]] == [("success", 1)]
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_chunk_timeout_stops_a_command_that_hangs_and_fails_its_attempt(real_app):
     with serving(real_app) as url:
         api = runner.BackfillClient(Batchy(url))
@@ -526,6 +529,7 @@ def test_chunk_timeout_stops_a_command_that_hangs_and_fails_its_attempt(real_app
     assert chunk["status"] == "failed" and chunk["message"].startswith("stopped after --chunk-timeout 0.3 s")
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_a_heartbeat_refused_stops_the_command_whose_chunk_another_worker_took(real_app):
     class TakenOver(runner.BackfillClient):
         def renew(self, *args, **kwargs):

@@ -280,6 +280,7 @@ def test_exit_5_paused(batchy):
     assert code == 5 and "deploying" in err and "423" in err
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_exit_6_unauthorized(redis_server, real_redis, cfg_dir, monkeypatch, capsys):
     svc = ServiceProcess(redis_server.url, str(cfg_dir), env={"BATCHY_API_TOKEN": "tok"}).start()
     try:
@@ -470,6 +471,7 @@ def test_env_refuses_two_jobs_with_one_name_before_opening(batchy, write_cfg):
 
 # -- wait: waitsy itself -------------------------------------------------------------
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_wait_runs_waitsy_with_its_arguments_and_exit_codes(batchy, capsys):
     batchy("load", "wf1")
     assert main(["wait", "-wf", "wf1", "--timeout", "0.5", "--quiet"]) == 1  # waitsy's "timed out"
@@ -520,6 +522,7 @@ def test_every_api_parameter_is_an_option(path):
             assert name in arguments or flag in options, f"batchy {command.name}: no {flag} for {path}'s {name}"
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_embedded_serve_preloads_cfg_and_warns(cfg_dir):
     svc = ServiceProcess("", str(cfg_dir), workers=3).start()
     try:

@@ -176,6 +176,7 @@ def test_errors_carry_the_service_error(api):
     assert err.value.status == 404
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_token_is_sent(redis_server, real_redis, cfg_dir):
     svc = ServiceProcess(redis_server.url, str(cfg_dir), env={"BATCHY_API_TOKEN": "tok"}).start()
     try:

@@ -9,6 +9,7 @@ from batchy import create_app
 from batchy.storage import keys
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_concurrent_open_close_cycles(redis_server, real_redis, cfg_dir, capsys):
     clients, cycles = 12, 25
     apps = [create_app({"BATCHY_REDIS_URL": redis_server.url, "BATCHY_CFG_DIR": str(cfg_dir)}) for _ in range(3)]

@@ -61,6 +61,7 @@ def test_an_import_refuses_numbers_no_caller_could_name_again(real_client, real_
     assert real_redis.hgetall("batchy:wf:wf1") == before  # nothing written
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_an_exclusive_lease_is_each_jobs_own(client, write_cfg):
     write_cfg("tables", ".batchy:\n  exclusive: true\n  lease_hours: 0.0006\n"  # about 2 s
                         "a:\n  from_date: 2024-01-01\nb:\n  from_date: 2024-01-01\n")
@@ -101,6 +102,7 @@ def test_one_count_for_jobs_in_several_batches_is_refused(client, write_cfg):
     assert client.post("/close_batch/tables").status_code == 200  # without a count: both end
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_eval_of_open_format_env_fails_when_job_names_clash(service, write_cfg):
     write_cfg("clash", "t-x:\n  from_date: 2024-01-01\nt_x:\n  from_date: 2024-01-01\n")
     Batchy(service.url).load("clash")

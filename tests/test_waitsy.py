@@ -128,6 +128,7 @@ def test_today_follows_tz_for_a_batch_closed_now(svc, workflow):
     assert waitsy.main(base + ["--timeout", "0.3", "--tz", zone, "--date", utc_day.isoformat()]) == expected
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_timeout_gives_1(svc, workflow, capsys):
     wf = workflow("slow")
     workflow.client.open(wf)
@@ -137,6 +138,7 @@ def test_timeout_gives_1(svc, workflow, capsys):
     assert "timed out after 0.5s" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_failure_with_fail_on_error_gives_2(svc, workflow, capsys, redis_commands):
     wf = workflow("flaky")
     workflow.client.open(wf)
@@ -199,6 +201,7 @@ def test_unknown_workflow_job_or_usage_gives_3(svc, workflow, capsys, argv, text
     assert text in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_several_workflows_and_jobs(svc, workflow):
     first, second = workflow("first"), workflow("second")
     for wf in (first, second):
@@ -470,6 +473,7 @@ def old_service():
     server.shutdown()
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_poll_fallback_against_a_service_without_wait(old_service, capsys):
     thread, code = run_in_background(["-wf", "old", "--url", old_service.url, "--interval", "0.2", "--timeout", "30"])
     wait_until(lambda: old_service.hits.count("old") >= 2, 10, "waitsy to poll /get_status twice")
@@ -507,6 +511,7 @@ def test_a_coverage_gate_needs_wait_and_says_so(old_service, capsys):
     assert old_service.hits == [], "a coverage gate must not fall back to polling"
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_the_deadline_is_kept_against_a_service_that_cannot(old_service, capsys):
     # Polling an older service: only waitsy's own clock can end the wait at the deadline.
     deadline = (datetime.now(timezone.utc) + timedelta(seconds=0.5)).isoformat()
@@ -538,6 +543,7 @@ def fake_wait():
     server.shutdown()
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_a_service_that_answers_at_once_is_not_asked_in_a_tight_loop(fake_wait):
     assert waitsy.main(["-wf", "x", "--url", fake_wait.url, "--timeout", "0.9", "--quiet"]) == EXIT_TIMEOUT
     # 0, 0.1, 0.3, 0.7 s: the gap doubles while every answer comes back at once.
@@ -580,6 +586,7 @@ def test_an_older_wait_is_asked_without_the_deadline(fake_wait, capsys):
     assert "--through needs a /wait that takes through" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_down_service_is_retried_until_the_timeout(capsys):
     from batchy.testing import free_port
 
@@ -633,6 +640,7 @@ def test_every_exit_code_is_in_the_one_table_of_the_docs():
     assert all(f"\n  {code}  " in waitsy.EPILOG for code in codes)  # waitsy --help
 
 
+@pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_runs_as_a_command(svc, workflow):
     wf = workflow("cmd")
     workflow.client.open(wf)
