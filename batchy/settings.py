@@ -231,6 +231,15 @@ SETTINGS: tuple[Setting, ...] = (
         _non_negative_float,
     ),
     Setting(
+        "BATCHY_AUTO_BACKFILL_INTERVAL",
+        60.0,
+        "Seconds between two rounds of the process (one at a time, elected through Redis) that "
+        "turns the settled holes of `auto_backfill` jobs into backfills "
+        "([self-repair](backfills.md#holes-that-repair-themselves)). 0: no process of this "
+        "service does it.",
+        _non_negative_float,
+    ),
+    Setting(
         "BATCHY_METRICS_DETAIL",
         "job",
         "`job`: `/metrics` has series per job (status, last success, late, holes, records); "

@@ -48,7 +48,10 @@ def write_cfg(cfg_dir):
 
 # Tests read the fleet fresh on every request (a change shows on the next page at once);
 # the figures kept per interval are tested on their own (test_fleet.py).
-FRESH = {"BATCHY_FLEET_INTERVAL": 0}
+FRESH = {"BATCHY_FLEET_INTERVAL": 0,
+         # no background repairer in the session's apps (it would read the fleet on its own
+         # clock); tests of it build a Repairer and call round() (test_auto_backfill.py)
+         "BATCHY_AUTO_BACKFILL_INTERVAL": 0}
 
 
 def make_app(client, cfg_dir, **config):

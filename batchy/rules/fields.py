@@ -161,6 +161,9 @@ FIELDS = (
           "job's zone) or cron schedule; later, the job is late."),
     Field("max_age_hours", BOTH, NO_DEFAULT, amount("max_age_hours"), "A job whose last success is older is late."),
     Field("max_open_hours", WORKFLOW, NO_DEFAULT, amount("max_open_hours"), "A batch open longer is stuck."),
+    # -- coverage ([docs](docs/backfills.md#holes-that-repair-themselves)) -------------------------
+    Field("auto_backfill", BOTH, NO_DEFAULT, _flag("auto_backfill"), "When true, each hole of the job's coverage "
+          "becomes a backfill by itself once `settle_minutes` past its end."),
     # -- the workflow's own settings ----------------------------------------------------------------
     Field("exclusive", WORKFLOW, NO_DEFAULT, _flag("exclusive"), "Refuse a second open while a batch is open "
           "([exclusive runs](api.md#pause-and-exclusive-runs))."),

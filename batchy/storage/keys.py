@@ -171,3 +171,12 @@ WEBHOOK_LEADER = NAMESPACE + "webhook-leader"  # string, expiring: the process t
 def webhook_seen(event_id: str) -> str:
     """String, expiring: an event already queued (each is announced once)."""
     return f"{NAMESPACE}webhook-seen:{event_id}"
+
+# -- automatic backfills (storage/repair.py) ----------------------------------------------------------
+
+REPAIR_LEADER = NAMESPACE + "repair-leader"  # string, expiring: the process that creates automatic backfills
+
+
+def repair_lock(wf: str) -> str:
+    """String, expiring: held while one process checks and repairs wf's holes (never two backfills of one range)."""
+    return f"{NAMESPACE}repair:{wf}"

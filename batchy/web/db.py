@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import redis
 from flask import Flask, current_app
 
-from ..storage import webhooks
+from ..storage import repair, webhooks
 from ..storage.backfill import Backfills
 from ..storage.connections import connect
 from ..storage.fleet import Fleet
@@ -34,6 +34,7 @@ class Services:
     notifier: Notifier  # wakes the requests waiting on a workflow (GET /wait)
     webhooks: webhooks.Watchman | None  # the announcer, when BATCHY_WEBHOOK_URL is set
     fleet: Fleet  # every workflow at once, read once per BATCHY_FLEET_INTERVAL (dashboard, metrics, /late)
+    repairer: repair.Repairer | None  # turns settled holes of auto_backfill jobs into backfills
 
 
 def init_app(app: Flask) -> None:
@@ -50,6 +51,7 @@ def init_app(app: Flask) -> None:
     backfills = Backfills(store, config["BATCHY_EVENTS_KEEP"])
     if embedded:
         log.warning(EMBEDDED_WARNING)
+    fleet = Fleet(store, backfills, config["BATCHY_FLEET_INTERVAL"], clock=config.get("FLEET_CLOCK"))
     app.extensions["batchy"] = Services(
         store=store,
         history=store.reads,
@@ -57,7 +59,8 @@ def init_app(app: Flask) -> None:
         backfills=backfills,
         notifier=Notifier(store, config["BATCHY_REDIS_TIMEOUT"] + 1.0, config["BATCHY_WAIT_MAX_WAITERS"]),
         webhooks=webhooks.start(app, store),
-        fleet=Fleet(store, backfills, config["BATCHY_FLEET_INTERVAL"], clock=config.get("FLEET_CLOCK")),
+        fleet=fleet,
+        repairer=repair.start(app, store, backfills, fleet),
     )
     if embedded or config["BATCHY_LOAD_ON_START"]:
         preload(store, config["BATCHY_CFG_DIR"], config["BATCHY_MAX_CFG_BYTES"])

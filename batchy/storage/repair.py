@@ -1,0 +1,153 @@
+"""Holes that repair themselves: the elected process that turns them into backfills.
+
+One process at a time (a leader elected through a Redis key with an expiry, as for
+webhooks) looks, every BATCHY_AUTO_BACKFILL_INTERVAL seconds, at the workflows where a
+job or the workflow sets `auto_backfill: true` (found in the fleet read the dashboard and
+/metrics share), and creates a backfill for each settled range rules/repair.py names.
+Creating is guarded by a per-workflow lock as well, so a leader change in the middle of a
+round cannot make two backfills of one range. `batchy backfill run` then repairs them.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import random
+import threading
+from datetime import datetime
+
+import redis
+
+from . import keys
+from .webhooks import LEAD, RESIGN
+from ..errors import BatchyError
+from ..rules import backfill as backfill_rules
+from ..rules import coverage, repair
+from ..rules.times import UTC, parse_time
+
+log = logging.getLogger("batchy")
+
+LOCK_SECONDS = 120  # longest one workflow's check and creation may hold its lock
+
+UNLOCK = RESIGN  # give up a lock (or the lead) held with this token: KEYS[1] the key; ARGV[1] the token
+
+
+class Repairer:
+    """The background thread of one process: lead, then repair the holes of auto_backfill jobs."""
+
+    def __init__(self, store, backfills, fleet, interval: float):
+        self.store, self.history, self.backfills, self.fleet = store, store.reads, backfills, fleet
+        self.interval = interval
+        self.token = f"{random.getrandbits(64):016x}"
+        self.stopped = threading.Event()
+        self.leading = False
+        self.created = 0  # backfills this process created: a test's and a log's window
+        self._lead = store.redis.register_script(LEAD)
+        self._unlock = store.redis.register_script(UNLOCK)
+        self.thread = threading.Thread(target=self._run, name="batchy-repair", daemon=True)
+
+    def start(self) -> "Repairer":
+        self.thread.start()
+        atexit.register(self.stop)
+        return self
+
+    def stop(self) -> None:
+        """Stop, and give up the lead so that another process goes on at once."""
+        self.stopped.set()
+        self.stop_leading()
+
+    def stop_leading(self) -> None:
+        """Give up the lead, if held."""
+        if self.leading:
+            try:
+                self._unlock(keys=[keys.REPAIR_LEADER], args=[self.token])
+            except (redis.RedisError, OSError) as exc:  # the lead expires by itself
+                log.info("auto_backfill: could not hand back the lead when stopping: %s", exc)
+            self.leading = False
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval * random.uniform(0.8, 1.0)):
+            try:
+                self.round()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("auto_backfill: %s", exc)
+            except Exception:  # noqa: BLE001 - the thread must outlive any surprise
+                log.exception("auto_backfill: round failed")
+
+    def leads(self) -> bool:
+        """Take or keep the lead; return whether this process leads."""
+        self.leading = bool(int(self._lead(keys=[keys.REPAIR_LEADER], args=[self.token, int(self.interval * 3000)])))
+        return self.leading
+
+    def round(self) -> list[dict]:
+        """Repair once if this process leads; return the backfills created."""
+        candidates = self.fleet.get("auto_backfill", _candidates)
+        if not candidates:  # nothing to do: no key written, no lead held
+            self.stop_leading()
+            return []
+        if not self.leads():
+            return []
+        created = []
+        for wf in candidates:
+            if self.stopped.is_set():
+                break
+            try:
+                created += self.repair(wf)
+            except BatchyError as exc:  # gone, corrupt: the others go on
+                log.warning("auto_backfill: %s: %s", wf, exc.message)
+        return created
+
+    def repair(self, wf: str) -> list[dict]:
+        """Create the backfills wf's settled holes need now, under its lock; return them."""
+        lock = keys.repair_lock(wf)
+        if not self.store.redis.set(lock, self.token, nx=True, px=LOCK_SECONDS * 1000):
+            return []  # another process repairs wf right now
+        try:
+            jobs, ledgers = self.history.gate_state(wf, lenient=True)
+            settings = self.store.read(wf).settings
+            holes = {name: coverage.holes(ledgers.get(name) or []) for name in jobs}
+            if not any(holes.values()):
+                return []
+            wanted = repair.plan(jobs, settings, holes, self.backfills.filling(wf), self._given_up(wf),
+                                 self.store.now().timestamp())
+            created = []
+            for start, end, names in wanted:
+                try:
+                    made = self.backfills.create(wf, _at(start), _at(end), jobs=names, actor=repair.ACTOR)
+                except BatchyError as exc:  # too many chunks, a job removed meanwhile: said, not retried blindly
+                    log.warning("auto_backfill: %s %s [%s, %s): %s", wf, names, _at(start), _at(end), exc.message)
+                    continue
+                self.created += 1
+                log.info("auto_backfill: %s: backfill %s of %s for [%s, %s)", wf, made["backfill_id"],
+                         ", ".join(names), made["from"], made["to"])
+                created.append({k: v for k, v in made.items() if k != "chunks"})
+            return created
+        finally:
+            self._unlock(keys=[lock], args=[self.token])
+
+    def _given_up(self, wf: str) -> dict[str, list]:
+        """Return {job: ranges} of automatic backfills that failed or were cancelled: not made again."""
+        result: dict[str, list] = {}
+        for item in self.backfills.list(wf):
+            if item.get("actor") != repair.ACTOR or item["status"] not in (
+                    str(backfill_rules.ChunkStatus.FAILED), backfill_rules.CANCELLED):
+                continue
+            span = [parse_time(item["from"]).timestamp(), parse_time(item["to"]).timestamp()]
+            for name in item["jobs"]:
+                result.setdefault(name, []).append(span)
+        return result
+
+
+def _candidates(read) -> list[str]:
+    """Return the workflows of a fleet read where some job repairs its holes by itself."""
+    return sorted(wf for wf, data in read.overview.items()
+                  if any(repair.enabled(job, data.get("settings") or {}) for job in (data.get("jobs") or {}).values()))
+
+
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def start(app, store, backfills, fleet) -> Repairer | None:
+    """Start this process' repairer unless BATCHY_AUTO_BACKFILL_INTERVAL is 0."""
+    interval = float(app.config["BATCHY_AUTO_BACKFILL_INTERVAL"])
+    return Repairer(store, backfills, fleet, interval).start() if interval else None
