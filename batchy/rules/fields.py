@@ -160,6 +160,9 @@ FIELDS = (
     Field("expected_by", BOTH, NO_DEFAULT, _expected_by, "A success is due by this time of day (`HH:MM` in the "
           "job's zone) or cron schedule; later, the job is late."),
     Field("max_age_hours", BOTH, NO_DEFAULT, amount("max_age_hours"), "A job whose last success is older is late."),
+    Field("max_coverage_lag_hours", BOTH, NO_DEFAULT, amount("max_coverage_lag_hours"), "The job's complete data "
+          "(the unbroken coverage from its first window) may end at most this long before now; later, `/late` "
+          "reports it as `coverage_lag`."),
     Field("max_open_hours", WORKFLOW, NO_DEFAULT, amount("max_open_hours"), "A batch open longer is stuck."),
     # -- coverage ([docs](docs/backfills.md#holes-that-repair-themselves)) -------------------------
     Field("auto_backfill", BOTH, NO_DEFAULT, _flag("auto_backfill"), "When true, each hole of the job's coverage "

@@ -4,6 +4,9 @@ Settings (on a job, or workflow-wide under `.batchy`; the job's own wins):
     expected_by     "HH:MM": a success is due every day by then, in the job's timezone;
                     or a 5-field cron expression: a success is due between two firings
     max_age_hours   the last success may be at most this old
+    max_coverage_lag_hours
+                    complete data (the unbroken coverage from the job's first window)
+                    may end at most this long before now
 and on the workflow: max_open_hours, the longest a batch may stay open.
 
 A job is late when the due time passed without a success in its period (since the
@@ -22,7 +25,7 @@ from .fields import CLOCK
 from .health import last_success, open_since
 
 # The settings this module gives a meaning to (declared in fields.py); a job may set the first two.
-SETTINGS = ("expected_by", "max_age_hours", "max_open_hours")
+SETTINGS = ("expected_by", "max_age_hours", "max_coverage_lag_hours", "max_open_hours")
 JOB_SETTINGS = tuple(key for key in SETTINGS if key in fields.JOB_SETTINGS)
 
 
@@ -100,6 +103,44 @@ def job_lateness(job: dict, settings: dict, now: datetime) -> dict | None:
     return None
 
 
+def covered_through(ledger: list, first_from: float | None = None) -> float | None:
+    """Return the end (epoch s) of the unbroken coverage that starts at first_from.
+
+    ledger: sorted, merged [start, end) intervals (the coverage ledger, or the effective
+    coverage once dirty and failed ranges are taken out of it); first_from: the job's first
+    from_date, by default the ledger's first start. A hole stops the coverage: nothing
+    covered from first_from returns first_from itself. None when there is nothing to go by.
+    """
+    if first_from is None:
+        if not ledger:
+            return None
+        first_from = ledger[0][0]
+    for low, high in ledger:
+        if low > first_from:
+            break
+        if first_from < high:
+            return high
+    return first_from
+
+
+def coverage_lag(job: dict, settings: dict, now: datetime) -> dict | None:
+    """Return {"kind": "coverage_lag", "reason", "since"} when the job's complete data ends more
+    than max_coverage_lag_hours before now (job["coverage_through"], epoch s), else None."""
+    limit = usable("max_coverage_lag_hours", job.get("max_coverage_lag_hours")
+                   or settings.get("max_coverage_lag_hours"))
+    through = job.get("coverage_through")
+    if not limit or not isinstance(through, (int, float)):
+        return None
+    lag = now.timestamp() - through
+    if lag <= limit * 3600:
+        return None
+    tz = times.job_zone(job)
+    end = datetime.fromtimestamp(through, times.UTC)
+    return {"kind": "coverage_lag", "since": _text(end + timedelta(hours=limit), tz),
+            "reason": f"complete data through {_text(end, tz)}, {lag / 3600:.1f} h behind, more than "
+                      f"max_coverage_lag_hours {limit:g}"}
+
+
 def workflow_stuck(jobs: dict[str, dict], settings: dict, now: datetime) -> dict | None:
     """Return {"kind": "stuck", "reason", "since"} when the open batch outlived max_open_hours."""
     limit = usable("max_open_hours", settings.get("max_open_hours"))
@@ -111,9 +152,9 @@ def workflow_stuck(jobs: dict[str, dict], settings: dict, now: datetime) -> dict
 
 
 def late_list(overview: dict[str, dict], now: datetime) -> list[dict]:
-    """Return every late job and stuck workflow of an overview (history.History.overview), and
-    each workflow whose lateness cannot be checked (kind "unchecked": a value stored for it
-    cannot be read)."""
+    """Return every late job, job behind on coverage (kind "coverage_lag") and stuck workflow of
+    an overview (history.History.overview), and each workflow whose lateness cannot be checked
+    (kind "unchecked": a value stored for it cannot be read)."""
     found = []
     for wf in sorted(overview):
         data = overview[wf]
@@ -127,4 +168,7 @@ def late_list(overview: dict[str, dict], now: datetime) -> list[dict]:
             late = job_lateness(job, settings, now)
             if late:
                 found.append({"workflow": wf, "job": name, **late})
+            behind = coverage_lag(job, settings, now)
+            if behind:
+                found.append({"workflow": wf, "job": name, **behind})
     return found

@@ -228,12 +228,18 @@ class History:
                 message = exc.message if isinstance(exc, CorruptState) else f"workflow {wf!r}: bad meta: {exc}"
                 result[wf] = {"jobs": {}, "settings": {}, "counts": {}, "last_batch_id": None, "error": message}
                 continue
-            for job, text in keys.coverage_texts(meta).items():
+            texts = keys.coverage_texts(meta)
+            for job, text in texts.items():
                 if job in jobs:
                     try:
-                        jobs[job]["coverage_holes"] = len(coverage_mod.holes(coverage_mod.loads(text)))
+                        ledger = coverage_mod.loads_cached(text)
                     except ValueError:
                         jobs[job]["coverage_holes"] = None
+                        continue
+                    jobs[job]["coverage_holes"] = len(coverage_mod.holes(ledger))
+                    jobs[job]["coverage_through"] = lateness.covered_through(ledger)
+            for job in jobs.keys() - texts.keys():  # nothing covered yet: behind since its first from_date
+                jobs[job]["coverage_through"] = _epoch_or_none(jobs[job].get("from_date"))
             for job, mark in marks.items():
                 if job in jobs and isinstance(mark, dict):
                     jobs[job].update(last_success_start=mark.get("start"), last_success_end=mark.get("end"))
@@ -272,6 +278,13 @@ def _counts(meta: dict[str, str]) -> dict[str, int]:
         return keys.counts(meta)
     except ValueError:
         return {}
+
+
+def _epoch_or_none(text) -> float | None:
+    try:
+        return parse_time(text).timestamp() if isinstance(text, str) and text else None
+    except (ValueError, InvalidParameter):
+        return None
 
 
 def _render(intervals: list, tz) -> list[list[str]]:

@@ -172,6 +172,12 @@ def webhook_seen(event_id: str) -> str:
     """String, expiring: an event already queued (each is announced once)."""
     return f"{NAMESPACE}webhook-seen:{event_id}"
 
+
+
+def lag_episodes(wf: str) -> str:
+    """Hash: job -> when its current coverage-lag episode began (announced once; deleted when it ends)."""
+    return f"{NAMESPACE}lag-episodes:{wf}"
+
 # -- automatic backfills (storage/repair.py) ----------------------------------------------------------
 
 REPAIR_LEADER = NAMESPACE + "repair-leader"  # string, expiring: the process that creates automatic backfills

@@ -225,7 +225,15 @@ class Watchman:
 
     def check_lateness(self) -> None:
         client = self.store.redis
-        for item in lateness.late_list(self.store.reads.overview(self.store.workflows()), self.store.now()):
+        overview = self.store.reads.overview(self.store.workflows())
+        items = lateness.late_list(overview, self.store.now())
+        episodes = self.lag_episodes(overview, items)
+        for item in items:
+            if item["kind"] == "coverage_lag":
+                since = episodes.get((item["workflow"], item["job"]))
+                if since is None:
+                    continue  # announced when its episode began
+                item = {**item, "since": since}
             what = f"{item['workflow']}/{item['job']}" if item["job"] else item["workflow"]
             text = (f"Batchy: the lateness of {what} cannot be checked: {item['reason']}"
                     if item["kind"] == "unchecked" else f"Batchy: {what} is {item['kind']}: {item['reason']}")
@@ -233,6 +241,30 @@ class Watchman:
                              if item["since"] is None else "")
             announce(client, item["kind"], text, ident, workflow=item["workflow"], job=item["job"],
                      since=item["since"], reason=item["reason"])
+
+    def lag_episodes(self, overview: dict, items: list[dict]) -> dict[tuple, str]:
+        """Return {(wf, job): since} of the coverage-lag episodes that begin now (announced once:
+        a job stays behind for many checks), and forget those that ended."""
+        behind = {(i["workflow"], i["job"]): i["since"] for i in items if i["kind"] == "coverage_lag"}
+        watched = sorted({wf for wf, _ in behind} | {wf for wf, data in overview.items() if _watches_lag(data)})
+        if not watched:
+            return {}
+        pipe = self.store.redis.pipeline(transaction=False)
+        for wf in watched:
+            pipe.hgetall(keys.lag_episodes(wf))
+        known = dict(zip(watched, pipe.execute()))
+        begun: dict[tuple, str] = {}
+        pipe = self.store.redis.pipeline(transaction=False)
+        for wf in watched:
+            for job in known[wf]:
+                if (wf, job) not in behind:
+                    pipe.hdel(keys.lag_episodes(wf), job)  # caught up: the next episode is announced again
+        for (wf, job), since in behind.items():
+            if job not in known[wf]:
+                begun[(wf, job)] = since
+                pipe.hset(keys.lag_episodes(wf), job, since or "")
+        pipe.execute()
+        return begun
 
     def deliver(self) -> int:
         """Send every queued event, oldest first; keep one that fails for the next round.
@@ -286,6 +318,13 @@ class Watchman:
             log.warning("webhooks: %s did not take an event (%s); retrying later", shown,
                         str(exc).replace(self.url, shown))
             return False
+
+
+def _watches_lag(data: dict) -> bool:
+    if (data.get("settings") or {}).get("max_coverage_lag_hours") is not None:
+        return True
+    return any(isinstance(job, dict) and job.get("max_coverage_lag_hours") is not None
+               for job in data.get("jobs", {}).values())
 
 
 def start(app, store) -> Watchman | None:

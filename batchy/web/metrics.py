@@ -170,7 +170,10 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None, 
         holes = Gauge("batchy_coverage_holes",
                                   "Stretches of time between the job's first and latest successful window that no "
                                   "successful window covered (GET /coverage).", labels=job_labels)
-        per_job_families = [success, status, records, late, job_success, holes]
+        lag = Gauge("batchy_coverage_lag_seconds",
+                    "Seconds from the end of the job's unbroken coverage (from its first window) to now.",
+                    labels=job_labels)
+        per_job_families = [success, status, records, late, job_success, holes, lag]
     else:
         success = Gauge("batchy_workflow_last_success_timestamp_seconds",
                                     "Unix time the oldest of the workflow's last successful batches ended (absent "
@@ -181,7 +184,10 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None, 
         holes = Gauge("batchy_workflow_coverage_holes",
                                   "Holes in the coverage of the workflow's jobs, summed (GET /coverage).",
                                   labels=wf_labels)
-        per_job_families = [success, status, late, holes]
+        lag = Gauge("batchy_workflow_coverage_lag_seconds",
+                    "The largest coverage lag of the workflow's jobs, in seconds (batchy_coverage_lag_seconds).",
+                    labels=wf_labels)
+        per_job_families = [success, status, late, holes, lag]
     when = datetime.fromtimestamp(now, timezone.utc)
     for wf in sorted(overview):
         data = overview[wf]
@@ -200,14 +206,19 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None, 
         if limit:
             stale_after.add_metric([wf], limit)
         if per_job:
-            job_series(wf, data["jobs"], settings, when, success, job_success, late, status, holes, records)
+            job_series(wf, data["jobs"], settings, when, success, job_success, late, status, holes, records, lag)
         else:
-            workflow_series(wf, data["jobs"], settings, when, success, late, status, holes)
+            workflow_series(wf, data["jobs"], settings, when, success, late, status, holes, lag)
     return [*counters.values(), actions, open_age, stale_after, workflows, service_paused, paused, corrupt, stuck,
             *per_job_families]
 
 
-def job_series(wf, jobs, settings, when, success, job_success, late, status, holes, records) -> None:
+def _lag(job: dict, now: float) -> float | None:
+    through = job.get("coverage_through")
+    return max(0.0, now - through) if isinstance(through, (int, float)) else None
+
+
+def job_series(wf, jobs, settings, when, success, job_success, late, status, holes, records, lag) -> None:
     """Add one workflow's series per job."""
     for job_name, job in jobs.items():
         moment = last_success(job)
@@ -224,9 +235,12 @@ def job_series(wf, jobs, settings, when, success, job_success, late, status, hol
             holes.add_metric([wf, job_name], job["coverage_holes"])
         if isinstance(job.get("records_processed"), int):
             records.add_metric([wf, job_name], job["records_processed"])
+        behind = _lag(job, when.timestamp())
+        if behind is not None:
+            lag.add_metric([wf, job_name], behind)
 
 
-def workflow_series(wf, jobs, settings, when, success, late, status, holes) -> None:
+def workflow_series(wf, jobs, settings, when, success, late, status, holes, lag) -> None:
     """Add one workflow's job figures, counted or summed per workflow."""
     in_status = {name: 0 for name in STATUSES}
     for job in jobs.values():
@@ -238,6 +252,9 @@ def workflow_series(wf, jobs, settings, when, success, late, status, holes) -> N
     late.add_metric([wf], sum(1 for job in jobs.values() if lateness.job_lateness(job, settings, when)))
     holes.add_metric([wf], sum(job["coverage_holes"] for job in jobs.values()
                                if isinstance(job.get("coverage_holes"), int)))
+    lags = [behind for behind in (_lag(job, when.timestamp()) for job in jobs.values()) if behind is not None]
+    if lags:
+        lag.add_metric([wf], max(lags))
     moments = [last_success(job) for job in jobs.values()]
     if moments and all(moments):
         success.add_metric([wf], min(moments).timestamp())

@@ -52,7 +52,7 @@ SCHEMAS = {
         "type": "array",
         "items": {"type": "object", "required": ["workflow", "job", "kind", "reason", "since"],
                   "properties": {"workflow": {"type": "string"}, "job": {"type": ["string", "null"]},
-                                 "kind": {"type": "string", "enum": ["late", "stuck", "unchecked"]},
+                                 "kind": {"type": "string", "enum": ["late", "coverage_lag", "stuck", "unchecked"]},
                                  "reason": {"type": "string"}, "since": {"type": ["string", "null"]}}},
     },
     "Removed": {
