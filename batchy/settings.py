@@ -201,6 +201,33 @@ SETTINGS: tuple[Setting, ...] = (
         _non_negative_float,
     ),
     Setting(
+        "BATCHY_OPENLINEAGE_URL",
+        "",
+        "Send every job's open, close, fail and abandonment, and every backfill chunk attempt, as an "
+        "OpenLineage run event to `<url>/api/v1/lineage` (Marquez: `http://marquez:5000`), at least once, "
+        "in the background ([lineage](lineage.md)). Empty: none.",
+    ),
+    Setting(
+        "BATCHY_OPENLINEAGE_NAMESPACE",
+        "batchy",
+        "The OpenLineage namespace of the jobs (`<workflow>.<job>`) Batchy reports.",
+    ),
+    Setting(
+        "BATCHY_OPENLINEAGE_INTERVAL",
+        2.0,
+        "Seconds between two rounds of the process (one at a time, elected through Redis) that "
+        "sends OpenLineage events.",
+        _positive_float,
+    ),
+    Setting(
+        "BATCHY_OPENLINEAGE_TIMEOUT",
+        5.0,
+        "Seconds an OpenLineage POST may wait for the collector before it counts as failed and is "
+        "retried on a later round (an event being sent is handed to another process after twice "
+        "this plus 5 s, if its sender died).",
+        _positive_float,
+    ),
+    Setting(
         "BATCHY_IDEMPOTENCY_HOURS",
         24.0,
         "How long an `Idempotency-Key` of `open_batch` is remembered: a retry with the same "

@@ -91,12 +91,14 @@ local function next_id(now, workflow_stream, stream)
   end
   return string.format('%.0f-%.0f', ms, seq)
 end
-local function chunk_audit(streams, maxlen, now, action, actor, jobs, message, backfill_id, chunk, attempt)
+-- extra: more fields, flat (a chunk attempt's window: what the OpenLineage sender reads).
+local function chunk_audit(streams, maxlen, now, action, actor, jobs, message, backfill_id, chunk, attempt, extra)
   local stream, workflow_stream = streams[1], streams[2]
   local id = next_id(now, workflow_stream, stream)
   local fields = {'time', iso(now[1]), 'action', action, 'batch_id', '', 'actor', actor, 'jobs', jobs,
                   'from_before', '{}', 'from_after', '{}', 'backfill_id', backfill_id,
                   'chunk', chunk, 'attempt', attempt, 'message', message}
+  for _, value in ipairs(extra or {}) do fields[#fields + 1] = value end
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, unpack(fields))
   if redis.call('EXISTS', workflow_stream) == 1 then  -- its next XADD * comes after id
     local set = redis.pcall('XSETID', workflow_stream, id)
@@ -109,6 +111,9 @@ local function chunk_audit(streams, maxlen, now, action, actor, jobs, message, b
 end
 local function window(chunk)
   return chunk.job .. ' [' .. chunk.from_date .. ', ' .. chunk.to_date .. ')'
+end
+local function window_fields(chunk, expired)  -- a chunk event's extra fields
+  return {'from_date', chunk.from_date, 'to_date', chunk.to_date, 'expired', expired and '1' or '0'}
 end
 """).substitute(COUNT=keys.BACKFILL_COUNT_PREFIX)
 
@@ -194,7 +199,7 @@ while true do
     redis.call('ZREM', KEYS[4], n)
     moved(KEYS[2], from, chunk.status)
     chunk_audit({KEYS[5], KEYS[8]}, A[2], now, 'backfill_expire', A[3], jobs, 'chunk ' .. n .. ' ' ..
-      window(chunk) .. ': ' .. chunk.message, A[4], n, chunk.attempts)
+      window(chunk) .. ': ' .. chunk.message, A[4], n, chunk.attempts, window_fields(chunk))
   elseif cancelled then
     break  -- a cancel took the pending chunks out of the queue: nothing else is due
   else
@@ -208,7 +213,8 @@ while true do
     moved(KEYS[2], from, 'leased')
     chunk_audit({KEYS[5], KEYS[8]}, A[2], now, 'backfill_lease', A[3], jobs, 'chunk ' .. n .. ' ' ..
       window(chunk) .. ': attempt ' .. chunk.attempts ..
-      (from == 'leased' and ' (the lease of the previous one ran out)' or ''), A[4], n, chunk.attempts)
+      (from == 'leased' and ' (the lease of the previous one ran out)' or ''), A[4], n, chunk.attempts,
+      window_fields(chunk, from == 'leased'))
     return {1, n, encoded, redis.call('HGETALL', KEYS[2])}
   end
 end
@@ -270,7 +276,7 @@ local note = 'chunk ' .. A[1] .. ' ' .. window(chunk) .. ': attempt ' .. attempt
 if chunk.status ~= outcome then note = note .. ', now ' .. chunk.status end
 if chunk.message then note = note .. ': ' .. string.sub(chunk.message, 1, 200) end
 chunk_audit({KEYS[4], KEYS[5]}, A[6], now, outcome == 'success' and 'backfill_close' or 'backfill_fail', A[7],
-  cjson.encode({chunk.job}), note, A[8], A[1], attempt)
+  cjson.encode({chunk.job}), note, A[8], A[1], attempt, window_fields(chunk))
 return {1, encoded, redis.call('HGETALL', KEYS[1])}
 """).substitute(COUNT=keys.BACKFILL_COUNT_PREFIX)
 

@@ -25,6 +25,7 @@ from typing import Callable
 
 from ..errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFound
 from ..rules.formats import dumps
+from ..rules import lineage
 from ..rules.jobs import decode
 from ..rules.state import Change, State
 from ..rules.workflows import config_path
@@ -72,6 +73,7 @@ class Committer:
         self._events_keep = settings["BATCHY_EVENTS_KEEP"]
         self._wait_replicas = settings["BATCHY_REDIS_WAIT_REPLICAS"]
         self._wait_timeout = settings["BATCHY_REDIS_WAIT_TIMEOUT_MS"]
+        self._lineage = bool(settings.get("BATCHY_OPENLINEAGE_URL"))
 
     def not_found(self, wf: str) -> WorkflowNotFound:
         try:
@@ -247,7 +249,7 @@ class Committer:
             args += [keys.batch(wf, batch_id), len(snapshot)]
             for name, job in snapshot.items():
                 args += [name, dumps(job)]
-        event = bookkeeping.event_fields(change.audit, actor)
+        event = self._event(state, change, actor)
         args.append(len(event))
         for item in event.items():
             args += item
@@ -290,6 +292,16 @@ class Committer:
         return Change(action="open", writes=ran, batch_id=batch_id, noop=True, after=state.jobs,
                       after_text=state.raw)
 
+    def _event(self, state: State, change: Change, actor: str) -> dict[str, str]:
+        """Return the change's audit event; with OpenLineage on, with the runs it starts or ends,
+        so they are recorded in the same step as the change (storage/lineage.py sends them)."""
+        event = bookkeeping.event_fields(change.audit, actor)
+        if self._lineage:
+            found = lineage.runs(state, change)
+            if found:
+                event["runs"] = dumps(found)
+        return event
+
     def _apply(self, wf: str, state: State, change: Change, fields: dict[str, str], actor: str, token: str,
                insist: bool) -> list:
         """Send the change to scripts.COMMIT; return its reply (with WAIT's count appended)."""
@@ -313,7 +325,7 @@ class Committer:
                 args += [name, dumps(job)]
         # A change planned without an audit event (a chunk's coverage merge: its event goes to
         # the backfill's own stream) writes none.
-        event = bookkeeping.event_fields(change.audit, actor) if change.audit else {}
+        event = self._event(state, change, actor) if change.audit else {}
         args += [self._keep, keys.batch_prefix(wf), self._events_keep, len(event)]
         for item in event.items():
             args += item

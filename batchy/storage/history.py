@@ -135,7 +135,7 @@ class History:
         result = []
         for event_id, fields in entries:
             event = {"id": event_id, **fields}
-            for name in ("jobs", "from_before", "from_after"):
+            for name in ("jobs", "from_before", "from_after", "runs"):
                 if name in event:
                     event[name] = json.loads(event[name])
             result.append(event)

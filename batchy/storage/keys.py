@@ -178,6 +178,15 @@ def lag_episodes(wf: str) -> str:
     """Hash: job -> when its current coverage-lag episode began (announced once; deleted when it ends)."""
     return f"{NAMESPACE}lag-episodes:{wf}"
 
+# -- OpenLineage (storage/lineage.py) -------------------------------------------------------------------
+
+LINEAGE_OUTBOX = NAMESPACE + "lineage-outbox"  # list of run events not yet sent, newest first
+LINEAGE_INFLIGHT = NAMESPACE + "lineage-inflight"  # zset: run events being sent -> deadline (ms, Redis' clock)
+LINEAGE_SENDING = NAMESPACE + "lineage-sending"  # list, never written: the outbox's slot for an older layout
+LINEAGE_LEADER = NAMESPACE + "lineage-leader"  # string, expiring: the process that collects and sends
+LINEAGE_CURSORS = NAMESPACE + "lineage-cursors"  # hash: audit stream key -> last entry id queued; "since"
+LINEAGE_SINCE = "since"  # field of LINEAGE_CURSORS: stream ids (ms) from which a stream with no cursor is read
+
 # -- automatic backfills (storage/repair.py) ----------------------------------------------------------
 
 REPAIR_LEADER = NAMESPACE + "repair-leader"  # string, expiring: the process that creates automatic backfills

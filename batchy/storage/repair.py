@@ -18,7 +18,7 @@ from datetime import datetime
 import redis
 
 from . import keys
-from .webhooks import LEAD, RESIGN
+from .outbox import LEAD, RESIGN
 from ..errors import BatchyError
 from ..rules import backfill as backfill_rules
 from ..rules import coverage, repair

@@ -8,11 +8,12 @@ even when no ETL calls the API, and drains the outbox: a JSON POST with a `text`
 (what Slack and Teams incoming webhooks show), a timeout, and retries on later rounds
 while the receiver is down. Nothing here runs on a request's thread.
 
-Delivery is at least once (the reliable-queue pattern): an event being posted sits in an
-in-flight zset scored by its deadline, Redis' clock plus the visibility timeout; the
-deliverer that takes the next event first hands every event past its deadline back to the
-outbox, so an event whose sender died (kill -9, OOM, a worker timeout) is posted again.
-A graceful exit hands its event back at once. A duplicate carries the same event `id`.
+Delivery is at least once (storage/outbox.py, the reliable-queue pattern shared with the
+OpenLineage sender): an event being posted sits in an in-flight zset scored by its deadline,
+Redis' clock plus the visibility timeout; the deliverer that takes the next event first
+hands every event past its deadline back to the outbox, so an event whose sender died
+(kill -9, OOM, a worker timeout) is posted again. A graceful exit hands its event back at
+once. A duplicate carries the same event `id`.
 """
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ import atexit
 import hashlib
 import json
 import logging
-import random
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,22 +29,12 @@ import redis
 
 from . import keys
 from ..rules import lateness
+from .outbox import Background, Lead, Outbox
 
 log = logging.getLogger("batchy")
 
 SEEN_DAYS = 7  # how long an event id is remembered (no second announcement)
 MAX_TRIES = 50  # rounds an event is retried while the receiver is down, then dropped (logged)
-
-# Take or keep the lead. KEYS[1] the leader key; ARGV[1] this process' token, ARGV[2] ms.
-# Returns 1 while this process leads.
-LEAD = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
 
 # Queue an event unless its id was queued before: claiming the id and queuing the event are one
 # step, so a process that dies in between cannot leave an id claimed and its event never queued.
@@ -56,52 +45,6 @@ if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 return 1
 """
-
-# Take the next event to post, first handing back those whose sender died.
-# KEYS[1] the outbox (list, taken from the right), KEYS[2] the in-flight zset (entry -> deadline, ms),
-# KEYS[3] the list older versions moved an event to while posting (drained: it was never handed back).
-# ARGV[1] the visibility timeout, ms.
-# Returns {entry or nil, events handed back}.
-TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local back = 0
-while redis.call('RPOPLPUSH', KEYS[3], KEYS[1]) do back = back + 1 end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-for i = #expired, 1, -1 do  -- the oldest ends at the right end: taken first
-  redis.call('ZREM', KEYS[2], expired[i])
-  redis.call('RPUSH', KEYS[1], expired[i])
-  back = back + 1
-end
-local entry = redis.call('RPOP', KEYS[1])
-if not entry then return {false, back} end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), entry)
-return {entry, back}
-"""
-
-# An event was posted: forget it. KEYS[1] the outbox, KEYS[2] the in-flight zset; ARGV[1] the entry as taken.
-# Returns 1; 0 when it had been handed back meanwhile (its queued copy is dropped too: one duplicate fewer).
-DONE = """
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then return 1 end
-redis.call('LREM', KEYS[1], 0, ARGV[1])
-return 0
-"""
-
-# An event was not posted: queue it again, at the end taken next (oldest first).
-# KEYS[1] the outbox, KEYS[2] the in-flight zset; ARGV[1] the entry as taken, ARGV[2] the entry to queue
-# ('' drops it). Returns 1; 0 when it had been handed back meanwhile (queued already: nothing to do).
-AGAIN = """
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
-if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[1], ARGV[2]) end
-return 1
-"""
-
-# Give up the lead, if held. KEYS[1] the leader key; ARGV[1] this process' token. Returns 1 if it was held.
-RESIGN = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 def event_id(kind: str, *parts) -> str:
     """Return a stable id for an event: the same failure or lateness always gets the same one."""
@@ -154,7 +97,7 @@ def failure_text(wf: str, jobs: dict) -> tuple[str, str]:
     return text[:2000], event_id("failed", wf, batch, failed)
 
 
-class Watchman:
+class Watchman(Background):
     """The background thread of one process: lead, check lateness, deliver the outbox."""
 
     def __init__(self, store, url: str, interval: float, timeout: float = 5.0, visibility: float = 0.0):
@@ -162,21 +105,18 @@ class Watchman:
         if visibility <= timeout:
             raise ValueError(f"BATCHY_WEBHOOK_VISIBILITY_TIMEOUT ({visibility:g} s) must be longer than "
                              f"BATCHY_WEBHOOK_TIMEOUT ({timeout:g} s): a slow post would be sent twice")
+        super().__init__(interval, "batchy-webhooks", "webhooks")
         self.store = store
         self.url = url
-        self.interval = interval
         self.timeout = timeout
         self.visibility = visibility
-        self.token = f"{random.getrandbits(64):016x}"
-        self.stopped = threading.Event()
-        self.posting: str | None = None  # the entry this process is posting now
-        self.leading = False  # as of its last round
-        self._lead = store.redis.register_script(LEAD)
-        self._resign = store.redis.register_script(RESIGN)
-        self._take = store.redis.register_script(TAKE)
-        self._done = store.redis.register_script(DONE)
-        self._again = store.redis.register_script(AGAIN)
-        self.thread = threading.Thread(target=self._run, name="batchy-webhooks", daemon=True)
+        self.lead = Lead(store.redis, keys.WEBHOOK_LEADER, int(interval * 3000))
+        self.outbox = Outbox(store.redis, keys.WEBHOOK_OUTBOX, keys.WEBHOOK_INFLIGHT, keys.WEBHOOK_SENDING,
+                             visibility=visibility, max_tries=MAX_TRIES, name="webhooks")
+
+    @property
+    def leading(self) -> bool:
+        return self.lead.leading
 
     def start(self) -> "Watchman":
         self.thread.start()
@@ -186,30 +126,17 @@ class Watchman:
     def stop(self) -> None:
         """Stop; hand back the event being posted and the lead, so another process goes on at once."""
         self.stopped.set()
-        entry, self.posting = self.posting, None
-        if entry is None and not self.leading:
+        if self.outbox.sending is None and not self.lead.leading:
             return
         try:
-            if entry is not None:
-                self._again(keys=[keys.WEBHOOK_OUTBOX, keys.WEBHOOK_INFLIGHT], args=[entry, entry])
-            self._resign(keys=[keys.WEBHOOK_LEADER], args=[self.token])
-            self.leading = False
+            self.outbox.hand_back()
+            self.lead.resign()
         except (redis.RedisError, OSError) as exc:  # the lead expires, the visibility timeout hands it back
             log.info("webhooks: could not hand back the lead or an event when stopping: %s", exc)
 
-    def _run(self) -> None:
-        while not self.stopped.wait(self.interval * random.uniform(0.8, 1.0)):
-            try:
-                self.round()
-            except (redis.RedisError, OSError) as exc:
-                log.warning("webhooks: %s", exc)
-            except Exception:  # noqa: BLE001 - the thread must outlive any surprise
-                log.exception("webhooks: round failed")
-
     def leads(self) -> bool:
         """Take or keep the lead; return whether this process leads."""
-        self.leading = bool(int(self._lead(keys=[keys.WEBHOOK_LEADER], args=[self.token, int(self.interval * 3000)])))
-        return self.leading
+        return self.lead.take()
 
     def round(self) -> int:
         """Check and deliver once if this process leads; return the events delivered."""
@@ -269,43 +196,10 @@ class Watchman:
     def deliver(self) -> int:
         """Send every queued event, oldest first; keep one that fails for the next round.
 
-        Events whose sender died are handed back first (TAKE), after the visibility timeout.
+        Events whose sender died are handed back first (outbox.TAKE), after the visibility timeout.
         """
-        client = self.store.redis
-        sent = 0
-        queues = [keys.WEBHOOK_OUTBOX, keys.WEBHOOK_INFLIGHT]
-        for _ in range(client.llen(keys.WEBHOOK_OUTBOX) + client.zcard(keys.WEBHOOK_INFLIGHT)
-                       + client.llen(keys.WEBHOOK_SENDING)):
-            if self.stopped.is_set() or (sent and not self.leads()):
-                break  # a long round keeps the lead, or lets the new leader go on alone
-            raw, back = self._take(keys=[*queues, keys.WEBHOOK_SENDING], args=[int(self.visibility * 1000)])
-            if back:
-                log.warning("webhooks: %d event(s) whose sender stopped before it was done are sent again", back)
-            if raw is None:
-                break
-            self.posting = raw
-            try:
-                entry = json.loads(raw)
-                body = entry["body"]
-            except (ValueError, TypeError, KeyError):
-                log.warning("webhooks: dropping an unreadable queued event %.200r", raw)
-                self._again(keys=queues, args=[raw, ""])
-                self.posting = None
-                continue
-            delivered = self._post(body)
-            self.posting = None  # if stop() handed it back meanwhile, DONE and AGAIN see it is queued
-            if delivered:
-                sent += 1
-                self._done(keys=queues, args=[raw])
-            elif entry.get("tries", 0) + 1 < MAX_TRIES:
-                entry["tries"] = entry.get("tries", 0) + 1
-                self._again(keys=queues, args=[raw, json.dumps(entry)])  # back where it was: oldest first
-            else:
-                log.warning("webhooks: giving up on %s after %d tries", body.get("text"), MAX_TRIES)
-                self._again(keys=queues, args=[raw, ""])
-            if not delivered:
-                break  # the receiver is down: the rest waits for the next round
-        return sent
+        # A long round keeps the lead, or lets the new leader go on alone.
+        return self.outbox.deliver(self._post, lambda sent: not self.stopped.is_set() and (not sent or self.leads()))
 
     def _post(self, body: dict) -> bool:
         try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import redis
 from flask import Flask, current_app
 
-from ..storage import repair, webhooks
+from ..storage import lineage, repair, webhooks
 from ..storage.backfill import Backfills
 from ..storage.connections import connect
 from ..storage.fleet import Fleet
@@ -35,6 +35,7 @@ class Services:
     webhooks: webhooks.Watchman | None  # the announcer, when BATCHY_WEBHOOK_URL is set
     fleet: Fleet  # every workflow at once, read once per BATCHY_FLEET_INTERVAL (dashboard, metrics, /late)
     repairer: repair.Repairer | None  # turns settled holes of auto_backfill jobs into backfills
+    lineage: lineage.Sender | None = None  # sends OpenLineage run events, when BATCHY_OPENLINEAGE_URL is set
 
 
 def init_app(app: Flask) -> None:
@@ -61,6 +62,7 @@ def init_app(app: Flask) -> None:
         webhooks=webhooks.start(app, store),
         fleet=fleet,
         repairer=repair.start(app, store, backfills, fleet),
+        lineage=lineage.start(app, store),
     )
     if embedded or config["BATCHY_LOAD_ON_START"]:
         preload(store, config["BATCHY_CFG_DIR"], config["BATCHY_MAX_CFG_BYTES"])
