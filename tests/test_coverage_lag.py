@@ -95,7 +95,7 @@ def test_late_metrics_and_one_webhook_per_episode(redis_server, real_redis, cfg_
         watchman.round()
         watchman.round()
         lags = [e for e in receiver.received if e["event"] == "coverage_lag"]
-        assert len(lags) == 1 and lags[0]["job"] == "extract" and "lagging/extract is coverage_lag" in lags[0]["text"]
+        assert len(lags) == 1 and lags[0]["job"] == "extract" and "lagging/extract is behind on coverage: complete data through" in lags[0]["text"]
 
         client.post("/open_batch/lagging")  # caught up: the episode ends
         client.post("/close_batch/lagging")

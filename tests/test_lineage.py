@@ -290,3 +290,62 @@ def test_an_event_survives_kill_9_of_the_worker_sending_it(redis_server, real_re
                  what="the delivery recorded")
     finally:
         svc.stop()
+
+
+def test_an_attempt_whose_lease_ran_out_is_aborted_before_the_next_starts(redis_server, real_redis, cfg_dir,
+                                                                          write_cfg, collector):
+    write_cfg("lin", WF)
+    app = lineage_app(redis_server, cfg_dir, collector.url)
+    client, sender = app.test_client(), services_of(app).lineage
+    try:
+        client.post("/load_cfg/lin")
+        bid = client.post("/backfill/lin", json={"from": "2024-02-01", "to": "2024-02-02", "job": ["b"]}).json[
+            "backfill_id"]
+        first = client.post(f"/backfill/lin/{bid}/lease", query_string={"lease_seconds": 0.05}).json
+        time.sleep(0.2)  # its worker died: the lease runs out
+        second = client.post(f"/backfill/lin/{bid}/lease").json
+        assert (first["attempt"], second["attempt"]) == (1, 2)
+        assert sender.round() == 3 and collector.invalid == []
+        assert [(e["eventType"], e["run"]["runId"]) for e in collector.received] == [
+            ("START", rules.chunk_run_id("batchy", "lin", bid, 0, 1)),
+            ("ABORT", rules.chunk_run_id("batchy", "lin", bid, 0, 1)),
+            ("START", rules.chunk_run_id("batchy", "lin", bid, 0, 2))]
+        assert all(e["job"]["name"] == "lin.b" for e in collector.received)
+    finally:
+        sender.stop()
+
+
+def test_runs_of_a_reset_and_a_removal_are_aborted(redis_server, real_redis, cfg_dir, write_cfg, collector):
+    write_cfg("lin", WF)
+    app = lineage_app(redis_server, cfg_dir, collector.url)
+    client, sender = app.test_client(), services_of(app).lineage
+    try:
+        client.post("/load_cfg/lin")
+        opened = client.post("/open_batch/lin").json
+        client.post("/load_cfg/lin?reset=true")
+        client.post("/open_batch/lin")
+        assert sender.round() == 6
+        client.post("/remove_workflow/lin")  # its history kept: its stream too, read past the cursor
+        assert sender.round() == 2
+        runs = by_run(collector.received)
+        assert runs[rules.batch_run_id("batchy", "lin", opened["a"]["batch_id"], "a")] == ["START", "ABORT"]
+        assert list(runs.values()) == [["START", "ABORT"]] * 4 and collector.invalid == []
+        aborted = [e for e in collector.received if e["eventType"] == "ABORT"]
+        assert "reset" in aborted[0]["run"]["facets"]["errorMessage"]["message"]
+        assert "removed" in aborted[-1]["run"]["facets"]["errorMessage"]["message"]
+        assert keys.events("lin") in real_redis.hkeys(keys.LINEAGE_CURSORS)
+        real_redis.delete(keys.events("lin"))  # the audit trail deleted by hand: its cursor goes with it
+        sender.round()
+        assert real_redis.hkeys(keys.LINEAGE_CURSORS) == [keys.LINEAGE_SINCE]
+    finally:
+        sender.stop()
+
+
+@pytest.mark.parametrize("name, owner", [
+    (keys.events("wf1"), ("wf1", None)),
+    (keys.backfill_events("wf1", 1700000000), ("wf1", "1700000000")),
+    (keys.backfill_chunks("wf1", 1700000000), None),
+    (keys.LINEAGE_SINCE, None),
+])
+def test_a_cursor_names_its_stream(name, owner):
+    assert keys.stream_owner(name) == owner

@@ -187,6 +187,18 @@ LINEAGE_LEADER = NAMESPACE + "lineage-leader"  # string, expiring: the process t
 LINEAGE_CURSORS = NAMESPACE + "lineage-cursors"  # hash: audit stream key -> last entry id queued; "since"
 LINEAGE_SINCE = "since"  # field of LINEAGE_CURSORS: stream ids (ms) from which a stream with no cursor is read
 
+
+
+def stream_owner(name: str) -> tuple[str, str | None] | None:
+    """Return (workflow, backfill id or None) of an audit stream's key (events, backfill_events), else None."""
+    events_prefix, backfill_prefix = f"{NAMESPACE}events:", f"{NAMESPACE}backfill:"
+    if name.startswith(events_prefix):
+        return name[len(events_prefix):], None
+    if name.startswith(backfill_prefix) and name.endswith(":events"):
+        wf, _, backfill_id = name[len(backfill_prefix):-len(":events")].rpartition(":")
+        return (wf, backfill_id) if wf else None
+    return None
+
 # -- automatic backfills (storage/repair.py) ----------------------------------------------------------
 
 REPAIR_LEADER = NAMESPACE + "repair-leader"  # string, expiring: the process that creates automatic backfills

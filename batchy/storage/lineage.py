@@ -135,7 +135,11 @@ class Sender(Background):
 
     def collect(self) -> int:
         """Queue the runs recorded past each audit stream's cursor and move the cursors, in one
-        transaction; return how many runs were queued."""
+        transaction; return how many runs were queued.
+
+        The streams read: those of every loaded workflow and its backfills, and every stream a
+        cursor names (a workflow removed with its history kept: the runs of its last changes).
+        """
         client = self.store.redis
         since = self.since()
         names = sorted(self.store.workflows())
@@ -144,28 +148,36 @@ class Sender(Background):
             pipe.zrange(keys.backfills(wf), 0, -1)
         pipe.hgetall(keys.LINEAGE_CURSORS)
         *backfills, cursors = pipe.execute()
-        streams = []
+        streams: dict[str, tuple[str, bool]] = {}
         for wf, ids in zip(names, backfills):
-            streams.append((wf, keys.events(wf), False))
-            streams += [(wf, keys.backfill_events(wf, backfill_id), True) for backfill_id in ids]
+            streams[keys.events(wf)] = (wf, False)
+            streams.update({keys.backfill_events(wf, backfill_id): (wf, True) for backfill_id in ids})
+        for name in cursors:
+            owner = keys.stream_owner(name)
+            if owner and name not in streams:
+                streams[name] = (owner[0], owner[1] is not None)
         pipe = client.pipeline(transaction=False)
-        for _, stream, _ in streams:
+        for stream in streams:
             cursor = cursors.get(stream)
             pipe.xrange(stream, min=f"({cursor}" if cursor else since, count=READ_COUNT)
+            pipe.exists(stream)
+        replies = pipe.execute()
         queued: list[dict] = []
         moved: dict[str, str] = {}
-        for (wf, stream, chunk_stream), entries in zip(streams, pipe.execute()):
+        gone = [name for name in cursors if name != keys.LINEAGE_SINCE and keys.stream_owner(name) is None]
+        for (stream, (wf, chunk_stream)), entries, exists in zip(streams.items(), replies[::2], replies[1::2]):
             for entry_id, fields in entries:
                 queued += bodies(wf, fields, chunk_stream)
                 moved[stream] = entry_id
-        gone = [name for name in cursors if name != keys.LINEAGE_SINCE and name not in {s for _, s, _ in streams}]
+            if not exists and stream in cursors:
+                gone.append(stream)  # purged with its workflow or backfill
         if not moved and not gone:
             return 0
         pipe = client.pipeline(transaction=True)
         self.outbox.push(queued, pipe)
         if moved:
             pipe.hset(keys.LINEAGE_CURSORS, mapping=moved)
-        if gone:  # a workflow or backfill removed: its stream is gone with it
+        if gone:
             pipe.hdel(keys.LINEAGE_CURSORS, *gone)
         pipe.execute()
         return len(queued)

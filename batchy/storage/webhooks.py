@@ -162,8 +162,9 @@ class Watchman(Background):
                     continue  # announced when its episode began
                 item = {**item, "since": since}
             what = f"{item['workflow']}/{item['job']}" if item["job"] else item["workflow"]
+            shown = {"coverage_lag": "behind on coverage"}.get(item["kind"], item["kind"])
             text = (f"Batchy: the lateness of {what} cannot be checked: {item['reason']}"
-                    if item["kind"] == "unchecked" else f"Batchy: {what} is {item['kind']}: {item['reason']}")
+                    if item["kind"] == "unchecked" else f"Batchy: {what} is {shown}: {item['reason']}")
             ident = event_id(item["kind"], item["workflow"], item["job"], item["since"], item["reason"]
                              if item["since"] is None else "")
             announce(client, item["kind"], text, ident, workflow=item["workflow"], job=item["job"],
