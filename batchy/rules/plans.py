@@ -258,7 +258,10 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], b
             mine = []  # a broken ledger here: the export's replaces it
         if mine:
             book.ledgers[job] = coverage.union(ledger, mine)
-            book.records.pop(job, None)  # the rows of merged intervals are no longer known
+            if book.ledgers[job] == mine:  # nothing new: the rows kept here stay
+                book.records.pop(job, None)
+            elif book.ledgers[job] != ledger:  # merged intervals of both: their rows are not known
+                book.records[job] = [None] * len(book.ledgers[job])
     # Dirty ranges and quality failures of either side stay holes until a window covers them.
     for job in set(book.dirty) | set(book.failed):
         try:
