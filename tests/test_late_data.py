@@ -114,6 +114,10 @@ def test_invalidate_makes_a_dirty_hole_bumps_the_generation_and_is_audited(clien
         "job": "load"}).json["load"]["generation"] == 2
     assert client.get("/coverage/up").json["load"]["dirty"] == [
         [dirty[0], format_time(start + timedelta(hours=13))]]
+    # a reload keeps the generation (runtime state), and adds no attestation of its own
+    assert client.post("/load_cfg/up").status_code == 200
+    job = client.get("/get_status/up").json["load"]
+    assert job["generation"] == 2 and "dq" not in job and "checksum" not in job
 
 
 def test_invalidate_refuses_a_backwards_range_and_an_unknown_job(client, write_cfg):
