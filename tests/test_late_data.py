@@ -296,3 +296,43 @@ def test_waitsy_through_waits_over_an_invalidated_range_and_tolerates_short_hole
     base = ["--url", service.url, "-wf", "up", "--through", through, "--timeout", "1"]
     assert waitsy(base) != 0
     assert waitsy(base + ["--max-hole-minutes", "20"]) == 0
+
+
+def test_the_command_line_invalidates_and_attests(service, write_cfg, monkeypatch, capsys):
+    import json
+
+    from batchy.cli import main
+
+    monkeypatch.setenv("BATCHY_URL", service.url)
+    monkeypatch.delenv("BATCHY_API_TOKEN", raising=False)
+
+    def batchy(*argv):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    start = datetime.combine(datetime.now(UTC).date() - timedelta(days=1), datetime.min.time(), UTC)
+    write_cfg("up", f"load:\n  from_date: {start.isoformat()}\n  batch_size: hour\n  max_window_hours: 5\n")
+    assert batchy("load", "up")[0] == 0
+    assert batchy("open", "up")[0] == 0
+    code, out, err = batchy("close", "up", "--dq", "fail", "--dq-message", "nulls", "--checksum", "abc")
+    assert code == 0, err
+    assert json.loads(out)["load"]["dq"] == "fail" and json.loads(out)["load"]["checksum"] == "abc"
+    assert batchy("open", "up")[0] == 0
+    code, _, err = batchy("close", "up", "--dq", "maybe")
+    assert code != 0 and "maybe" in err
+    assert batchy("close", "up", "--dq", "pass")[0] == 0  # [5, 10) passed
+    # [1, 2) failed its check already: only [6, 7) becomes dirty
+    code, out, err = batchy("invalidate", "up", "--from", format_time(start + timedelta(hours=1)),
+                            "--to", format_time(start + timedelta(hours=2)), "--job", "load", "--reason", "late")
+    assert code == 0, err
+    code, out, err = batchy("invalidate", "up", "--from", format_time(start + timedelta(hours=6)),
+                            "--to", format_time(start + timedelta(hours=7)), "--reason", "late")
+    assert code == 0, err
+    assert json.loads(out)["load"]["generation"] == 2
+    code, out, _ = batchy("coverage", "up")
+    shown = json.loads(out)["load"]
+    assert shown["dirty"] == [[format_time(start + timedelta(hours=6)), format_time(start + timedelta(hours=7))]]
+    assert shown["failed_quality"] == [[format_time(start), format_time(start + timedelta(hours=5))]]
+    code, out, _ = batchy("events", "up", "--limit", "1")
+    assert json.loads(out)[0]["action"] == "invalidate" and json.loads(out)[0]["message"] == "late"
