@@ -158,11 +158,23 @@ class Batchy:
         return json.loads(raw) if fmt == "json" else raw.decode()
 
     def close(self, wf: str, job: str | None = None, records_processed: int | None = None,
-              message: str | None = None, batch_id: int | None = None) -> dict:
-        """Mark the open batch (or one job of it) successful; with batch_id, safe to retry."""
+              message: str | None = None, batch_id: int | None = None, checksum: str | None = None,
+              dq: str | None = None, dq_message: str | None = None) -> dict:
+        """Mark the open batch (or one job of it) successful; with batch_id, safe to retry.
+
+        checksum, dq ("pass" or "fail") and dq_message attest the load: dq="fail" moves the
+        watermark on but leaves the window a hole (failed_quality) until a rerun passes.
+        """
         return self._json("POST", f"/close_batch/{self._name(wf)}", body=dict(
-            job=job, records_processed=records_processed, message=message, batch_id=batch_id),
-            retry=batch_id is not None)
+            job=job, records_processed=records_processed, message=message, batch_id=batch_id, checksum=checksum,
+            dq=dq, dq_message=dq_message), retry=batch_id is not None)
+
+    def invalidate(self, wf: str, start: str | datetime, end: str | datetime, jobs: list[str] | None = None,
+                   reason: str | None = None) -> dict:
+        """Mark [start, end) of every job (or of jobs) dirty: late data arrived, so it is a hole again."""
+        start, end = (t.isoformat() if isinstance(t, datetime) else t for t in (start, end))
+        return self._json("POST", f"/invalidate/{self._name(wf)}",
+                          body={"from": start, "to": end, "job": list(jobs) if jobs else None, "reason": reason})
 
     def fail(self, wf: str, job: str | None = None, message: str | None = None,
              records_processed: int | None = None, batch_id: int | None = None) -> dict:
@@ -319,12 +331,17 @@ class BackfillClient:
 
     def finish(self, wf: str, backfill_id: int, chunk: int, attempt: int, outcome: str, *,
                records_processed: int | None = None, message: str | None = None,
-               lease_token: str | None = None) -> dict:
-        """Close (outcome success) or fail one attempt of a chunk; safe to retry, so retried."""
+               lease_token: str | None = None, checksum: str | None = None, dq: str | None = None,
+               dq_message: str | None = None) -> dict:
+        """Close (outcome success) or fail one attempt of a chunk; safe to retry, so retried.
+
+        A close may attest its load (checksum, dq, dq_message), as close_batch does.
+        """
         action = "close" if outcome == "success" else "fail"
+        attested = {"checksum": checksum, "dq": dq, "dq_message": dq_message} if action == "close" else {}
         return self._call("POST", self._path(wf, backfill_id, action), body={
             "chunk": chunk, "attempt": attempt, "lease_token": lease_token, "records_processed": records_processed,
-            "message": message}, retry=True)
+            "message": message, **{k: v for k, v in attested.items() if v is not None}}, retry=True)
 
 
 class Window(NamedTuple):

@@ -9,7 +9,8 @@ Flask, nothing imported from batchy.
 A workflow:
     {"loaded": bool, "settings": {...}, "jobs": {name: job}, "last_batch_id": int | None,
      "batches": {batch_id: {name: run}}, "paused": bool, "idem": {key: batch_id},
-     "gens": int, "ledger": {name: [[start, end], ...]}, "backfills": {backfill_id: backfill}}
+     "gens": int, "ledger": {name: [[start, end], ...]}, "backfills": {backfill_id: backfill},
+     "dirty": {name: [[start, end], ...]}, "failed": {name: [[start, end], ...]}}
 A job (times are aware datetimes):
     {"status", "batch_id", "from_date", "to_date", "batch_start", "batch_end",
      "next_from_date", "reprocess_hours", "trunc_start", "timezone", "gen",
@@ -22,7 +23,12 @@ before this window: an operator's set_from_date/rewind consumed by this open, th
 reprocess_hours and trunc_start it was opened with.
 
 The ledger is the merged union of every successful window of a job (by name: it outlives
-a reset and a job's removal), from batches and backfill chunks. A backfill:
+a reset and a job's removal), from batches and backfill chunks. Late data and quality
+checks (docs/backfills.md) take parts back: "dirty" holds what an invalidation marked of
+the covered time, "failed" the windows whose last close said dq=fail; a later successful
+window takes its range out of both (into "failed" again if it failed its check too). What
+/coverage calls covered is the ledger minus both; a job's "generation" counts the
+invalidations that named it. A backfill:
     {"max_attempts": int, "cancelled": bool, "chunks": {number: chunk}}
 a chunk: {"job", "from_date", "to_date", "status", "attempts", "outcome"}.
 """
@@ -58,7 +64,8 @@ def refuse(status: int, error: str) -> Result:
 
 def empty_workflow() -> dict:
     return {"loaded": False, "settings": {}, "jobs": {}, "last_batch_id": None, "batches": {},
-            "paused": False, "idem": {}, "gens": 0, "ledger": {}, "backfills": {}}
+            "paused": False, "idem": {}, "gens": 0, "ledger": {}, "backfills": {},
+            "dirty": {}, "failed": {}}
 
 
 # -- time -------------------------------------------------------------------------------
@@ -189,6 +196,52 @@ def gaps(intervals: list) -> list:
     return [[intervals[i][1], intervals[i + 1][0]] for i in range(len(intervals) - 1)]
 
 
+def minus(intervals: list, taken: list) -> list:
+    """The parts of intervals (sorted, disjoint) outside every interval of taken."""
+    result = []
+    for low, high in intervals:
+        pieces = [[low, high]]
+        for cut_low, cut_high in taken:
+            pieces = [part for a, b in pieces
+                      for part in ([[a, min(b, cut_low)]] if a < cut_low else []) + ([[max(a, cut_high), b]]
+                                                                                      if b > cut_high else [])
+                      if part[0] < part[1]]
+        result += pieces
+    return result
+
+
+def inside(intervals: list, low: datetime, high: datetime) -> list:
+    """The parts of intervals within [low, high)."""
+    return [[max(a, low), min(b, high)] for a, b in intervals if a < high and b > low]
+
+
+def union_all(intervals: list) -> list:
+    result = []
+    for low, high in intervals:
+        result = merge(result, low, high)
+    return result
+
+
+def covered(wf: dict, name: str) -> list:
+    """What /coverage says covered: the ledger less its dirty ranges and quality failures."""
+    return minus(wf["ledger"].get(name, []), wf["dirty"].get(name, []) + wf["failed"].get(name, []))
+
+
+def succeeded(wf: dict, name: str, low: datetime, high: datetime, dq: str | None) -> None:
+    """Record a successful window [low, high) of job name in wf (changed in place)."""
+    if high <= low:
+        return
+    wf["ledger"][name] = merge(wf["ledger"].get(name, []), low, high)
+    for part in ("dirty", "failed"):
+        wf[part][name] = minus(wf[part].get(name, []), [[low, high]])
+    if dq == "fail":
+        wf["failed"][name] = merge(wf["failed"][name], low, high)
+
+
+def coverage_of(wf: dict, name: str) -> tuple:
+    return (wf["ledger"].get(name, []), wf["dirty"].get(name, []), wf["failed"].get(name, []))
+
+
 def abandon(wf: dict, jobs: dict) -> None:
     """Record, in place on wf (a copy), every open job of jobs as abandoned in its batch."""
     for name, job in jobs.items():
@@ -313,7 +366,7 @@ def open_batch(wf: dict, now: datetime, *, key: str | None = None, dry_run: bool
 
 
 def close_batch(wf: dict, outcome: str, now: datetime, *, job: str | None = None,
-                batch_id: int | None = None) -> Result:
+                batch_id: int | None = None, dq: str | None = None) -> Result:
     """close_batch (outcome success) / fail_batch (failed): the open jobs, or one.
 
     With batch_id: the jobs (or the one) that run in that batch, none is 409 stale_batch; a
@@ -341,7 +394,7 @@ def close_batch(wf: dict, outcome: str, now: datetime, *, job: str | None = None
         changed = new["jobs"][name]
         changed.update(status=outcome, batch_end=now)
         if outcome == "success":
-            new["ledger"][name] = merge(new["ledger"].get(name, []), changed["from_date"], changed["to_date"])
+            succeeded(new, name, changed["from_date"], changed["to_date"], dq)
         line = new["batches"].get(changed["batch_id"], {}).get(name)
         if line is not None and line["status"] not in FINAL:  # a final line is history: never rewritten
             line["status"] = outcome
@@ -350,6 +403,26 @@ def close_batch(wf: dict, outcome: str, now: datetime, *, job: str | None = None
     ran_in = {closed[name]["batch_id"] for name in closed}
     ended = batch_id or (ran_in.pop() if len(ran_in) == 1 else wf["last_batch_id"])
     return Result(200, wf=new, events=[event("close" if outcome == "success" else "fail", ended, before, closed)])
+
+
+def invalidate(wf: dict, low: datetime, high: datetime, *, jobs: list | None = None) -> Result:
+    """POST /invalidate: the covered part of [low, high) of each job named (default every job) is
+    dirty (less what failed its quality check already); each one's generation goes up."""
+    if not wf["loaded"]:
+        return refuse(404, "workflow_not_found")
+    if any(name not in wf["jobs"] for name in jobs or []):
+        return refuse(404, "job_not_found")
+    if high <= low:
+        return refuse(400, "invalid_parameter")
+    new = copy.deepcopy(wf)
+    named = sorted(set(jobs)) if jobs else list(wf["jobs"])
+    for name in named:
+        spoiled = minus(inside(new["ledger"].get(name, []), low, high), new["failed"].get(name, []))
+        new["dirty"][name] = union_all(new["dirty"].get(name, []) + spoiled)
+        new["jobs"][name]["generation"] = new["jobs"][name].get("generation", 0) + 1
+    before = {name: wf["jobs"][name] for name in named}
+    return Result(200, wf=new, events=[event("invalidate", wf["last_batch_id"], before,
+                                             {name: new["jobs"][name] for name in named})])
 
 
 def _set_next(wf: dict, targets: dict, force: bool, action: str, batch_id) -> Result:
@@ -430,6 +503,9 @@ def restore(wf: dict, backup: dict, now: datetime) -> Result:
     for name, intervals in backup["ledger"].items():  # merged in, never written over
         for low, high in intervals:
             new["ledger"][name] = merge(new["ledger"].get(name, []), low, high)
+    for part in ("dirty", "failed"):  # still holes, on either side
+        for name, intervals in backup[part].items():
+            new[part][name] = union_all(new[part].get(name, []) + intervals)
     # A batch open here that the import replaces can never close: it ends abandoned, unless
     # the export carries that batch (its lines are written just below).
     for name, current in wf["jobs"].items():
@@ -550,7 +626,7 @@ def chunk_refusal(wf: dict, backfill_id: int, attempt: int) -> Result | None:
 
 
 def backfill_finish(wf: dict, backfill_id: int, number: int, attempt: int, outcome: str,
-                    token: str | None = None) -> Result:
+                    token: str | None = None, dq: str | None = None) -> Result:
     """POST .../close (outcome success) or .../fail (failed) of a chunk's attempt, with a lease_token."""
     refused = chunk_refusal(wf, backfill_id, attempt)
     if refused:
@@ -569,9 +645,11 @@ def backfill_finish(wf: dict, backfill_id: int, number: int, attempt: int, outco
     if outcome == "success":
         status = "success"
         name, low, high = changed["job"], changed["from_date"], changed["to_date"]
-        if name in new["jobs"] and not covers(new["ledger"].get(name, []), low, high):
-            new["ledger"][name] = merge(new["ledger"].get(name, []), low, high)
-            events.append({"action": "backfill_coverage"})
+        if name in new["jobs"]:
+            before = copy.deepcopy(coverage_of(new, name))
+            succeeded(new, name, low, high, dq)
+            if coverage_of(new, name) != before:
+                events.append({"action": "backfill_coverage"})
     elif chunk["attempts"] >= fill["max_attempts"]:
         status = "failed"
     else:

@@ -269,8 +269,8 @@ def test_the_server_side_filter_and_the_pages_survive_refreshes(service, write_c
     assert page.locator('[data-count="matching"]').inner_text() == "1"
 
 
-# The coverage page's colours: covered, hole, and a pending backfill chunk.
-TIMELINE = {"covered": (21, 128, 61), "hole": (220, 38, 38), "pending": (156, 163, 175)}
+# The coverage page's colours: covered, hole, a pending backfill chunk, and a range invalidated by late data.
+TIMELINE = {"covered": (21, 128, 61), "hole": (220, 38, 38), "pending": (156, 163, 175), "dirty": (124, 58, 237)}
 
 
 def test_the_coverage_page_draws_holes_backfills_and_a_legend(service, write_cfg, page, tmp_path):
@@ -293,8 +293,9 @@ def test_the_coverage_page_draws_holes_backfills_and_a_legend(service, write_cfg
     page.goto(page.url.split("&at=")[0] + "&at=2024-01-10")
     legend = page.eval_on_selector_all("#legend li", "items => items.map(i => [i.dataset.kind, "
                                        "getComputedStyle(i.querySelector('.swatch')).backgroundColor])")
-    assert [kind for kind, _ in legend] == ["covered", "hole", "success", "pending", "leased", "failed"]
-    assert len({colour for _, colour in legend}) == 6  # six distinct colours
+    assert [kind for kind, _ in legend] == ["covered", "hole", "dirty", "quality", "success", "pending", "leased",
+                                            "failed"]
+    assert len({colour for _, colour in legend}) == 8  # eight distinct colours
     repair = page.locator("a.repair")
     assert repair.count() == 1 and repair.get_attribute("href") == f"../../backfill/daily/{made['backfill_id']}"
     hint = page.locator(".hint code").inner_text()
@@ -308,7 +309,12 @@ def test_the_coverage_page_draws_holes_backfills_and_a_legend(service, write_cfg
     repair.click()  # the backfill it links to answers its chunks
     assert str(made["backfill_id"]) in page.locator("body").inner_text()
 
+    # late data for day 1, 06:00-12:00: drawn in its own colour, listed as invalidated
+    post(service, "/invalidate/daily", {"from": (start + timedelta(hours=6)).isoformat(),
+                                        "to": (start + timedelta(hours=12)).isoformat()})
     page.goto(service.url + "/coverage/daily/view?zoom=month&at=2024-01-10")
+    assert page.locator("rect.dirty").count() == 1
+    assert "(invalidated)" in page.locator('li.hole-item[data-kind="dirty"]').inner_text()
     path = tmp_path / "coverage.png"
     path.write_bytes(page.screenshot(full_page=True))
     png = path.read_bytes()

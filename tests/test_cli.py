@@ -491,6 +491,7 @@ COMMAND_OF = {
     "/batch/{wf}/{batch_id}": "batch", "/batches": "batches", "/most_recent/{wf}": "most-recent",
     "/coverage/{wf}": "coverage",
     "/events/{wf}": "events", "/set_from_date/{wf}": "set-from-date", "/rewind/{wf}": "rewind",
+    "/invalidate/{wf}": "invalidate",
     "/pause": "pause", "/pause/{wf}": "pause", "/resume": "resume", "/resume/{wf}": "resume",
     "/pause_status": "pause-status", "/pause_history": "pause-history", "/wait/{wf}": "wait",
     "/backfill/{wf}": "backfill create", "/backfills/{wf}": "backfill list", "/backfill/{wf}/{backfill_id}":

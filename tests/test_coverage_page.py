@@ -118,3 +118,27 @@ def test_a_workflow_of_many_jobs_shows_the_first_hundred_timelines(client, write
     assert text.count('<section class="job"') == 100 and 'data-job="j099"' in text and 'data-job="j100"' not in text
     assert "and 50 more jobs" in text
     assert 'data-job="j120"' in client.get("/coverage/wide/view?job=j120").get_data(as_text=True)
+
+
+def test_dirty_ranges_and_quality_failures_are_drawn_in_their_own_colours_and_listed_with_their_repair(
+        client, write_cfg):
+    write_cfg("daily", f"sales:\n  from_date: {START.isoformat()}\n  batch_size: day\n  max_window_hours: 25\n")
+    assert client.post("/load_cfg/daily").status_code == 200
+    for day, dq in ((0, "pass"), (1, "fail"), (2, "pass"), (3, "pass")):
+        client.post(f"/set_from_date/daily?from_date={format_time(START + timedelta(days=day)).replace('+', '%2B')}")
+        client.post("/open_batch/daily")
+        assert client.post("/close_batch/daily", query_string={"dq": dq}).status_code == 200
+    late = [format_time(START + timedelta(days=2, hours=10)), format_time(START + timedelta(days=2, hours=12))]
+    assert client.post("/invalidate/daily", query_string={"from": late[0], "to": late[1]}).status_code == 200
+    made = client.post("/backfill/daily", json={"from": late[0], "to": late[1], "chunk_hours": 2}).json
+    text = client.get("/coverage/daily/view?zoom=week&at=2024-01-02").get_data(as_text=True)
+    for kind in ("dirty", "quality"):
+        assert f'<li data-kind="{kind}">' in text  # in the legend
+    assert re.search(r'<rect class="dirty" [^>]*><title>invalidated by late data: 1 range</title>', text)
+    assert re.search(r'<rect class="quality" [^>]*><title>failed quality check: 1 range</title>', text)
+    assert "generation 1" in text
+    items = re.findall(r'<li class="hole-item" data-kind="(\w+)">(.*?)</li>', text, re.S)
+    assert [kind for kind, _ in items] == ["quality", "dirty"]
+    quality, dirty = (body for _, body in items)
+    assert "(failed quality)" in quality and "batchy backfill create daily --from" in quality
+    assert "(invalidated)" in dirty and f'href="../../backfill/daily/{made["backfill_id"]}"' in dirty

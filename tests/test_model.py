@@ -104,6 +104,7 @@ def text(value):
 
 # Which lease_token a worker's call carries: mostly its lease's, now and then none or a guess.
 tokens = st.sampled_from(("right", "right", "right", "missing", "guessed"))
+verdicts = st.sampled_from((None, None, "pass", "fail"))  # a success's quality check (dq)
 
 
 def lease_token(chunk: dict, which: str) -> str | None:
@@ -375,19 +376,22 @@ class BatchyMachine(RuleBasedStateMachine):
         self.expect(wf, resp, result, f"open_dry_run(wf={wf!r})")
 
     @rule(wf=workflows, app=apps, outcome=st.sampled_from(("success", "failed")), job=maybe_job,
-          which=st.sampled_from(("none", "current", "own", "older")), repeat=st.booleans(), via=transports)
-    def close(self, wf, app, outcome, job, which, repeat, via):
-        """close_batch / fail_batch, of the workflow or one job, with or without batch_id, maybe twice."""
+          which=st.sampled_from(("none", "current", "own", "older")), repeat=st.booleans(), via=transports,
+          dq=verdicts)
+    def close(self, wf, app, outcome, job, which, repeat, via, dq=None):
+        """close_batch / fail_batch, of the workflow or one job, with or without batch_id, maybe twice;
+        a success maybe with a quality verdict (dq=fail: not covered)."""
+        dq = dq if outcome == "success" else None
         m = self.model[wf]
         own = m["jobs"][job]["batch_id"] if job in m["jobs"] else None  # a job's own batch (its own schedule)
         batch_id = {"none": None, "current": m["last_batch_id"], "own": own,
                     "older": max((b for b in m["batches"] if b != m["last_batch_id"]), default=1)}[which]
         path = f"/{'close' if outcome == 'success' else 'fail'}_batch/{wf}"
         for attempt in range(2 if repeat else 1):
-            result = model.close_batch(self.model[wf], outcome, self.now, job=job, batch_id=batch_id)
-            resp = self.call(app, path, {"job": job, "batch_id": batch_id}, via)
+            result = model.close_batch(self.model[wf], outcome, self.now, job=job, batch_id=batch_id, dq=dq)
+            resp = self.call(app, path, {"job": job, "batch_id": batch_id, "dq": dq}, via)
             self.expect(wf, resp, result, f"close(wf={wf!r}, outcome={outcome!r}, job={job!r}, "
-                                          f"batch_id={batch_id}, attempt={attempt + 1})")
+                                          f"batch_id={batch_id}, dq={dq!r}, attempt={attempt + 1})")
 
     @rule(wf=workflows, app=apps, job=maybe_job, back=st.integers(-86400, 40 * 86400),
           form=st.sampled_from(("utc", "naive", "paris", "unix")), force=st.booleans(), via=transports)
@@ -418,6 +422,24 @@ class BatchyMachine(RuleBasedStateMachine):
     @rule(wf=workflows, app=apps)
     def resume(self, wf, app):
         self.expect(wf, self.call(app, f"/resume/{wf}"), model.resume(self.model[wf]), f"resume(wf={wf!r})")
+
+    @rule(wf=workflows, app=apps, job=maybe_job, back=st.integers(-3600, 40 * 86400), hours=st.integers(-2, 72),
+          reason=st.none() | st.just("late rows"), within=st.none() | st.floats(0, 1))
+    def invalidate(self, wf, app, job, back, hours, reason, within):
+        """Late data: invalidate [now - back, + hours) of every job or one (a backwards range: a 400), or
+        (within) a range starting inside what the jobs' ledgers hold."""
+        low = self.now - timedelta(seconds=back)
+        spans = [span for name in sorted(self.model[wf]["jobs"]) for span in self.model[wf]["ledger"].get(name, [])]
+        if within is not None and spans:
+            first, last = spans[int(within * (len(spans) - 1))]
+            low = first + (last - first) * within
+            low = low.replace(microsecond=0)
+        high = low + timedelta(hours=hours)
+        result = model.invalidate(self.model[wf], low, high, jobs=[job] if job else None)
+        resp = self.call(app, f"/invalidate/{wf}", {"from": low.isoformat(), "to": high.isoformat(), "job": job,
+                                                    "reason": reason}, "form")
+        self.expect(wf, resp, result, f"invalidate(wf={wf!r}, from={low.isoformat()}, to={high.isoformat()}, "
+                                      f"job={job!r})")
 
     @rule(wf=workflows, app=apps, seconds=delays, outcome=st.sampled_from(("success", "success", "failed")),
           per_job=st.booleans())
@@ -580,8 +602,8 @@ class BatchyMachine(RuleBasedStateMachine):
 
     @rule(wf=workflows, app=apps, pick=st.integers(-1, 3), which=st.integers(0, 10_000),
           leased=st.booleans(), outcome=st.sampled_from(("success", "success", "failed")),
-          attempt_off=st.sampled_from((0, 0, 0, -1, 1)), repeat=st.booleans(), token=tokens)
-    def backfill_finish(self, wf, app, pick, which, leased, outcome, attempt_off, repeat, token):
+          attempt_off=st.sampled_from((0, 0, 0, -1, 1)), repeat=st.booleans(), token=tokens, dq=verdicts)
+    def backfill_finish(self, wf, app, pick, which, leased, outcome, attempt_off, repeat, token, dq=None):
         """A worker closes or fails its chunk's attempt (maybe a stale attempt, maybe twice)."""
         backfill_id = self.pick_backfill(wf, pick)
         if backfill_id is None:
@@ -595,9 +617,10 @@ class BatchyMachine(RuleBasedStateMachine):
         token = lease_token(fill["chunks"][number] if fill else {}, token)
         path = f"/backfill/{wf}/{backfill_id}/{'close' if outcome == 'success' else 'fail'}"
         for _ in range(2 if repeat else 1):
-            result = model.backfill_finish(self.model[wf], backfill_id, number, attempt, outcome, token)
+            dq = dq if outcome == "success" else None
+            result = model.backfill_finish(self.model[wf], backfill_id, number, attempt, outcome, token, dq)
             resp = self.call(1 - app, path, {"chunk": number, "attempt": attempt, "records_processed": 7,
-                                             "lease_token": token}, "form")
+                                             "lease_token": token, "dq": dq}, "form")
             self.backfill_call(wf, resp, result, f"backfill_finish(wf={wf!r}, backfill_id={backfill_id}, "
                                                  f"chunk={number}, attempt={attempt}, outcome={outcome!r})")
 
@@ -775,10 +798,21 @@ class BatchyMachine(RuleBasedStateMachine):
         for name, ledger in ledgers.items():
             covered = [[when(low), when(high)] for low, high in ledger["covered"]]
             holes = [[when(low), when(high)] for low, high in ledger["holes"]]
-            expected = m["ledger"].get(name, [])
+            # covered: the union of the successful, passing windows, less the ranges invalidated since
+            expected = model.covered(m, name)
+            extent = m["ledger"].get(name, [])
             assert covered == expected, f"/coverage/{wf} {name}: covered {ledger['covered']}, the model {expected}"
-            assert holes == model.gaps(expected), f"/coverage/{wf} {name}: holes {ledger['holes']}"
+            expected_holes = model.minus([[extent[0][0], extent[-1][1]]], expected) if extent else []
+            assert holes == expected_holes, f"/coverage/{wf} {name}: holes {ledger['holes']}, model {expected_holes}"
+            for part, shown in (("dirty", "dirty"), ("failed", "failed_quality")):
+                found = [[when(low), when(high)] for low, high in ledger[shown]]
+                assert found == m[part].get(name, []), \
+                    f"/coverage/{wf} {name}: {shown} {ledger[shown]}, the model {m[part].get(name, [])}"
+            generation = m["jobs"][name].get("generation", 0)
+            assert ledger["generation"] == generation, f"/coverage/{wf} {name}: generation {ledger['generation']}"
             self.w.stats["coverage: holes seen"] += len(holes)
+            self.w.stats["coverage: dirty ranges seen"] += len(ledger["dirty"])
+            self.w.stats["coverage: quality failures seen"] += len(ledger["failed_quality"])
 
     def check_backfills(self, wf: str) -> None:
         """Each backfill's chunks: the model's statuses and attempts, the counts and status that follow."""

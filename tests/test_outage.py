@@ -23,7 +23,7 @@ NO_REDIS = {"api.healthz", "openapi.openapi", "static"}
 ARGS = {"wf": "wf1", "fmt": "json", "batch_id": "1", "backfill_id": "1"}
 # What a route requires to reach Redis (every route refuses parameters it does not take).
 QUERY = {"api.rewind": "batch_id=1", "api.set_from_date": "from_date=2024-01-01", "wait.wait": "timeout=1",
-         "backfill.create": "from=2024-01-01&to=2024-01-02",
+         "backfill.create": "from=2024-01-01&to=2024-01-02", "api.invalidate": "from=2024-01-01&to=2024-01-02",
          "backfill.close": "chunk=0&attempt=1", "backfill.fail": "chunk=0&attempt=1",
          "backfill.renew": "chunk=0&attempt=1"}
 

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a coverage gate instead: wait until the steps' data covers [--since, T); "
                              "T is ISO-8601 (no offset: in --tz), today (midnight), yesterday or now")
     parser.add_argument("--since", metavar="S", help="the start of the range (default: 24 h before --through)")
+    parser.add_argument("--max-hole-minutes", type=float, default=0, metavar="N",
+                        help="with --through: tolerate holes (gaps, invalidated ranges, failed quality checks) no "
+                             "longer than N minutes (default 0: none)")
     parser.add_argument("--tz", default="UTC", metavar="ZONE",
                         help="IANA zone of the calendar: --date, today, times without an offset (default: UTC)")
     parser.add_argument("--deadline", metavar="T",
@@ -137,8 +140,13 @@ def _options(args) -> tuple[dict[str, list[str]], Gate]:
             raise UsageError("--date and --through are two kinds of gate: give one")
         gate.through = times.gate_time(args.through, "--through", tz)
         gate.since = times.gate_time(args.since, "--since", tz) if args.since is not None else None
+        if not (args.max_hole_minutes >= 0) or args.max_hole_minutes == float("inf"):
+            raise UsageError("--max-hole-minutes must be a number of minutes >= 0")
+        gate.max_hole_minutes = args.max_hole_minutes
     elif args.since is not None:
         raise UsageError("--since needs --through, the end of the range to wait for")
+    elif args.max_hole_minutes:
+        raise UsageError("--max-hole-minutes needs --through: it loosens a coverage gate")
     elif args.date:
         try:
             if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", args.date):

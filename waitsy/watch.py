@@ -30,6 +30,7 @@ class Gate:
     day: date | None = None  # the date form
     through: str | None = None  # a coverage gate, as given (today, an ISO time...)
     since: str | None = None
+    max_hole_minutes: float = 0  # a coverage gate tolerates holes no longer than this
     deadline: datetime | None = None
     on_deadline: str = "fail"
 
@@ -114,6 +115,8 @@ class Watcher(threading.Thread):
         query = [("tz", gate.tz_name)]
         if gate.coverage:
             query += [("through", self.through)] + ([("since", self.since)] if self.since else [])
+            if gate.max_hole_minutes:
+                query.append(("max_hole_minutes", f"{gate.max_hole_minutes:g}"))
         else:
             query.append(("date", gate.day.isoformat()))
         if self.send_deadline:
@@ -146,6 +149,9 @@ class Watcher(threading.Thread):
             self.events.put(("notice", self.wf, "the service's /wait takes no deadline (older version): "
                              "the deadline is kept here only"))
             return self._push()
+        if parameter == "max_hole_minutes":
+            raise UsageError(f"--max-hole-minutes needs a /wait that takes max_hole_minutes, which {self.service.url} "
+                             "does not (an older Batchy): upgrade the service, or leave it out")
         if parameter in ("through", "since"):
             raise UsageError(f"--through needs a /wait that takes through, which {self.service.url} does not "
                              "(an older Batchy): upgrade the service, or wait with --date")

@@ -27,6 +27,17 @@ def set_from_date(wf, from_date, job, force):
 
 @service_command()
 @click.argument("wf")
+@click.option("--from", "start", required=True, help="Start of the range (ISO-8601; no offset: each job's zone).")
+@click.option("--to", "end", required=True, help="End of the range (exclusive).")
+@click.option("--job", "jobs", multiple=True, metavar="JOB", help="Only this job (repeat for several; default: every job).")
+@click.option("--reason", help="Why, for the audit log.")
+def invalidate(wf, start, end, jobs, reason):
+    """Late data: mark [--from, --to) of WF's coverage dirty, a hole until a window covers it again."""
+    show(Batchy().invalidate(wf, start, end, jobs=list(jobs) or None, reason=reason), _watermark_table)
+
+
+@service_command()
+@click.argument("wf")
 @click.argument("batch_id", type=int)
 @click.option("--job", help="Only this job step.")
 @click.option("--force", is_flag=True, help="Even while a batch is open.")
@@ -69,4 +80,4 @@ def pause_history(limit):
          lambda rows: table(rows, ["id", "time", "action", "scope", "actor", "message"]))
 
 
-COMMANDS = [set_from_date, rewind, pause, resume, pause_status, pause_history]
+COMMANDS = [set_from_date, rewind, invalidate, pause, resume, pause_status, pause_history]

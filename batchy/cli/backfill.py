@@ -9,6 +9,7 @@ import click
 
 from ..client import BackfillClient, Batchy
 from .backfill_run import finished, run_backfill
+from .commands import attest_options
 from .output import output_options, service_errors, table
 from .run import runner_options
 
@@ -146,12 +147,16 @@ def backfill_renew(wf, backfill_id, chunk, attempt, lease_token, lease_seconds, 
 
 @backfill_group.command("close")
 @_finish_options
-def backfill_close(wf, backfill_id, chunk, attempt, lease_token, records_processed, message, as_json, quiet):
-    """Mark a leased chunk's attempt successful (its window goes into the coverage ledger)."""
+@attest_options
+def backfill_close(wf, backfill_id, chunk, attempt, lease_token, records_processed, message, as_json, quiet,
+                   checksum, dq, dq_message):
+    """Mark a leased chunk's attempt successful (its window goes into the coverage ledger; with --dq fail,
+    as a quality failure)."""
     with service_errors():
         answer = BackfillClient(Batchy()).finish(wf, backfill_id, chunk, attempt, "success",
                                                  records_processed=records_processed, message=message,
-                                                 lease_token=lease_token)
+                                                 lease_token=lease_token, checksum=checksum, dq=dq,
+                                                 dq_message=dq_message)
     _show(answer, _fields_text, as_json, quiet)
 
 

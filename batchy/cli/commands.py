@@ -110,12 +110,21 @@ def _close_options(fn):
     return click.argument("wf")(fn)
 
 
+def attest_options(fn):
+    """Add --checksum, --dq and --dq-message: what a successful close attests of its load."""
+    fn = click.option("--dq-message", help="Why, with --dq.")(fn)
+    fn = click.option("--dq", type=click.Choice(["pass", "fail"]),
+                      help="Data quality verdict: fail moves the watermark but leaves the window a hole.")(fn)
+    return click.option("--checksum", help="The loaded data's checksum (at most 128 characters), kept in history.")(fn)
+
+
 @service_command()
 @_close_options
-def close(wf, job, records_processed, message, batch_id):
+@attest_options
+def close(wf, job, records_processed, message, batch_id, checksum, dq, dq_message):
     """Mark the open batch of WF (or one job) successful."""
-    show(Batchy().close(wf, job=job, records_processed=records_processed, message=message, batch_id=batch_id),
-         state_table)
+    show(Batchy().close(wf, job=job, records_processed=records_processed, message=message, batch_id=batch_id,
+                        checksum=checksum, dq=dq, dq_message=dq_message), state_table)
 
 
 @service_command()

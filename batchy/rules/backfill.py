@@ -275,4 +275,5 @@ def render_chunk(number: int, chunk: dict, tz=UTC) -> dict:
         "lease_until": lease_until,
         "records_processed": chunk.get("records_processed"),
         "message": chunk.get("message"),
+        **{said: chunk[said] for said in ("checksum", "dq", "dq_message") if chunk.get(said) is not None},
     }

@@ -5,12 +5,18 @@ a window that touches or overlaps one is merged into it, so a year of contiguous
 hourly windows is one interval, and the ledger grows only with the holes in it.
 A hole is a stretch between the job's first covered start and its latest covered end
 that no successful window (batch or backfill chunk) covered: skipped data.
+
+Late data and attested coverage take parts of it back (`Ledger`): a range an operator
+invalidated is dirty, a window closed with `dq=fail` failed its quality check. Both are
+kept as interval lists beside the ledger, and count among the holes until a passing
+window covers them again: the effective coverage is the ledger minus both.
 """
 from __future__ import annotations
 
 import bisect
 import functools
 import json
+from typing import NamedTuple
 
 Interval = list  # [start, end], epoch seconds, start < end
 
@@ -91,6 +97,79 @@ def covers_all(intervals: list[Interval], spans: list[Interval]) -> bool:
         if i == len(intervals) or intervals[i][0] > start:
             return False
     return True
+
+
+def subtract(intervals: list[Interval], taken: list[Interval]) -> list[Interval]:
+    """Return the parts of intervals (merged, sorted) not inside any of taken."""
+    result: list[Interval] = []
+    taken = union(taken, [])
+    for low, high in intervals:
+        result += [span for span in holes(clip(taken, low, high), low, high) if span[1] > span[0]]
+    return result
+
+
+class Ledger(NamedTuple):
+    """A job's coverage: its successful windows merged, and what of them does not count now.
+
+    records: the rows of each interval of windows (same order), summed while its windows
+    only touched; None where they overlapped (a rerun would count rows twice) or one was
+    closed without a count.
+    """
+
+    windows: list[Interval]
+    dirty: list[Interval] = []
+    failed: list[Interval] = []
+    records: list | None = None
+
+    @property
+    def effective(self) -> list[Interval]:
+        """Return the coverage that counts: windows minus dirty ranges and quality failures."""
+        if not self.dirty and not self.failed:
+            return self.windows
+        return subtract(self.windows, union(self.dirty, self.failed))
+
+    def holes(self, start: float | None = None, end: float | None = None) -> list[Interval]:
+        """Return the holes of the effective coverage in [start, end) (default: the ledger's extent)."""
+        if start is None and self.windows:
+            start = self.windows[0][0]
+        if end is None and self.windows:
+            end = self.windows[-1][1]
+        return holes(self.effective, start, end)
+
+
+def succeeded(ledger: Ledger, start: float, end: float, passed: bool = True,
+              records: int | None = None) -> Ledger:
+    """Return ledger after a successful window [start, end): covered again, unless it failed its quality check."""
+    windows = add(ledger.windows, start, end)
+    span = [[start, end]]
+    dirty = subtract(ledger.dirty, span) if ledger.dirty else []
+    failed = subtract(ledger.failed, span) if ledger.failed else []
+    if not passed:
+        failed = union(failed, span)
+    return Ledger(windows, dirty, failed, _summed(ledger, windows, start, end, records))
+
+
+def _summed(ledger: Ledger, windows: list[Interval], start: float, end: float, records: int | None) -> list:
+    """Return the records of windows: the merged interval's is the sum of what it absorbed, if known."""
+    old = ledger.records if ledger.records is not None and len(ledger.records) == len(ledger.windows) \
+        else [None] * len(ledger.windows)
+    by_interval = {(low, high): count for (low, high), count in zip(ledger.windows, old)}
+    result = []
+    for low, high in windows:
+        if (low, high) in by_interval:
+            result.append(by_interval[(low, high)])
+            continue
+        absorbed = [(a, b, by_interval[(a, b)]) for a, b in ledger.windows if a <= high and b >= low]
+        overlaps = any(a < end and b > start for a, b, _ in absorbed)
+        counts = [records] + [count for _, _, count in absorbed]
+        result.append(None if overlaps or any(c is None for c in counts) else sum(counts))
+    return result
+
+
+def invalidated(ledger: Ledger, start: float, end: float) -> Ledger:
+    """Return ledger with the covered part of [start, end) dirty (late data arrived for it)."""
+    spoiled = subtract(clip(ledger.windows, start, end), ledger.failed)
+    return ledger._replace(dirty=union(ledger.dirty, spoiled))
 
 
 def loads(text: str | None) -> list[Interval]:

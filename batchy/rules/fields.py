@@ -128,6 +128,13 @@ FIELDS = (
     Field("batch_end", RUNTIME, None, None, "When the batch last ended."),
     Field("records_processed", RUNTIME, NO_DEFAULT, None, "What the last close reported (cleared at open)."),
     Field("message", RUNTIME, NO_DEFAULT, None, "What the last close or fail reported (cleared at open)."),
+    Field("checksum", RUNTIME, NO_DEFAULT, None, "What the last successful close gave as the loaded data's "
+          "checksum (text, at most 128 characters; cleared at open)."),
+    Field("dq", RUNTIME, NO_DEFAULT, None, "The last successful close's data quality verdict, `pass` or `fail`: "
+          "a window closed with `fail` is not covered ([attested coverage](docs/backfills.md#attested-coverage))."),
+    Field("dq_message", RUNTIME, NO_DEFAULT, None, "Why, with `dq` (cleared at open)."),
+    Field("generation", RUNTIME, NO_DEFAULT, None, "How many [invalidations](docs/backfills.md#late-data-invalidate-"
+          "a-range) touched the job: a downstream that read its data at a lower one reads again."),
     Field("next_from_date", RUNTIME, NO_DEFAULT, None, "Present only after an operator's [set_from_date or "
           "rewind](docs/api.md#watermark-control): the next open starts exactly there."),
     Field("records_scope", RUNTIME, NO_DEFAULT, None, "`batch` when `records_processed` is the whole batch's "

@@ -5,13 +5,15 @@ A coverage gate is ready when the coverage ledger of every selected job covers a
 backfill. It is missed, at once instead of at a timeout, when it can never become
 ready: a hole in that range lies behind the job's watermark (the next window starts
 after it) and no open window covers it, so only an operator (a rewind, a backfill) can
-fill it. A date gate on a past day that did not succeed is missed too.
+fill it. A date gate on a past day that did not succeed is missed too. Coverage here is the
+effective one (coverage.Ledger): a range invalidated by late data, or a window closed with
+dq=fail, is a hole until a passing window covers it again.
 """
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, tzinfo
 
-from . import coverage, readiness, times, watermark
+from . import coverage, readiness, repair, times, watermark
 from .jobs import Status
 
 READY, WAITING, MISSED = readiness.READY, readiness.WAITING, "missed"
@@ -32,33 +34,61 @@ def moment(text: str, now: datetime, tz: tzinfo, name: str) -> datetime:
     return moment if times.has_offset(text) else moment.replace(tzinfo=None).replace(tzinfo=tz)
 
 
-def coverage_verdict(jobs: dict[str, dict], ledgers: dict[str, list], selected: list[str], since: datetime,
-                     through: datetime, tz: tzinfo = times.UTC) -> dict:
+def coverage_verdict(jobs: dict[str, dict], ledgers: dict, selected: list[str], since: datetime,
+                     through: datetime, tz: tzinfo = times.UTC, settings: dict | None = None,
+                     max_hole_seconds: float = 0) -> dict:
     """Return {"state", "ready", "missing", "failed", "jobs": {job: {...}}} for [since, through).
 
-    Times in reasons and holes are written in tz, the gate's zone (waitsy's --tz).
+    ledgers: {job: coverage.Ledger (or a plain ledger)}; what counts is the effective
+    coverage, so a dirty range or a quality failure is a hole. A hole that lies behind the
+    watermark makes the gate missed, unless it is dirty or failed quality and the job
+    repairs those by itself (auto_backfill, in settings or on the job): then it waits.
+    Holes no longer than max_hole_seconds are tolerated. Times in reasons and holes are
+    written in tz, the gate's zone (waitsy's --tz).
     """
     low, high = since.timestamp(), through.timestamp()
     detail = {}
     for name in selected:
         job = jobs[name]
-        ledger = ledgers.get(name) or []
-        holes = coverage.holes(ledger, low, high)
+        ledger = ledgers.get(name) or coverage.Ledger([])
+        if not isinstance(ledger, coverage.Ledger):
+            ledger = coverage.Ledger(ledger)
+        holes = coverage.holes(ledger.effective, low, high)
+        counted = [h for h in holes if h[1] - h[0] > max_hole_seconds]
         state, reason = READY, f"covered from {times.format_time(since, tz)} to {times.format_time(through, tz)}"
-        if holes:
-            state, reason = WAITING, f"not yet covered: {_show(holes, tz)}"
-            stuck = [h for h in holes if _behind(job, h)]
-            if stuck:
-                state, reason = MISSED, (f"never covered: {_show(stuck, tz)} lies behind the watermark and no open "
-                                         "window covers it; rewind or backfill that range")
+        if counted:
+            state, reason = WAITING, f"not yet covered: {_show(counted, tz)}"
+            stuck = [h for h in counted if _behind(job, h)]
+            dirty, failed = coverage.clip(ledger.dirty, low, high), coverage.clip(ledger.failed, low, high)
+            plain = coverage.subtract(stuck, coverage.union(dirty, failed))
+            spoiled = [] if repair.enabled(job, settings or {}) else stuck
+            if plain:
+                state, reason = MISSED, (f"never covered: {_show(plain, tz)} lies behind the watermark and no "
+                                         "open window covers it; rewind or backfill that range")
+            elif spoiled:
+                kind, ranges = ("invalidated", dirty) if _meets(stuck, dirty) else ("failed quality", failed)
+                state, reason = MISSED, (f"{kind}: {_show(_within(ranges, stuck), tz)} lies behind the watermark "
+                                         "and was not covered again; backfill that range")
         detail[name] = {"state": state, "status": job.get("status"), "batch_id": job.get("batch_id"),
                         "holes": [[times.format_time(_at(a), tz), times.format_time(_at(b), tz)] for a, b in holes],
                         "reason": reason}
+        if ledger.dirty or ledger.failed:
+            detail[name]["generation"] = job.get("generation") or 0
     missed = [n for n, d in detail.items() if d["state"] == MISSED]
     missing = [n for n, d in detail.items() if d["state"] != READY]
     state = MISSED if missed else WAITING if missing else READY
     return {"state": state, "ready": state == READY, "missing": missing, "failed": [], "missed": missed,
             "jobs": detail}
+
+
+def _meets(spans: list, ranges: list) -> bool:
+    """Return True if some span overlaps some range."""
+    return any(a < d and c < b for a, b in spans for c, d in ranges)
+
+
+def _within(ranges: list, spans: list) -> list:
+    """Return the parts of ranges inside spans."""
+    return [part for a, b in spans for part in coverage.clip(ranges, a, b)] or spans
 
 
 def refilled(result: dict, filling: dict[str, list]) -> dict:

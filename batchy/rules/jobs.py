@@ -41,7 +41,7 @@ DATE_FIELDS = ("from_date", "to_date", "batch_start", "batch_end", "next_from_da
 # Its parameters live in the workflow hash; nulls are left out (a 3-step snapshot
 # stays under 1 KB of Redis memory however history grows). The batch id is in the key.
 SNAPSHOT_FIELDS = ("status", "from_date", "to_date", "batch_start", "batch_end", "records_processed", "records_scope",
-                   "message")
+                   "message", "checksum", "dq", "dq_message")
 # records_scope "batch": records_processed is the whole batch's count, given to a
 # whole-workflow close and kept on each of its jobs; history counts it once.
 BATCH_SCOPE = "batch"
@@ -88,6 +88,7 @@ def summarize_batch(batch_id: int, jobs: dict[str, dict]) -> dict:
             # "batch": that number is the whole batch's (a whole-workflow close), not this job's own
             "records_scope": job.get("records_scope"),
             "message": job.get("message"),
+            **{said: job[said] for said in ("checksum", "dq", "dq_message") if job.get(said) is not None},
         }
     return {
         "batch_id": batch_id,

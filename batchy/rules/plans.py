@@ -17,7 +17,7 @@ from datetime import datetime
 
 from . import coverage, watermark, workflows
 from ..errors import CorruptState, InvalidConfig, InvalidParameter, JobNotFound, WorkflowExists
-from .jobs import Status, snapshot
+from .jobs import BATCH_SCOPE, Status, snapshot
 from .state import SNAPSHOT_NEW, SNAPSHOT_PUT, SNAPSHOT_UPDATE, Book, Change, SnapshotWrite, State
 from .times import format_now, in_zone, job_zone, parse_time
 
@@ -115,8 +115,13 @@ def plan_close(
     batch_id: int | None = None,
     records_processed: int | None = None,
     message: str | None = None,
+    attested: dict | None = None,
 ) -> Change:
-    """Mark the open jobs (or one job) success or failed, here and in their batch snapshot."""
+    """Mark the open jobs (or one job) success or failed, here and in their batch snapshot.
+
+    attested (watermark.attestation): the checksum and quality verdict of a success; a window
+    closed with dq=fail moves the watermark but is not covered.
+    """
     closed = watermark.close_jobs(
         state.wf,
         state.jobs,
@@ -127,6 +132,7 @@ def plan_close(
         current_batch_id=state.last_batch_id,
         records_processed=records_processed,
         message=message,
+        attested=attested,
     )
     if not closed:  # a retry of a close already applied: answer with the state as it is
         return Change(action="close" if outcome == Status.SUCCESS else "fail", noop=True,
@@ -135,12 +141,15 @@ def plan_close(
     for name, new in closed.items():
         by_batch.setdefault(new["batch_id"], {})[name] = snapshot(new)
     marks = watermark.success_marks(closed)
-    ledgers = {name: covered(state, name, closed[name]) for name in marks
-               if closed[name].get("from_date") and closed[name].get("to_date")}
+    book = Book(marks=marks)
+    for name in marks:
+        if closed[name].get("from_date") and closed[name].get("to_date"):
+            old = state.coverage(name, cached=True)
+            book.put(name, covered(old, closed[name]), old)
     return Change(
         action="close" if outcome == Status.SUCCESS else "fail",
         writes=closed,
-        book=Book(marks=marks, ledgers=ledgers),
+        book=book,
         snapshots=[SnapshotWrite(bid, SNAPSHOT_UPDATE, 0, snap) for bid, snap in by_batch.items()],
         # The batch it ends: the one named, else the one its jobs ran in (jobs on their own
         # schedule may be open in several), else the newest.
@@ -148,9 +157,11 @@ def plan_close(
     )
 
 
-def covered(state: State, name: str, job: dict) -> list:
-    """Return job name's coverage ledger with the window of job (just succeeded) merged in."""
-    return coverage.add(state.ledger(name, cached=True), _epoch(job["from_date"]), _epoch(job["to_date"]))
+def covered(old: coverage.Ledger, job: dict) -> coverage.Ledger:
+    """Return a job's coverage old with the window of job (just succeeded) merged in."""
+    records = job.get("records_processed") if job.get("records_scope") != BATCH_SCOPE else None
+    return coverage.succeeded(old, _epoch(job["from_date"]), _epoch(job["to_date"]), job.get("dq") != "fail",
+                              records)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -237,7 +248,7 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], b
              if _batch_of(mark) >= _batch_of(state.mark(job))}
     counts = {action: count for action, count in book.counts.items() if count > state.counts.get(action, 0)}
     book = Book(last_batch_id=last or None, settings=book.settings, marks=marks, ledgers=dict(book.ledgers),
-                counts=counts)
+                counts=counts, dirty=dict(book.dirty), failed=dict(book.failed), records=dict(book.records))
     # The ledger records windows that succeeded, here or where the export was taken: an
     # import (an older backup, say) merges its ledgers into these, never forgets one.
     for job, ledger in book.ledgers.items():
@@ -247,6 +258,18 @@ def plan_import(state: State, jobs: dict[str, dict], batches: dict[str, dict], b
             mine = []  # a broken ledger here: the export's replaces it
         if mine:
             book.ledgers[job] = coverage.union(ledger, mine)
+            if book.ledgers[job] == mine:  # nothing new: the rows kept here stay
+                book.records.pop(job, None)
+            elif book.ledgers[job] != ledger:  # merged intervals of both: their rows are not known
+                book.records[job] = [None] * len(book.ledgers[job])
+    # Dirty ranges and quality failures of either side stay holes until a window covers them.
+    for job in set(book.dirty) | set(book.failed):
+        try:
+            here = state.coverage(job)
+        except CorruptState:
+            here = coverage.Ledger([])
+        book.dirty[job] = coverage.union(book.dirty.get(job) or [], here.dirty)
+        book.failed[job] = coverage.union(book.failed.get(job) or [], here.failed)
     # A batch open here that the import replaces can never close: it ends abandoned (unless
     # the export carries that batch, whose snapshot then replaces it whole).
     replaced = watermark.abandoned_jobs(state.jobs, None, "abandoned: the workflow was replaced by an import")
@@ -334,20 +357,48 @@ def audit_event(state: State, change: Change) -> dict:
         "jobs": sorted(state.jobs if change.action == "remove" else writes),
         "from_before": before,
         "from_after": watermarks(writes),
+        **({"message": change.reason} if change.reason else {}),
     }
 
 
-def plan_backfill_coverage(state: State, job: str, start: datetime, end: datetime) -> Change:
+def plan_backfill_coverage(state: State, job: str, start: datetime, end: datetime, *, passed: bool = True,
+                           records: int | None = None) -> Change:
     """Merge a backfill chunk's window [start, end), just recorded successful, into job's coverage ledger.
 
+    passed: the chunk's quality verdict (dq=fail: the range stays a hole, as a quality failure).
     Not audited in the workflow's stream: the chunk's event goes to its backfill's own stream
     (storage/backfill_lua.BACKFILL_NOTE), so chunk traffic never evicts the operator's trail.
-    Nothing to write when the ledger covers it already (a retried close) or the job is gone.
+    Nothing to write when the coverage is that already (a retried close) or the job is gone.
     """
     if job not in state.jobs:
         return Change(action="backfill_coverage", noop=True)
-    ledger = state.ledger(job)
-    low, high = start.timestamp(), end.timestamp()
-    if coverage.covers(ledger, low, high):
+    old = state.coverage(job)
+    new = coverage.succeeded(old, start.timestamp(), end.timestamp(), passed, records)
+    if new[:3] == old[:3]:
         return Change(action="backfill_coverage", noop=True)
-    return Change(action="backfill_coverage", book=Book(ledgers={job: coverage.add(ledger, low, high)}))
+    book = Book()
+    book.put(job, new, old)
+    return Change(action="backfill_coverage", book=book)
+
+
+@audited
+def plan_invalidate(state: State, start: datetime, end: datetime, jobs: list[str] | None = None,
+                    reason: str | None = None) -> Change:
+    """Mark [start, end) of each job named (default: every job) dirty, and bump its generation.
+
+    Late data arrived for that range: what covered it no longer counts until a successful,
+    passing window (the next runs, or a backfill chunk) covers it again.
+    """
+    book, writes = Book(), {}
+    for name in target_jobs(state.wf, state.jobs, jobs):
+        # A time without an offset is a wall time in each job's own zone.
+        low, high = (in_zone(moment, job_zone(state.jobs[name])).timestamp() for moment in (start, end))
+        if high <= low:
+            raise InvalidParameter("to must be later than from", parameter="to", workflow=state.wf)
+        old = state.coverage(name)
+        new = coverage.invalidated(old, low, high)
+        book.put(name, new, old)
+        job = state.jobs[name]
+        writes[name] = dict(job, generation=(job.get("generation") or 0) + 1)
+    return Change(action="invalidate", writes=writes, book=book, batch_id=state.last_batch_id,
+                  reason=reason or "")

@@ -34,13 +34,7 @@ def settle_seconds(job: dict, settings: dict) -> float:
         return 0.0
 
 
-def subtract(intervals: list[Interval], taken: list[Interval]) -> list[Interval]:
-    """Return the parts of intervals (merged, sorted) not inside any of taken."""
-    result: list[Interval] = []
-    taken = coverage.union(taken, [])
-    for low, high in intervals:
-        result += coverage.holes(coverage.clip(taken, low, high), low, high)
-    return result
+subtract = coverage.subtract
 
 
 def due(holes: list[Interval], filling: list[Interval], given_up: list[Interval], now: float,

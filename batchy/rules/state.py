@@ -43,6 +43,9 @@ class State:
     second: str = ""  # the Redis TIME seconds `now` was made from, as the commit checks it
     where: Callable[[str, str | None], str] = _unnamed
     stored: dict[str, str] = field(default_factory=dict)  # storage's own copy of the bookkeeping
+    dirty_texts: Mapping[str, str] = field(default_factory=dict)  # job -> its dirty ranges as stored
+    failed_texts: Mapping[str, str] = field(default_factory=dict)  # job -> its quality failures as stored
+    record_texts: Mapping[str, str] = field(default_factory=dict)  # job -> rows per ledger interval as stored
 
     @property
     def last_batch_id(self) -> int | None:
@@ -73,6 +76,23 @@ class State:
         except ValueError:
             raise self.corrupt("coverage", text, job) from None
 
+    def coverage(self, job: str, cached: bool = False) -> coverage.Ledger:
+        """Return job's whole coverage (ledger, dirty ranges, quality failures, rows), or raise CorruptState."""
+        parts = []
+        for item, texts in (("dirty", self.dirty_texts), ("quality", self.failed_texts)):
+            text = texts.get(job) or ""
+            try:
+                parts.append(coverage.loads_cached(text) if text else [])
+            except ValueError:
+                raise self.corrupt(item, text, job) from None
+        try:
+            records = json.loads(self.record_texts[job]) if self.record_texts.get(job) else None
+        except ValueError:
+            records = None  # a count is a convenience: never worth refusing a close over
+        if not isinstance(records, list):
+            records = None
+        return coverage.Ledger(self.ledger(job, cached), parts[0], parts[1], records)
+
     def mark(self, job: str) -> dict | None:
         """Return job's last success {batch_id, start, end}, or None (none, or unreadable)."""
         try:
@@ -96,10 +116,26 @@ class Book:
     marks: dict[str, dict] = field(default_factory=dict)  # job -> its last success {batch_id, start, end}
     ledgers: dict[str, list] = field(default_factory=dict)  # job -> its coverage ledger
     counts: dict[str, int] = field(default_factory=dict)  # action -> count (an import restores them)
+    dirty: dict[str, list] = field(default_factory=dict)  # job -> its dirty ranges
+    failed: dict[str, list] = field(default_factory=dict)  # job -> its quality failures
+    records: dict[str, list] = field(default_factory=dict)  # job -> rows per ledger interval
 
     def __bool__(self) -> bool:
         return bool(self.last_batch_id is not None or self.settings is not None or self.marks or self.ledgers
-                    or self.counts)
+                    or self.counts or self.dirty or self.failed or self.records)
+
+    def put(self, job: str, new: coverage.Ledger, old: coverage.Ledger | None = None) -> None:
+        """Write job's coverage new; of old (what is stored), only the parts that changed."""
+        if old is None or new.windows != old.windows:
+            self.ledgers[job] = new.windows
+        if old is None or new.dirty != old.dirty:
+            self.dirty[job] = new.dirty
+        if old is None or new.failed != old.failed:
+            self.failed[job] = new.failed
+        known = old is not None and old.records is not None
+        if new.records is not None and (not known or new.records != old.records) and (
+                known or any(count is not None for count in new.records)):  # no rows ever said: nothing kept
+            self.records[job] = new.records
 
 
 class SnapshotWrite(NamedTuple):
@@ -131,6 +167,7 @@ class Change:
     # Nothing to write: the call repeats one already applied (a retried close).
     noop: bool = False
     idempotency_key: str | None = None  # an open's Idempotency-Key
+    reason: str = ""  # why, as the operator said it (an invalidation): the audit event's message
 
 
 @functools.lru_cache(maxsize=1024)

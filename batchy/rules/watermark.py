@@ -92,6 +92,8 @@ def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int, wf: str = "",
             records_processed=None,
             message=None,
         )
+        for said in ATTESTED:  # said of the last window only
+            new.pop(said, None)
         opened[name] = new
     return opened
 
@@ -130,6 +132,7 @@ def close_jobs(
     current_batch_id: int | None = None,
     records_processed: int | None = None,
     message: str | None = None,
+    attested: dict | None = None,
 ) -> dict[str, dict]:
     """Return the jobs that close (outcome success) or fail (outcome failed) now.
 
@@ -188,8 +191,26 @@ def close_jobs(
                 new.pop("records_scope", None)
         if message is not None:
             new["message"] = message
+        if outcome == Status.SUCCESS and attested:
+            new.update({k: v for k, v in attested.items() if v is not None})
         closed[name] = new
     return closed
+
+
+ATTESTED = ("checksum", "dq", "dq_message")  # what a successful close may say of the data it loaded
+DQ_VERDICTS = ("pass", "fail")
+MAX_CHECKSUM = 128
+
+
+def attestation(checksum: str | None, dq: str | None, dq_message: str | None) -> dict:
+    """Return a close's checksum and quality verdict, checked; ValueError naming the parameter otherwise."""
+    if checksum is not None and (not isinstance(checksum, str) or len(checksum) > MAX_CHECKSUM):
+        raise ValueError(f"checksum must be text of at most {MAX_CHECKSUM} characters")
+    if dq is not None and dq not in DQ_VERDICTS:
+        raise ValueError(f"dq must be pass or fail, not {str(dq)[:40]!r}")
+    if dq_message is not None and dq is None:
+        raise ValueError("dq_message needs dq: the verdict it explains")
+    return {"checksum": checksum, "dq": dq, "dq_message": dq_message}
 
 
 def already_closed(jobs: dict[str, dict], targets: list[str], batch_id: int, outcome: str) -> bool:

@@ -232,6 +232,11 @@ def check_settings(wf: str, raw, where: str = "") -> dict:
     return settings
 
 
+# Runtime fields a job holds only once something set them (a close's attestation, an
+# invalidation): a reload does not add them as nulls (nor a $$generation= line to a parameter file).
+SAID_WHEN_GIVEN = ("checksum", "dq", "dq_message", "generation")
+
+
 def merge(existing: dict[str, dict], configured: dict[str, dict]) -> dict[str, dict]:
     """Return the state after reloading config over existing state.
 
@@ -246,7 +251,8 @@ def merge(existing: dict[str, dict], configured: dict[str, dict]) -> dict[str, d
         new = dict(params)
         if current.get("status", Status.NEW) != Status.NEW:
             for field in RUNTIME_FIELDS:
-                new[field] = current.get(field)
+                if field in current or field not in SAID_WHEN_GIVEN:
+                    new[field] = current.get(field)
         elif current.get("next_from_date"):
             new.update(from_date=current.get("from_date"), next_from_date=current["next_from_date"])
         merged[job] = new

@@ -284,27 +284,32 @@ class Backfills:
 
     def finish(self, wf: str, backfill_id: int, number: int, attempt: int, outcome: str, *,
                records_processed: int | None = None, message: str | None = None, actor: str = "",
-               lease_token: str | None = None) -> dict:
+               lease_token: str | None = None, attested: dict | None = None) -> dict:
         """End attempt of chunk number with outcome (success or failed); return the chunk and the progress.
 
         A success merges the chunk's window into its job's coverage ledger. lease_token: the
-        one the lease answered (WrongLeaseToken without it).
+        one the lease answered (WrongLeaseToken without it). attested (watermark.attestation):
+        the chunk's checksum and quality verdict; dq=fail leaves its window a hole (failed quality).
         """
+        attested = attested or {}
         reply = self._run(self._finish, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
                                          keys.backfill_queue(wf, backfill_id), keys.backfill_events(wf, backfill_id),
                                          keys.events(wf)),
                           (number, attempt, outcome, "" if records_processed is None else records_processed,
-                           message or "", self.events_keep, actor, backfill_id, lease_token or ""))
+                           message or "", self.events_keep, actor, backfill_id, lease_token or "",
+                           attested.get("checksum") or "", attested.get("dq") or "", attested.get("dq_message") or ""))
         chunk = self._checked(wf, backfill_id, number, attempt, reply, lease_token)
         record = _pairs(reply[2])
         if outcome == backfill.ChunkStatus.SUCCESS:
             merged = self.store.mutate(wf, lambda state: plans.plan_backfill_coverage(
-                state, chunk["job"], parse_time(chunk["from_date"]), parse_time(chunk["to_date"])), actor=actor)
+                state, chunk["job"], parse_time(chunk["from_date"]), parse_time(chunk["to_date"]),
+                passed=chunk.get("dq") != "fail", records=chunk.get("records_processed")), actor=actor)
             if not merged.noop:
                 self._run(self._note, (keys.backfill_events(wf, backfill_id), keys.events(wf)),
                           (self.events_keep, "backfill_coverage", actor, formats.dumps([chunk["job"]]),
                            f"chunk {number} {chunk['job']} [{chunk['from_date']}, {chunk['to_date']}): merged into "
-                           "the coverage ledger", backfill_id, number, attempt))
+                           "the coverage ledger" + (" as a quality failure" if chunk.get("dq") == "fail" else ""),
+                           backfill_id, number, attempt))
         counts = _counts(record)
         return {"backfill_id": backfill_id, "workflow": wf,
                 **backfill.render_chunk(number, chunk, _zone(record, chunk["job"])),

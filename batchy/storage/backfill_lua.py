@@ -228,7 +228,8 @@ return {0, redis.call('HGETALL', KEYS[2])}
 # KEYS[1] backfill hash   KEYS[2] its chunks hash   KEYS[3] its queue   KEYS[4] its chunk event stream
 # KEYS[5] the workflow's audit stream (ids only)
 # ARGV: chunk number, attempt, outcome ("success" or "failed"), records processed ("": none),
-#   message ("": none), events maxlen (of the chunk event stream), actor, backfill id, lease token ("": none)
+#   message ("": none), events maxlen (of the chunk event stream), actor, backfill id, lease token ("": none),
+#   checksum, dq ("pass" or "fail"), dq_message (each "": none; kept on the chunk, as history keeps a batch's)
 # Returns {1, chunk JSON, flat HGETALL backfill} applied; {2, chunk JSON, flat HGETALL
 # backfill} this attempt ended so already (a retried call); {-1} no such backfill;
 # {-4} no such chunk; {-5, chunk JSON} another attempt holds the chunk; {-6, chunk JSON}
@@ -255,6 +256,9 @@ chunk.lease_until = nil
 chunk.ended = time
 chunk.records_processed = A[4] ~= '' and tonumber(A[4]) or nil
 chunk.message = A[5] ~= '' and A[5] or nil
+chunk.checksum = (A[10] or '') ~= '' and A[10] or nil
+chunk.dq = (A[11] or '') ~= '' and A[11] or nil
+chunk.dq_message = (A[12] or '') ~= '' and A[12] or nil
 if outcome == 'success' then
   chunk.status = 'success'
 elseif chunk.attempts >= max_attempts then

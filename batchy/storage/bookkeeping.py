@@ -30,6 +30,12 @@ def fields(book: Book) -> dict[str, str]:
         out[keys.success_field(job)] = dumps(mark)
     for job, ledger in book.ledgers.items():
         out[keys.coverage_field(job)] = dumps(ledger)
+    for job, ranges in book.dirty.items():
+        out[keys.dirty_field(job)] = dumps(ranges)
+    for job, ranges in book.failed.items():
+        out[keys.quality_field(job)] = dumps(ranges)
+    for job, records in book.records.items():
+        out[keys.records_field(job)] = dumps(records)
     return out
 
 
@@ -47,6 +53,14 @@ def book_of(meta: dict[str, str]) -> Book:
             book.marks[field[len(keys.SUCCESS_PREFIX):]] = json.loads(text)
         elif field.startswith(keys.COVERAGE_PREFIX):
             book.ledgers[field[len(keys.COVERAGE_PREFIX):]] = coverage.loads(text)
+        elif field.startswith(keys.DIRTY_PREFIX):
+            book.dirty[field[len(keys.DIRTY_PREFIX):]] = coverage.loads(text)
+        elif field.startswith(keys.QUALITY_PREFIX):
+            book.failed[field[len(keys.QUALITY_PREFIX):]] = coverage.loads(text)
+        elif field.startswith(keys.RECORDS_PREFIX):
+            records = json.loads(text)
+            if isinstance(records, list):
+                book.records[field[len(keys.RECORDS_PREFIX):]] = records
     return book
 
 
@@ -56,7 +70,9 @@ def state(wf: str, now: datetime, jobs: dict[str, dict], meta: dict[str, str], r
     # Views, not copies: a state is built on every change, and most plans read one field or none.
     return State(wf, now, jobs, meta.get(keys.LAST_BATCH_ID), meta.get(keys.SETTINGS),
                  Fields(meta, keys.COVERAGE_PREFIX), Fields(meta, keys.SUCCESS_PREFIX), Counts(meta, keys.COUNT_PREFIX),
-                 raw, meta.get(keys.VERSION, "0"), second=second, where=_where(wf), stored=meta)
+                 raw, meta.get(keys.VERSION, "0"), second=second, where=_where(wf), stored=meta,
+                 dirty_texts=Fields(meta, keys.DIRTY_PREFIX), failed_texts=Fields(meta, keys.QUALITY_PREFIX),
+                 record_texts=Fields(meta, keys.RECORDS_PREFIX))
 
 
 class Fields(Mapping):
@@ -101,7 +117,7 @@ def _where(wf: str):
 
 
 _FIELDS = {"last_batch_id": lambda job: keys.LAST_BATCH_ID, "settings": lambda job: keys.SETTINGS,
-           "coverage": keys.coverage_field}
+           "coverage": keys.coverage_field, "dirty": keys.dirty_field, "quality": keys.quality_field}
 
 
 def _field_of(meta_key: str, item: str, job: str | None) -> str:
@@ -119,4 +135,5 @@ def event_fields(audit: dict, actor: str) -> dict[str, str]:
         "jobs": dumps(audit["jobs"]),
         "from_before": dumps(audit["from_before"]),
         "from_after": dumps(audit["from_after"]),
+        **({"message": audit["message"]} if audit.get("message") else {}),
     }

@@ -168,41 +168,44 @@ class History:
             "jobs": {name: marks.get(name) for name in names},
         }
 
-    def gate_state(self, wf: str, lenient: bool = False) -> tuple[dict[str, dict], dict[str, list]]:
-        """Return wf's jobs and their coverage ledgers, in one atomic read."""
+    def gate_state(self, wf: str, lenient: bool = False) -> tuple[dict[str, dict], dict[str, coverage_mod.Ledger],
+                                                                  dict]:
+        """Return wf's jobs, their coverage (coverage.Ledger) and its settings, in one atomic read."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hgetall(keys.workflow(wf))
         pipe.hgetall(keys.meta(wf))
         raw, meta = pipe.execute()
         if not raw:
             raise self.not_found(wf)
-        ledgers = {}
-        for name, text in keys.coverage_texts(meta).items():
-            try:
-                ledgers[name] = coverage_mod.loads(text)
-            except ValueError:
-                raise CorruptState.of_job(wf, name, "has a coverage ledger Batchy cannot read",
-                                          keys.meta(wf)) from None
-        return decode(raw, wf, lenient=lenient), ledgers
+        return decode(raw, wf, lenient=lenient), ledgers_of(wf, meta), _settings(meta)
 
     def coverage(self, wf: str, job: str | None = None, start: float | None = None,
                  end: float | None = None) -> dict[str, dict]:
-        """Return {job: {"covered": [[from, to]...], "holes": [[from, to]...]}}, times in the job's zone.
+        """Return {job: {"covered", "holes", "dirty", "failed_quality", "generation"}}, times in the job's zone.
 
         Holes lie between the job's first covered start (or start) and its latest covered
-        end (or end): time that no successful window covered.
+        end (or end): time that no successful, passing window covers now (dirty ranges and
+        quality failures among them).
         """
-        jobs, ledgers = self.gate_state(wf, lenient=True)
+        jobs, ledgers, _ = self.gate_state(wf, lenient=True)
         if job is not None and job not in jobs:
             raise JobNotFound(f"workflow {wf!r} has no job {job!r}", workflow=wf, job=job)
         result = {}
         for name in [job] if job is not None else sorted(jobs):
-            ledger = ledgers.get(name) or []
+            ledger = ledgers.get(name) or coverage_mod.Ledger([])
             tz = job_zone(jobs[name])
             result[name] = {
-                "covered": _render(coverage_mod.clip(ledger, start, end), tz),
-                "holes": _render(coverage_mod.holes(ledger, start, end), tz),
+                "covered": _render(coverage_mod.clip(ledger.effective, start, end), tz),
+                "holes": _render(ledger.holes(start, end), tz),
+                "dirty": _render(coverage_mod.clip(ledger.dirty, start, end), tz),
+                "failed_quality": _render(coverage_mod.clip(ledger.failed, start, end), tz),
+                "generation": jobs[name].get("generation") or 0,
             }
+            if ledger.records is not None and len(ledger.records) == len(ledger.windows):
+                # The rows each merged interval of successful windows holds (null: not known).
+                result[name]["records"] = [[*_render([window], tz)[0], count]
+                                           for window, count in zip(ledger.windows, ledger.records)
+                                           if coverage_mod.clip([window], start, end)]
         return result
 
     def overview(self, names: list[str]) -> dict[str, dict]:
@@ -228,16 +231,21 @@ class History:
                 message = exc.message if isinstance(exc, CorruptState) else f"workflow {wf!r}: bad meta: {exc}"
                 result[wf] = {"jobs": {}, "settings": {}, "counts": {}, "last_batch_id": None, "error": message}
                 continue
+            try:
+                found = ledgers_of(wf, meta)
+            except CorruptState:
+                found = None
             texts = keys.coverage_texts(meta)
-            for job, text in texts.items():
+            for job in texts:
                 if job in jobs:
-                    try:
-                        ledger = coverage_mod.loads_cached(text)
-                    except ValueError:
+                    if found is None:
                         jobs[job]["coverage_holes"] = None
                         continue
-                    jobs[job]["coverage_holes"] = len(coverage_mod.holes(ledger))
-                    jobs[job]["coverage_through"] = lateness.covered_through(ledger)
+                    ledger = found[job]
+                    jobs[job]["coverage_holes"] = len(ledger.holes())
+                    # a dirty range or a quality failure stops the unbroken coverage as a hole does
+                    first = ledger.windows[0][0] if ledger.windows else None
+                    jobs[job]["coverage_through"] = lateness.covered_through(ledger.effective, first)
             for job in jobs.keys() - texts.keys():  # nothing covered yet: behind since its first from_date
                 jobs[job]["coverage_through"] = _epoch_or_none(jobs[job].get("from_date"))
             for job, mark in marks.items():
@@ -285,6 +293,31 @@ def _epoch_or_none(text) -> float | None:
         return parse_time(text).timestamp() if isinstance(text, str) and text else None
     except (ValueError, InvalidParameter):
         return None
+
+
+def ledgers_of(wf: str, meta: dict[str, str]) -> dict[str, coverage_mod.Ledger]:
+    """Return {job: its coverage} of a meta hash, or raise CorruptState naming the field."""
+    parts = {}
+    for item, prefix in (("coverage ledger", keys.COVERAGE_PREFIX), ("dirty ranges", keys.DIRTY_PREFIX),
+                         ("quality failures", keys.QUALITY_PREFIX)):
+        for name, text in keys.prefixed(meta, prefix).items():
+            try:
+                parts.setdefault(name, {})[prefix] = coverage_mod.loads_cached(text)
+            except ValueError:
+                raise CorruptState.of_job(wf, name, f"has {item} Batchy cannot read", keys.meta(wf)) from None
+    result = {}
+    for name, found in parts.items():
+        records = None
+        text = meta.get(keys.records_field(name))
+        if text:
+            try:
+                records = json.loads(text)
+            except ValueError:
+                pass
+        result[name] = coverage_mod.Ledger(found.get(keys.COVERAGE_PREFIX, []), found.get(keys.DIRTY_PREFIX, []),
+                                           found.get(keys.QUALITY_PREFIX, []),
+                                           records if isinstance(records, list) else None)
+    return result
 
 
 def _render(intervals: list, tz) -> list[list[str]]:

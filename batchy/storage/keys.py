@@ -24,6 +24,9 @@ SETTINGS = "settings"  # the workflow's .batchy settings, JSON
 COUNT_PREFIX = "count:"  # count:<action>: state changes of that kind
 SUCCESS_PREFIX = "success:"  # success:<job>: JSON {batch_id, start, end} of its last success
 COVERAGE_PREFIX = "coverage:"  # coverage:<job>: JSON [[start, end], ...], its successful windows merged
+DIRTY_PREFIX = "dirty:"  # dirty:<job>: JSON [[start, end], ...], ranges invalidated since they were covered
+QUALITY_PREFIX = "quality:"  # quality:<job>: JSON [[start, end], ...], windows whose last close said dq=fail
+RECORDS_PREFIX = "records:"  # records:<job>: JSON [n or null, ...], rows of each coverage interval
 
 
 def workflow(wf: str) -> str:
@@ -100,6 +103,27 @@ def success_field(job: str) -> str:
 def coverage_field(job: str) -> str:
     """Meta field holding the job's coverage ledger (coverage.py)."""
     return COVERAGE_PREFIX + job
+
+
+def dirty_field(job: str) -> str:
+    """Meta field holding the job's dirty ranges (invalidated, not covered again yet)."""
+    return DIRTY_PREFIX + job
+
+
+def quality_field(job: str) -> str:
+    """Meta field holding the job's ranges whose last successful window failed its quality check."""
+    return QUALITY_PREFIX + job
+
+
+def records_field(job: str) -> str:
+    """Meta field holding the rows of each interval of the job's coverage ledger."""
+    return RECORDS_PREFIX + job
+
+
+def prefixed(meta: dict[str, str], prefix: str) -> dict[str, str]:
+    """Return {name: text} of the meta hash fields under prefix (a job, an action)."""
+    n = len(prefix)
+    return {k[n:]: v for k, v in meta.items() if k.startswith(prefix)}
 
 
 def coverage_texts(meta: dict[str, str]) -> dict[str, str]:

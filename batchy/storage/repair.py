@@ -102,9 +102,9 @@ class Repairer:
         if not self.store.redis.set(lock, self.token, nx=True, px=LOCK_SECONDS * 1000):
             return []  # another process repairs wf right now
         try:
-            jobs, ledgers = self.history.gate_state(wf, lenient=True)
-            settings = self.store.read(wf).settings
-            holes = {name: coverage.holes(ledgers.get(name) or []) for name in jobs}
+            jobs, ledgers, settings = self.history.gate_state(wf, lenient=True)
+            # The effective coverage's holes: dirty ranges and quality failures among them.
+            holes = {name: (ledgers.get(name) or coverage.Ledger([])).holes() for name in jobs}
             if not any(holes.values()):
                 return []
             wanted = repair.plan(jobs, settings, holes, self.backfills.filling(wf), self._given_up(wf),

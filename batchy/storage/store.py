@@ -126,11 +126,12 @@ class BatchStore:
         return self.mutate(wf, plan, actor=actor)
 
     def close(self, wf: str, outcome: str, *, job: str | None = None, batch_id: int | None = None,
-              records_processed: int | None = None, message: str | None = None, actor: str = "") -> Change:
+              records_processed: int | None = None, message: str | None = None, actor: str = "",
+              attested: dict | None = None) -> Change:
         """Mark wf's open jobs (or one job) success or failed, here and in their batch snapshot."""
         def plan(state):
             return plans.plan_close(state, outcome, job=job, batch_id=batch_id,
-                                    records_processed=records_processed, message=message)
+                                    records_processed=records_processed, message=message, attested=attested)
 
         change = self.mutate(wf, plan, actor=actor)
         if self.webhooks and outcome == Status.FAILED and not change.noop:
@@ -141,6 +142,11 @@ class BatchStore:
             except redis.RedisError as exc:  # the failure is recorded; only its announcement is lost
                 log.warning("webhooks: could not queue the failure of %s: %s", wf, exc)
         return change
+
+    def invalidate(self, wf: str, start: datetime, end: datetime, *, jobs: list[str] | None = None,
+                   reason: str | None = None, actor: str = "") -> Change:
+        """Mark [start, end) of wf's jobs (or those named) dirty: late data arrived for it."""
+        return self.mutate(wf, lambda state: plans.plan_invalidate(state, start, end, jobs, reason), actor=actor)
 
     def set_from_date(self, wf: str, moment: datetime, *, job: str | None = None, force: bool = False,
                       actor: str = "") -> Change:

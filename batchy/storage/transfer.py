@@ -167,6 +167,9 @@ _META_HELP = {
     "count": " (a whole number up to 2**53)",
     "success": " (JSON {batch_id, start, end})",
     "coverage": " (JSON [[start, end], ...] in epoch seconds, sorted and disjoint)",
+    "dirty": " (JSON [[start, end], ...] in epoch seconds, sorted and disjoint)",
+    "quality": " (JSON [[start, end], ...] in epoch seconds, sorted and disjoint)",
+    "records": " (JSON [n or null, ...], one per coverage interval)",
 }
 
 
@@ -179,13 +182,18 @@ def _meta_value_ok(wf: str, field: str, text: str) -> bool:
     if field.startswith(keys.SUCCESS_PREFIX):
         _job_name(wf, field[len(keys.SUCCESS_PREFIX):], f"meta field {field[:80]!r}")
         return _success_ok(_json(text))
-    if field.startswith(keys.COVERAGE_PREFIX):
-        _job_name(wf, field[len(keys.COVERAGE_PREFIX):], f"meta field {field[:80]!r}")
-        try:
-            ledger = coverage.loads(text)
-        except ValueError:
-            return False
-        return all(a[1] < b[0] for a, b in zip(ledger, ledger[1:]))
+    for prefix in (keys.COVERAGE_PREFIX, keys.DIRTY_PREFIX, keys.QUALITY_PREFIX):  # a ledger, dirty ranges, failures
+        if field.startswith(prefix):
+            _job_name(wf, field[len(prefix):], f"meta field {field[:80]!r}")
+            try:
+                ledger = coverage.loads(text)
+            except ValueError:
+                return False
+            return all(a[1] < b[0] for a, b in zip(ledger, ledger[1:]))
+    if field.startswith(keys.RECORDS_PREFIX):
+        _job_name(wf, field[len(keys.RECORDS_PREFIX):], f"meta field {field[:80]!r}")
+        counts = _json(text)
+        return isinstance(counts, list) and all(c is None or is_whole_number(c) for c in counts)
     raise InvalidParameter(f"unknown meta field {field[:80]!r} of {wf!r} in the export", workflow=wf,
                            field=field[:80])
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request
 
 from ..errors import InvalidParameter, Unavailable
-from ..rules import formats, lateness, names, workflows
+from ..rules import formats, lateness, names, watermark, workflows
 from ..rules.jobs import BATCH_STATUSES, Status
 from .db import get_store, services
 from .http import (
@@ -19,6 +19,11 @@ from .schema import DATE, FLAG, GET_MESSAGE, IDEM, JOB, JOBS, LIMIT, NAME, TEXT,
 bp = Blueprint("api", __name__)
 
 RESET = param("reset", schema=FLAG)
+ATTEST = (param("checksum", schema={"type": "string", "maxLength": 128},
+                description="The loaded data's checksum, kept in history (a success only)"),
+          param("dq", schema={"type": "string", "enum": ["pass", "fail"]},
+                description="The data quality verdict: fail moves the watermark but leaves the window a hole"),
+          param("dq_message", schema=GET_MESSAGE, description="Why, with dq"))
 CLOSE = (JOB, param("records_processed", schema=WHOLE, description="Rows the run processed"),
          param("message", schema=GET_MESSAGE),
          param("batch_id", schema=WHOLE, description="Refuse (409) unless this is the current batch"))
@@ -135,11 +140,22 @@ def _close(wf: str, outcome: str):
         records_processed=parse_whole_number(values, "records_processed"),
         message=parse_text(values, "message"),
         actor=actor(),
+        attested=parse_attestation(values) if outcome == Status.SUCCESS else None,
     )
     return state_response(change)
 
 
-@endpoint(bp, "/close_batch/<wf>", summary="Mark open jobs successful", schema="State", params=CLOSE, mutating=True)
+def parse_attestation(values: dict) -> dict:
+    """Return a close's checksum, dq and dq_message, checked (400 naming the parameter otherwise)."""
+    given = {name: parse_text(values, name) for name in ("checksum", "dq", "dq_message")}
+    try:
+        return watermark.attestation(**given)
+    except ValueError as exc:
+        raise InvalidParameter(str(exc), parameter=str(exc).split()[0]) from None
+
+
+@endpoint(bp, "/close_batch/<wf>", summary="Mark open jobs successful", schema="State", params=CLOSE + ATTEST,
+          mutating=True)
 def close_batch(wf):
     return _close(wf, Status.SUCCESS)
 
@@ -205,6 +221,19 @@ def coverage(wf):
         raise InvalidParameter("to must be later than from", parameter="to")
     return json_response(services().history.coverage(wf, parse_job(values, wf), start.timestamp() if start else None,
                                                      end.timestamp() if end else None))
+
+
+@endpoint(bp, "/invalidate/<wf>", summary="Late data: mark a range of the jobs' coverage dirty", schema="State",
+          params=[param("from", schema=DATE, required=True, description="ISO-8601 (no offset: each job's zone)"),
+                  param("to", schema=DATE, required=True), {**JOBS, "description": "Only these jobs (default: every job)"},
+                  param("reason", schema=GET_MESSAGE, description="Why, for the audit log")], mutating=True)
+def invalidate(wf):
+    values = params()
+    start = parse_moment(values, "from", required=True, local=True)
+    end = parse_moment(values, "to", required=True, local=True)
+    change = get_store().invalidate(wf, start, end, jobs=parse_jobs(values, wf), reason=parse_text(values, "reason"),
+                                    actor=actor())
+    return state_response(change)
 
 
 @endpoint(bp, "/events/<wf>", summary="Audit log, newest first", schema="Events", reads="events",

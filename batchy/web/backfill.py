@@ -9,6 +9,7 @@ from ..errors import InvalidParameter
 from ..rules import backfill
 from ..rules.times import MAX_HOURS
 from ..storage.backfill import Backfills
+from .api import ATTEST, parse_attestation
 from .db import services
 from .http import (
     actor, endpoint, json_response, params, parse_jobs, parse_limit, parse_moment, parse_text, parse_whole_number,
@@ -23,6 +24,7 @@ TOKEN = param("lease_token", schema={"type": "string", "maxLength": 200},
               description="The lease_token the lease answered (a missing or wrong one: 409 wrong_lease_token)")
 FINISH = (CHUNK, ATTEMPT, TOKEN, param("records_processed", schema=WHOLE),
           param("message", schema={"type": "string", "maxLength": 500}))
+CLOSE = FINISH + ATTEST
 # A chunk's records_processed is kept by Lua's JSON encoder, exact to 14 digits.
 MAX_RECORDS = 10**14 - 1
 
@@ -132,12 +134,13 @@ def _finish(wf: str, backfill_id: str, outcome: str):
                                parameter="records_processed")
     answer = get_backfills().finish(wf, _id(backfill_id), number, attempt, outcome, records_processed=records,
                                     message=parse_text(values, "message"), actor=actor(),
-                                    lease_token=parse_text(values, "lease_token", 200))
+                                    lease_token=parse_text(values, "lease_token", 200),
+                                    attested=parse_attestation(values) if outcome == "success" else None)
     return json_response(answer)
 
 
 @endpoint(bp, "/backfill/<wf>/<backfill_id>/close", summary="End a leased chunk's attempt: success", ok=OBJECT,
-          params=FINISH, mutating=True)
+          params=CLOSE, mutating=True)
 def close(wf, backfill_id):
     return _finish(wf, backfill_id, str(backfill.ChunkStatus.SUCCESS))
 

@@ -24,7 +24,8 @@ bp = Blueprint("coverage_page", __name__)
 # Drawn bottom to top in the backfill lane: a failed chunk stays visible over the others.
 CHUNK_KINDS = (backfill.ChunkStatus.SUCCESS, backfill.ChunkStatus.PENDING, backfill.ChunkStatus.LEASED,
                backfill.ChunkStatus.FAILED)
-LEGEND = (("covered", "covered"), ("hole", "hole"), ("success", "backfill chunk: success"),
+LEGEND = (("covered", "covered"), ("hole", "hole"), ("dirty", "dirty: invalidated by late data"),
+          ("quality", "failed quality check"), ("success", "backfill chunk: success"),
           ("pending", "backfill chunk: pending"), ("leased", "backfill chunk: leased"),
           ("failed", "backfill chunk: failed"))
 MAX_HOLES_LISTED = 100  # per job and period; the rest are counted, and a narrower zoom lists them
@@ -61,11 +62,15 @@ def running_chunks(wf: str, jobs: list[str]) -> tuple[dict, dict]:
     return drawn, filling
 
 
-def hole_view(wf: str, job: str, hole: list, filling: dict, tz) -> dict:
-    """Return a listed hole: its times, and the backfill repairing it or the command that would."""
+def hole_view(wf: str, job: str, hole: list, filling: dict, tz, dirty: list = (), failed: list = ()) -> dict:
+    """Return a listed hole: its times, what made it (a gap, late data, a failed quality check), and the
+    backfill repairing it or the command that would."""
     low, high, low_text, high_text = hole
     bid = timeline.repairing((low, high), filling)
+    kind = "dirty" if coverage.clip(list(dirty), low, high) else "quality" if coverage.clip(list(failed), low, high) \
+        else "hole"
     return {
+        "kind": kind,
         "from": show_time(datetime.fromtimestamp(low, UTC), tz), "to": show_time(datetime.fromtimestamp(high, UTC), tz),
         "backfill": bid,
         "command": None if bid is not None else " ".join(
@@ -79,13 +84,18 @@ def job_timeline(wf: str, job: str, ledger: dict, chunks: dict, filling: dict, s
     """Return what the page draws of one job within [start, end)."""
     holes = [h for h in _epochs(ledger["holes"]) if h[1] > start and h[0] < end]
     covered = [c[:2] for c in _epochs(ledger["covered"])]
+    dirty = [d[:2] for d in _epochs(ledger.get("dirty") or [])]
+    failed = [f[:2] for f in _epochs(ledger.get("failed_quality") or [])]
     hole_marks = timeline.marks([h[:2] for h in holes], start, end)
     return {
         "name": job,
         "covered": timeline.marks(covered, start, end),
         "holes": hole_marks,
+        # Drawn over the holes they are part of, in their own colours.
+        "spoiled": [("dirty", timeline.marks(dirty, start, end)), ("quality", timeline.marks(failed, start, end))],
+        "generation": ledger.get("generation") or 0,
         "chunks": [(str(kind), timeline.marks(chunks.get(str(kind), []), start, end)) for kind in CHUNK_KINDS],
-        "listed": [hole_view(wf, job, h, filling, tz) for h in holes[:MAX_HOLES_LISTED]],
+        "listed": [hole_view(wf, job, h, filling, tz, dirty, failed) for h in holes[:MAX_HOLES_LISTED]],
         "unlisted": max(0, len(holes) - MAX_HOLES_LISTED),
         "hole_count": len(holes),
     }

@@ -114,7 +114,9 @@ def _gate_params(args, now, tz) -> tuple:
               param("through", description="a coverage gate: ISO-8601, today, yesterday or now", example="today"),
               param("since", description="start of the range (default: 24 h before through)"),
               param("deadline", description="ISO-8601 or HH:MM today in tz"),
-              param("on_deadline", schema={"type": "string", "enum": list(ON_DEADLINE)})])
+              param("on_deadline", schema={"type": "string", "enum": list(ON_DEADLINE)}),
+              param("max_hole_minutes", schema={"type": "number", "minimum": 0},
+                    description="A coverage gate tolerates holes no longer than this (default 0: none)")])
 def wait(wf):
     """Return wf's readiness for a date once it is no longer `while` (waiting), or at the timeout."""
     params()
@@ -126,6 +128,7 @@ def wait(wf):
     started = time.monotonic()
     now = store.now()
     since, through, gate_deadline, action = _gate_params(request.args, now, tz)
+    tolerance = _max_hole_minutes(request.args) * 60
     if gate_deadline is not None:  # wait no longer than the deadline
         timeout = max(0.0, min(timeout, (gate_deadline - now).total_seconds()))
     deadline = started + timeout
@@ -136,9 +139,9 @@ def wait(wf):
 
     def judge(state):
         if through is not None:
-            found, ledgers = state
+            found, ledgers, settings = state
             selected = _selected(wf, found, jobs)
-            result = gates.coverage_verdict(found, ledgers, selected, since, through, tz)
+            result = gates.coverage_verdict(found, ledgers, selected, since, through, tz, settings, tolerance)
             if result["state"] != gates.MISSED:
                 return result
             # What backfills fill is read before the ledger is read again: a chunk that
@@ -146,9 +149,9 @@ def wait(wf):
             filling = _filling(wf)
             again = read()
             if again != state:  # changed meanwhile (rarely): judge what is there now
-                found, ledgers = again
+                found, ledgers, settings = again
                 selected = _selected(wf, found, jobs)
-                result = gates.coverage_verdict(found, ledgers, selected, since, through, tz)
+                result = gates.coverage_verdict(found, ledgers, selected, since, through, tz, settings, tolerance)
             return gates.refilled(result, filling)
         return gates.date_missed(readiness.verdict(state, jobs, day, tz, wf), day, today)
 
@@ -190,6 +193,23 @@ def wait(wf):
         body["deadline"] = {"at": times.format_time(gate_deadline, tz), "passed": passed,
                             "action": action if passed else None}
     return json_response(body)
+
+
+def _max_hole_minutes(args) -> float:
+    """Return the longest hole a coverage gate tolerates, in minutes (0: none)."""
+    raw = args.get("max_hole_minutes", "")
+    if raw == "":
+        return 0.0
+    try:
+        minutes = float(raw)
+        if not math.isfinite(minutes) or minutes < 0 or len(raw) > 30:
+            raise ValueError
+    except ValueError:
+        raise InvalidParameter(f"max_hole_minutes must be a number of minutes >= 0, not {raw[:40]!r}",
+                               parameter="max_hole_minutes") from None
+    if args.get("through") is None:
+        raise InvalidParameter("max_hole_minutes needs through: it loosens a coverage gate", parameter="max_hole_minutes")
+    return minutes
 
 
 def _filling(wf: str) -> dict[str, list]:
