@@ -11,6 +11,8 @@ from batchy.rules.times import format_time
 from batchy.storage.repair import Repairer
 from batchy.web.db import services_of
 
+from .test_lineage import Collector, lineage_app
+
 HOUR = 3600.0
 
 
@@ -231,9 +233,17 @@ def test_an_export_carries_dirty_ranges_quality_failures_and_generations(app, cl
 
 # -- the scenario of the "done when", end to end on a real Redis -----------------------
 
+@pytest.fixture
+def collector():
+    found = Collector()
+    yield found
+    found.close()
+
+
 def test_late_data_upstream_invalidated_the_gate_waits_auto_backfill_repairs_it_and_the_gate_opens(
-        real_app, real_client, write_cfg):
-    client = real_client
+        redis_server, real_redis, cfg_dir, write_cfg, collector):
+    real_app = lineage_app(redis_server, cfg_dir, collector.url)  # an OpenLineage collector listens
+    client = real_app.test_client()
     start = hourly(write_cfg, client, "  auto_backfill: true\n")  # ran from yesterday's midnight through now
     yesterday = {"since": format_time(start), "through": format_time(start + timedelta(days=1))}
     assert client.get("/wait/up", query_string={**yesterday, "timeout": 0}).json["state"] == "ready"
@@ -274,6 +284,23 @@ def test_late_data_upstream_invalidated_the_gate_waits_auto_backfill_repairs_it_
     assert client.get("/wait/up", query_string={**yesterday, "timeout": 0}).json["state"] == "ready"
     shown = client.get("/coverage/up").json["load"]
     assert shown["dirty"] == [] and shown["holes"] == [] and shown["generation"] == 1
+
+    # the lineage events name each window: the first run's, then each repairing chunk attempt's,
+    # a child of the backfill's run
+    lineage = services_of(real_app).lineage
+    try:
+        lineage.round()
+    finally:
+        lineage.stop()
+    assert collector.invalid == []
+    windows = [(e["eventType"], e["run"]["facets"]["nominalTime"]["nominalStartTime"],
+                e["run"]["facets"]["nominalTime"]["nominalEndTime"], "parent" in e["run"]["facets"])
+               for e in collector.received if e["job"]["name"] == "up.load"]
+    first, now = format_time(start), windows[1][2]
+    hours = [format_time(start + timedelta(hours=h)) for h in (10, 11, 12)]
+    assert windows == [("START", first, now, False), ("COMPLETE", first, now, False),
+                       ("START", hours[0], hours[1], True), ("COMPLETE", hours[0], hours[1], True),
+                       ("START", hours[1], hours[2], True), ("COMPLETE", hours[1], hours[2], True)]
 
 
 @pytest.mark.slow  # a real service process and the waitsy command
