@@ -126,3 +126,23 @@ def test_a_hole_stops_the_coverage(fake_redis, cfg_dir, write_cfg):
     clock.advance(2.5 * 3600)  # 09:30: data is complete through 06:00 only
     behind = [i for i in client.get("/late").json if i["kind"] == "coverage_lag"]
     assert len(behind) == 1 and "through 2024-03-05T06:00:00+00:00" in behind[0]["reason"]
+
+
+def test_late_data_stops_the_coverage_until_it_is_repaired(fake_redis, cfg_dir, write_cfg):
+    from .conftest import make_app
+    clock = VirtualClock(datetime(2024, 3, 5, 6, 0, tzinfo=UTC))
+    write_cfg("late", "extract:\n  from_date: '2024-03-05 00:00'\n  max_coverage_lag_hours: 2\n")
+    client = make_app(fake_redis, cfg_dir, CLOCK=clock).test_client()
+    client.post("/load_cfg/late")
+    client.post("/open_batch/late")
+    client.post("/close_batch/late")  # 00:00 -> 06:00: complete through 06:00, not late
+    assert [i for i in client.get("/late").json if i["kind"] == "coverage_lag"] == []
+    client.post("/invalidate/late", json={"from": "2024-03-05T02:00:00+00:00", "to": "2024-03-05T03:00:00+00:00"})
+    behind = [i for i in client.get("/late").json if i["kind"] == "coverage_lag"]
+    assert len(behind) == 1 and "through 2024-03-05T02:00:00+00:00" in behind[0]["reason"]
+    made = client.post("/backfill/late", json={"from": "2024-03-05T02:00:00+00:00",
+                                              "to": "2024-03-05T03:00:00+00:00"}).json
+    chunk = client.post(f"/backfill/late/{made['backfill_id']}/lease").json
+    assert client.post(f"/backfill/late/{made['backfill_id']}/close", json={
+        "chunk": chunk["chunk"], "attempt": chunk["attempt"], "lease_token": chunk["lease_token"]}).status_code == 200
+    assert [i for i in client.get("/late").json if i["kind"] == "coverage_lag"] == []
