@@ -71,6 +71,23 @@ def test_a_gate_over_an_invalidated_range_is_missed_saying_so_unless_auto_backfi
     workflow_wide = gates.coverage_verdict({"up": job}, {"up": ledger}, ["up"], since, through,
                                            settings={"auto_backfill": True})
     assert workflow_wide["state"] == gates.WAITING
+    assert "auto_backfill repairs it" in workflow_wide["jobs"]["up"]["reason"]
+    # ... unless auto_backfill gave up on that range (its backfill failed or was cancelled)
+    gave_up = {"up": [[at("2024-03-01T10:00:00+00:00"), at("2024-03-01T12:00:00+00:00")]]}
+    dropped = gates.coverage_verdict({"up": job}, {"up": ledger}, ["up"], since, through,
+                                     settings={"auto_backfill": True}, given_up=gave_up)
+    assert dropped["state"] == gates.MISSED
+    assert dropped["jobs"]["up"]["reason"].startswith("auto_backfill gave up on [2024-03-01T10:00:00+00:00, ")
+    # a plain hole of the ledger behind the watermark is repaired too, so it is waited for
+    plain = coverage.Ledger([[since.timestamp(), at("2024-03-01T03:00:00+00:00")],
+                             [at("2024-03-01T04:00:00+00:00"), now.timestamp()]])
+    assert gates.coverage_verdict({"up": job}, {"up": plain}, ["up"], since, through)["state"] == gates.MISSED
+    assert gates.coverage_verdict({"up": {**job, "auto_backfill": True}}, {"up": plain}, ["up"], since,
+                                  through)["state"] == gates.WAITING
+    # ... but not a range before the ledger's first window: auto_backfill repairs only its holes
+    earlier = datetime(2024, 2, 28, tzinfo=UTC)
+    assert gates.coverage_verdict({"up": {**job, "auto_backfill": True}}, {"up": plain}, ["up"], earlier,
+                                  through)["state"] == gates.MISSED
     # tolerance: holes no longer than N minutes do not hold the gate
     assert gates.coverage_verdict({"up": job}, {"up": ledger}, ["up"], since, through,
                                   max_hole_seconds=120 * 60)["state"] == gates.READY
@@ -363,3 +380,20 @@ def test_the_command_line_invalidates_and_attests(service, write_cfg, monkeypatc
     assert shown["failed_quality"] == [[format_time(start), format_time(start + timedelta(hours=5))]]
     code, out, _ = batchy("events", "up", "--limit", "1")
     assert json.loads(out)[0]["action"] == "invalidate" and json.loads(out)[0]["message"] == "late"
+
+
+def test_a_gate_waits_for_auto_backfill_and_is_missed_once_it_gave_up(app, client, write_cfg):
+    start = hourly(write_cfg, client, "  auto_backfill: true\n")
+    yesterday = {"since": format_time(start), "through": format_time(start + timedelta(days=1))}
+    late = [format_time(start + timedelta(hours=10)), format_time(start + timedelta(hours=12))]
+    client.post("/invalidate/up", query_string={"from": late[0], "to": late[1]})
+    assert client.get("/wait/up", query_string={**yesterday, "timeout": 0}).json["state"] == "waiting"
+    found = services_of(app)
+    made = Repairer(found.store, found.backfills, found.fleet, interval=60.0).round()
+    assert client.get("/wait/up", query_string={**yesterday, "timeout": 0}).json["state"] == "waiting"
+    # an operator cancels the automatic backfill: auto_backfill will not make it again
+    assert client.post(f"/backfill/up/{made[0]['backfill_id']}/cancel").status_code == 200
+    assert Repairer(found.store, found.backfills, found.fleet, interval=60.0).round() == []
+    verdict = client.get("/wait/up", query_string={**yesterday, "timeout": 0}).json
+    assert verdict["state"] == "missed", verdict
+    assert verdict["jobs"]["load"]["reason"].startswith(f"auto_backfill gave up on [{late[0]}, {late[1]})")

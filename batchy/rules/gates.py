@@ -36,13 +36,15 @@ def moment(text: str, now: datetime, tz: tzinfo, name: str) -> datetime:
 
 def coverage_verdict(jobs: dict[str, dict], ledgers: dict, selected: list[str], since: datetime,
                      through: datetime, tz: tzinfo = times.UTC, settings: dict | None = None,
-                     max_hole_seconds: float = 0) -> dict:
+                     max_hole_seconds: float = 0, given_up: dict[str, list] | None = None) -> dict:
     """Return {"state", "ready", "missing", "failed", "jobs": {job: {...}}} for [since, through).
 
     ledgers: {job: coverage.Ledger (or a plain ledger)}; what counts is the effective
     coverage, so a dirty range or a quality failure is a hole. A hole that lies behind the
-    watermark makes the gate missed, unless it is dirty or failed quality and the job
-    repairs those by itself (auto_backfill, in settings or on the job): then it waits.
+    watermark makes the gate missed, unless the job repairs its holes by itself
+    (auto_backfill, in settings or on the job) and the hole is one of its ledger's that
+    auto_backfill has not given up on (given_up: {job: ranges of its failed or cancelled
+    automatic backfills}, repair.given_up): then it waits.
     Holes no longer than max_hole_seconds are tolerated. Times in reasons and holes are
     written in tz, the gate's zone (waitsy's --tz).
     """
@@ -59,13 +61,24 @@ def coverage_verdict(jobs: dict[str, dict], ledgers: dict, selected: list[str], 
         if counted:
             state, reason = WAITING, f"not yet covered: {_show(counted, tz)}"
             stuck = [h for h in counted if _behind(job, h)]
+            dropped: list = []
+            if stuck and repair.enabled(job, settings or {}):
+                # auto_backfill repairs the holes of its ledger, except where it gave up
+                given = (given_up or {}).get(name) or []
+                waits = bool(stuck)
+                stuck = coverage.subtract(stuck, coverage.subtract(ledger.holes(), given))
+                dropped = [h for h in stuck if _meets([h], given)]
+                if waits and not stuck:
+                    reason += " (auto_backfill repairs it once it settles)"
             dirty, failed = coverage.clip(ledger.dirty, low, high), coverage.clip(ledger.failed, low, high)
             plain = coverage.subtract(stuck, coverage.union(dirty, failed))
-            spoiled = [] if repair.enabled(job, settings or {}) else stuck
-            if plain:
+            if dropped:
+                state, reason = MISSED, (f"auto_backfill gave up on {_show(dropped, tz)} (its backfill failed or "
+                                         "was cancelled); backfill that range once the cause is fixed")
+            elif plain:
                 state, reason = MISSED, (f"never covered: {_show(plain, tz)} lies behind the watermark and no "
                                          "open window covers it; rewind or backfill that range")
-            elif spoiled:
+            elif stuck:
                 kind, ranges = ("invalidated", dirty) if _meets(stuck, dirty) else ("failed quality", failed)
                 state, reason = MISSED, (f"{kind}: {_show(_within(ranges, stuck), tz)} lies behind the watermark "
                                          "and was not covered again; backfill that range")

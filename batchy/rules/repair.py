@@ -13,7 +13,8 @@ by hand once the cause is fixed.
 """
 from __future__ import annotations
 
-from . import coverage, fields
+from . import coverage, fields, times
+from .backfill import CANCELLED, ChunkStatus
 from .coverage import Interval
 
 ACTOR = "auto_backfill"  # who automatic backfills are created by (the audit, /backfills)
@@ -57,3 +58,16 @@ def plan(jobs: dict[str, dict], settings: dict, holes: dict[str, list[Interval]]
                               settle_seconds(job, settings)):
             wanted.setdefault((start, end), []).append(name)
     return [(start, end, names) for (start, end), names in sorted(wanted.items())]
+
+
+def given_up(backfills: list[dict]) -> dict[str, list[Interval]]:
+    """Return {job: ranges} of the automatic backfills (of a /backfills list) that failed or
+    were cancelled: auto_backfill does not make them again, so a gate over them is missed."""
+    result: dict[str, list[Interval]] = {}
+    for item in backfills:
+        if item.get("actor") != ACTOR or item.get("status") not in (str(ChunkStatus.FAILED), CANCELLED):
+            continue
+        span = [times.parse_time(item["from"]).timestamp(), times.parse_time(item["to"]).timestamp()]
+        for name in item["jobs"]:
+            result.setdefault(name, []).append(span)
+    return {name: coverage.union(spans, []) for name, spans in result.items()}

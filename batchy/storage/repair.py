@@ -20,9 +20,8 @@ import redis
 from . import keys
 from .outbox import LEAD, RESIGN
 from ..errors import BatchyError
-from ..rules import backfill as backfill_rules
 from ..rules import coverage, repair
-from ..rules.times import UTC, parse_time
+from ..rules.times import UTC
 
 log = logging.getLogger("batchy")
 
@@ -126,15 +125,7 @@ class Repairer:
 
     def _given_up(self, wf: str) -> dict[str, list]:
         """Return {job: ranges} of automatic backfills that failed or were cancelled: not made again."""
-        result: dict[str, list] = {}
-        for item in self.backfills.list(wf):
-            if item.get("actor") != repair.ACTOR or item["status"] not in (
-                    str(backfill_rules.ChunkStatus.FAILED), backfill_rules.CANCELLED):
-                continue
-            span = [parse_time(item["from"]).timestamp(), parse_time(item["to"]).timestamp()]
-            for name in item["jobs"]:
-                result.setdefault(name, []).append(span)
-        return result
+        return repair.given_up(self.backfills.list(wf))
 
 
 def _candidates(read) -> list[str]:

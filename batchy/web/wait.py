@@ -14,7 +14,7 @@ from datetime import date, timedelta
 
 from flask import Blueprint, current_app, request
 
-from ..rules import gates, names, readiness, times
+from ..rules import gates, names, readiness, repair, times
 from .db import get_store, services
 from ..errors import InvalidParameter, JobNotFound
 from .auth import check_wait_token
@@ -141,7 +141,8 @@ def wait(wf):
         if through is not None:
             found, ledgers, settings = state
             selected = _selected(wf, found, jobs)
-            result = gates.coverage_verdict(found, ledgers, selected, since, through, tz, settings, tolerance)
+            result = gates.coverage_verdict(found, ledgers, selected, since, through, tz, settings, tolerance,
+                                            _given_up(wf, found, selected, settings))
             if result["state"] != gates.MISSED:
                 return result
             # What backfills fill is read before the ledger is read again: a chunk that
@@ -151,7 +152,8 @@ def wait(wf):
             if again != state:  # changed meanwhile (rarely): judge what is there now
                 found, ledgers, settings = again
                 selected = _selected(wf, found, jobs)
-                result = gates.coverage_verdict(found, ledgers, selected, since, through, tz, settings, tolerance)
+                result = gates.coverage_verdict(found, ledgers, selected, since, through, tz, settings, tolerance,
+                                                _given_up(wf, found, selected, settings))
             return gates.refilled(result, filling)
         return gates.date_missed(readiness.verdict(state, jobs, day, tz, wf), day, today)
 
@@ -215,6 +217,13 @@ def _max_hole_minutes(args) -> float:
 def _filling(wf: str) -> dict[str, list]:
     """Return {job: merged [[start, end], ...]} running backfills of wf fill or may still fill."""
     return services().backfills.filling(wf)
+
+
+def _given_up(wf: str, found: dict, selected: list[str], settings: dict | None) -> dict[str, list] | None:
+    """Return {job: ranges} auto_backfill gave up on, read only when a selected job repairs by itself."""
+    if not any(repair.enabled(found[name], settings or {}) for name in selected if name in found):
+        return None
+    return repair.given_up(services().backfills.list(wf))
 
 
 def _selected(wf: str, found: dict, jobs: list[str]) -> list[str]:
