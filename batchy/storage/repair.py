@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import atexit
 import logging
-import random
-import threading
 from datetime import datetime
 
 import redis
 
 from . import keys
-from .outbox import LEAD, RESIGN
+from .outbox import RESIGN, Background, Lead
 from ..errors import BatchyError
 from ..rules import coverage, repair
 from ..rules.times import UTC
@@ -30,19 +28,19 @@ LOCK_SECONDS = 120  # longest one workflow's check and creation may hold its loc
 UNLOCK = RESIGN  # give up a lock (or the lead) held with this token: KEYS[1] the key; ARGV[1] the token
 
 
-class Repairer:
+class Repairer(Background):
     """The background thread of one process: lead, then repair the holes of auto_backfill jobs."""
 
     def __init__(self, store, backfills, fleet, interval: float):
+        super().__init__(interval, "batchy-repair", "auto_backfill")
         self.store, self.history, self.backfills, self.fleet = store, store.reads, backfills, fleet
-        self.interval = interval
-        self.token = f"{random.getrandbits(64):016x}"
-        self.stopped = threading.Event()
-        self.leading = False
+        self.lead = Lead(store.redis, keys.REPAIR_LEADER, int(interval * 3000))
         self.created = 0  # backfills this process created: a test's and a log's window
-        self._lead = store.redis.register_script(LEAD)
         self._unlock = store.redis.register_script(UNLOCK)
-        self.thread = threading.Thread(target=self._run, name="batchy-repair", daemon=True)
+
+    @property
+    def leading(self) -> bool:
+        return self.lead.leading
 
     def start(self) -> "Repairer":
         self.thread.start()
@@ -56,26 +54,12 @@ class Repairer:
 
     def stop_leading(self) -> None:
         """Give up the lead, if held."""
-        if self.leading:
+        if self.lead.leading:
             try:
-                self._unlock(keys=[keys.REPAIR_LEADER], args=[self.token])
+                self.lead.resign()
             except (redis.RedisError, OSError) as exc:  # the lead expires by itself
+                self.lead.leading = False
                 log.info("auto_backfill: could not hand back the lead when stopping: %s", exc)
-            self.leading = False
-
-    def _run(self) -> None:
-        while not self.stopped.wait(self.interval * random.uniform(0.8, 1.0)):
-            try:
-                self.round()
-            except (redis.RedisError, OSError) as exc:
-                log.warning("auto_backfill: %s", exc)
-            except Exception:  # noqa: BLE001 - the thread must outlive any surprise
-                log.exception("auto_backfill: round failed")
-
-    def leads(self) -> bool:
-        """Take or keep the lead; return whether this process leads."""
-        self.leading = bool(int(self._lead(keys=[keys.REPAIR_LEADER], args=[self.token, int(self.interval * 3000)])))
-        return self.leading
 
     def round(self) -> list[dict]:
         """Repair once if this process leads; return the backfills created."""
@@ -83,7 +67,7 @@ class Repairer:
         if not candidates:  # nothing to do: no key written, no lead held
             self.stop_leading()
             return []
-        if not self.leads():
+        if not self.lead.take():
             return []
         created = []
         for wf in candidates:
@@ -98,7 +82,7 @@ class Repairer:
     def repair(self, wf: str) -> list[dict]:
         """Create the backfills wf's settled holes need now, under its lock; return them."""
         lock = keys.repair_lock(wf)
-        if not self.store.redis.set(lock, self.token, nx=True, px=LOCK_SECONDS * 1000):
+        if not self.store.redis.set(lock, self.lead.token, nx=True, px=LOCK_SECONDS * 1000):
             return []  # another process repairs wf right now
         try:
             jobs, ledgers, settings = self.history.gate_state(wf, lenient=True)
@@ -121,7 +105,7 @@ class Repairer:
                 created.append({k: v for k, v in made.items() if k != "chunks"})
             return created
         finally:
-            self._unlock(keys=[lock], args=[self.token])
+            self._unlock(keys=[lock], args=[self.lead.token])
 
     def _given_up(self, wf: str) -> dict[str, list]:
         """Return {job: ranges} of automatic backfills that failed or were cancelled: not made again."""
