@@ -179,3 +179,41 @@ def test_backfill_commands_create_status_list_cancel_and_run(batchy, live):
     assert code == 0 and "status: success" in out and "records_processed: 9" in out
     code, _, err = batchy("backfill", "create", "wf1", "--from", "2024-03-02", "--to", "2024-03-01")
     assert code == 8 and "must be later than from" in err
+
+
+def test_run_closes_with_what_the_command_attests(batchy, live):
+    attest = 'printf "checksum=sha256:ab12\\ndq=fail\\ndq_message=3 rows without a key\\n" > "$BATCHY_ATTEST_FILE"'
+    code, _, err = batchy("run", "wf1", "--job", "s_extract", "--", "sh", "-c", attest)
+    assert code == 0, err
+    job = live.status("wf1")["s_extract"]
+    assert (job["status"], job["checksum"], job["dq"], job["dq_message"]) == (
+        "success", "sha256:ab12", "fail", "3 rows without a key")
+    window = [job["from_date"], job["to_date"]]
+    assert live.coverage("wf1")["s_extract"]["failed_quality"] == [window]  # a hole until reloaded
+
+
+def test_an_attestation_the_runner_cannot_read_closes_with_dq_fail(batchy, live):
+    code, _, err = batchy("run", "wf1", "--job", "s_extract", "--", "sh", "-c",
+                          'echo "dq=maybe" > "$BATCHY_ATTEST_FILE"; echo 5 > "$BATCHY_RECORDS_FILE"')
+    assert code == 0, err
+    job = live.status("wf1")["s_extract"]
+    assert job["status"] == "success" and job["records_processed"] == 5 and job["dq"] == "fail"
+    assert "BATCHY_ATTEST_FILE could not be read (dq must be pass or fail" in job["dq_message"]
+    assert "BATCHY_ATTEST_FILE could not be read" in err
+    # nothing written: nothing attested, the window counts as covered as before
+    assert batchy("run", "wf1", "--job", "s_load", "--", "true")[0] == 0
+    assert live.status("wf1")["s_load"].get("dq") is None
+
+
+def test_backfill_run_closes_each_chunk_with_what_the_command_attests(batchy, live):
+    made = live.backfills.create("wf1", "2024-03-01T00:00:00Z", "2024-03-03T00:00:00Z", jobs=["s_extract"],
+                                 batch_size="day")
+    bid = made["backfill_id"]
+    # the first day fails its quality check, the second passes
+    command = ('if [ "$BATCHY_FROM_DATE" = "2024-03-01T00:00:00+00:00" ]; then v=fail; else v=pass; fi; '
+               'printf "dq=$v\\nchecksum=c-$BATCHY_FROM_DATE\\n" > "$BATCHY_ATTEST_FILE"')
+    code, _, err = batchy("backfill", "run", "wf1", str(bid), "--", "sh", "-c", command)
+    assert code == 0, err
+    shown = live.coverage("wf1")["s_extract"]
+    assert ["2024-03-01T00:00:00+00:00", "2024-03-02T00:00:00+00:00"] in shown["failed_quality"]
+    assert ["2024-03-02T00:00:00+00:00", "2024-03-03T00:00:00+00:00"] not in shown["failed_quality"]

@@ -217,8 +217,8 @@ class BackfillRun:
                                 daemon=True)
         beat.start()
         try:
-            code, tail, records, note = execute(self.command, env, started, leave_children=self.leave_children,
-                                                grace=self.signals.grace)
+            code, tail, records, note, attested = execute(self.command, env, started,
+                                                          leave_children=self.leave_children, grace=self.signals.grace)
         finally:
             done.set()  # the heartbeat stops; a renewal in flight does not hold up the close
             for timer in timers:
@@ -233,7 +233,8 @@ class BackfillRun:
                 f": {tail.strip()}" if tail.strip() else "")
         outcome = "success" if code == 0 else "failed"
         answer = self.finish(lease, outcome, records if code == 0 else None,
-                             note if code == 0 else tail.strip() or f"exit code {code}", held[0])
+                             note if code == 0 else tail.strip() or f"exit code {code}", held[0],
+                             attested if code == 0 else {})
         if answer is None:
             return
         if code == 0:
@@ -243,13 +244,13 @@ class BackfillRun:
         self.progress.chunk(lease, what, answer.get("progress"))
 
     def finish(self, lease: dict, outcome: str, records: int | None, message: str | None,
-               held_until: float) -> dict | None:
+               held_until: float, attested: dict | None = None) -> dict | None:
         """Close or fail a chunk's attempt, retried across an outage until its lease ends; None
         when it could not be recorded (said so)."""
         try:
             return persist(lambda: self.api.finish(self.wf, self.backfill_id, lease["chunk"], lease["attempt"],
                                                    outcome, records_processed=records, message=message,
-                                                   lease_token=lease.get("lease_token")),
+                                                   lease_token=lease.get("lease_token"), **(attested or {})),
                            f"the {outcome} of chunk {lease['chunk']} attempt {lease['attempt']}", self.outage_seconds,
                            until=max(held_until, time.monotonic() + 1), stop=self.signals, note=self.progress.note)
         except Outage as exc:
@@ -260,7 +261,7 @@ class BackfillRun:
         except ServiceError as exc:
             if outcome == "success" and exc.status == 400 and exc.body.get("parameter") == "records_processed":
                 note = f"records_processed {records} refused ({exc.message}): not sent"
-                return self.finish(lease, outcome, None, note, held_until)
+                return self.finish(lease, outcome, None, note, held_until, attested)
             # Stale: its lease ran out and another worker has the chunk.
             self.progress.note(f"chunk {lease['chunk']} attempt {lease['attempt']}: {outcome}, but not recorded: "
                                f"{exc.message}")

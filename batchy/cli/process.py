@@ -14,10 +14,12 @@ import sys
 import tempfile
 import threading
 import time
+from typing import NamedTuple
 
 import click
 
 from ..client import ServiceError
+from ..rules import watermark
 
 TAIL_CHARS = 2000  # of the command's stderr, sent as the failure's message
 DEFAULT_GRACE_SECONDS = 10.0  # after passing on a signal (or a timeout), SIGKILL the command's session then
@@ -26,10 +28,21 @@ MAX_RECORDS = 10**14 - 1  # the largest count every endpoint keeps (a chunk's: L
 DRAIN_SECONDS = 0.5  # read the command's stderr for this long after it exited, at most
 
 
+class Ran(NamedTuple):
+    """What a command's run left: its exit code, the tail of its stderr, the rows it said it
+    loaded (BATCHY_RECORDS_FILE), why that was not sent (None when fine or empty), and what
+    it attested of its load (BATCHY_ATTEST_FILE: checksum, dq, dq_message to close with)."""
+
+    code: int
+    tail: str
+    records: int | None
+    note: str | None
+    attested: dict
+
+
 def execute(command: list[str], env: dict[str, str], started=None, *, leave_children: bool = False,
-            grace: float = DEFAULT_GRACE_SECONDS, exited=None) -> tuple[int, str, int | None, str | None]:
-    """Run command with env and a BATCHY_RECORDS_FILE; return (exit code, stderr tail, records
-    written, why the records file was not read: None when it was fine or empty).
+            grace: float = DEFAULT_GRACE_SECONDS, exited=None) -> Ran:
+    """Run command with env, a BATCHY_RECORDS_FILE and a BATCHY_ATTEST_FILE; return what it left (Ran).
 
     The command runs in a session of its own, so the terminal's Ctrl-C reaches batchy
     only, and batchy can stop the command with everything it started (Stop, stop_command).
@@ -40,16 +53,20 @@ def execute(command: list[str], env: dict[str, str], started=None, *, leave_chil
     exits 128 + the signal's number, as in a shell. started(proc) and exited(proc), when
     given, are called once the command runs and as soon as it has exited.
     """
-    fd, path = tempfile.mkstemp(prefix="batchy-records-")
-    os.close(fd)
+    paths = []
+    for prefix in ("batchy-records-", "batchy-attest-"):
+        fd, path = tempfile.mkstemp(prefix=prefix)
+        os.close(fd)
+        paths.append(path)
     try:
         try:
-            proc = subprocess.Popen(command, env={**env, "BATCHY_RECORDS_FILE": path}, stderr=subprocess.PIPE,
-                                    start_new_session=True)
+            proc = subprocess.Popen(command, env={**env, "BATCHY_RECORDS_FILE": paths[0],
+                                                  "BATCHY_ATTEST_FILE": paths[1]},
+                                    stderr=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             message = f"batchy: cannot run {command[0]!r}: {exc.strerror or exc}"
             complain(message)
-            return 127, message, None, None
+            return Ran(127, message, None, None, {})
         reader = _Tail(proc.stderr)
         reader.start()
         if started is not None:
@@ -60,12 +77,14 @@ def execute(command: list[str], env: dict[str, str], started=None, *, leave_chil
         if not leave_children:
             end_session(proc.pid, grace)
         tail = reader.finish(DRAIN_SECONDS)
-        return (128 - code if code < 0 else code, tail, *_records(path))
+        records, note = _records(paths[0])
+        return Ran(128 - code if code < 0 else code, tail, records, note, _attested(paths[1]))
     finally:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        for path in paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def signal_session(pid: int, signum: int) -> bool:
@@ -201,6 +220,45 @@ def _records(path: str, limit: int = MAX_RECORDS) -> tuple[int | None, str | Non
     note = f"BATCHY_RECORDS_FILE held {shown!r} ({why}, at most {limit}): records_processed not sent"
     complain(f"batchy: {note}")
     return None, note
+
+
+def _attested(path: str, limit: int = 4096) -> dict:
+    """Return what the command attested in its attest file: lines `checksum=TEXT`, `dq=pass`
+    or `dq=fail`, `dq_message=TEXT` ({} when it wrote nothing). An attestation Batchy cannot
+    read is not trusted: the window closes with dq=fail saying why, so it stays a hole until
+    a backfill reloads it, rather than counting as covered on a verdict nobody could read."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+    except OSError:
+        return {}
+    text = raw.decode("utf-8", "replace")
+    if not text.strip():
+        return {}
+    given: dict[str, str] = {}
+    why = None
+    if len(raw) > limit:
+        why = f"longer than {limit} bytes"
+    for line in text.splitlines():
+        if why or not line.strip():
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or name not in watermark.ATTESTED:
+            why = f"line {line[:40]!r} is not checksum=, dq= or dq_message="
+        elif name in given:
+            why = f"{name} is given twice"
+        else:
+            given[name] = value.strip() if name == "dq" else value.rstrip("\r")
+    if why is None:
+        try:
+            return {name: value for name, value in watermark.attestation(
+                given.get("checksum"), given.get("dq"), given.get("dq_message")).items() if value is not None}
+        except ValueError as exc:
+            why = str(exc)
+    note = f"BATCHY_ATTEST_FILE could not be read ({why}): closed with dq=fail"
+    complain(f"batchy: {note}")
+    return {"dq": "fail", "dq_message": note[:500]}
 
 
 def complain(message: str) -> None:

@@ -119,9 +119,9 @@ def _run_batches(client: Batchy, wf: str, command: list[str], stop: Stop, *, job
             env = command_env(window, params_env(opened, job, taken=window))
             ended: list[float] = []  # when the command exited: a signal after that does not fail it
             try:
-                code, tail, records, note = execute(command, env, stop.started, leave_children=leave_children,
-                                                    grace=stop.grace,
-                                                    exited=lambda proc: ended.append(time.monotonic()))
+                code, tail, records, note, attested = execute(command, env, stop.started,
+                                                              leave_children=leave_children, grace=stop.grace,
+                                                              exited=lambda proc: ended.append(time.monotonic()))
             finally:
                 stop.running.clear()
             if stop.when is not None and (not ended or stop.when <= ended[0]):  # it came while the command ran
@@ -135,14 +135,14 @@ def _run_batches(client: Batchy, wf: str, command: list[str], stop: Stop, *, job
                 complain(f"batchy run: {wf} batch {batch_id}: {shown}: failed (exit code {code})")
                 return stop.exit_code if stop.signum is not None else code
             try:
-                finish("success", records_processed=records, message=note)
+                finish("success", records_processed=records, message=note, **attested)
             except ServiceError as exc:
                 if exc.status != 400 or exc.body.get("parameter") != "records_processed":
                     raise
                 note = f"records_processed {records} refused ({exc.message}): not sent"
                 complain(f"batchy: {note}")
                 records = None
-                finish("success", message=note)
+                finish("success", message=note, **attested)
             done = "" if records is None else f" ({records} records)"
             complain(f"batchy run: {wf} batch {batch_id}: {shown}: success{done}")
             if stop.signum is not None:  # a signal after the command exited: its outcome is recorded, then stop
