@@ -54,6 +54,11 @@ FRESH = {"BATCHY_FLEET_INTERVAL": 0,
          "BATCHY_AUTO_BACKFILL_INTERVAL": 0}
 
 
+# Nor in any other app or service process a test starts (their environment is this one): a
+# repairer thread outlives the test and its redis-server, and would only say so in the log.
+os.environ.setdefault("BATCHY_AUTO_BACKFILL_INTERVAL", "0")
+
+
 def make_app(client, cfg_dir, **config):
     return create_app({"REDIS_CLIENT": client, "BATCHY_CFG_DIR": str(cfg_dir), **FRESH, **config})
 

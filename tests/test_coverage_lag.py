@@ -78,6 +78,7 @@ def test_late_metrics_and_one_webhook_per_episode(redis_server, real_redis, cfg_
         got = scrape(client)
         lag = got[("batchy_coverage_lag_seconds", (("job", "extract"), ("workflow", "lagging")))]
         assert 0 <= lag < 60
+        assert got[("batchy_coverage_behind", (("job", "extract"), ("workflow", "lagging")))] == 0
 
         clock.advance(3 * 3600)  # 09:00: complete data ends at 06:00, 3 h behind
         behind = [i for i in client.get("/late").json if i["kind"] == "coverage_lag"]
@@ -86,8 +87,11 @@ def test_late_metrics_and_one_webhook_per_episode(redis_server, real_redis, cfg_
         got = scrape(client)
         assert 3 * 3600 <= got[("batchy_coverage_lag_seconds", (("job", "extract"), ("workflow", "lagging")))] < 3 * 3600 + 60
         assert ("batchy_coverage_lag_seconds", (("job", "other"), ("workflow", "lagging"))) in got
+        assert got[("batchy_coverage_behind", (("job", "extract"), ("workflow", "lagging")))] == 1
+        assert got[("batchy_coverage_behind", (("job", "other"), ("workflow", "lagging")))] == 0  # no limit set
         wide = scrape(per_workflow)
         assert 3 * 3600 <= wide[("batchy_workflow_coverage_lag_seconds", (("workflow", "lagging"),))] < 3 * 3600 + 60
+        assert wide[("batchy_workflow_coverage_behind_jobs", (("workflow", "lagging"),))] == 1
         assert not [key for key in wide if key[0] == "batchy_coverage_lag_seconds"]
 
         watchman.round()

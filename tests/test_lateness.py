@@ -101,7 +101,7 @@ def test_the_alert_rules_check_with_promtool():
     result = subprocess.run([promtool, "check", "rules", str(ROOT / "docs" / "batchy-alerts.yml")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 @pytest.mark.parametrize("detail", ["job", "workflow"])
@@ -132,6 +132,8 @@ tests:
       - {series: 'batchy_workflow_coverage_holes{workflow="wf2"}', values: '3x30'}
       - {series: 'batchy_job_status{workflow="wf1",job="a",status="failed"}', values: '1x30'}
       - {series: 'batchy_workflow_jobs{workflow="wf2",status="failed"}', values: '1x30'}
+      - {series: 'batchy_coverage_behind{workflow="wf1",job="a"}', values: '1x30'}
+      - {series: 'batchy_workflow_coverage_behind_jobs{workflow="wf2"}', values: '0x5 1x25'}
     alert_rule_test:
       - eval_time: 20m
         alertname: BatchyJobFailed
@@ -166,6 +168,24 @@ tests:
             exp_annotations:
               summary: "wf2 has 3 hole(s) in its coverage"
               description: "Time no successful window covered: GET /coverage/wf2; rewind or backfill it."
+      - eval_time: 8m
+        alertname: BatchyCoverageBehind
+        exp_alerts:
+          - exp_labels: {severity: warning, workflow: wf1, job: a}
+            exp_annotations:
+              summary: "wf1/a: complete data is older than max_coverage_lag_hours"
+              description: "A hole or an invalidated range stops its coverage: GET /late and /coverage/wf1 say where."
+      - eval_time: 20m
+        alertname: BatchyCoverageBehind
+        exp_alerts:
+          - exp_labels: {severity: warning, workflow: wf1, job: a}
+            exp_annotations:
+              summary: "wf1/a: complete data is older than max_coverage_lag_hours"
+              description: "A hole or an invalidated range stops its coverage: GET /late and /coverage/wf1 say where."
+          - exp_labels: {severity: warning, workflow: wf2}
+            exp_annotations:
+              summary: "wf2: complete data is older than max_coverage_lag_hours"
+              description: "A hole or an invalidated range stops its coverage: GET /late and /coverage/wf2 say where."
 """
 
 

@@ -173,7 +173,10 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None, 
         lag = Gauge("batchy_coverage_lag_seconds",
                     "Seconds from the end of the job's unbroken coverage (from its first window) to now.",
                     labels=job_labels)
-        per_job_families = [success, status, records, late, job_success, holes, lag]
+        behind = Gauge("batchy_coverage_behind",
+                       "1 while the job's coverage lag is over its max_coverage_lag_hours (GET /late, kind "
+                       "coverage_lag), else 0.", labels=job_labels)
+        per_job_families = [success, status, records, late, job_success, holes, lag, behind]
     else:
         success = Gauge("batchy_workflow_last_success_timestamp_seconds",
                                     "Unix time the oldest of the workflow's last successful batches ended (absent "
@@ -187,7 +190,10 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None, 
         lag = Gauge("batchy_workflow_coverage_lag_seconds",
                     "The largest coverage lag of the workflow's jobs, in seconds (batchy_coverage_lag_seconds).",
                     labels=wf_labels)
-        per_job_families = [success, status, late, holes, lag]
+        behind = Gauge("batchy_workflow_coverage_behind_jobs",
+                       "The workflow's jobs whose coverage lag is over their max_coverage_lag_hours "
+                       "(batchy_coverage_behind).", labels=wf_labels)
+        per_job_families = [success, status, late, holes, lag, behind]
     when = datetime.fromtimestamp(now, timezone.utc)
     for wf in sorted(overview):
         data = overview[wf]
@@ -206,9 +212,10 @@ def families(overview: dict[str, dict], now: float, pauses: dict | None = None, 
         if limit:
             stale_after.add_metric([wf], limit)
         if per_job:
-            job_series(wf, data["jobs"], settings, when, success, job_success, late, status, holes, records, lag)
+            job_series(wf, data["jobs"], settings, when, success, job_success, late, status, holes, records, lag,
+                       behind)
         else:
-            workflow_series(wf, data["jobs"], settings, when, success, late, status, holes, lag)
+            workflow_series(wf, data["jobs"], settings, when, success, late, status, holes, lag, behind)
     return [*counters.values(), actions, open_age, stale_after, workflows, service_paused, paused, corrupt, stuck,
             *per_job_families]
 
@@ -218,7 +225,7 @@ def _lag(job: dict, now: float) -> float | None:
     return max(0.0, now - through) if isinstance(through, (int, float)) else None
 
 
-def job_series(wf, jobs, settings, when, success, job_success, late, status, holes, records, lag) -> None:
+def job_series(wf, jobs, settings, when, success, job_success, late, status, holes, records, lag, behind) -> None:
     """Add one workflow's series per job."""
     for job_name, job in jobs.items():
         moment = last_success(job)
@@ -235,12 +242,13 @@ def job_series(wf, jobs, settings, when, success, job_success, late, status, hol
             holes.add_metric([wf, job_name], job["coverage_holes"])
         if isinstance(job.get("records_processed"), int):
             records.add_metric([wf, job_name], job["records_processed"])
-        behind = _lag(job, when.timestamp())
-        if behind is not None:
-            lag.add_metric([wf, job_name], behind)
+        seconds = _lag(job, when.timestamp())
+        if seconds is not None:
+            lag.add_metric([wf, job_name], seconds)
+        behind.add_metric([wf, job_name], 1 if lateness.coverage_lag(job, settings, when) else 0)
 
 
-def workflow_series(wf, jobs, settings, when, success, late, status, holes, lag) -> None:
+def workflow_series(wf, jobs, settings, when, success, late, status, holes, lag, behind) -> None:
     """Add one workflow's job figures, counted or summed per workflow."""
     in_status = {name: 0 for name in STATUSES}
     for job in jobs.values():
@@ -255,6 +263,7 @@ def workflow_series(wf, jobs, settings, when, success, late, status, holes, lag)
     lags = [behind for behind in (_lag(job, when.timestamp()) for job in jobs.values()) if behind is not None]
     if lags:
         lag.add_metric([wf], max(lags))
+    behind.add_metric([wf], sum(1 for job in jobs.values() if lateness.coverage_lag(job, settings, when)))
     moments = [last_success(job) for job in jobs.values()]
     if moments and all(moments):
         success.add_metric([wf], min(moments).timestamp())
