@@ -137,7 +137,7 @@ def _direct_store():
     conf = settings_mod.load()
     if not conf["BATCHY_REDIS_URL"]:
         raise click.ClickException("export and import talk to Redis directly: set BATCHY_REDIS_URL")
-    return BatchStore(connect(conf["BATCHY_REDIS_URL"], conf["BATCHY_REDIS_TIMEOUT"]), conf)
+    return BatchStore(connect(conf["BATCHY_REDIS_URL"], conf["BATCHY_REDIS_TIMEOUT"], conf["BATCHY_REDIS_CLUSTER"]), conf)
 
 
 @click.command()

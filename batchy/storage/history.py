@@ -28,13 +28,15 @@ HISTORY_CHUNK = 10  # snapshots read per round trip
 class History:
     """Batches, search and audit events of the workflows in one Redis."""
 
-    def __init__(self, client: redis.Redis, not_found: Callable[[str], WorkflowNotFound]):
+    def __init__(self, client: redis.Redis, not_found: Callable[[str], WorkflowNotFound],
+                 style: keys.KeyStyle = keys.CLASSIC):
+        self.keys = style
         self.redis = client
         self.not_found = not_found
 
     def raw_batch(self, wf: str, batch_id: int) -> dict[str, str]:
         """Return the snapshot of one batch as stored, {job: JSON text}, in name order."""
-        raw = self.redis.hgetall(keys.batch(wf, batch_id))
+        raw = self.redis.hgetall(self.keys.batch(wf, batch_id))
         if not raw:
             raise BatchNotFound(f"workflow {wf!r} has no batch {batch_id} (never opened, or past retention)",
                                 workflow=wf, batch_id=batch_id)
@@ -48,8 +50,8 @@ class History:
         first (a batch of 10,000 jobs is megabytes), with at least one batch.
         """
         top = f"({before}" if before is not None else "+inf"
-        ids = self.redis.zrevrangebyscore(keys.history(wf), top, "-inf", start=0, num=limit)
-        if not ids and not self.redis.exists(keys.workflow(wf)):
+        ids = self.redis.zrevrangebyscore(self.keys.history(wf), top, "-inf", start=0, num=limit)
+        if not ids and not self.redis.exists(self.keys.workflow(wf)):
             raise self.not_found(wf)
         entries: list[dict] = []
         size = 0
@@ -57,14 +59,14 @@ class History:
             chunk = ids[start:start + HISTORY_CHUNK]
             pipe = self.redis.pipeline(transaction=False)
             for batch_id in chunk:
-                pipe.hgetall(keys.batch(wf, batch_id))
+                pipe.hgetall(self.keys.batch(wf, batch_id))
             for batch_id, raw in zip(chunk, pipe.execute()):
                 if not raw:  # retention may remove a snapshot between the two reads
                     continue
                 if entries and size > max_bytes:
                     return entries, True
                 size += sum(len(k) + len(v) for k, v in raw.items())
-                jobs = decode(raw, wf, keys.batch(wf, batch_id), snapshot=True)
+                jobs = decode(raw, wf, self.keys.batch(wf, batch_id), snapshot=True)
                 entries.append(summarize_batch(int(batch_id), jobs))
         return entries, len(ids) == limit
 
@@ -91,7 +93,7 @@ class History:
         scanned = 0
         chunk = 200
         while len(found) < limit and scanned < scan_limit:
-            members = self.redis.zrangebyscore(keys.BATCHES, low, high, start=offset + scanned, num=chunk)
+            members = self._indexed(low, high, offset + scanned, chunk, workflow)
             if not members:
                 return found, None
             pipe = self.redis.pipeline(transaction=False)
@@ -99,7 +101,7 @@ class History:
                 pipe.hgetall(member)
             for member, raw in zip(members, pipe.execute()):
                 scanned += 1
-                wf, _, batch_id = member.rpartition("-")
+                wf, batch_id = self.keys.batch_id_of(member)
                 if not raw or (workflow and wf != workflow):
                     continue
                 jobs = decode(raw, wf, member, snapshot=True, lenient=True)  # one bad key must not end a search
@@ -115,12 +117,28 @@ class History:
                 return found, None
         return found, offset + scanned
 
+    def _indexed(self, low, high, start: int, num: int, workflow: str | None) -> list[str]:
+        """Return num batch keys from start of the batches index by start time (score, then name).
+
+        Classic style: one ZRANGEBYSCORE of batchy:batches. Cluster style: each workflow has its
+        own index in its own slot, so the ranges of the workflows asked about are read (one
+        pipeline, routed per node) and merged in the same order.
+        """
+        if not self.keys.cluster:
+            return self.redis.zrangebyscore(self.keys.BATCHES, low, high, start=start, num=num)
+        names = [workflow] if workflow else sorted(self.redis.smembers(self.keys.WORKFLOWS))
+        pipe = self.redis.pipeline(transaction=False)
+        for wf in names:
+            pipe.zrangebyscore(self.keys.batches(wf), low, high, withscores=True)
+        merged = sorted((score, member) for found in pipe.execute() for member, score in found)
+        return [member for _score, member in merged[start:start + num]]
+
     def events(self, wf: str, *, limit: int = 100, before: str | None = None) -> list[dict]:
         """Return wf's audit events newest first: its own stream merged with its backfills' chunk
         event streams (their ids share one order: backfill_lua.chunk_audit)."""
         top = f"({before}" if before else "+"
-        streams = [keys.events(wf)] + [keys.backfill_events(wf, backfill_id)
-                                       for backfill_id in self.redis.zrange(keys.backfills(wf), 0, -1)]
+        streams = [self.keys.events(wf)] + [self.keys.backfill_events(wf, backfill_id)
+                                       for backfill_id in self.redis.zrange(self.keys.backfills(wf), 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for stream in streams:
             pipe.xrevrange(stream, top, "-", count=limit)
@@ -130,7 +148,7 @@ class History:
             raise InvalidParameter(f"before must be an event id such as 1700000000000-0 ({exc})",
                                    parameter="before") from None
         entries = heapq.nlargest(limit, itertools.chain.from_iterable(replies), key=lambda e: _event_order(e[0]))
-        if not entries and not self.redis.exists(keys.workflow(wf)):
+        if not entries and not self.redis.exists(self.keys.workflow(wf)):
             raise self.not_found(wf)
         result = []
         for event_id, fields in entries:
@@ -148,8 +166,8 @@ class History:
         (health.loaded_through). None if some job never succeeded.
         """
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hkeys(keys.workflow(wf))
-        pipe.hgetall(keys.meta(wf))
+        pipe.hkeys(self.keys.workflow(wf))
+        pipe.hgetall(self.keys.meta(wf))
         job_names, meta = pipe.execute()
         if not job_names:
             raise self.not_found(wf)
@@ -171,18 +189,18 @@ class History:
     def gate_state(self, wf: str, lenient: bool = False) -> tuple[dict[str, dict], dict[str, list]]:
         """Return wf's jobs and their coverage ledgers, in one atomic read."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hgetall(keys.workflow(wf))
-        pipe.hgetall(keys.meta(wf))
+        pipe.hgetall(self.keys.workflow(wf))
+        pipe.hgetall(self.keys.meta(wf))
         raw, meta = pipe.execute()
         if not raw:
             raise self.not_found(wf)
         ledgers = {}
-        for name, text in keys.coverage_texts(meta).items():
+        for name, text in self.keys.coverage_texts(meta).items():
             try:
                 ledgers[name] = coverage_mod.loads(text)
             except ValueError:
                 raise CorruptState.of_job(wf, name, "has a coverage ledger Batchy cannot read",
-                                          keys.meta(wf)) from None
+                                          self.keys.meta(wf)) from None
         return decode(raw, wf, lenient=lenient), ledgers
 
     def coverage(self, wf: str, job: str | None = None, start: float | None = None,
@@ -212,8 +230,8 @@ class History:
         """
         pipe = self.redis.pipeline(transaction=False)
         for wf in names:
-            pipe.hgetall(keys.workflow(wf))
-            pipe.hgetall(keys.meta(wf))
+            pipe.hgetall(self.keys.workflow(wf))
+            pipe.hgetall(self.keys.meta(wf))
         replies = pipe.execute()
         result = {}
         for wf, raw, meta in zip(names, replies[::2], replies[1::2]):
@@ -222,13 +240,13 @@ class History:
             try:
                 jobs = decode(raw, wf)
                 marks = success_marks(meta)
-                last = int(meta[keys.LAST_BATCH_ID]) if meta.get(keys.LAST_BATCH_ID) else None
+                last = int(meta[self.keys.LAST_BATCH_ID]) if meta.get(self.keys.LAST_BATCH_ID) else None
             except (CorruptState, ValueError) as exc:
                 # One broken workflow must not hide the others from the dashboard and metrics.
                 message = exc.message if isinstance(exc, CorruptState) else f"workflow {wf!r}: bad meta: {exc}"
                 result[wf] = {"jobs": {}, "settings": {}, "counts": {}, "last_batch_id": None, "error": message}
                 continue
-            for job, text in keys.coverage_texts(meta).items():
+            for job, text in self.keys.coverage_texts(meta).items():
                 if job in jobs:
                     try:
                         jobs[job]["coverage_holes"] = len(coverage_mod.holes(coverage_mod.loads(text)))

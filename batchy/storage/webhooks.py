@@ -108,12 +108,13 @@ def event_id(kind: str, *parts) -> str:
     return hashlib.sha256(json.dumps([kind, *parts]).encode()).hexdigest()[:32]
 
 
-def announce(client: redis.Redis, kind: str, text: str, ident: str, **fields) -> bool:
+def announce(client: redis.Redis, kind: str, text: str, ident: str, style: keys.KeyStyle = keys.CLASSIC,
+             **fields) -> bool:
     """Queue an event once across every process (False: it was queued before)."""
     body = {"text": text, "event": kind, "id": ident, **fields}
     entry = json.dumps({"body": body, "tries": 0})
     queue = client.register_script(ANNOUNCE)
-    return bool(int(queue(keys=[keys.webhook_seen(ident), keys.WEBHOOK_OUTBOX], args=[SEEN_DAYS * 86400, entry])))
+    return bool(int(queue(keys=[style.webhook_seen(ident), style.WEBHOOK_OUTBOX], args=[SEEN_DAYS * 86400, entry])))
 
 
 def redact(url: str) -> str:
@@ -191,7 +192,7 @@ class Watchman:
             return
         try:
             if entry is not None:
-                self._again(keys=[keys.WEBHOOK_OUTBOX, keys.WEBHOOK_INFLIGHT], args=[entry, entry])
+                self._again(keys=[self.store.keys.WEBHOOK_OUTBOX, self.store.keys.WEBHOOK_INFLIGHT], args=[entry, entry])
             self._resign(keys=[keys.WEBHOOK_LEADER], args=[self.token])
             self.leading = False
         except (redis.RedisError, OSError) as exc:  # the lead expires, the visibility timeout hands it back
@@ -231,7 +232,7 @@ class Watchman:
                     if item["kind"] == "unchecked" else f"Batchy: {what} is {item['kind']}: {item['reason']}")
             ident = event_id(item["kind"], item["workflow"], item["job"], item["since"], item["reason"]
                              if item["since"] is None else "")
-            announce(client, item["kind"], text, ident, workflow=item["workflow"], job=item["job"],
+            announce(client, item["kind"], text, ident, self.store.keys, workflow=item["workflow"], job=item["job"],
                      since=item["since"], reason=item["reason"])
 
     def deliver(self) -> int:
@@ -241,12 +242,12 @@ class Watchman:
         """
         client = self.store.redis
         sent = 0
-        queues = [keys.WEBHOOK_OUTBOX, keys.WEBHOOK_INFLIGHT]
-        for _ in range(client.llen(keys.WEBHOOK_OUTBOX) + client.zcard(keys.WEBHOOK_INFLIGHT)
-                       + client.llen(keys.WEBHOOK_SENDING)):
+        queues = [self.store.keys.WEBHOOK_OUTBOX, self.store.keys.WEBHOOK_INFLIGHT]
+        for _ in range(client.llen(self.store.keys.WEBHOOK_OUTBOX) + client.zcard(self.store.keys.WEBHOOK_INFLIGHT)
+                       + client.llen(self.store.keys.WEBHOOK_SENDING)):
             if self.stopped.is_set() or (sent and not self.leads()):
                 break  # a long round keeps the lead, or lets the new leader go on alone
-            raw, back = self._take(keys=[*queues, keys.WEBHOOK_SENDING], args=[int(self.visibility * 1000)])
+            raw, back = self._take(keys=[*queues, self.store.keys.WEBHOOK_SENDING], args=[int(self.visibility * 1000)])
             if back:
                 log.warning("webhooks: %d event(s) whose sender stopped before it was done are sent again", back)
             if raw is None:

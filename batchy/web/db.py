@@ -46,7 +46,7 @@ def init_app(app: Flask) -> None:
     client = config.get("REDIS_CLIENT")
     embedded = client is None and not config["BATCHY_REDIS_URL"]
     if client is None:
-        client = connect(config["BATCHY_REDIS_URL"], config["BATCHY_REDIS_TIMEOUT"])
+        client = connect(config["BATCHY_REDIS_URL"], config["BATCHY_REDIS_TIMEOUT"], config["BATCHY_REDIS_CLUSTER"])
     store = BatchStore(client, config, clock=config.get("CLOCK"))
     backfills = Backfills(store, config["BATCHY_EVENTS_KEEP"])
     if embedded:
