@@ -144,6 +144,9 @@ class RedisCluster:
                 info = dict(line.split(":", 1) for line in str(info).splitlines() if ":" in line)
             if info.get("cluster_state") != "ok" or str(info.get("cluster_slots_ok")) != "16384":
                 return False
+            replication = node.client().info("replication")
+            if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+                return False  # a replica still syncing: WAIT could not count it yet
         return True
 
     def client(self):

@@ -185,3 +185,59 @@ def test_a_workflow_missing_from_the_index_is_restored_by_reconcile(app, client,
     cluster_redis.sadd("batchy:workflows", "ghost")
     assert services_of(app).store.reconcile_index() == {"added": ["wf1"], "dropped": ["ghost"]}
     assert [w["workflow"] for w in client.get("/workflows").get_json()["workflows"]] == ["wf1"]
+
+
+LATER = {"open": {"open", "success", "failed", "abandoned"}, "success": {"success"}}
+
+
+def test_a_primary_killed_mid_loop_loses_no_acknowledged_change(cfg_dir):
+    """Kill -9 the primary of wf1's slot between open/close calls; its replica takes over.
+
+    With BATCHY_REDIS_WAIT_REPLICAS=1 a change is acknowledged only once the replica has
+    it, so every acknowledged batch is on the new primary. Until the killed node comes back
+    (as the new primary's replica) no replica can confirm, and changes answer 503.
+    """
+    own = RedisCluster(masters=3, replicas=1).start()  # its own: this test breaks it
+    try:
+        app = cluster_app(own, cfg_dir, BATCHY_REDIS_WAIT_REPLICAS=1, BATCHY_HISTORY_KEEP=10**6)
+        client = app.test_client()
+        assert client.post("/load_cfg/wf1").status_code == 200
+        acked: dict[int, str] = {}
+        refused = 0
+        victim = None
+        after = 0
+        deadline = time.monotonic() + 90
+        while after < 20 and time.monotonic() < deadline:
+            if victim is None and len(acked) >= 20:
+                victim = own.fail_over("{wf1}")  # kill -9; returns once the replica serves the slot
+                victim.start()  # the lost host comes back, as the new primary's replica
+            resp = client.post("/open_batch/wf1")
+            if resp.status_code != 200:
+                assert resp.status_code == 503, (resp.status_code, resp.get_json())
+                refused += 1
+                time.sleep(0.1)
+                continue
+            batch_id = resp.get_json()["s_extract"]["batch_id"]
+            acked[batch_id] = "open"
+            resp = client.post("/close_batch/wf1", json={"batch_id": batch_id})
+            if resp.status_code == 200:
+                acked[batch_id] = "success"
+                after += victim is not None
+            else:
+                assert resp.status_code in (503, 409), (resp.status_code, resp.get_json())
+                refused += 1
+        assert victim is not None and after >= 20, f"no recovery: {after} batches after the failover"
+        print(f"acknowledged {len(acked)} batches, {refused} calls refused during the failover")
+        store = own.client()
+        lost = []
+        for batch_id, status in acked.items():
+            raw = store.hgetall(f"{{wf1}}-{batch_id}")
+            if not raw:
+                lost.append(f"{{wf1}}-{batch_id} missing")
+                continue
+            for job, value in raw.items():
+                if json.loads(value)["status"] not in LATER[status]:
+                    lost.append(f"{{wf1}}-{batch_id} {job}: acknowledged {status}, stored {json.loads(value)['status']}")
+        assert not lost, f"{len(lost)} acknowledged changes lost in the failover: {lost[:10]}"
+    finally:
+        own.cleanup()

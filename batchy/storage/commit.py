@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import redis
+
 from ..errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFound
 from ..rules.formats import dumps
 from ..rules.jobs import decode
@@ -336,11 +338,49 @@ class Committer:
             return self.transport.run(self._commit, commit_keys, args)
         # WAIT counts the replicas that have the latest write of *its* connection: send
         # it on the same connection as the commit, in one pipeline.
-        client = self.transport.redis
-        if self.keys.cluster:  # WAIT on the primary of the workflow's slot, on the commit's connection
-            client = client.get_redis_connection(client.get_node_from_key(commit_keys[0]))
-        pipe = client.pipeline(transaction=False)
+        if self.keys.cluster:
+            return self._apply_and_wait_on_cluster(commit_keys, args)
+        pipe = self.transport.redis.pipeline(transaction=False)
         self._commit(keys=commit_keys, args=args, client=pipe)
         pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout)
         result, acked = pipe.execute()
         return [*result, int(acked)] if int(result[0]) == scripts.Reply.APPLIED else result
+
+    def _apply_and_wait_on_cluster(self, commit_keys, args) -> list:
+        """COMMIT then WAIT on the primary of the workflow's slot, on one connection of that node.
+
+        redis-py's cluster pipeline would send the keyless WAIT to any node: the node's own
+        client is used instead. A slot that moved (MOVED, ASK: the script did not run) is tried
+        once more on its new primary; a node that does not answer makes the client learn the
+        cluster's shape again, and the call answers 503 (the change may or may not be applied,
+        as with any lost connection).
+        """
+        cluster = self.transport.redis
+        for attempt in (1, 2):
+            node = cluster.get_redis_connection(cluster.get_node_from_key(commit_keys[0]))
+            pipe = node.pipeline(transaction=False)
+            self._commit(keys=commit_keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout)
+            try:
+                result, acked = pipe.execute()
+            except redis.exceptions.ResponseError as exc:
+                moved = str(exc).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"))
+                if not moved:
+                    raise
+                self._relearn(cluster)
+                if attempt == 2 or str(exc).startswith(("TRYAGAIN", "CLUSTERDOWN")):
+                    raise redis.exceptions.TryAgainError(str(exc)) from exc
+                continue
+            except (redis.ConnectionError, redis.TimeoutError):
+                self._relearn(cluster)
+                raise
+            return [*result, int(acked)] if int(result[0]) == scripts.Reply.APPLIED else result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _relearn(cluster) -> None:
+        """Make the cluster client read the slots' owners again (best effort)."""
+        try:
+            cluster.nodes_manager.initialize()
+        except Exception as exc:  # noqa: BLE001 - the caller's error is the one to answer
+            log.info("redis cluster: could not refresh the slots map yet: %s", exc)
