@@ -82,7 +82,7 @@ def test_the_core_flow_keeps_every_key_of_a_workflow_in_one_slot(client, cluster
     assert [w["workflow"] for w in client.get("/workflows").get_json()["workflows"]] == ["wf1", "wf2"]
     batches = client.get("/batches").get_json()["batches"]
     assert [(b["workflow"], b["batch_id"]) for b in batches] == [("wf1", batch_id)]
-    assert client.get(f"/history/wf1").get_json()["batches"][0]["batch_id"] == batch_id
+    assert client.get("/history/wf1").get_json()["batches"][0]["batch_id"] == batch_id
     assert client.get("/events/wf1").get_json()["events"][0]["action"] == "close"
     assert client.get("/").status_code == 200 and client.get("/metrics").status_code == 200
     # A removal leaves the index too.
