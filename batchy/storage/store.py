@@ -11,7 +11,7 @@ from datetime import datetime
 
 import redis
 
-from . import keys, transfer, webhooks
+from . import keys, migrate, transfer, webhooks
 from ..rules import plans
 from .cache import StateCache
 from .clock import Clock
@@ -90,9 +90,7 @@ class BatchStore:
         a process that stops between a load and its SADD leaves the workflow unlisted. Found
         by a SCAN of every primary for meta hashes; nothing the commits decide reads the index.
         """
-        prefix = self.keys.meta("")[:-2] if self.keys.cluster else self.keys.meta("")
-        pattern = self.keys.meta("*")
-        names = {self.keys.untag(key[len(prefix):]) for key in self.redis.scan_iter(match=pattern, count=1000)}
+        names = set(migrate.workflows_in(self.redis, self.keys))
         listed = set(self.redis.smembers(self.keys.WORKFLOWS))
         candidates = sorted(names | listed)
         pipe = self.redis.pipeline(transaction=False)
