@@ -164,4 +164,5 @@ class Transport:
             conn.disconnect()
             self._local.conn = None
         self.redis.close()
-        self.redis.connection_pool.disconnect()
+        if not is_cluster(self.redis):  # a cluster client closes each node's pool itself
+            self.redis.connection_pool.disconnect()
