@@ -241,3 +241,32 @@ def test_a_primary_killed_mid_loop_loses_no_acknowledged_change(cfg_dir):
         assert not lost, f"{len(lost)} acknowledged changes lost in the failover: {lost[:10]}"
     finally:
         own.cleanup()
+
+
+def test_batchy_serve_and_waitsy_on_a_cluster(cluster, cluster_redis, cfg_dir):
+    """`batchy serve` (gunicorn, two workers) with BATCHY_REDIS_CLUSTER=true; Waitsy blocks on
+    /wait while the batch is open and exits soon after the close, pushed by sharded pub/sub."""
+    from batchy.client import Batchy
+    from batchy.testing import ServiceProcess
+    from waitsy import cli as waitsy
+
+    svc = ServiceProcess(cluster.url, str(cfg_dir), env={"BATCHY_REDIS_CLUSTER": "true"}).start()
+    try:
+        client = Batchy(svc.url)
+        client.load("wf1", reset=True)
+        client.open("wf1")
+        code: list = []
+        # --interval 30: only the push can make it exit within the bound below.
+        thread = threading.Thread(target=lambda: code.append(
+            waitsy.main(["-wf", "wf1", "--url", svc.url, "--timeout", "60", "--interval", "30", "--quiet"])),
+            daemon=True)
+        thread.start()
+        time.sleep(1.5)
+        assert thread.is_alive(), "waitsy exited while the batch was open"
+        closed_at = time.monotonic()
+        client.close("wf1")
+        thread.join(10)
+        assert code == [0] and time.monotonic() - closed_at < 5
+        assert cluster_redis.exists("{wf1}") and not cluster_redis.exists("wf1")
+    finally:
+        svc.stop()

@@ -62,6 +62,13 @@ def init_app(app: Flask) -> None:
         fleet=fleet,
         repairer=repair.start(app, store, backfills, fleet),
     )
+    if store.keys.cluster:
+        try:  # batchy:workflows is kept around the commits on a cluster: list what a crash left out
+            fixed = store.reconcile_index()
+            if fixed["added"] or fixed["dropped"]:
+                log.warning("batchy:workflows reconciled: added %s, dropped %s", fixed["added"], fixed["dropped"])
+        except redis.RedisError as exc:
+            log.warning("could not reconcile batchy:workflows at start: %s", exc)
     if embedded or config["BATCHY_LOAD_ON_START"]:
         preload(store, config["BATCHY_CFG_DIR"], config["BATCHY_MAX_CFG_BYTES"])
 
