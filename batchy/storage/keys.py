@@ -211,6 +211,11 @@ def _slot_tags() -> tuple[str, ...]:
     return tuple(tags)  # type: ignore[arg-type]
 
 
+_PER_WORKFLOW = ("workflow", "batch_prefix", "batch", "meta", "history", "events", "pause", "turn", "idempotency",
+                 "channel", "workflow_from_channel", "backfills", "backfill", "backfill_chunks", "backfill_queue",
+                 "backfill_events", "repair_lock", "webhook_seen")
+
+
 class KeyStyle:
     """The key names of one store, chosen once when it is made.
 
@@ -249,6 +254,13 @@ class KeyStyle:
             self.WEBHOOK_OUTBOX, self.WEBHOOK_INFLIGHT, self.WEBHOOK_SENDING = (
                 WEBHOOK_OUTBOX, WEBHOOK_INFLIGHT, WEBHOOK_SENDING)
         self.commit_keys = functools.lru_cache(maxsize=4096)(self._commit_keys)
+        if not cluster:
+            # Classic: the module's own functions, bound as they are - the same names byte for
+            # byte, and no extra call on the hot path.
+            g = globals()
+            for name in _PER_WORKFLOW:
+                setattr(self, name, g[name])
+            self.commit_keys = commit_keys
 
     def __repr__(self) -> str:
         return f"KeyStyle({self.name})"
