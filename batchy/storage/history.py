@@ -92,8 +92,9 @@ class History:
         found: list[dict] = []
         scanned = 0
         chunk = 200
+        merged: list[str] = []  # on a cluster: every workflow's index in range, read once a call
         while len(found) < limit and scanned < scan_limit:
-            members = self._indexed(low, high, offset + scanned, chunk, workflow)
+            members = self._indexed(low, high, offset + scanned, chunk, workflow, merged)
             if not members:
                 return found, None
             pipe = self.redis.pipeline(transaction=False)
@@ -117,7 +118,7 @@ class History:
                 return found, None
         return found, offset + scanned
 
-    def _indexed(self, low, high, start: int, num: int, workflow: str | None) -> list[str]:
+    def _indexed(self, low, high, start: int, num: int, workflow: str | None, merged: list[str]) -> list[str]:
         """Return num batch keys from start of the batches index by start time (score, then name).
 
         Classic style: one ZRANGEBYSCORE of batchy:batches. Cluster style: each workflow has its
@@ -126,12 +127,14 @@ class History:
         """
         if not self.keys.cluster:
             return self.redis.zrangebyscore(self.keys.BATCHES, low, high, start=start, num=num)
-        names = [workflow] if workflow else sorted(self.redis.smembers(self.keys.WORKFLOWS))
-        pipe = self.redis.pipeline(transaction=False)
-        for wf in names:
-            pipe.zrangebyscore(self.keys.batches(wf), low, high, withscores=True)
-        merged = sorted((score, member) for found in pipe.execute() for member, score in found)
-        return [member for _score, member in merged[start:start + num]]
+        if not merged:
+            names = [workflow] if workflow else sorted(self.redis.smembers(self.keys.WORKFLOWS))
+            pipe = self.redis.pipeline(transaction=False)
+            for wf in names:
+                pipe.zrangebyscore(self.keys.batches(wf), low, high, withscores=True)
+            entries = sorted((score, member) for found in pipe.execute() for member, score in found)
+            merged += [member for _score, member in entries] or [""]  # [""]: read, none found
+        return [member for member in merged[start:start + num] if member]
 
     def events(self, wf: str, *, limit: int = 100, before: str | None = None) -> list[dict]:
         """Return wf's audit events newest first: its own stream merged with its backfills' chunk
