@@ -102,6 +102,13 @@ def test_a_service_pause_reaches_every_slot_and_a_workflow_pause_its_own(client,
     for wf in names:
         resp = client.post(f"/open_batch/{wf}")
         assert resp.status_code == 423 and "maintenance" in resp.get_json()["message"], resp.get_json()
+    # A workflow loaded during the pause is paused too: the marker is its slot's, not its own.
+    write_cfg("late_comer", "a:\n  from_date: 2024-01-01\n  batch_size: day\n")
+    assert client.post("/load_cfg/late_comer").status_code == 200
+    assert client.post("/open_batch/late_comer").status_code == 423
+    made = client.post("/backfill/late_comer", json={"from": "2023-12-01", "to": "2023-12-03"})
+    assert made.status_code == 201
+    assert client.post(f"/backfill/late_comer/{made.get_json()['backfill_id']}/lease").status_code == 423
     assert client.post("/resume").status_code == 200
     assert not any(cluster_redis.exists(k) for k in keys.CLUSTER.pause_markers()[:64])
     assert all(client.post(f"/open_batch/{wf}").status_code == 200 for wf in names)
@@ -270,3 +277,23 @@ def test_batchy_serve_and_waitsy_on_a_cluster(cluster, cluster_redis, cfg_dir):
         assert cluster_redis.exists("{wf1}") and not cluster_redis.exists("wf1")
     finally:
         svc.stop()
+
+
+def test_migrate_keys_on_a_cluster_there_and_back(app, client, cluster, cluster_redis, monkeypatch, capsys):
+    from batchy.cli import main
+
+    assert client.post("/load_cfg/wf1").status_code == 200
+    for _ in range(2):
+        assert client.post("/open_batch/wf1").status_code == 200
+        assert client.post("/close_batch/wf1").status_code == 200
+    before = services_of(app).store.export()["workflows"]
+    monkeypatch.setenv("BATCHY_REDIS_URL", cluster.url)
+    monkeypatch.setenv("BATCHY_REDIS_CLUSTER", "true")
+    assert main(["migrate-keys", "--to", "classic", "--watch", "0.2"]) == 0
+    assert cluster_redis.exists("wf1", "batchy:batches") == 2 and not cluster_redis.exists("{wf1}")
+    assert main(["migrate-keys", "--to", "cluster", "--watch", "0.2"]) == 0
+    assert cluster_redis.exists("{wf1}") and not cluster_redis.exists("wf1", "batchy:batches")
+    services_of(app).store.cache.clear()
+    assert services_of(app).store.export()["workflows"] == before
+    assert client.post("/open_batch/wf1").status_code == 200
+    assert len(client.get("/batches").get_json()["batches"]) == 3
