@@ -61,3 +61,16 @@ def test_a_store_takes_the_style_from_the_setting(fake_redis):
     conf = settings.load(environ={})
     assert BatchStore(fake_redis, conf).keys is CLASSIC
     assert BatchStore(fake_redis, {**conf, "BATCHY_REDIS_CLUSTER": True}).keys is CLUSTER
+
+
+def test_a_key_added_to_the_module_is_in_both_styles(monkeypatch):
+    def new_key(wf: str) -> str:
+        return f"{keys.NAMESPACE}new:{wf}"
+
+    monkeypatch.setattr(keys, "new_key", new_key, raising=False)
+    monkeypatch.setattr(keys, "NEW_SERVICE_KEY", "batchy:new", raising=False)
+    style = keys.KeyStyle(True)  # a fresh one: nothing cached
+    assert style.new_key("wf1") == "batchy:new:{wf1}" and keys.KeyStyle(False).new_key("wf1") == "batchy:new:wf1"
+    assert style.NEW_SERVICE_KEY == "batchy:new" and style.count_field("open") == "count:open"
+    with pytest.raises(AttributeError):
+        style.no_such_key  # noqa: B018

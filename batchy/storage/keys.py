@@ -265,6 +265,26 @@ class KeyStyle:
     def __repr__(self) -> str:
         return f"KeyStyle({self.name})"
 
+    def __getattr__(self, name: str):
+        """Any other name of this module through the style: constants and field helpers as they
+        are; a key function of a workflow (its first parameter is `wf`) with the workflow's
+        name tagged on a cluster. A key added to the module is thus in both styles at once;
+        a service-wide key a script uses with others needs a shared tag here by hand
+        (as the webhook queues have)."""
+        import inspect
+
+        found = globals().get(name)
+        if found is None or name.startswith("_"):
+            raise AttributeError(name)
+        if self.cluster and inspect.isfunction(found):
+            params = list(inspect.signature(found).parameters)
+            if params and params[0] == "wf":
+                def tagged(wf, *args, _key=found):
+                    return _key(self.tag(wf), *args)
+                setattr(self, name, tagged)
+                return tagged
+        return found
+
     def tag(self, wf: str) -> str:
         """Return how wf appears in its key names: itself, or `{wf}` on a cluster."""
         return "{" + wf + "}" if self.cluster else wf
