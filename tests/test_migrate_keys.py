@@ -91,7 +91,7 @@ def test_it_refuses_while_a_service_writes(classic, real_redis, capsys):
     writer.start()
     try:
         before = sorted(real_redis.keys("*"))
-        code = main(["migrate-keys", "--to", "cluster", "--watch", "1"])
+        code = main(["migrate-keys", "--to", "cluster", "--watch", "0.5"])
     finally:
         stop.set()
         writer.join()
