@@ -216,6 +216,16 @@ def register(app) -> None:
         log.warning("redis unavailable: %s", exc)
         return _respond(503, "redis_unavailable", "Redis is not reachable; try again shortly.")
 
+    @app.errorhandler(redis.exceptions.ClusterError)
+    @app.errorhandler(redis.exceptions.SlotNotCoveredError)
+    @app.errorhandler(redis.exceptions.AskError)
+    @app.errorhandler(redis.exceptions.TryAgainError)
+    def _cluster_moving(exc):
+        # A Redis Cluster failing over or moving slots: the change was not applied; retry.
+        log.warning("redis cluster unavailable: %s", exc)
+        return _respond(503, "redis_unavailable", "The Redis Cluster is failing over or moving slots; "
+                        "try again shortly.")
+
     @app.errorhandler(redis.exceptions.ResponseError)
     def _redis_refused(exc):
         why = redis_refusal(exc)

@@ -113,6 +113,14 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_float,
     ),
     Setting(
+        "BATCHY_REDIS_CLUSTER",
+        False,
+        "Run on a Redis Cluster: `BATCHY_REDIS_URL` names any node, and keys take the cluster "
+        "style (the workflow name as a hash tag, `{wf1}`, so each commit stays in one slot). "
+        "`batchy migrate-keys` moves a deployment between styles (docs/operations.md).",
+        _bool,
+    ),
+    Setting(
         "BATCHY_REDIS_WAIT_REPLICAS",
         0,
         "After each state change, wait until this many replicas acknowledge it "

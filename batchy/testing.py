@@ -95,6 +95,99 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class RedisCluster:
+    """A Redis Cluster of our own: masters x (1 + replicas) redis-servers on free ports, torn down.
+
+    `redis-server --cluster-enabled yes` per node, each in a temp folder of its own, joined
+    by `redis-cli --cluster create ... --cluster-replicas N --cluster-yes`.
+    """
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000):
+        if not shutil.which("redis-cli"):
+            raise RuntimeError("redis-cli is not installed (apt-get install redis-tools)")
+        self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        """A URL naming one live node: BATCHY_REDIS_URL with BATCHY_REDIS_CLUSTER=true."""
+        live = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        return (live or self.nodes)[0].url
+
+    def start(self) -> "RedisCluster":
+        for _ in range(self.masters * (1 + self.replicas)):
+            # The cluster bus port is free too (the default, port + 10000, may be taken or past 65535).
+            node = RedisServer("--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                               "--cluster-node-timeout", str(self.node_timeout_ms),
+                               "--cluster-config-file", "nodes.conf", "--cluster-replica-validity-factor", "0")
+            self.nodes.append(node.start())
+        try:
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+            wait_for(self.healthy, timeout=30, what="the cluster to agree (cluster_state:ok, every slot served)")
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def healthy(self) -> bool:
+        """Return whether every live node reports cluster_state:ok with every slot assigned."""
+        for node in self.nodes:
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            info = node.client().execute_command("CLUSTER", "INFO")
+            if isinstance(info, (bytes, str)):
+                info = dict(line.split(":", 1) for line in str(info).splitlines() if ":" in line)
+            if info.get("cluster_state") != "ok" or str(info.get("cluster_slots_ok")) != "16384":
+                return False
+            replication = node.client().info("replication")
+            if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+                return False  # a replica still syncing: WAIT could not count it yet
+        return True
+
+    def client(self):
+        """Return a redis-py RedisCluster client of this cluster (decoded replies)."""
+        return redis.RedisCluster(host="127.0.0.1", port=int(self.url.rsplit(":", 1)[1].split("/")[0]),
+                                  decode_responses=True)
+
+    def primary_of(self, key: str) -> RedisServer:
+        """Return the node that serves key's slot now."""
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode())
+        for node in self.nodes:
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            for start, end, master, *_ in node.client().execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end and int(master[1]) == node.port:
+                    return node
+        raise LookupError(f"no live primary serves the slot of {key!r}")
+
+    def fail_over(self, key: str) -> RedisServer:
+        """Kill the primary of key's slot (SIGKILL, a crash); return it once its replica took over."""
+        victim = self.primary_of(key)
+        victim.kill()
+
+        def promoted() -> bool:
+            try:
+                return self.primary_of(key) is not victim and self.healthy()
+            except LookupError:
+                return False
+
+        wait_for(promoted, timeout=30, interval=0.1, what="a replica to take over the killed primary's slots")
+        return victim
+
+    def cleanup(self) -> None:
+        """Stop every node and remove their folders."""
+        for node in self.nodes:
+            node.cleanup()
+        self.nodes = []
+
+
 class ServiceProcess:
     """`batchy serve` (gunicorn, as in production) in its own process on a free port."""
 

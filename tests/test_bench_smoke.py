@@ -74,3 +74,14 @@ def test_fleet_scenario_prints_every_page():
         row = next(line for line in proc.stdout.splitlines() if line.startswith(f"  {label}  "))
         assert row.count(" s, ") == 2, row  # one figure per fleet size
     assert "/metrics series" in proc.stdout
+
+
+def test_capacity_scenario_measures_single_redis_and_the_cluster():
+    proc = bench("bench.capacity", "--smoke")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for label in ("bytes/workflow", "bytes/history entry", "redis cpu us/commit", "bytes/backfill chunk"):
+        row = next(line for line in proc.stdout.splitlines() if line.startswith(f"  {label}  "))
+        figures = [float(x.replace(",", "")) for x in row[len(label) + 2:].split()]
+        assert len(figures) == 2, row  # single redis-server, then the cluster
+        if label in ("bytes/workflow", "redis cpu us/commit"):  # the others are too small to beat noise here
+            assert min(figures) > 0, row

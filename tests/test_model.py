@@ -47,6 +47,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import redis
 from hypothesis import HealthCheck, seed, settings, strategies as st
 from hypothesis.internal.conjecture import engine
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, \
@@ -54,7 +55,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from batchy import create_app, settings as batchy_settings
 from batchy.storage.clock import Clock
-from batchy.testing import RedisServer
+from batchy.testing import RedisCluster, RedisServer
 from batchy.web.db import services_of
 
 from . import model
@@ -157,6 +158,8 @@ class FrozenClock(Clock):
 class World:
     """The redis-server, the cfg folder, the clock and the two app instances of a run."""
 
+    cluster = False
+
     def __init__(self):
         # The append-only file on tmpfs when there is one: fsync per write then costs 0.1 ms, not
         # 1 ms, and a restart of the process still replays it (a machine crash is not simulated).
@@ -215,7 +218,8 @@ class BatchyMachine(RuleBasedStateMachine):
         self.seen = {wf: (0, 0) for wf in WORKFLOWS}  # the last audit event id checked
         self.fresh: set[int] = set()  # apps that have not reached Redis since it restarted
         self.backups: dict[str, tuple[dict, dict]] = {}
-        self.restarts_left = 2  # a restart costs about 0.1 s: a few per example
+        # a restart costs about 0.1 s: a few per example (none on a cluster: its failover has its own test)
+        self.restarts_left = 0 if world.cluster else 2
         self.touched = set(WORKFLOWS)  # workflows the invariants check next: those a step called
         self.reads = 0
 
@@ -840,6 +844,40 @@ class BatchyMachine(RuleBasedStateMachine):
                 f"/batches?status=open lists {wf} batch {bid}, which no open job runs in ({sorted(running)})"
 
 
+class ClusterWorld(World):
+    """The same run on a Redis Cluster of our own (three primaries, a replica each)."""
+
+    cluster = True
+
+    def __init__(self):
+        self.server = RedisCluster(masters=3, replicas=1)
+        self.cfg_dir = Path(tempfile.mkdtemp(prefix="batchy-model-cfg-"))
+        self.clock = FrozenClock(START)
+        self.apps = []
+        self.stats: Counter = Counter()
+        try:
+            self.server.start()
+            config = {**batchy_settings.load(environ={}), "BATCHY_REDIS_URL": self.server.url,
+                      "BATCHY_REDIS_CLUSTER": True, "BATCHY_CFG_DIR": str(self.cfg_dir), "CLOCK": self.clock}
+            self.apps = [create_app(config), create_app(config)]
+        except BaseException:
+            self.close()
+            raise
+        self.clients = [app.test_client() for app in self.apps]
+
+    def reset(self) -> None:
+        client = self.server.client()
+        try:
+            client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)  # the cluster this test started itself
+        finally:
+            client.close()
+        for store in self.stores():
+            store.cache.clear()
+        self.clock.virtual = START
+        for path in self.cfg_dir.glob("*.yaml"):
+            path.unlink()
+
+
 @pytest.fixture(scope="module")
 def world():
     w = World()
@@ -848,6 +886,10 @@ def world():
 
 
 def test_the_service_behaves_as_the_model(world, monkeypatch, capsys):
+    run_model(world, monkeypatch, capsys, examples())
+
+
+def run_model(world, monkeypatch, capsys, max_examples: int):
     # A failure is shrunk for at most this long (Hypothesis' own cap, 300 s, is documented
     # as monkeypatchable): a failing CI run stays within a few minutes.
     monkeypatch.setattr(engine, "MAX_SHRINKING_SECONDS", int(os.environ.get("BATCHY_MODEL_SHRINK_SECONDS") or 180))
@@ -862,7 +904,7 @@ def test_the_service_behaves_as_the_model(world, monkeypatch, capsys):
     started = time.monotonic()
     try:
         run_state_machine_as_test(machine, settings=settings(
-            max_examples=examples(),
+            max_examples=max_examples,
             stateful_step_count=int(os.environ.get("BATCHY_MODEL_STEPS") or DEFAULT_STEPS),
             deadline=None,
             database=None,
@@ -879,3 +921,16 @@ def test_the_service_behaves_as_the_model(world, monkeypatch, capsys):
               f"{stats['requests']} requests in {time.monotonic() - started:.0f} s")
         for name, count in sorted(stats.items()):
             print(f"  {name}: {count}")
+
+
+@pytest.fixture(scope="module")
+def cluster_world():
+    w = ClusterWorld()
+    yield w
+    w.close()
+
+
+def test_the_service_behaves_as_the_model_on_a_cluster(cluster_world, monkeypatch, capsys):
+    """The same model, on a Redis Cluster with cluster-style keys: a smaller budget
+    (BATCHY_MODEL_CLUSTER_EXAMPLES, default 20)."""
+    run_model(cluster_world, monkeypatch, capsys, int(os.environ.get("BATCHY_MODEL_CLUSTER_EXAMPLES") or 20))

@@ -137,7 +137,7 @@ def _direct_store():
     conf = settings_mod.load()
     if not conf["BATCHY_REDIS_URL"]:
         raise click.ClickException("export and import talk to Redis directly: set BATCHY_REDIS_URL")
-    return BatchStore(connect(conf["BATCHY_REDIS_URL"], conf["BATCHY_REDIS_TIMEOUT"]), conf)
+    return BatchStore(connect(conf["BATCHY_REDIS_URL"], conf["BATCHY_REDIS_TIMEOUT"], conf["BATCHY_REDIS_CLUSTER"]), conf)
 
 
 @click.command()
@@ -174,4 +174,50 @@ def import_(source, replace):
     click.echo(f"imported {len(done)} workflow(s): {', '.join(done)}", err=True)
 
 
-COMMANDS = [serve, export, import_]
+@click.command("migrate-keys")
+@click.option("--to", "target", type=click.Choice(["cluster", "classic"]), required=True,
+              help="The key style to move to (cluster: the workflow name as a hash tag, {wf1}).")
+@click.option("--dry-run", is_flag=True, help="Say what would move; change nothing.")
+@click.option("--watch", type=float, default=5.0, show_default=True,
+              help="Seconds to watch for writes first: a service still writing makes it refuse.")
+def migrate_keys(target, dry_run, watch):
+    """Move every key in BATCHY_REDIS_URL to the classic or the cluster key style.
+
+    Stop every Batchy service first; start them again afterwards with BATCHY_REDIS_CLUSTER
+    matching the new style. Running it again finishes a migration that stopped half way.
+    """
+    from ..storage import keys
+    from ..storage.connections import connect
+    from ..storage.migrate import Migration
+
+    conf = settings_mod.load()
+    if not conf["BATCHY_REDIS_URL"]:
+        raise click.ClickException("migrate-keys talks to Redis directly: set BATCHY_REDIS_URL")
+    client = connect(conf["BATCHY_REDIS_URL"], conf["BATCHY_REDIS_TIMEOUT"], conf["BATCHY_REDIS_CLUSTER"])
+    if not conf["BATCHY_REDIS_CLUSTER"] and str(client.info("cluster").get("cluster_enabled")) == "1":
+        client = connect(conf["BATCHY_REDIS_URL"], conf["BATCHY_REDIS_TIMEOUT"], True)  # a cluster node: route by slot
+    migration = Migration(client, keys.style(target == "cluster"))
+    if watch > 0:
+        click.echo(f"watching for writes for {watch:g} s...", err=True)
+        changed = migration.writes_seen(watch)
+        if changed:
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise click.ClickException(
+                f"a live service is writing ({shown} changed in the last {watch:g} s): stop every Batchy "
+                "service and runner on this Redis, then run migrate-keys again")
+    plan = migration.plan()
+    summary = plan.summary()
+    click.echo(f"{'would move' if dry_run else 'moving'} {summary['keys']} key(s) of {summary['workflows']} "
+               f"workflow(s) to the {target} style; {summary['batches_indexed']} batch(es) re-indexed"
+               + ("; the service pause copied to every slot" if plan.paused and target == "cluster" else ""))
+    for old, new in plan.moves[:20 if dry_run else 0]:
+        click.echo(f"  {old} -> {new}")
+    if dry_run:
+        if len(plan.moves) > 20:
+            click.echo(f"  ... and {len(plan.moves) - 20} more")
+        return
+    migration.apply(plan)
+    click.echo(f"done: start the services with BATCHY_REDIS_CLUSTER={'true' if target == 'cluster' else 'false'}")
+
+
+COMMANDS = [serve, export, import_, migrate_keys]

@@ -55,6 +55,7 @@ class Backfills:
 
     def __init__(self, store: BatchStore, events_keep: int):
         self.store = store
+        self.keys = store.keys
         self.events_keep = events_keep
         client = store.redis
         self._create = client.register_script(backfill_lua.BACKFILL_CREATE)
@@ -72,7 +73,7 @@ class Backfills:
 
     def _missing(self, wf: str, backfill_id: int) -> Exception:
         """Return the 404 for a backfill not found: of the workflow if that is gone too."""
-        if not self.store.redis.exists(keys.workflow(wf)):
+        if not self.store.redis.exists(self.keys.workflow(wf)):
             return self.store.committer.not_found(wf)
         return BackfillNotFound(f"workflow {wf!r} has no backfill {backfill_id}", workflow=wf, backfill_id=backfill_id)
 
@@ -111,9 +112,9 @@ class Backfills:
                 args += item
             args.append(len(chunks))
             args += [formats.dumps(chunk) for chunk in chunks]
-            reply = self._run(self._create, (keys.workflow(wf), keys.backfills(wf), keys.backfill(wf, backfill_id),
-                                             keys.backfill_chunks(wf, backfill_id),
-                                             keys.backfill_queue(wf, backfill_id), keys.events(wf)), args)
+            reply = self._run(self._create, (self.keys.workflow(wf), self.keys.backfills(wf), self.keys.backfill(wf, backfill_id),
+                                             self.keys.backfill_chunks(wf, backfill_id),
+                                             self.keys.backfill_queue(wf, backfill_id), self.keys.events(wf)), args)
             code = int(reply[0])
             if code == Reply.APPLIED:
                 break
@@ -131,8 +132,8 @@ class Backfills:
     def get(self, wf: str, backfill_id: int) -> dict:
         """Return a backfill with every chunk and its progress."""
         pipe = self.store.redis.pipeline(transaction=True)
-        pipe.hgetall(keys.backfill(wf, backfill_id))
-        pipe.hgetall(keys.backfill_chunks(wf, backfill_id))
+        pipe.hgetall(self.keys.backfill(wf, backfill_id))
+        pipe.hgetall(self.keys.backfill_chunks(wf, backfill_id))
         record, raw = pipe.execute()
         if not record:
             raise self._missing(wf, backfill_id)
@@ -149,24 +150,24 @@ class Backfills:
 
     def list(self, wf: str, limit: int = 50) -> list[dict]:
         """Return wf's backfills newest first, without their chunks."""
-        ids = self.store.redis.zrevrange(keys.backfills(wf), 0, limit - 1)
-        if not ids and not self.store.redis.exists(keys.workflow(wf)):
+        ids = self.store.redis.zrevrange(self.keys.backfills(wf), 0, limit - 1)
+        if not ids and not self.store.redis.exists(self.keys.workflow(wf)):
             raise self.store.committer.not_found(wf)
         pipe = self.store.redis.pipeline(transaction=False)
         for backfill_id in ids:
-            pipe.hgetall(keys.backfill(wf, backfill_id))
+            pipe.hgetall(self.keys.backfill(wf, backfill_id))
         return [_summary(wf, backfill_id, record) for backfill_id, record in zip(ids, pipe.execute()) if record]
 
     def running(self, wfs: list[str], limit: int = 20) -> dict[str, list[dict]]:
         """Return {wf: its running backfills} of each of wfs' newest limit, in two round trips."""
         pipe = self.store.redis.pipeline(transaction=False)
         for wf in wfs:
-            pipe.zrevrange(keys.backfills(wf), 0, limit - 1)
+            pipe.zrevrange(self.keys.backfills(wf), 0, limit - 1)
         ids = dict(zip(wfs, pipe.execute()))
         pipe = self.store.redis.pipeline(transaction=False)
         for wf, found in ids.items():
             for backfill_id in found:
-                pipe.hgetall(keys.backfill(wf, backfill_id))
+                pipe.hgetall(self.keys.backfill(wf, backfill_id))
         records = iter(pipe.execute())
         result = {}
         for wf, found in ids.items():
@@ -189,10 +190,10 @@ class Backfills:
         their chunks failed or were cancelled: a chunk never comes back from those), in time
         proportional to the chunks, however many ask: filling_cache.computed counts.
         """
-        ids = self.store.redis.zrevrange(keys.backfills(wf), 0, limit - 1)
+        ids = self.store.redis.zrevrange(self.keys.backfills(wf), 0, limit - 1)
         pipe = self.store.redis.pipeline(transaction=False)
         for backfill_id in ids:
-            pipe.hgetall(keys.backfill(wf, backfill_id))
+            pipe.hgetall(self.keys.backfill(wf, backfill_id))
         running = []
         for backfill_id, record in zip(ids, pipe.execute()):
             counts = _counts(record) if record else {}
@@ -205,7 +206,7 @@ class Backfills:
         """Return {job: merged intervals} of the chunks of backfills ids not failed or cancelled."""
         pipe = self.store.redis.pipeline(transaction=False)
         for backfill_id in ids:
-            pipe.hvals(keys.backfill_chunks(wf, backfill_id))
+            pipe.hvals(self.keys.backfill_chunks(wf, backfill_id))
         spans: dict[str, list] = {}
         lost = (backfill.ChunkStatus.FAILED, backfill.ChunkStatus.CANCELLED)
         for texts in pipe.execute():
@@ -222,9 +223,9 @@ class Backfills:
               actor: str = "") -> dict | None:
         """Lease the next chunk due (attempt + 1) for lease_seconds; None when none is due now."""
         lease_ms = max(1, round(lease_seconds * 1000))
-        script_keys = (keys.workflow(wf), keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                       keys.backfill_queue(wf, backfill_id), keys.backfill_events(wf, backfill_id), keys.PAUSE,
-                       keys.pause(wf), keys.events(wf))
+        script_keys = (self.keys.workflow(wf), self.keys.backfill(wf, backfill_id), self.keys.backfill_chunks(wf, backfill_id),
+                       self.keys.backfill_queue(wf, backfill_id), self.keys.backfill_events(wf, backfill_id), self.keys.pause_marker(wf),
+                       self.keys.pause(wf), self.keys.events(wf))
         while True:
             # 128 random bits: a close cannot be guessed from (chunk, attempt), two small numbers.
             token = secrets.token_hex(16)
@@ -248,8 +249,8 @@ class Backfills:
 
         lease_token: the one the lease answered (WrongLeaseToken without it)."""
         lease_ms = max(1, round(lease_seconds * 1000))
-        reply = self._run(self._renew, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                                        keys.backfill_queue(wf, backfill_id)),
+        reply = self._run(self._renew, (self.keys.backfill(wf, backfill_id), self.keys.backfill_chunks(wf, backfill_id),
+                                        self.keys.backfill_queue(wf, backfill_id)),
                           (number, attempt, lease_ms, lease_token or ""))
         chunk = self._checked(wf, backfill_id, number, attempt, reply, lease_token)
         return _lease_answer(wf, backfill_id, number, chunk, _pairs(reply[2]))
@@ -292,9 +293,9 @@ class Backfills:
         the chunk's checksum and quality verdict; dq=fail leaves its window a hole (failed quality).
         """
         attested = attested or {}
-        reply = self._run(self._finish, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                                         keys.backfill_queue(wf, backfill_id), keys.backfill_events(wf, backfill_id),
-                                         keys.events(wf)),
+        reply = self._run(self._finish, (self.keys.backfill(wf, backfill_id), self.keys.backfill_chunks(wf, backfill_id),
+                                         self.keys.backfill_queue(wf, backfill_id), self.keys.backfill_events(wf, backfill_id),
+                                         self.keys.events(wf)),
                           (number, attempt, outcome, "" if records_processed is None else records_processed,
                            message or "", self.events_keep, actor, backfill_id, lease_token or "",
                            attested.get("checksum") or "", attested.get("dq") or "", attested.get("dq_message") or ""))
@@ -305,7 +306,7 @@ class Backfills:
                 state, chunk["job"], parse_time(chunk["from_date"]), parse_time(chunk["to_date"]),
                 passed=chunk.get("dq") != "fail", records=chunk.get("records_processed")), actor=actor)
             if not merged.noop:
-                self._run(self._note, (keys.backfill_events(wf, backfill_id), keys.events(wf)),
+                self._run(self._note, (self.keys.backfill_events(wf, backfill_id), self.keys.events(wf)),
                           (self.events_keep, "backfill_coverage", actor, formats.dumps([chunk["job"]]),
                            f"chunk {number} {chunk['job']} [{chunk['from_date']}, {chunk['to_date']}): merged into "
                            "the coverage ledger" + (" as a quality failure" if chunk.get("dq") == "fail" else ""),
@@ -318,9 +319,9 @@ class Backfills:
 
     def cancel(self, wf: str, backfill_id: int, actor: str = "") -> dict:
         """Cancel a backfill: pending chunks are cancelled; leased ones may still close."""
-        record = self.store.redis.hgetall(keys.backfill(wf, backfill_id))
-        reply = self._run(self._cancel, (keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                                         keys.backfill_queue(wf, backfill_id), keys.events(wf)),
+        record = self.store.redis.hgetall(self.keys.backfill(wf, backfill_id))
+        reply = self._run(self._cancel, (self.keys.backfill(wf, backfill_id), self.keys.backfill_chunks(wf, backfill_id),
+                                         self.keys.backfill_queue(wf, backfill_id), self.keys.events(wf)),
                           (self.events_keep, actor, backfill_id, record.get("jobs") or "[]"))
         if int(reply[0]) == Reply.NO_BACKFILL:
             raise self._missing(wf, backfill_id)

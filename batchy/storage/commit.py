@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import redis
+
 from ..errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFound
 from ..rules.formats import dumps
 from ..rules import lineage
@@ -54,18 +56,20 @@ class Committer:
     """Read workflows and commit planned changes to them, optimistically."""
 
     def __init__(self, transport: Transport, clock: Clock, cache: StateCache, settings: dict,
-                 check_pause: Callable[[str], None], cfg_dir: str = "cfg"):
+                 check_pause: Callable[[str], None], cfg_dir: str = "cfg", style: keys.KeyStyle = keys.CLASSIC):
         self.transport = transport
+        self.keys = style
         self.clock = clock
         self.cache = cache
         self.locks = LockTable()
         self.check_pause = check_pause
         self.cfg_dir = cfg_dir
         client = transport.redis
-        self._commit = client.register_script(scripts.COMMIT)
+        cluster = self.keys.cluster
+        self._commit = client.register_script(scripts.for_cluster(scripts.COMMIT) if cluster else scripts.COMMIT)
         self._read = client.register_script(scripts.READ)
         self._release = client.register_script(scripts.RELEASE_TURN)
-        self._remove = client.register_script(scripts.REMOVE)
+        self._remove = client.register_script(scripts.for_cluster(scripts.REMOVE) if cluster else scripts.REMOVE)
         # Every change answers within about one Redis timeout of arriving.
         self.budget = float(settings.get("BATCHY_REDIS_TIMEOUT", 2.0))
         self._idempotency_ms = float(settings.get("BATCHY_IDEMPOTENCY_HOURS", 24.0)) * 3_600_000
@@ -87,7 +91,7 @@ class Committer:
 
     def read(self, wf: str, lenient: bool = False) -> State:
         """Read the clock, the workflow and its bookkeeping in one atomic round trip."""
-        clock, flat_raw, flat_meta = self.transport.run(self._read, (keys.workflow(wf), keys.meta(wf)), ())
+        clock, flat_raw, flat_meta = self.transport.run(self._read, (self.keys.workflow(wf), self.keys.meta(wf)), ())
         return self._state(wf, clock, flat_raw, flat_meta, lenient)
 
     def _state(self, wf: str, clock, flat_raw, flat_meta, lenient: bool = False) -> State:
@@ -115,8 +119,8 @@ class Committer:
     def _remember(self, wf: str, version: str, state: State, change: Change, fields: dict[str, str]) -> None:
         # A load or import carries jobs as read from a file: keep only their JSON text.
         jobs = None if change.replace else change.after
-        meta = {**state.stored, **fields, keys.VERSION: version}
-        counted = keys.COUNT_PREFIX + change.action  # COMMIT counts the change (keys.count_field): so does the copy
+        meta = {**state.stored, **fields, self.keys.VERSION: version}
+        counted = self.keys.COUNT_PREFIX + change.action  # COMMIT counts the change (self.keys.count_field): so does the copy
         meta[counted] = str(int(meta.get(counted) or 0) + 1)
         self.cache.put(wf, (change.after_text, meta, jobs))
 
@@ -156,7 +160,7 @@ class Committer:
     def _release_turn(self, wf: str, token: str) -> None:
         """Give back a turn this writer may hold; best effort (it expires by itself)."""
         try:
-            self.transport.run(self._release, (keys.turn(wf),), (token,))
+            self.transport.run(self._release, (self.keys.turn(wf),), (token,))
         except Exception:  # noqa: BLE001 - the original error is what the caller must see
             pass
 
@@ -210,6 +214,11 @@ class Committer:
             status, value = int(reply[0]), reply[1]
             if status == scripts.Reply.APPLIED:
                 writer.insisted = False  # the commit gave the turn back
+                if change.replace and self.keys.cluster:
+                    # A load or import made the workflow exist: list it in the service-wide index
+                    # (its own slot), after the commit. A crash in between leaves it unlisted, never
+                    # wrong; reconcile_index lists it again (docs/operations.md).
+                    self.transport.redis.sadd(self.keys.WORKFLOWS, wf)
                 self.clock.learn(reply[2])
                 self._remember(wf, value, state, change, fields)
                 if len(reply) > 3 and reply[3] < self._wait_replicas:
@@ -243,24 +252,27 @@ class Committer:
 
     def _remove_now(self, wf: str, state: State, change: Change, actor: str) -> bool:
         """Apply a removal with scripts.REMOVE; return False when the workflow changed since state."""
-        args: list = [state.version, "1" if change.purge else "0", keys.batch_prefix(wf), self._events_keep,
+        args: list = [state.version, "1" if change.purge else "0", self.keys.batch_prefix(wf), self._events_keep,
                       len(change.snapshots)]
         for batch_id, _mode, _score, snapshot in change.snapshots:
-            args += [keys.batch(wf, batch_id), len(snapshot)]
+            args += [self.keys.batch(wf, batch_id), len(snapshot)]
             for name, job in snapshot.items():
                 args += [name, dumps(job)]
         event = self._event(state, change, actor)
         args.append(len(event))
         for item in event.items():
             args += item
-        args.append(keys.channel(wf))
+        args.append(self.keys.channel(wf))
         try:
-            done = int(self.transport.run(self._remove, keys.commit_keys(wf)[:5] + (
-                keys.WORKFLOWS, keys.pause(wf), keys.turn(wf)), args))
+            index = self.keys.workflow(wf) if self.keys.cluster else self.keys.WORKFLOWS  # a placeholder on a cluster
+            done = int(self.transport.run(self._remove, self.keys.commit_keys(wf)[:5] + (
+                index, self.keys.pause(wf), self.keys.turn(wf)), args))
         finally:
             self.cache.forget(wf)
         if done == -1:
             raise self.not_found(wf)
+        if done == 1 and self.keys.cluster:
+            self.transport.redis.srem(self.keys.WORKFLOWS, wf)  # after the commit: see docs/operations.md
         return done == 1
 
     def repeated_open(self, wf: str, batch_id: int, lenient: bool = False) -> Change:
@@ -273,7 +285,7 @@ class Committer:
         ran = {name: job for name, job in state.jobs.items() if job.get("batch_id") == batch_id}
         # A job it opened that runs in a newer batch now (its own schedule moved on): the
         # batch is not the one to answer with any more, whole or in part.
-        opened = self.transport.redis.hkeys(keys.batch(wf, batch_id))
+        opened = self.transport.redis.hkeys(self.keys.batch(wf, batch_id))
         moved = sorted(name for name in opened if name in state.jobs
                        and (state.jobs[name].get("batch_id") or 0) > batch_id)
         if moved:
@@ -320,26 +332,67 @@ class Committer:
             args += item
         args.append(len(change.snapshots))
         for batch_id, mode, score, snapshot in change.snapshots:
-            args += [keys.batch(wf, batch_id), mode, score, len(snapshot)]
+            args += [self.keys.batch(wf, batch_id), mode, score, len(snapshot)]
             for name, job in snapshot.items():
                 args += [name, dumps(job)]
         # A change planned without an audit event (a chunk's coverage merge: its event goes to
         # the backfill's own stream) writes none.
         event = self._event(state, change, actor) if change.audit else {}
-        args += [self._keep, keys.batch_prefix(wf), self._events_keep, len(event)]
+        args += [self._keep, self.keys.batch_prefix(wf), self._events_keep, len(event)]
         for item in event.items():
             args += item
-        args += [keys.channel(wf), change.action]
-        commit_keys = keys.commit_keys(wf)
+        args += [self.keys.channel(wf), change.action]
+        commit_keys = self.keys.commit_keys(wf)
         if change.idempotency_key:
-            commit_keys = (*commit_keys, keys.idempotency(wf, change.idempotency_key))
+            commit_keys = (*commit_keys, self.keys.idempotency(wf, change.idempotency_key))
             args += [change.batch_id, int(self._idempotency_ms)]
         if not self._wait_replicas:
             return self.transport.run(self._commit, commit_keys, args)
         # WAIT counts the replicas that have the latest write of *its* connection: send
         # it on the same connection as the commit, in one pipeline.
+        if self.keys.cluster:
+            return self._apply_and_wait_on_cluster(commit_keys, args)
         pipe = self.transport.redis.pipeline(transaction=False)
         self._commit(keys=commit_keys, args=args, client=pipe)
         pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout)
         result, acked = pipe.execute()
         return [*result, int(acked)] if int(result[0]) == scripts.Reply.APPLIED else result
+
+    def _apply_and_wait_on_cluster(self, commit_keys, args) -> list:
+        """COMMIT then WAIT on the primary of the workflow's slot, on one connection of that node.
+
+        redis-py's cluster pipeline would send the keyless WAIT to any node: the node's own
+        client is used instead. A slot that moved (MOVED, ASK: the script did not run) is tried
+        once more on its new primary; a node that does not answer makes the client learn the
+        cluster's shape again, and the call answers 503 (the change may or may not be applied,
+        as with any lost connection).
+        """
+        cluster = self.transport.redis
+        for attempt in (1, 2):
+            node = cluster.get_redis_connection(cluster.get_node_from_key(commit_keys[0]))
+            pipe = node.pipeline(transaction=False)
+            self._commit(keys=commit_keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout)
+            try:
+                result, acked = pipe.execute()
+            except redis.exceptions.ResponseError as exc:
+                moved = str(exc).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"))
+                if not moved:
+                    raise
+                self._relearn(cluster)
+                if attempt == 2 or str(exc).startswith(("TRYAGAIN", "CLUSTERDOWN")):
+                    raise redis.exceptions.TryAgainError(str(exc)) from exc
+                continue
+            except (redis.ConnectionError, redis.TimeoutError):
+                self._relearn(cluster)
+                raise
+            return [*result, int(acked)] if int(result[0]) == scripts.Reply.APPLIED else result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _relearn(cluster) -> None:
+        """Make the cluster client read the slots' owners again (best effort)."""
+        try:
+            cluster.nodes_manager.initialize()
+        except Exception as exc:  # noqa: BLE001 - the caller's error is the one to answer
+            log.info("redis cluster: could not refresh the slots map yet: %s", exc)

@@ -19,8 +19,17 @@ except ImportError:  # pragma: no cover - hiredis is a dependency
     _pack = None
 
 
-def connect(url: str, timeout: float = 2.0) -> redis.Redis:
-    """Return a Redis client for url; an empty url gives an embedded in-memory store."""
+def is_cluster(client) -> bool:
+    """Return whether client is redis-py's RedisCluster (keys are then routed by slot)."""
+    return isinstance(client, redis.RedisCluster)
+
+
+def connect(url: str, timeout: float = 2.0, cluster: bool = False) -> redis.Redis:
+    """Return a Redis client for url; an empty url gives an embedded in-memory store.
+
+    cluster: url names any node of a Redis Cluster; the client learns the others and routes
+    each command to the primary of its key's slot (redis-py's RedisCluster).
+    """
     options = dict(
         decode_responses=True,
         socket_timeout=timeout,
@@ -36,6 +45,12 @@ def connect(url: str, timeout: float = 2.0) -> redis.Redis:
         import fakeredis
 
         return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    if cluster:
+        if url.startswith("redis+sentinel://"):
+            raise SystemExit("batchy: BATCHY_REDIS_CLUSTER=true needs a redis:// URL of a cluster node, not Sentinel")
+        return redis.RedisCluster.from_url(
+            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
+            health_check_interval=30)
     if url.startswith("redis+sentinel://"):
         return _sentinel(url, options)
     return redis.Redis.from_url(url, **options)
@@ -149,4 +164,5 @@ class Transport:
             conn.disconnect()
             self._local.conn = None
         self.redis.close()
-        self.redis.connection_pool.disconnect()
+        if not is_cluster(self.redis):  # a cluster client closes each node's pool itself
+            self.redis.connection_pool.disconnect()

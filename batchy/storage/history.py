@@ -28,13 +28,15 @@ HISTORY_CHUNK = 10  # snapshots read per round trip
 class History:
     """Batches, search and audit events of the workflows in one Redis."""
 
-    def __init__(self, client: redis.Redis, not_found: Callable[[str], WorkflowNotFound]):
+    def __init__(self, client: redis.Redis, not_found: Callable[[str], WorkflowNotFound],
+                 style: keys.KeyStyle = keys.CLASSIC):
+        self.keys = style
         self.redis = client
         self.not_found = not_found
 
     def raw_batch(self, wf: str, batch_id: int) -> dict[str, str]:
         """Return the snapshot of one batch as stored, {job: JSON text}, in name order."""
-        raw = self.redis.hgetall(keys.batch(wf, batch_id))
+        raw = self.redis.hgetall(self.keys.batch(wf, batch_id))
         if not raw:
             raise BatchNotFound(f"workflow {wf!r} has no batch {batch_id} (never opened, or past retention)",
                                 workflow=wf, batch_id=batch_id)
@@ -48,8 +50,8 @@ class History:
         first (a batch of 10,000 jobs is megabytes), with at least one batch.
         """
         top = f"({before}" if before is not None else "+inf"
-        ids = self.redis.zrevrangebyscore(keys.history(wf), top, "-inf", start=0, num=limit)
-        if not ids and not self.redis.exists(keys.workflow(wf)):
+        ids = self.redis.zrevrangebyscore(self.keys.history(wf), top, "-inf", start=0, num=limit)
+        if not ids and not self.redis.exists(self.keys.workflow(wf)):
             raise self.not_found(wf)
         entries: list[dict] = []
         size = 0
@@ -57,14 +59,14 @@ class History:
             chunk = ids[start:start + HISTORY_CHUNK]
             pipe = self.redis.pipeline(transaction=False)
             for batch_id in chunk:
-                pipe.hgetall(keys.batch(wf, batch_id))
+                pipe.hgetall(self.keys.batch(wf, batch_id))
             for batch_id, raw in zip(chunk, pipe.execute()):
                 if not raw:  # retention may remove a snapshot between the two reads
                     continue
                 if entries and size > max_bytes:
                     return entries, True
                 size += sum(len(k) + len(v) for k, v in raw.items())
-                jobs = decode(raw, wf, keys.batch(wf, batch_id), snapshot=True)
+                jobs = decode(raw, wf, self.keys.batch(wf, batch_id), snapshot=True)
                 entries.append(summarize_batch(int(batch_id), jobs))
         return entries, len(ids) == limit
 
@@ -90,8 +92,9 @@ class History:
         found: list[dict] = []
         scanned = 0
         chunk = 200
+        merged: list[str] = []  # on a cluster: every workflow's index in range, read once a call
         while len(found) < limit and scanned < scan_limit:
-            members = self.redis.zrangebyscore(keys.BATCHES, low, high, start=offset + scanned, num=chunk)
+            members = self._indexed(low, high, offset + scanned, chunk, workflow, merged)
             if not members:
                 return found, None
             pipe = self.redis.pipeline(transaction=False)
@@ -99,7 +102,7 @@ class History:
                 pipe.hgetall(member)
             for member, raw in zip(members, pipe.execute()):
                 scanned += 1
-                wf, _, batch_id = member.rpartition("-")
+                wf, batch_id = self.keys.batch_id_of(member)
                 if not raw or (workflow and wf != workflow):
                     continue
                 jobs = decode(raw, wf, member, snapshot=True, lenient=True)  # one bad key must not end a search
@@ -115,12 +118,30 @@ class History:
                 return found, None
         return found, offset + scanned
 
+    def _indexed(self, low, high, start: int, num: int, workflow: str | None, merged: list[str]) -> list[str]:
+        """Return num batch keys from start of the batches index by start time (score, then name).
+
+        Classic style: one ZRANGEBYSCORE of batchy:batches. Cluster style: each workflow has its
+        own index in its own slot, so the ranges of the workflows asked about are read (one
+        pipeline, routed per node) and merged in the same order.
+        """
+        if not self.keys.cluster:
+            return self.redis.zrangebyscore(self.keys.BATCHES, low, high, start=start, num=num)
+        if not merged:
+            names = [workflow] if workflow else sorted(self.redis.smembers(self.keys.WORKFLOWS))
+            pipe = self.redis.pipeline(transaction=False)
+            for wf in names:
+                pipe.zrangebyscore(self.keys.batches(wf), low, high, withscores=True)
+            entries = sorted((score, member) for found in pipe.execute() for member, score in found)
+            merged += [member for _score, member in entries] or [""]  # [""]: read, none found
+        return [member for member in merged[start:start + num] if member]
+
     def events(self, wf: str, *, limit: int = 100, before: str | None = None) -> list[dict]:
         """Return wf's audit events newest first: its own stream merged with its backfills' chunk
         event streams (their ids share one order: backfill_lua.chunk_audit)."""
         top = f"({before}" if before else "+"
-        streams = [keys.events(wf)] + [keys.backfill_events(wf, backfill_id)
-                                       for backfill_id in self.redis.zrange(keys.backfills(wf), 0, -1)]
+        streams = [self.keys.events(wf)] + [self.keys.backfill_events(wf, backfill_id)
+                                       for backfill_id in self.redis.zrange(self.keys.backfills(wf), 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for stream in streams:
             pipe.xrevrange(stream, top, "-", count=limit)
@@ -130,7 +151,7 @@ class History:
             raise InvalidParameter(f"before must be an event id such as 1700000000000-0 ({exc})",
                                    parameter="before") from None
         entries = heapq.nlargest(limit, itertools.chain.from_iterable(replies), key=lambda e: _event_order(e[0]))
-        if not entries and not self.redis.exists(keys.workflow(wf)):
+        if not entries and not self.redis.exists(self.keys.workflow(wf)):
             raise self.not_found(wf)
         result = []
         for event_id, fields in entries:
@@ -148,8 +169,8 @@ class History:
         (health.loaded_through). None if some job never succeeded.
         """
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hkeys(keys.workflow(wf))
-        pipe.hgetall(keys.meta(wf))
+        pipe.hkeys(self.keys.workflow(wf))
+        pipe.hgetall(self.keys.meta(wf))
         job_names, meta = pipe.execute()
         if not job_names:
             raise self.not_found(wf)
@@ -172,8 +193,8 @@ class History:
                                                                   dict]:
         """Return wf's jobs, their coverage (coverage.Ledger) and its settings, in one atomic read."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hgetall(keys.workflow(wf))
-        pipe.hgetall(keys.meta(wf))
+        pipe.hgetall(self.keys.workflow(wf))
+        pipe.hgetall(self.keys.meta(wf))
         raw, meta = pipe.execute()
         if not raw:
             raise self.not_found(wf)
@@ -215,8 +236,8 @@ class History:
         """
         pipe = self.redis.pipeline(transaction=False)
         for wf in names:
-            pipe.hgetall(keys.workflow(wf))
-            pipe.hgetall(keys.meta(wf))
+            pipe.hgetall(self.keys.workflow(wf))
+            pipe.hgetall(self.keys.meta(wf))
         replies = pipe.execute()
         result = {}
         for wf, raw, meta in zip(names, replies[::2], replies[1::2]):
@@ -225,7 +246,7 @@ class History:
             try:
                 jobs = decode(raw, wf)
                 marks = success_marks(meta)
-                last = int(meta[keys.LAST_BATCH_ID]) if meta.get(keys.LAST_BATCH_ID) else None
+                last = int(meta[self.keys.LAST_BATCH_ID]) if meta.get(self.keys.LAST_BATCH_ID) else None
             except (CorruptState, ValueError) as exc:
                 # One broken workflow must not hide the others from the dashboard and metrics.
                 message = exc.message if isinstance(exc, CorruptState) else f"workflow {wf!r}: bad meta: {exc}"
@@ -235,7 +256,7 @@ class History:
                 found = ledgers_of(wf, meta)
             except CorruptState:
                 found = None
-            texts = keys.coverage_texts(meta)
+            texts = self.keys.coverage_texts(meta)
             for job in texts:
                 if job in jobs:
                     if found is None:

@@ -231,3 +231,221 @@ REPAIR_LEADER = NAMESPACE + "repair-leader"  # string, expiring: the process tha
 def repair_lock(wf: str) -> str:
     """String, expiring: held while one process checks and repairs wf's holes (never two backfills of one range)."""
     return f"{NAMESPACE}repair:{wf}"
+
+
+# -- key styles: classic (the names above) and cluster (every workflow's keys in one hash slot) -------
+
+SLOTS = 16384
+
+
+def key_slot(key: str) -> int:
+    """Return the Redis Cluster hash slot of key (CRC16 of its hash tag, or of the whole key)."""
+    from redis.crc import key_slot as _slot  # redis-py's own: the same answer the cluster gives
+
+    return _slot(key.encode())
+
+
+@functools.lru_cache(maxsize=1)
+def _slot_tags() -> tuple[str, ...]:
+    """Return, for every slot, the shortest decimal text whose hash tag lands in that slot."""
+    from binascii import crc_hqx
+
+    tags: list[str | None] = [None] * SLOTS
+    missing, i = SLOTS, 0
+    while missing:
+        text = str(i)
+        slot = crc_hqx(text.encode(), 0) % SLOTS
+        if tags[slot] is None:
+            tags[slot] = text
+            missing -= 1
+        i += 1
+    return tuple(tags)  # type: ignore[arg-type]
+
+
+_PER_WORKFLOW = ("workflow", "batch_prefix", "batch", "meta", "history", "events", "pause", "turn", "idempotency",
+                 "channel", "workflow_from_channel", "backfills", "backfill", "backfill_chunks", "backfill_queue",
+                 "backfill_events", "repair_lock", "webhook_seen")
+
+
+class KeyStyle:
+    """The key names of one store, chosen once when it is made.
+
+    classic: the names above, byte for byte (one Redis, or Sentinel).
+    cluster: the same shapes with the workflow name as a hash tag - `{wf1}`,
+    `{wf1}-<batch_id>`, `batchy:wf:{wf1}` - so every key of one workflow lives in one
+    hash slot and each commit stays one atomic script. Service-wide keys are never a
+    commit script's KEYS there: the batches index is per workflow (`batchy:batches:{wf1}`),
+    `batchy:workflows` is kept around the commit (store.py), the service pause is copied
+    into a marker per slot (pause_marker), and the webhook queues share the tag `{webhooks}`.
+    """
+
+    # Meta fields do not depend on the style.
+    VERSION, LAST_BATCH_ID, SETTINGS = VERSION, LAST_BATCH_ID, SETTINGS
+    COUNT_PREFIX, SUCCESS_PREFIX, COVERAGE_PREFIX = COUNT_PREFIX, SUCCESS_PREFIX, COVERAGE_PREFIX
+    BACKFILL_COUNT_PREFIX = BACKFILL_COUNT_PREFIX
+    WORKFLOWS, PAUSE, READY_PROBE, BATCHES = WORKFLOWS, PAUSE, READY_PROBE, BATCHES
+    WEBHOOK_LEADER, REPAIR_LEADER = WEBHOOK_LEADER, REPAIR_LEADER
+    count_field = staticmethod(count_field)
+    success_field = staticmethod(success_field)
+    coverage_field = staticmethod(coverage_field)
+    coverage_texts = staticmethod(coverage_texts)
+    counts = staticmethod(counts)
+    success_texts = staticmethod(success_texts)
+    backfill_count_field = staticmethod(backfill_count_field)
+    pause_history = staticmethod(pause_history)
+
+    def __init__(self, cluster: bool = False):
+        self.cluster = cluster
+        self.name = "cluster" if cluster else "classic"
+        if cluster:
+            self.WEBHOOK_OUTBOX = NAMESPACE + "{webhooks}:outbox"
+            self.WEBHOOK_INFLIGHT = NAMESPACE + "{webhooks}:inflight"
+            self.WEBHOOK_SENDING = NAMESPACE + "{webhooks}:sending"
+            # the lineage outbox's scripts and the transaction that queues runs and moves the
+            # cursors touch these together: one tag
+            self.LINEAGE_OUTBOX = NAMESPACE + "{lineage}:outbox"
+            self.LINEAGE_INFLIGHT = NAMESPACE + "{lineage}:inflight"
+            self.LINEAGE_SENDING = NAMESPACE + "{lineage}:sending"
+            self.LINEAGE_CURSORS = NAMESPACE + "{lineage}:cursors"
+        else:
+            self.WEBHOOK_OUTBOX, self.WEBHOOK_INFLIGHT, self.WEBHOOK_SENDING = (
+                WEBHOOK_OUTBOX, WEBHOOK_INFLIGHT, WEBHOOK_SENDING)
+            self.LINEAGE_OUTBOX, self.LINEAGE_INFLIGHT, self.LINEAGE_SENDING, self.LINEAGE_CURSORS = (
+                LINEAGE_OUTBOX, LINEAGE_INFLIGHT, LINEAGE_SENDING, LINEAGE_CURSORS)
+        self.commit_keys = functools.lru_cache(maxsize=4096)(self._commit_keys)
+        if not cluster:
+            # Classic: the module's own functions, bound as they are - the same names byte for
+            # byte, and no extra call on the hot path.
+            g = globals()
+            for name in _PER_WORKFLOW:
+                setattr(self, name, g[name])
+            self.commit_keys = commit_keys
+
+    def __repr__(self) -> str:
+        return f"KeyStyle({self.name})"
+
+    def __getattr__(self, name: str):
+        """Any other name of this module through the style: constants and field helpers as they
+        are; a key function of a workflow (its first parameter is `wf`) with the workflow's
+        name tagged on a cluster. A key added to the module is thus in both styles at once;
+        a service-wide key a script uses with others needs a shared tag here by hand
+        (as the webhook queues have)."""
+        import inspect
+
+        found = globals().get(name)
+        if found is None or name.startswith("_"):
+            raise AttributeError(name)
+        if self.cluster and inspect.isfunction(found):
+            params = list(inspect.signature(found).parameters)
+            if params and params[0] == "wf":
+                def tagged(wf, *args, _key=found):
+                    return _key(self.tag(wf), *args)
+                setattr(self, name, tagged)
+                return tagged
+        return found
+
+    def stream_owner(self, name: str) -> tuple[str, str | None] | None:
+        """Return (workflow, backfill id or None) of an audit stream's key in this style, else None."""
+        found = stream_owner(name)
+        if found is None or not self.cluster:
+            return found
+        wf = self.untag(found[0])
+        return None if wf == found[0] else (wf, found[1])
+
+    def tag(self, wf: str) -> str:
+        """Return how wf appears in its key names: itself, or `{wf}` on a cluster."""
+        return "{" + wf + "}" if self.cluster else wf
+
+    def untag(self, name: str) -> str:
+        """Return the workflow of a tagged name (the inverse of tag)."""
+        return name[1:-1] if self.cluster and name.startswith("{") and name.endswith("}") else name
+
+    def workflow(self, wf: str) -> str:
+        return workflow(self.tag(wf))
+
+    def batch_prefix(self, wf: str) -> str:
+        return batch_prefix(self.tag(wf))
+
+    def batch(self, wf: str, batch_id: int | str) -> str:
+        return batch(self.tag(wf), batch_id)
+
+    def meta(self, wf: str) -> str:
+        return meta(self.tag(wf))
+
+    def history(self, wf: str) -> str:
+        return history(self.tag(wf))
+
+    def events(self, wf: str) -> str:
+        return events(self.tag(wf))
+
+    def pause(self, wf: str) -> str:
+        return pause(self.tag(wf))
+
+    def turn(self, wf: str) -> str:
+        return turn(self.tag(wf))
+
+    def idempotency(self, wf: str, key: str) -> str:
+        return idempotency(self.tag(wf), key)
+
+    def channel(self, wf: str) -> str:
+        return channel(self.tag(wf))
+
+    def workflow_from_channel(self, name: str) -> str:
+        return self.untag(workflow_from_channel(name))
+
+    def backfills(self, wf: str) -> str:
+        return backfills(self.tag(wf))
+
+    def backfill(self, wf: str, backfill_id: int | str) -> str:
+        return backfill(self.tag(wf), backfill_id)
+
+    def backfill_chunks(self, wf: str, backfill_id: int | str) -> str:
+        return backfill_chunks(self.tag(wf), backfill_id)
+
+    def backfill_queue(self, wf: str, backfill_id: int | str) -> str:
+        return backfill_queue(self.tag(wf), backfill_id)
+
+    def backfill_events(self, wf: str, backfill_id: int | str) -> str:
+        return backfill_events(self.tag(wf), backfill_id)
+
+    def repair_lock(self, wf: str) -> str:
+        return repair_lock(self.tag(wf))
+
+    def webhook_seen(self, event_id: str) -> str:
+        return f"{NAMESPACE}{{webhooks}}:seen:{event_id}" if self.cluster else webhook_seen(event_id)
+
+    def batches(self, wf: str) -> str:
+        """The index of wf's batch snapshots by start: the service-wide zset, or wf's own on a cluster."""
+        return f"{NAMESPACE}batches:{self.tag(wf)}" if self.cluster else BATCHES
+
+    def pause_marker(self, wf: str) -> str:
+        """The service pause as wf's commit sees it: batchy:pause, or the marker of wf's slot on a cluster."""
+        if not self.cluster:
+            return PAUSE
+        return f"{NAMESPACE}pause-slot:{{{_slot_tags()[key_slot(self.workflow(wf))]}}}"
+
+    def pause_markers(self) -> list[str]:
+        """Every slot's service pause marker (cluster style only)."""
+        return [f"{NAMESPACE}pause-slot:{{{tag}}}" for tag in _slot_tags()]
+
+    def _commit_keys(self, wf: str) -> tuple[str, ...]:
+        """Return the KEYS of scripts.COMMIT for wf, in its order (all in wf's slot on a cluster;
+        KEYS[6] is unused there: the workflows index is kept around the commit)."""
+        if not self.cluster:
+            return commit_keys(wf)
+        return (self.workflow(wf), self.meta(wf), self.history(wf), self.batches(wf), self.events(wf),
+                self.workflow(wf), self.pause_marker(wf), self.pause(wf), self.turn(wf))
+
+    def batch_id_of(self, member: str) -> tuple[str, str]:
+        """Return (workflow, batch id) of a batches-index member `<wf>-<id>` (tagged on a cluster)."""
+        wf, _, batch_id = member.rpartition("-")
+        return self.untag(wf), batch_id
+
+
+CLASSIC = KeyStyle(False)
+CLUSTER = KeyStyle(True)
+
+
+def style(cluster: bool) -> KeyStyle:
+    """Return the key style of a store: CLUSTER or CLASSIC."""
+    return CLUSTER if cluster else CLASSIC

@@ -91,8 +91,9 @@ class Sender(Background):
         self.store = store
         self.url = url
         self.namespace = namespace
-        self.lead = Lead(store.redis, keys.LINEAGE_LEADER, int(interval * 3000))
-        self.outbox = Outbox(store.redis, keys.LINEAGE_OUTBOX, keys.LINEAGE_INFLIGHT, keys.LINEAGE_SENDING,
+        self.lead = Lead(store.redis, store.keys.LINEAGE_LEADER, int(interval * 3000))
+        self.outbox = Outbox(store.redis, store.keys.LINEAGE_OUTBOX, store.keys.LINEAGE_INFLIGHT,
+                             store.keys.LINEAGE_SENDING,
                              visibility=2 * timeout + 5, max_tries=MAX_TRIES, name="lineage")
         # No retries inside a post: a collector that is down is tried again on the next round,
         # and the sender never sleeps on its backoff while holding an event.
@@ -123,8 +124,8 @@ class Sender(Background):
         """Return the stream id from which a stream without a cursor is read (set once, service-wide)."""
         client = self.store.redis
         seconds, micros = client.time()
-        client.hsetnx(keys.LINEAGE_CURSORS, keys.LINEAGE_SINCE, f"{seconds * 1000 + micros // 1000}-0")
-        return client.hget(keys.LINEAGE_CURSORS, keys.LINEAGE_SINCE)
+        client.hsetnx(self.store.keys.LINEAGE_CURSORS, keys.LINEAGE_SINCE, f"{seconds * 1000 + micros // 1000}-0")
+        return client.hget(self.store.keys.LINEAGE_CURSORS, keys.LINEAGE_SINCE)
 
     def round(self) -> int:
         """Collect and send once if this process leads; return the events sent."""
@@ -145,15 +146,15 @@ class Sender(Background):
         names = sorted(self.store.workflows())
         pipe = client.pipeline(transaction=False)
         for wf in names:
-            pipe.zrange(keys.backfills(wf), 0, -1)
-        pipe.hgetall(keys.LINEAGE_CURSORS)
+            pipe.zrange(self.store.keys.backfills(wf), 0, -1)
+        pipe.hgetall(self.store.keys.LINEAGE_CURSORS)
         *backfills, cursors = pipe.execute()
         streams: dict[str, tuple[str, bool]] = {}
         for wf, ids in zip(names, backfills):
-            streams[keys.events(wf)] = (wf, False)
-            streams.update({keys.backfill_events(wf, backfill_id): (wf, True) for backfill_id in ids})
+            streams[self.store.keys.events(wf)] = (wf, False)
+            streams.update({self.store.keys.backfill_events(wf, backfill_id): (wf, True) for backfill_id in ids})
         for name in cursors:
-            owner = keys.stream_owner(name)
+            owner = self.store.keys.stream_owner(name)
             if owner and name not in streams:
                 streams[name] = (owner[0], owner[1] is not None)
         pipe = client.pipeline(transaction=False)
@@ -164,7 +165,7 @@ class Sender(Background):
         replies = pipe.execute()
         queued: list[dict] = []
         moved: dict[str, str] = {}
-        gone = [name for name in cursors if name != keys.LINEAGE_SINCE and keys.stream_owner(name) is None]
+        gone = [name for name in cursors if name != keys.LINEAGE_SINCE and self.store.keys.stream_owner(name) is None]
         for (stream, (wf, chunk_stream)), entries, exists in zip(streams.items(), replies[::2], replies[1::2]):
             for entry_id, fields in entries:
                 queued += bodies(wf, fields, chunk_stream)
@@ -176,9 +177,9 @@ class Sender(Background):
         pipe = client.pipeline(transaction=True)
         self.outbox.push(queued, pipe)
         if moved:
-            pipe.hset(keys.LINEAGE_CURSORS, mapping=moved)
+            pipe.hset(self.store.keys.LINEAGE_CURSORS, mapping=moved)
         if gone:
-            pipe.hdel(keys.LINEAGE_CURSORS, *gone)
+            pipe.hdel(self.store.keys.LINEAGE_CURSORS, *gone)
         pipe.execute()
         return len(queued)
 

@@ -4,6 +4,11 @@ Every state change PUBLISHes on keys.channel(wf). One listener thread per proces
 PSUBSCRIBEs keys.CHANNEL_PATTERN; when a workflow somebody waits on changes, it reads
 the workflow once and wakes that workflow's waiters through a Condition, so N waiters
 cost one Redis connection and one read per change, not N of each.
+
+On a Redis Cluster changes go out on sharded pub/sub (SPUBLISH on the workflow's channel,
+in its slot), which has no pattern subscription: the listener SSUBSCRIBEs the channels of
+the workflows somebody waits on, and reads each once when its subscription is confirmed,
+so a change made before it cannot be missed.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from ..errors import BatchyError, TooManyWaiters, Unavailable
 log = logging.getLogger("batchy")
 
 SLICE = 0.5  # seconds the listener blocks on pub/sub before checking for shutdown
+SHARDED_SLICE = 0.05  # on a cluster it also picks up new workflows to SSUBSCRIBE this often
 
 
 class _Watch:
@@ -102,6 +108,8 @@ class Notifier:
     # -- the listener thread ---------------------------------------------------
 
     def _run(self) -> None:
+        if self.store.keys.cluster:
+            return self._run_sharded()
         backoff = 0.1
         lost = False
         while not self._stopping():
@@ -131,6 +139,71 @@ class Notifier:
             except (redis.RedisError, OSError, ValueError) as exc:
                 if not lost:
                     log.warning("wait listener lost Redis pub/sub (%s); reconnecting", exc)
+                    lost = True
+                self._subscribed.clear()
+                self._refresh(None, read=False)
+                self._sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:  # noqa: BLE001 - the listener must outlive any surprise
+                log.exception("wait listener failed; restarting it")
+                self._subscribed.clear()
+                self._sleep(1.0)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001 - closing a dead connection
+                        pass
+        self._subscribed.clear()
+        with self._lock:
+            self.closing = True
+            for watch in self._watches.values():
+                watch.changed.notify_all()
+
+    def _run_sharded(self) -> None:
+        """The listener on a cluster: SSUBSCRIBE the channels of the watched workflows."""
+        style = self.store.keys
+        backoff = 0.1
+        lost = False
+        while not self._stopping():
+            pubsub = None
+            subscribed: set[str] = set()
+            try:
+                pubsub = self.store.redis.pubsub()
+                self.store.redis.ping()  # reachable: waiters may count on the subscriptions that follow
+                self._subscribed.set()
+                if lost:
+                    log.warning("wait listener: sharded pub/sub is back")
+                    lost = False
+                backoff = 0.1
+                while not self._stopping():
+                    with self._lock:
+                        wanted = set(self._watches)
+                    for wf in sorted(wanted - subscribed):
+                        pubsub.ssubscribe(style.channel(wf))
+                        subscribed.add(wf)
+                    gone = subscribed - wanted
+                    if gone:
+                        pubsub.sunsubscribe(*(style.channel(wf) for wf in gone))
+                        subscribed -= gone
+                    message = pubsub.get_sharded_message(timeout=SHARDED_SLICE if subscribed else 0) \
+                        if subscribed else None
+                    if message is None:
+                        if not subscribed:
+                            time.sleep(SHARDED_SLICE)
+                        continue
+                    changed = set()
+                    while message is not None:
+                        name = message["channel"]
+                        if message["type"] in ("ssubscribe", "smessage"):
+                            # A confirmed subscription reads the workflow once: a change made
+                            # before it is seen there.
+                            changed.add(style.workflow_from_channel(name))
+                        message = pubsub.get_sharded_message(timeout=0)
+                    self._refresh(changed)
+            except (redis.RedisError, OSError, ValueError) as exc:
+                if not lost:
+                    log.warning("wait listener lost Redis sharded pub/sub (%s); reconnecting", exc)
                     lost = True
                 self._subscribed.clear()
                 self._refresh(None, read=False)

@@ -13,7 +13,9 @@ from ..rules.times import format_time
 class Pauses:
     """The pause records, their history, and the check every open makes."""
 
-    def __init__(self, client: redis.Redis, events_keep: int, now, not_found: Callable[[str], WorkflowNotFound]):
+    def __init__(self, client: redis.Redis, events_keep: int, now, not_found: Callable[[str], WorkflowNotFound],
+                 style: keys.KeyStyle = keys.CLASSIC):
+        self.keys = style
         self.redis = client
         self.events_keep = events_keep
         self.now = now  # () -> Redis' clock
@@ -21,7 +23,7 @@ class Pauses:
 
     def pause(self, wf: str | None, message: str, actor: str = "") -> dict:
         """Refuse new batches of wf (None: of every workflow) until resumed."""
-        if wf is not None and not self.redis.exists(keys.workflow(wf)):
+        if wf is not None and not self.redis.exists(self.keys.workflow(wf)):
             raise self.not_found(wf)
         record = {"message": message, "since": format_time(self.now()), "actor": actor, "scope": wf or "*"}
         self._write(wf, "pause", record, lambda pipe, key: pipe.hset(key, mapping=record))
@@ -29,42 +31,55 @@ class Pauses:
 
     def resume(self, wf: str | None, actor: str = "") -> dict:
         """Allow new batches again."""
-        if wf is not None and not self.redis.exists(keys.workflow(wf), keys.pause(wf)):
+        if wf is not None and not self.redis.exists(self.keys.workflow(wf), self.keys.pause(wf)):
             raise self.not_found(wf)
         record = {"message": "", "since": format_time(self.now()), "actor": actor, "scope": wf or "*"}
         self._write(wf, "resume", record, lambda pipe, key: pipe.delete(key))
         return {**record, "paused": False}
 
     def _write(self, wf, action, record, write) -> None:
-        key = keys.pause(wf) if wf else keys.PAUSE
-        pipe = self.redis.pipeline(transaction=True)
+        key = self.keys.pause(wf) if wf else self.keys.PAUSE
+        cluster = self.keys.cluster
+        # On a cluster the keys below live in several slots: no MULTI across them. Each write
+        # is idempotent, and a pause or resume that fails half way answers an error to repeat.
+        pipe = self.redis.pipeline(transaction=not cluster)
+        if cluster and not wf:
+            # The service pause as every slot's commit sees it: a marker per slot (keys.pause_marker).
+            for marker in self.keys.pause_markers():
+                if action == "pause":
+                    pipe.set(marker, "1")
+                else:
+                    pipe.delete(marker)
         write(pipe, key)
         entry = {"time": record["since"], "action": action, "scope": record["scope"],
                  "message": record["message"], "actor": record["actor"]}
-        pipe.xadd(keys.pause_history(), entry, maxlen=self.events_keep, approximate=True)
+        pipe.xadd(self.keys.pause_history(), entry, maxlen=self.events_keep, approximate=True)
         if wf:
-            pipe.xadd(keys.events(wf), {**entry, "batch_id": ""}, maxlen=self.events_keep, approximate=True)
-            pipe.publish(keys.channel(wf), action)
+            pipe.xadd(self.keys.events(wf), {**entry, "batch_id": ""}, maxlen=self.events_keep, approximate=True)
+            if cluster:
+                pipe.execute_command("SPUBLISH", self.keys.channel(wf), action)
+            else:
+                pipe.publish(self.keys.channel(wf), action)
         pipe.execute()
 
     def status(self, names: list[str]) -> dict:
         """Return the service-wide pause and every paused workflow of names."""
-        service = self.redis.hgetall(keys.PAUSE)
+        service = self.redis.hgetall(self.keys.PAUSE)
         pipe = self.redis.pipeline(transaction=False)
         for wf in names:
-            pipe.hgetall(keys.pause(wf))
+            pipe.hgetall(self.keys.pause(wf))
         paused = {wf: p for wf, p in zip(names, pipe.execute()) if p}
         return {"service": service or None, "workflows": paused}
 
     def history(self, limit: int = 100) -> list[dict]:
         """Return pause and resume events, newest first."""
-        return [{"id": i, **f} for i, f in self.redis.xrevrange(keys.pause_history(), count=limit)]
+        return [{"id": i, **f} for i, f in self.redis.xrevrange(self.keys.pause_history(), count=limit)]
 
     def check(self, wf: str) -> None:
         """Raise Paused if wf or the service is paused."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(keys.PAUSE)
-        pipe.hgetall(keys.pause(wf))
+        pipe.hgetall(self.keys.PAUSE)
+        pipe.hgetall(self.keys.pause(wf))
         service, own = pipe.execute()
         pause = own or service
         if pause:

@@ -81,7 +81,7 @@ class Repairer(Background):
 
     def repair(self, wf: str) -> list[dict]:
         """Create the backfills wf's settled holes need now, under its lock; return them."""
-        lock = keys.repair_lock(wf)
+        lock = self.store.keys.repair_lock(wf)
         if not self.store.redis.set(lock, self.lead.token, nx=True, px=LOCK_SECONDS * 1000):
             return []  # another process repairs wf right now
         try:

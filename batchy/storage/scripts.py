@@ -224,3 +224,23 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', A[4], '*', unpack(A, i + 2, i + 1 + 2
 redis.call('PUBLISH', A[i + 2 + 2 * nevent], 'remove')
 return 1
 """).substitute(VERSION=keys.VERSION)
+
+
+def for_cluster(script: str) -> str:
+    """Return the cluster-style text of COMMIT or REMOVE.
+
+    On a cluster every KEYS of a commit lives in the workflow's slot (keys.KeyStyle), so
+    the script cannot touch the service-wide batchy:workflows: the store keeps it around
+    the commit instead (store.py), and KEYS[6] is a placeholder. Announcements go out on
+    sharded pub/sub (SPUBLISH on the workflow's own channel, in its slot). The classic
+    scripts are left byte for byte as they are.
+    """
+    swaps = [("redis.call('PUBLISH',", "redis.call('SPUBLISH',"),
+             ("redis.call('SADD', KEYS[6], KEYS[1])", "-- batchy:workflows: kept by the store on a cluster"),
+             ("redis.call('SREM', KEYS[6], KEYS[1])", "-- batchy:workflows: kept by the store on a cluster")]
+    out = script
+    for old, new in swaps:
+        out = out.replace(old, new)
+    if "'PUBLISH'" in out or "KEYS[6], KEYS[1])" in out:  # pragma: no cover - a script changed shape
+        raise AssertionError("scripts.for_cluster: a service-wide call is left in the script")
+    return out

@@ -11,12 +11,12 @@ from datetime import datetime
 
 import redis
 
-from . import keys, transfer, webhooks
+from . import keys, migrate, transfer, webhooks
 from ..rules import plans
 from .cache import StateCache
 from .clock import Clock
 from .commit import Committer
-from .connections import Transport
+from .connections import Transport, is_cluster
 from ..errors import BatchyError, WorkflowNotFound, redis_refusal
 from .history import History
 from ..rules.jobs import Status, check_raw, decode
@@ -33,14 +33,17 @@ class BatchStore:
 
     def __init__(self, client: redis.Redis, settings: dict, clock: Clock | None = None):
         self.redis = client
+        # The key style, chosen once: cluster-style names (hash tags) when asked, or on a cluster client.
+        self.keys = keys.style(bool(settings.get("BATCHY_REDIS_CLUSTER")) or is_cluster(client))
         self.webhooks = bool(settings.get("BATCHY_WEBHOOK_URL"))
         self.clock = clock or Clock()
         self.transport = Transport(client)
         self.cache = StateCache(settings.get("BATCHY_STATE_CACHE", 1024))
         cfg_dir = settings.get("BATCHY_CFG_DIR", "cfg")
-        self.pausing = Pauses(client, settings["BATCHY_EVENTS_KEEP"], self.now, self._not_found)
-        self.committer = Committer(self.transport, self.clock, self.cache, settings, self.pausing.check, cfg_dir)
-        self.reads = History(client, self._not_found)
+        self.pausing = Pauses(client, settings["BATCHY_EVENTS_KEEP"], self.now, self._not_found, self.keys)
+        self.committer = Committer(self.transport, self.clock, self.cache, settings, self.pausing.check, cfg_dir,
+                                   self.keys)
+        self.reads = History(client, self._not_found, self.keys)
 
     def _not_found(self, wf: str):
         return self.committer.not_found(wf)
@@ -53,7 +56,7 @@ class BatchStore:
     def refuses_writes(self) -> str | None:
         """Return why Redis refuses writes now (out of memory, read-only), or None if it takes them."""
         try:
-            self.redis.set(keys.READY_PROBE, "1", px=10000)
+            self.redis.set(self.keys.READY_PROBE, "1", px=10000)
         except redis.ResponseError as exc:
             why = redis_refusal(exc)
             if why is None:
@@ -68,7 +71,7 @@ class BatchStore:
 
     def raw_status(self, wf: str) -> dict[str, str]:
         """Return the workflow hash as stored: {job: JSON text}, in name order. One round trip."""
-        raw = self.transport.hgetall(keys.workflow(wf))
+        raw = self.transport.hgetall(self.keys.workflow(wf))
         if not raw:
             raise self._not_found(wf)
         return check_raw(wf, dict(sorted(raw.items())))
@@ -78,7 +81,28 @@ class BatchStore:
 
     def workflows(self) -> list[str]:
         """Return the names of every loaded workflow."""
-        return sorted(self.redis.smembers(keys.WORKFLOWS))
+        return sorted(self.redis.smembers(self.keys.WORKFLOWS))
+
+    def reconcile_index(self) -> dict[str, list[str]]:
+        """Make batchy:workflows list exactly the workflows that exist; return {added, dropped}.
+
+        On a cluster the index is kept around each commit, not in it (scripts.for_cluster):
+        a process that stops between a load and its SADD leaves the workflow unlisted. Found
+        by a SCAN of every primary for meta hashes; nothing the commits decide reads the index.
+        """
+        names = set(migrate.workflows_in(self.redis, self.keys))
+        listed = set(self.redis.smembers(self.keys.WORKFLOWS))
+        candidates = sorted(names | listed)
+        pipe = self.redis.pipeline(transaction=False)
+        for wf in candidates:
+            pipe.exists(self.keys.workflow(wf))
+        exists = {wf for wf, n in zip(candidates, pipe.execute()) if n}
+        added, dropped = sorted(exists - listed), sorted(listed - exists)
+        if added:
+            self.redis.sadd(self.keys.WORKFLOWS, *added)
+        if dropped:
+            self.redis.srem(self.keys.WORKFLOWS, *dropped)
+        return {"added": added, "dropped": dropped}
 
     def read(self, wf: str) -> State:
         return self.committer.read(wf)
@@ -120,7 +144,7 @@ class BatchStore:
             # A retry answers the batch its key opened before any rule is applied again (an
             # exclusive workflow would refuse a second open); the commit script checks the
             # key once more, for two attempts racing.
-            opened = self.redis.get(keys.idempotency(wf, idempotency_key))
+            opened = self.redis.get(self.keys.idempotency(wf, idempotency_key))
             if opened is not None:
                 return self.committer.repeated_open(wf, int(opened))
         return self.mutate(wf, plan, actor=actor)
@@ -137,7 +161,7 @@ class BatchStore:
         if self.webhooks and outcome == Status.FAILED and not change.noop:
             try:
                 text, ident = webhooks.failure_text(wf, change.writes)
-                webhooks.announce(self.redis, "failed", text, ident, workflow=wf, batch_id=change.batch_id,
+                webhooks.announce(self.redis, "failed", text, ident, self.keys, workflow=wf, batch_id=change.batch_id,
                                   jobs=sorted(change.writes))
             except redis.RedisError as exc:  # the failure is recorded; only its announcement is lost
                 log.warning("webhooks: could not queue the failure of %s: %s", wf, exc)
@@ -157,7 +181,7 @@ class BatchStore:
     def rewind(self, wf: str, batch_id: int, *, job: str | None = None, force: bool = False,
                actor: str = "") -> Change:
         """Make the next batch of wf (or one job) extract from where batch batch_id did."""
-        snapshot = decode(self.raw_batch(wf, batch_id), wf, keys.batch(wf, batch_id), snapshot=True)
+        snapshot = decode(self.raw_batch(wf, batch_id), wf, self.keys.batch(wf, batch_id), snapshot=True)
         return self.mutate(wf, lambda state: plans.plan_rewind(state, batch_id, snapshot, job=job, force=force),
                            actor=actor)
 
@@ -177,14 +201,14 @@ class BatchStore:
 
     def _purge_backfills(self, wf: str) -> None:
         """Delete every backfill of wf (removed: none can be created meanwhile)."""
-        ids = self.redis.zrange(keys.backfills(wf), 0, -1)
+        ids = self.redis.zrange(self.keys.backfills(wf), 0, -1)
         if not ids:
             return
         pipe = self.redis.pipeline(transaction=True)
         for backfill_id in ids:
-            pipe.delete(keys.backfill(wf, backfill_id), keys.backfill_chunks(wf, backfill_id),
-                        keys.backfill_queue(wf, backfill_id), keys.backfill_events(wf, backfill_id))
-        pipe.zrem(keys.backfills(wf), *ids)
+            pipe.delete(self.keys.backfill(wf, backfill_id), self.keys.backfill_chunks(wf, backfill_id),
+                        self.keys.backfill_queue(wf, backfill_id), self.keys.backfill_events(wf, backfill_id))
+        pipe.zrem(self.keys.backfills(wf), *ids)
         pipe.execute()
 
     def load_all(self, cfg_dir: str, max_bytes: int, *, reset: bool = False,
@@ -205,9 +229,9 @@ class BatchStore:
         chosen = names[offset:] if limit is None else names[offset:offset + limit]
         pipe = self.redis.pipeline(transaction=False)
         for wf in chosen:
-            pipe.hlen(keys.workflow(wf))
-            pipe.hget(keys.meta(wf), keys.LAST_BATCH_ID)
-            pipe.exists(keys.pause(wf))
+            pipe.hlen(self.keys.workflow(wf))
+            pipe.hget(self.keys.meta(wf), self.keys.LAST_BATCH_ID)
+            pipe.exists(self.keys.pause(wf))
         replies = pipe.execute()
         found = [{"workflow": wf, "jobs": jobs, "last_batch_id": int(last) if last and last.isdigit() else None,
                   "paused": bool(paused)}

@@ -21,24 +21,24 @@ def export(store, wfs: list[str] | None = None, *, history: bool = True) -> dict
     doc = {"format": FORMAT, "exported_at": format_time(store.now()), "workflows": {}}
     for wf in wfs:
         pipe = client.pipeline(transaction=True)
-        pipe.hgetall(keys.workflow(wf))
-        pipe.hgetall(keys.meta(wf))
-        pipe.zrange(keys.history(wf), 0, -1, withscores=True)
+        pipe.hgetall(store.keys.workflow(wf))
+        pipe.hgetall(store.keys.meta(wf))
+        pipe.zrange(store.keys.history(wf), 0, -1, withscores=True)
         raw, meta, ids = pipe.execute()
         if not raw:
             raise store.committer.not_found(wf)
         entry = {
-            "jobs": decode(raw, wf, keys.workflow(wf)),
-            "meta": {k: v for k, v in meta.items() if k != keys.VERSION},
+            "jobs": decode(raw, wf, store.keys.workflow(wf)),
+            "meta": {k: v for k, v in meta.items() if k != store.keys.VERSION},
             "batches": {},
         }
         if history:
             pipe = client.pipeline(transaction=False)
             for batch_id, _score in ids:
-                pipe.hgetall(keys.batch(wf, batch_id))
+                pipe.hgetall(store.keys.batch(wf, batch_id))
             for (batch_id, _score), snap in zip(ids, pipe.execute()):
                 if snap:
-                    entry["batches"][batch_id] = decode(snap, wf, keys.batch(wf, batch_id), snapshot=True)
+                    entry["batches"][batch_id] = decode(snap, wf, store.keys.batch(wf, batch_id), snapshot=True)
         doc["workflows"][wf] = entry
     return doc
 

@@ -51,12 +51,13 @@ def event_id(kind: str, *parts) -> str:
     return hashlib.sha256(json.dumps([kind, *parts]).encode()).hexdigest()[:32]
 
 
-def announce(client: redis.Redis, kind: str, text: str, ident: str, **fields) -> bool:
+def announce(client: redis.Redis, kind: str, text: str, ident: str, style: keys.KeyStyle = keys.CLASSIC,
+             **fields) -> bool:
     """Queue an event once across every process (False: it was queued before)."""
     body = {"text": text, "event": kind, "id": ident, **fields}
     entry = json.dumps({"body": body, "tries": 0})
     queue = client.register_script(ANNOUNCE)
-    return bool(int(queue(keys=[keys.webhook_seen(ident), keys.WEBHOOK_OUTBOX], args=[SEEN_DAYS * 86400, entry])))
+    return bool(int(queue(keys=[style.webhook_seen(ident), style.WEBHOOK_OUTBOX], args=[SEEN_DAYS * 86400, entry])))
 
 
 def redact(url: str) -> str:
@@ -110,8 +111,9 @@ class Watchman(Background):
         self.url = url
         self.timeout = timeout
         self.visibility = visibility
-        self.lead = Lead(store.redis, keys.WEBHOOK_LEADER, int(interval * 3000))
-        self.outbox = Outbox(store.redis, keys.WEBHOOK_OUTBOX, keys.WEBHOOK_INFLIGHT, keys.WEBHOOK_SENDING,
+        self.lead = Lead(store.redis, store.keys.WEBHOOK_LEADER, int(interval * 3000))
+        self.outbox = Outbox(store.redis, store.keys.WEBHOOK_OUTBOX, store.keys.WEBHOOK_INFLIGHT,
+                             store.keys.WEBHOOK_SENDING,
                              visibility=visibility, max_tries=MAX_TRIES, name="webhooks")
 
     @property
@@ -167,7 +169,7 @@ class Watchman(Background):
                     if item["kind"] == "unchecked" else f"Batchy: {what} is {shown}: {item['reason']}")
             ident = event_id(item["kind"], item["workflow"], item["job"], item["since"], item["reason"]
                              if item["since"] is None else "")
-            announce(client, item["kind"], text, ident, workflow=item["workflow"], job=item["job"],
+            announce(client, item["kind"], text, ident, self.store.keys, workflow=item["workflow"], job=item["job"],
                      since=item["since"], reason=item["reason"])
 
     def lag_episodes(self, overview: dict, items: list[dict]) -> dict[tuple, str]:
@@ -179,18 +181,18 @@ class Watchman(Background):
             return {}
         pipe = self.store.redis.pipeline(transaction=False)
         for wf in watched:
-            pipe.hgetall(keys.lag_episodes(wf))
+            pipe.hgetall(self.store.keys.lag_episodes(wf))
         known = dict(zip(watched, pipe.execute()))
         begun: dict[tuple, str] = {}
         pipe = self.store.redis.pipeline(transaction=False)
         for wf in watched:
             for job in known[wf]:
                 if (wf, job) not in behind:
-                    pipe.hdel(keys.lag_episodes(wf), job)  # caught up: the next episode is announced again
+                    pipe.hdel(self.store.keys.lag_episodes(wf), job)  # caught up: the next episode is announced again
         for (wf, job), since in behind.items():
             if job not in known[wf]:
                 begun[(wf, job)] = since
-                pipe.hset(keys.lag_episodes(wf), job, since or "")
+                pipe.hset(self.store.keys.lag_episodes(wf), job, since or "")
         pipe.execute()
         return begun
 

@@ -47,7 +47,7 @@ def init_app(app: Flask) -> None:
     client = config.get("REDIS_CLIENT")
     embedded = client is None and not config["BATCHY_REDIS_URL"]
     if client is None:
-        client = connect(config["BATCHY_REDIS_URL"], config["BATCHY_REDIS_TIMEOUT"])
+        client = connect(config["BATCHY_REDIS_URL"], config["BATCHY_REDIS_TIMEOUT"], config["BATCHY_REDIS_CLUSTER"])
     store = BatchStore(client, config, clock=config.get("CLOCK"))
     backfills = Backfills(store, config["BATCHY_EVENTS_KEEP"])
     if embedded:
@@ -64,6 +64,13 @@ def init_app(app: Flask) -> None:
         repairer=repair.start(app, store, backfills, fleet),
         lineage=lineage.start(app, store),
     )
+    if store.keys.cluster:
+        try:  # batchy:workflows is kept around the commits on a cluster: list what a crash left out
+            fixed = store.reconcile_index()
+            if fixed["added"] or fixed["dropped"]:
+                log.warning("batchy:workflows reconciled: added %s, dropped %s", fixed["added"], fixed["dropped"])
+        except redis.RedisError as exc:
+            log.warning("could not reconcile batchy:workflows at start: %s", exc)
     if embedded or config["BATCHY_LOAD_ON_START"]:
         preload(store, config["BATCHY_CFG_DIR"], config["BATCHY_MAX_CFG_BYTES"])
 
