@@ -297,3 +297,45 @@ def test_migrate_keys_on_a_cluster_there_and_back(app, client, cluster, cluster_
     assert services_of(app).store.export()["workflows"] == before
     assert client.post("/open_batch/wf1").status_code == 200
     assert len(client.get("/batches").get_json()["batches"]) == 3
+
+
+def test_late_data_auto_backfill_and_lineage_on_a_cluster(cluster, cluster_redis, cfg_dir, write_cfg):
+    """The late-data scenario on a cluster: invalidate, the gate waits, the repairer's backfill
+    runs, the gate opens; the lineage queues and cursors live in one slot and every run is sent."""
+    from datetime import timedelta
+
+    from batchy.rules.times import format_time
+    from batchy.storage.repair import Repairer
+
+    from .test_late_data import hourly
+    from .test_lineage import Collector
+
+    collector = Collector()
+    app = cluster_app(cluster, cfg_dir, BATCHY_OPENLINEAGE_URL=collector.url, BATCHY_OPENLINEAGE_INTERVAL=3600)
+    client, found = app.test_client(), services_of(app)
+    try:
+        start = hourly(write_cfg, client, "  auto_backfill: true\n  max_coverage_lag_hours: 48\n")
+        day = {"since": format_time(start), "through": format_time(start + timedelta(days=1)), "timeout": 0}
+        late = [format_time(start + timedelta(hours=10)), format_time(start + timedelta(hours=12))]
+        assert client.post("/invalidate/up", json={"from": late[0], "to": late[1]}).status_code == 200
+        assert client.get("/wait/up", query_string=day).json["state"] == "waiting"
+        made = Repairer(found.store, found.backfills, found.fleet, interval=60.0).round()
+        assert [(m["from"], m["to"]) for m in made] == [tuple(late)]
+        bid = made[0]["backfill_id"]
+        while (lease := client.post(f"/backfill/up/{bid}/lease")).status_code == 200:
+            assert client.post(f"/backfill/up/{bid}/close", json={
+                "chunk": lease.json["chunk"], "attempt": lease.json["attempt"],
+                "lease_token": lease.json["lease_token"], "dq": "pass"}).status_code == 200
+        assert client.get("/wait/up", query_string=day).json["state"] == "ready"
+        assert [i for i in client.get("/late").json if i["kind"] == "coverage_lag"] == []
+
+        assert found.lineage.round() == 6  # the first window's START and COMPLETE, two chunks' START and COMPLETE
+        assert collector.invalid == []
+        style = found.store.keys
+        queues = [style.LINEAGE_OUTBOX, style.LINEAGE_INFLIGHT, style.LINEAGE_SENDING, style.LINEAGE_CURSORS]
+        assert len(slots_of(cluster_redis, queues)) == 1
+        assert {style.stream_owner(name) for name in cluster_redis.hkeys(style.LINEAGE_CURSORS)
+                if name != keys.LINEAGE_SINCE} == {("up", None), ("up", str(bid))}
+    finally:
+        found.lineage.stop()
+        collector.close()
