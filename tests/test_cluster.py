@@ -135,7 +135,8 @@ def test_windows_coverage_and_gates_on_a_cluster(cluster, cluster_redis, cfg_dir
     answer = client.get(gate).get_json()
     assert answer["state"] == "ready" and answer["jobs"]["h"]["holes"] == [], answer
     coverage = client.get("/coverage/up").get_json()
-    assert coverage["h"] == {"covered": [["2024-03-01T00:00:00+00:00", "2024-03-02T00:00:00+00:00"]], "holes": []}
+    assert coverage["h"] == {"covered": [["2024-03-01T00:00:00+00:00", "2024-03-02T00:00:00+00:00"]], "holes": [],
+                             "dirty": [], "failed_quality": [], "generation": 0}
 
 
 def test_backfills_on_a_cluster(client, cluster_redis, write_cfg):
