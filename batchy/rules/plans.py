@@ -324,8 +324,9 @@ def watermarks(jobs: dict[str, dict]) -> dict[str, str | None]:
 
 def audit_event(state: State, change: Change) -> dict:
     """Return the audit event of a change: what moved each job's watermark (storage adds who)."""
-    writes = change.writes
-    before = watermarks({name: job for name, job in state.jobs.items() if change.replace or name in writes})
+    writes, replace = change.writes, change.replace
+    before = {name: job.get("next_from_date") or job.get("from_date")  # watermarks() of the jobs it writes
+              for name, job in state.jobs.items() if replace or name in writes}
     return {
         "time": format_now(state.now),
         "action": change.action,

@@ -100,6 +100,8 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str, profiler=None) 
 
         gc.collect()
         gc.freeze()
+        if os.environ["BENCH_GC_FREEZE"] == "off":
+            gc.disable()
     if profiler is not None:
         profiler.enable()
     started = time.process_time()
