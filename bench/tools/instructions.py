@@ -3,17 +3,24 @@
     .venv/bin/python -m bench.tools.instructions          # ~4 minutes, needs valgrind
     .venv/bin/python -m bench.tools.instructions --cpu    # CPU microseconds instead (no valgrind; noisy)
     .venv/bin/python -m bench.tools.instructions --root /tmp/before --only json reopen   # another checkout, two rows
+    .venv/bin/python -m bench.tools.instructions --redis  # redis-server's instructions per call instead (the Lua)
     .venv/bin/python -m bench.tools.instructions --cprofile reopen   # where one scenario's calls spend (cProfile)
 
 Each scenario runs the two apps in one Python process, straight through WSGI (no gunicorn,
 no sockets to the client), on a redis-server of its own, and counts the user-space
 instructions of that process with `valgrind --tool=callgrind`. Each scenario runs twice, with
 few and with many calls; the difference divided by the extra calls is the cost of one call,
-free of start-up and imports. `--root` runs another checkout's `batchy` (round 5's, say) under
-this checkout's driver and baseline, so two checkouts are measured the same way. Counts are repeatable to a fraction of a percent whatever else
-the machine runs, so they show what a change to the code did; the load runs of
-bench.run show what it does to throughput (gunicorn, the kernel and Redis add to both
-sides there).
+free of start-up and imports. Both runs use one hash seed, and the app runs no background
+repairer. `--root` imports `batchy` from another checkout (round 5's, say) under this
+checkout's driver and baseline, so two checkouts are measured the same way. `--redis` runs
+the redis-server under callgrind instead (hz 1) and the driver at full speed: what the
+scripts and commands of a call cost Redis. `--cprofile` profiles one scenario in-process by
+this thread's CPU time (waiting on Redis counts for nothing).
+
+A count repeats within about 1 % on one checkout whatever else the machine runs, so it
+shows what a change to the code did; across two checkouts the baseline's own count (the
+same code) moves by up to 5 % with what else the process holds. The load runs of bench.run
+show what a change does to throughput (gunicorn, the kernel and Redis add to both sides).
 """
 from __future__ import annotations
 
@@ -58,7 +65,9 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str, profiler=None) 
 
     write_workflows(cfg, 32, [1])
     os.environ["BATCHY_REDIS_URL"] = redis_url
-    app = create_app({"BATCHY_REDIS_URL": redis_url, "BATCHY_CFG_DIR": cfg})
+    # No auto_backfill repairer: its rounds (every 48-60 s, a read of the whole fleet) would
+    # land in a long run under valgrind and not in a short one, and are no call's cost.
+    app = create_app({"BATCHY_REDIS_URL": redis_url, "BATCHY_CFG_DIR": cfg, "BATCHY_AUTO_BACKFILL_INTERVAL": 0})
     base = create_baseline_app()
 
     def call(target, method: str, path: str) -> None:
@@ -95,13 +104,6 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str, profiler=None) 
 
     for i in range(len(wfs)):  # every cache and connection warm before counting
         one(i)
-    if os.environ.get("BENCH_GC_FREEZE"):
-        import gc
-
-        gc.collect()
-        gc.freeze()
-        if os.environ["BENCH_GC_FREEZE"] == "off":
-            gc.disable()
     if profiler is not None:
         profiler.enable()
     started = time.process_time()
@@ -164,11 +166,13 @@ def redis_callgrind(mode: str, iterations: int) -> int:
     """
     from batchy.testing import free_port, wait_for
 
+    # BENCH_REDIS_CALLGRIND_OUT=<file> keeps the profile for callgrind_annotate.
     folder = tempfile.mkdtemp(prefix="batchy-instr-redis-")
     port = free_port()
     with open(os.path.join(folder, "valgrind.err"), "w+") as err:
         server = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={os.environ.get('BENCH_REDIS_CALLGRIND_OUT', '/dev/null')}", shutil.which("redis-server"),
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + os.environ.get("BENCH_REDIS_CALLGRIND_OUT", "/dev/null"),
+             shutil.which("redis-server"),
              "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "", "--appendonly", "no",
              "--hz", "1", "--logfile", os.path.join(folder, "redis.log")],
             stdout=subprocess.DEVNULL, stderr=err)
