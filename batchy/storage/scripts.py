@@ -73,13 +73,15 @@ local function hset(key, from, count)
   end
 end
 
-local FINAL = {$FINAL}
 -- Whether a stored snapshot line holds a final status. A line can only if it spells one
--- of them, or escapes something: only such a line is decoded.
+-- of them, or escapes something: only such a line is decoded. (Comparisons, not a table
+-- of the statuses: the chunk runs on every commit, and a table would be built each time.)
 local function final(old)
   if not old or not ($MAYBE_FINAL) then return false end
   local ok, line = pcall(cjson.decode, old)
-  return ok and type(line) == 'table' and FINAL[line.status] ~= nil
+  if not (ok and type(line) == 'table') then return false end
+  local status = line.status
+  return $IS_FINAL
 end
 -- Write a snapshot's lines, except over a line that reached a final status here: one
 -- HMGET and one HSET per thousand lines.
@@ -186,7 +188,7 @@ if turn then redis.call('DEL', KEYS[9]) end
 redis.call('PUBLISH', channel, message)
 return {1, version, now}
 """).substitute(VERSION=keys.VERSION, COUNT_PREFIX=keys.COUNT_PREFIX, NEW=SNAPSHOT_NEW, UPDATE=SNAPSHOT_UPDATE,
-               PUT=SNAPSHOT_PUT, FINAL=", ".join(f"{status} = true" for status in FINAL_STATUSES),
+               PUT=SNAPSHOT_PUT, IS_FINAL=" or ".join(f"status == {str(status)!r}" for status in FINAL_STATUSES),
                MAYBE_FINAL=" or ".join(f"string.find(old, {str(text)!r}, 1, true)"
                                        for text in ("\\", *FINAL_STATUSES)))
 
