@@ -89,12 +89,11 @@ def endpoint(bp, *rules: str, summary: str, schema: str | None = None, params=()
                 names.check_workflow(wf)
             return view(**kwargs)
 
-        routed = handle
         for rule in rules:
-            bp.add_url_rule(rule, view_func=routed, methods=["GET", "POST"] if mutating else ["GET"])
+            bp.add_url_rule(rule, view_func=handle, methods=["GET", "POST"] if mutating else ["GET"])
         ENDPOINTS.append(Endpoint(rules, summary, schema, tuple(params), ok, mutating,
                                   mutating or auth is not None, status, responses or {}))
-        return routed
+        return handle
     return decorate
 
 
