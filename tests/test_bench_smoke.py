@@ -65,6 +65,22 @@ def test_instruction_counter_drives_every_scenario():
         assert per_call > 0, row
 
 
+def test_instruction_counter_measures_another_checkout_and_profiles(tmp_path):
+    # --root: batchy imported from another checkout (here a copy of this one), named on stderr;
+    # --only: those rows and the baseline; --cprofile: one scenario's functions.
+    other = tmp_path / "checkout"
+    shutil.copytree(os.path.join(ROOT, "batchy"), other / "batchy", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = bench("bench.tools.instructions", "--cpu", "--many", "3", "--root", str(other), "--only", "reopen")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"batchy from {other}" in proc.stderr
+    rows = [line.split("  ")[1] for line in proc.stdout.splitlines() if line.startswith("  ") and "(" in line[:40]]
+    assert any(r.startswith("baseline") for r in rows) and any(r.startswith("open_batch re-open") for r in rows)
+    assert not any(r.startswith("get_status") for r in rows), proc.stdout
+    proc = bench("bench.tools.instructions", "--cprofile", "json", "--many", "5", "--top", "5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "commit.py" in proc.stdout and "function calls" in proc.stdout
+
+
 def test_fleet_scenario_prints_every_page():
     from bench import fleet
 

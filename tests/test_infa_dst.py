@@ -91,3 +91,16 @@ def test_offset_tokens_of_negative_half_hour_offsets():
     tz = times.zone("America/St_Johns")
     assert formats.infa_date("2026-01-15T12:00:00+00:00", "HH24:MI TZH:TZM", tz) == "08:30 -03:30"
     assert formats.infa_date("2026-07-15T12:00:00+00:00", "HH24:MI TZHTZM", tz) == "09:30 -0230"
+
+
+@pytest.mark.parametrize("zone_name", ["America/St_Johns", "Asia/Kolkata", "Europe/Paris", "Pacific/Chatham", "UTC"])
+def test_offset_tokens_render_alike_with_and_without_strftime(zone_name):
+    """TZH and TZM in a format of numeric fields only take the quick path (str.format); with a
+    month name (MON) the format goes through strftime: the offset reads the same both ways."""
+    tz = times.zone(zone_name)
+    for value in ("2026-01-15T12:00:00+00:00", "2026-07-15T12:00:00+00:00", "1975-03-01T23:59:59+00:00"):
+        quick = formats.infa_date(value, "YYYY-MM-DD HH24:MI:SS TZH:TZM", tz)
+        slow = formats.infa_date(value, "MON YYYY-MM-DD HH24:MI:SS TZH:TZM", tz)
+        assert slow.split(" ", 1)[1] == quick
+        offset = times.parse_time(value).astimezone(tz).isoformat()[-6:]  # "+05:30"
+        assert quick.endswith(" " + offset), (quick, offset)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -74,18 +74,35 @@ _FORMAT_FIELDS = {
 }
 
 
+# The offset tokens, rendered from the offset's hours and minutes (-03:30 is TZH -03, TZM 30).
+_OFFSET_FIELDS = {"TZH": "{1}", "TZM": "{2}"}
+
+
+@functools.lru_cache(maxsize=64)
+def _offset_parts(offset: timedelta) -> tuple[str, str]:
+    """Return TZH and TZM of a UTC offset: ("-03", "30") for -03:30."""
+    minutes = round(offset.total_seconds() / 60)
+    return f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}", f"{abs(minutes) % 60:02d}"
+
+
 @functools.lru_cache(maxsize=64)
 def _renderer(fmt: str):
     """Return a function rendering an aware datetime with the Informatica format fmt."""
-    if all(tok in _FORMAT_FIELDS for tok in _INFA_TOKENS.findall(fmt)):
+    tokens = _INFA_TOKENS.findall(fmt)
+    if all(tok in _FORMAT_FIELDS or tok in _OFFSET_FIELDS for tok in tokens):
         def literal(text: str) -> str:
             return text.replace("{", "{{").replace("}", "}}")
 
         pieces, pos = [], 0
         for match in _INFA_TOKENS.finditer(fmt):
-            pieces += [literal(fmt[pos:match.start()]), _FORMAT_FIELDS[match.group(0)]]
+            tok = match.group(0)
+            pieces += [literal(fmt[pos:match.start()]), _FORMAT_FIELDS.get(tok) or _OFFSET_FIELDS[tok]]
             pos = match.end()
-        return ("".join(pieces) + literal(fmt[pos:])).format
+        render = ("".join(pieces) + literal(fmt[pos:])).format
+        if not any(tok in _OFFSET_FIELDS for tok in tokens):
+            return render
+        # The default format in a zone whose offset changes ends with TZH:TZM: every open renders it.
+        return lambda moment: render(moment, *_offset_parts(moment.utcoffset()))
 
     def strftime(moment: datetime) -> str:
         def token(match: re.Match) -> str:

@@ -87,7 +87,8 @@ def plan_open(state: State, idempotency_key: str | None = None, jobs: list[str] 
     """Open a new batch of every job, or of the jobs named (a job on its own schedule); a
     job it opens that is still open in an older batch is abandoned there. Other jobs, their
     open batches included, are left as they are."""
-    selected = {name: state.jobs[name] for name in target_jobs(state.wf, state.jobs, jobs)}
+    selected = state.jobs if jobs is None else {  # every job: the state's own mapping, only read
+        name: state.jobs[name] for name in target_jobs(state.wf, state.jobs, jobs)}
     watermark.check_exclusive(state.wf, selected, state.now, state.settings, state.last_batch_id)
     batch_id = next_batch_id(state.now, state.last_batch_id, state.floor)
     opened = watermark.open_jobs(selected, state.now, batch_id, state.wf, state.settings)
@@ -347,8 +348,9 @@ def watermarks(jobs: dict[str, dict]) -> dict[str, str | None]:
 
 def audit_event(state: State, change: Change) -> dict:
     """Return the audit event of a change: what moved each job's watermark (storage adds who)."""
-    writes = change.writes
-    before = watermarks({name: job for name, job in state.jobs.items() if change.replace or name in writes})
+    writes, replace = change.writes, change.replace
+    before = {name: job.get("next_from_date") or job.get("from_date")  # watermarks() of the jobs it writes
+              for name, job in state.jobs.items() if replace or name in writes}
     return {
         "time": format_now(state.now),
         "action": change.action,

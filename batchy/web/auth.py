@@ -88,7 +88,9 @@ def watch_tokens(app) -> None:
 
 def check_token(config=None) -> None:
     """Require a write token, when any is configured (BATCHY_API_TOKEN, BATCHY_API_TOKENS)."""
-    tokens = _tokens("BATCHY_API_TOKEN", "BATCHY_API_TOKENS", config=config)
+    config = current_app.config if config is None else config
+    # _tokens() of the two settings, spelled out: every state change asks
+    tokens = _split(str(config.get("BATCHY_API_TOKEN") or "")) + _split(str(config.get("BATCHY_API_TOKENS") or ""))
     if tokens and not _bearer_matches(tokens):
         raise Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")
 
@@ -102,7 +104,7 @@ def check_wait_token() -> None:
 
 def check_read(scope: str) -> None:
     """Require a read or write token for a read in BATCHY_PROTECTED_READS, when read tokens are set."""
-    read_tokens = _tokens("BATCHY_READ_TOKENS")
+    read_tokens = _split(str(current_app.config.get("BATCHY_READ_TOKENS") or ""))  # every read asks
     if not read_tokens or scope not in _tokens("BATCHY_PROTECTED_READS"):
         return
     if not _bearer_matches(read_tokens + _tokens("BATCHY_API_TOKEN", "BATCHY_API_TOKENS")):

@@ -34,25 +34,19 @@ def json_response(body: bytes | dict | list, status: int = 200) -> Response:
     return Response(body, status=status, mimetype="application/json")
 
 
-def mutation(view):
-    """Guard a state-changing view: POST-only when so configured, and the API token."""
-
-    @functools.wraps(view)
-    def guarded(*args, **kwargs):
-        config = current_app.config
-        method = request.method
-        get_allowed = config["BATCHY_ALLOW_GET_MUTATIONS"]
-        # Flask routes HEAD to GET views; link previews send it: HEAD never mutates.
-        if method == "HEAD" or (method == "GET" and not get_allowed):
-            raise MethodNotAllowed(
-                valid_methods=["GET", "POST"] if get_allowed else ["POST"],
-                description="this deployment accepts mutations only as POST" if not get_allowed
-                else "HEAD does not change state: use GET or POST",
-            )
-        check_token(config)
-        return view(*args, **kwargs)
-
-    return guarded
+def check_mutation() -> None:
+    """Refuse a state change sent as HEAD, or as GET unless allowed; require the write token."""
+    config = current_app.config
+    method = request.method
+    # Flask routes HEAD to GET views; link previews send it: HEAD never mutates.
+    get_allowed = config["BATCHY_ALLOW_GET_MUTATIONS"]
+    if method == "HEAD" or (method == "GET" and not get_allowed):
+        raise MethodNotAllowed(
+            valid_methods=["GET", "POST"] if get_allowed else ["POST"],
+            description="this deployment accepts mutations only as POST" if not get_allowed
+            else "HEAD does not change state: use GET or POST",
+        )
+    check_token(config)
 
 
 class Endpoint(NamedTuple):
@@ -83,6 +77,8 @@ def endpoint(bp, *rules: str, summary: str, schema: str | None = None, params=()
 
         @functools.wraps(view)
         def handle(**kwargs):
+            if mutating:  # the method and the write token come first
+                check_mutation()
             _TAKES.set(takes)
             if reads is not None:
                 check_read(reads)
@@ -93,12 +89,11 @@ def endpoint(bp, *rules: str, summary: str, schema: str | None = None, params=()
                 names.check_workflow(wf)
             return view(**kwargs)
 
-        routed = mutation(handle) if mutating else handle
         for rule in rules:
-            bp.add_url_rule(rule, view_func=routed, methods=["GET", "POST"] if mutating else ["GET"])
+            bp.add_url_rule(rule, view_func=handle, methods=["GET", "POST"] if mutating else ["GET"])
         ENDPOINTS.append(Endpoint(rules, summary, schema, tuple(params), ok, mutating,
                                   mutating or auth is not None, status, responses or {}))
-        return routed
+        return handle
     return decorate
 
 

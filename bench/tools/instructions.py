@@ -2,15 +2,25 @@
 
     .venv/bin/python -m bench.tools.instructions          # ~4 minutes, needs valgrind
     .venv/bin/python -m bench.tools.instructions --cpu    # CPU microseconds instead (no valgrind; noisy)
+    .venv/bin/python -m bench.tools.instructions --root /tmp/before --only json reopen   # another checkout, two rows
+    .venv/bin/python -m bench.tools.instructions --redis  # redis-server's instructions per call instead (the Lua)
+    .venv/bin/python -m bench.tools.instructions --cprofile reopen   # where one scenario's calls spend (cProfile)
 
 Each scenario runs the two apps in one Python process, straight through WSGI (no gunicorn,
 no sockets to the client), on a redis-server of its own, and counts the user-space
 instructions of that process with `valgrind --tool=callgrind`. Each scenario runs twice, with
 few and with many calls; the difference divided by the extra calls is the cost of one call,
-free of start-up and imports. Counts are repeatable to a fraction of a percent whatever else
-the machine runs, so they show what a change to the code did; the load runs of
-bench.run show what it does to throughput (gunicorn, the kernel and Redis add to both
-sides there).
+free of start-up and imports. Both runs use one hash seed, and the app runs no background
+repairer. `--root` imports `batchy` from another checkout (round 5's, say) under this
+checkout's driver and baseline, so two checkouts are measured the same way. `--redis` runs
+the redis-server under callgrind instead (hz 1) and the driver at full speed: what the
+scripts and commands of a call cost Redis. `--cprofile` profiles one scenario in-process by
+this thread's CPU time (waiting on Redis counts for nothing).
+
+A count repeats within about 1 % on one checkout whatever else the machine runs, so it
+shows what a change to the code did; across two checkouts the baseline's own count (the
+same code) moves by up to 5 % with what else the process holds. The load runs of bench.run
+show what a change does to throughput (gunicorn, the kernel and Redis add to both sides).
 """
 from __future__ import annotations
 
@@ -23,8 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-from batchy.testing import RedisServer
 
 # Where `python -m bench.tools.instructions` finds the bench package under valgrind.
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,16 +48,16 @@ SCENARIOS = {
 }
 
 
-def drive(mode: str, iterations: int, redis_url: str) -> float:
+def drive(mode: str, iterations: int, redis_url: str, profiler=None) -> float:
     """Run iterations of mode in this process; return CPU seconds per iteration."""
     cfg = tempfile.mkdtemp(prefix="batchy-instr-")
     try:
-        return _drive(mode, iterations, redis_url, cfg)
+        return _drive(mode, iterations, redis_url, cfg, profiler)
     finally:
         shutil.rmtree(cfg, ignore_errors=True)
 
 
-def _drive(mode: str, iterations: int, redis_url: str, cfg: str) -> float:
+def _drive(mode: str, iterations: int, redis_url: str, cfg: str, profiler=None) -> float:
     from batchy import create_app
 
     from ..baseline import create_baseline_app
@@ -57,7 +65,9 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str) -> float:
 
     write_workflows(cfg, 32, [1])
     os.environ["BATCHY_REDIS_URL"] = redis_url
-    app = create_app({"BATCHY_REDIS_URL": redis_url, "BATCHY_CFG_DIR": cfg})
+    # No auto_backfill repairer: its rounds (every 48-60 s, a read of the whole fleet) would
+    # land in a long run under valgrind and not in a short one, and are no call's cost.
+    app = create_app({"BATCHY_REDIS_URL": redis_url, "BATCHY_CFG_DIR": cfg, "BATCHY_AUTO_BACKFILL_INTERVAL": 0})
     base = create_baseline_app()
 
     def call(target, method: str, path: str) -> None:
@@ -94,10 +104,46 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str) -> float:
 
     for i in range(len(wfs)):  # every cache and connection warm before counting
         one(i)
+    if profiler is not None:
+        profiler.enable()
     started = time.process_time()
     for i in range(iterations):
         one(i)
+    if profiler is not None:
+        profiler.disable()
     return (time.process_time() - started) / max(iterations, 1)
+
+
+def _env() -> dict[str, str]:
+    """The environment of a driver process: BENCH_BATCHY_ROOT names the checkout it imports batchy from;
+    one hash seed, so the few and the many runs lay out their dicts and sets alike."""
+    return {**os.environ, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
+
+
+def _use_root(root: str | None) -> None:
+    """Import `batchy` from root (another checkout) in this process; before any batchy import."""
+    if not root:
+        return
+    root = os.path.abspath(root)
+    if not os.path.isdir(os.path.join(root, "batchy")):
+        raise SystemExit(f"{root} holds no batchy package")
+    if "batchy" in sys.modules:
+        raise RuntimeError("batchy was imported before --root took effect")
+    sys.path.insert(0, root)
+    os.environ["BENCH_BATCHY_ROOT"] = root
+
+
+def cprofile(mode: str, iterations: int, redis_url: str, top: int) -> None:
+    """Print the functions one scenario's calls spend most in (cProfile, after a warm-up)."""
+    import cProfile
+    import pstats
+
+    # This thread's CPU time: waiting on Redis and other processes' turns on the CPU count for nothing.
+    profiler = cProfile.Profile(time.thread_time_ns, 1e-9)
+    drive(mode, iterations, redis_url, profiler=profiler)
+    stats = pstats.Stats(profiler, stream=sys.stdout)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
 
 
 def callgrind(mode: str, iterations: int, redis_url: str) -> int:
@@ -105,11 +151,47 @@ def callgrind(mode: str, iterations: int, redis_url: str) -> int:
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
          sys.executable, "-m", "bench.tools.instructions", "--drive", mode, str(iterations), redis_url],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True, text=True, cwd=ROOT, env=_env(),
     )
     found = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode != 0 or not found:
         raise RuntimeError(f"callgrind run of {mode} failed:\n{proc.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def redis_callgrind(mode: str, iterations: int) -> int:
+    """Return the instructions a redis-server of its own executes while a driver runs `iterations` of mode.
+
+    The server runs under callgrind (hz 1, so its timer adds little); the driver runs at full speed.
+    """
+    from batchy.testing import free_port, wait_for
+
+    # BENCH_REDIS_CALLGRIND_OUT=<file> keeps the profile for callgrind_annotate.
+    folder = tempfile.mkdtemp(prefix="batchy-instr-redis-")
+    port = free_port()
+    with open(os.path.join(folder, "valgrind.err"), "w+") as err:
+        server = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + os.environ.get("BENCH_REDIS_CALLGRIND_OUT", "/dev/null"),
+             shutil.which("redis-server"),
+             "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "", "--appendonly", "no",
+             "--hz", "1", "--logfile", os.path.join(folder, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            import redis
+
+            wait_for(lambda: redis.Redis(port=port).ping(), timeout=60, what="redis-server under callgrind")
+            url = f"redis://127.0.0.1:{port}/0"
+            subprocess.run([sys.executable, "-m", "bench.tools.instructions", "--drive", mode, str(iterations), url],
+                           check=True, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL)
+        finally:
+            server.terminate()
+            server.wait(60)
+        err.seek(0)
+        text = err.read()
+    shutil.rmtree(folder, ignore_errors=True)
+    found = re.search(r"Collected : (\d+)", text)
+    if not found:
+        raise RuntimeError(f"callgrind run of redis-server ({mode}) failed:\n{text[-2000:]}")
     return int(found.group(1))
 
 
@@ -118,11 +200,28 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu", action="store_true", help="CPU time per call instead of instructions")
     parser.add_argument("--few", type=int, default=20, help="iterations of the short run")
     parser.add_argument("--many", type=int, default=220, help="iterations of the long run")
+    parser.add_argument("--root", help="the checkout to import batchy from (default: this one)")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="these scenarios only (the baseline is always run)")
+    parser.add_argument("--cprofile", choices=SCENARIOS, metavar="MODE",
+                        help="profile MODE's calls with cProfile instead (--many iterations; no valgrind)")
+    parser.add_argument("--redis", action="store_true",
+                        help="count redis-server's instructions per call instead of Python's (the Lua, the commands)")
+    parser.add_argument("--top", type=int, default=30, help="rows of the --cprofile listings")
     parser.add_argument("--drive", nargs=3, metavar=("MODE", "N", "REDIS_URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    _use_root(args.root or os.environ.get("BENCH_BATCHY_ROOT"))
+    from batchy.testing import RedisServer
+
     if args.drive:
         mode, n, url = args.drive
         drive(mode, int(n), url)
+        return 0
+    if args.cprofile:
+        server = RedisServer().start()
+        try:
+            cprofile(args.cprofile, args.many, server.url, args.top)
+        finally:
+            server.cleanup()
         return 0
     if not args.cpu and not shutil.which("valgrind"):
         print("valgrind is not installed (apt-get install valgrind), or use --cpu", file=sys.stderr)
@@ -130,10 +229,17 @@ def main(argv=None) -> int:
 
     server = RedisServer().start()
     rows = {}
+    scenarios = {m: v for m, v in SCENARIOS.items() if not args.only or m == "base" or m in args.only}
+    import batchy
+
+    print(f"batchy from {os.path.dirname(os.path.dirname(os.path.abspath(batchy.__file__)))}", file=sys.stderr)
     try:
-        for mode, (label, calls) in SCENARIOS.items():
+        for mode, (label, calls) in scenarios.items():
             if args.cpu:
                 per_call = drive(mode, args.many, server.url) / calls * 1e6
+            elif args.redis:
+                few, many = redis_callgrind(mode, args.few), redis_callgrind(mode, args.many)
+                per_call = (many - few) / (args.many - args.few) / calls
             else:
                 few, many = callgrind(mode, args.few, server.url), callgrind(mode, args.many, server.url)
                 per_call = (many - few) / (args.many - args.few) / calls
@@ -141,9 +247,9 @@ def main(argv=None) -> int:
             print(f"  {label}: {per_call:,.0f}", file=sys.stderr, flush=True)
     finally:
         server.cleanup()
-    unit = "CPU us per call" if args.cpu else "instructions per call"
+    unit = "CPU us per call" if args.cpu else "redis-server instr. per call" if args.redis else "instructions per call"
     print(f"\n{'in-process, one thread, WSGI':40}{unit:>24}{'base / this':>14}")
-    for mode, (label, _calls) in SCENARIOS.items():
+    for mode, (label, _calls) in scenarios.items():
         ratio = "-" if mode == "base" else f"{rows['base'] / rows[mode]:.2f}"
         print(f"  {label:38}{rows[mode]:>24,.{1 if args.cpu else 0}f}{ratio:>14}")
     print("  (open + close rows: the mean of the two calls; base / this is the throughput ratio one\n"
