@@ -151,6 +151,8 @@ def succeeded(ledger: Ledger, start: float, end: float, passed: bool = True,
 
 def _summed(ledger: Ledger, windows: list[Interval], start: float, end: float, records: int | None) -> list:
     """Return the records of windows: the merged interval's is the sum of what it absorbed, if known."""
+    if records is None and ledger.records is None:
+        return None  # no rows ever said: none kept (Book.put writes nothing), at no cost per close
     old = ledger.records if ledger.records is not None and len(ledger.records) == len(ledger.windows) \
         else [None] * len(ledger.windows)
     by_interval = {(low, high): count for (low, high), count in zip(ledger.windows, old)}

@@ -78,6 +78,8 @@ class State:
 
     def coverage(self, job: str, cached: bool = False) -> coverage.Ledger:
         """Return job's whole coverage (ledger, dirty ranges, quality failures, rows), or raise CorruptState."""
+        if not (self.dirty_texts.get(job) or self.failed_texts.get(job) or self.record_texts.get(job)):
+            return coverage.Ledger(self.ledger(job, cached))  # the usual case: windows only, on every close
         parts = []
         for item, texts in (("dirty", self.dirty_texts), ("quality", self.failed_texts)):
             text = texts.get(job) or ""

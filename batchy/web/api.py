@@ -147,6 +147,8 @@ def _close(wf: str, outcome: str):
 
 def parse_attestation(values: dict) -> dict:
     """Return a close's checksum, dq and dq_message, checked (400 naming the parameter otherwise)."""
+    if "checksum" not in values and "dq" not in values and "dq_message" not in values:
+        return {}  # nothing attested: the usual close
     given = {name: parse_text(values, name) for name in ("checksum", "dq", "dq_message")}
     try:
         return watermark.attestation(**given)
