@@ -280,9 +280,10 @@ def test_late_data_upstream_invalidated_the_gate_waits_auto_backfill_repairs_it_
 
     # the elected repairer turns the dirty range into a backfill, once
     found = services_of(real_app)
-    made = Repairer(found.store, found.backfills, found.fleet, interval=60.0).round()
+    repairer = Repairer(found.store, found.backfills, found.fleet, interval=60.0)  # the leader, round after round
+    made = repairer.round()
     assert [(m["from"], m["to"], m["jobs"], m["actor"]) for m in made] == [(*late, ["load"], "auto_backfill")]
-    assert Repairer(found.store, found.backfills, found.fleet, interval=60.0).round() == []
+    assert repairer.round() == []
 
     # the chunks run (a worker leases and closes each, attesting its load)
     bid = made[0]["backfill_id"]
@@ -389,11 +390,41 @@ def test_a_gate_waits_for_auto_backfill_and_is_missed_once_it_gave_up(app, clien
     client.post("/invalidate/up", query_string={"from": late[0], "to": late[1]})
     assert client.get("/wait/up", query_string={**yesterday, "timeout": 0}).json["state"] == "waiting"
     found = services_of(app)
-    made = Repairer(found.store, found.backfills, found.fleet, interval=60.0).round()
+    repairer = Repairer(found.store, found.backfills, found.fleet, interval=60.0)  # the leader, round after round
+    made = repairer.round()
     assert client.get("/wait/up", query_string={**yesterday, "timeout": 0}).json["state"] == "waiting"
     # an operator cancels the automatic backfill: auto_backfill will not make it again
     assert client.post(f"/backfill/up/{made[0]['backfill_id']}/cancel").status_code == 200
-    assert Repairer(found.store, found.backfills, found.fleet, interval=60.0).round() == []
+    assert repairer.round() == []
     verdict = client.get("/wait/up", query_string={**yesterday, "timeout": 0}).json
     assert verdict["state"] == "missed", verdict
     assert verdict["jobs"]["load"]["reason"].startswith(f"auto_backfill gave up on [{late[0]}, {late[1]})")
+
+
+def test_a_repair_that_fails_its_quality_check_again_is_not_made_again_and_the_gate_is_missed(app, client,
+                                                                                               write_cfg):
+    start = hourly(write_cfg, client, "  auto_backfill: true\n")
+    yesterday = {"since": format_time(start), "through": format_time(start + timedelta(days=1)), "timeout": 0}
+    late = [format_time(start + timedelta(hours=10)), format_time(start + timedelta(hours=11))]
+    client.post("/invalidate/up", query_string={"from": late[0], "to": late[1]})
+    found = services_of(app)
+    repairer = Repairer(found.store, found.backfills, found.fleet, interval=60.0)  # one leader, round after round
+    made = repairer.round()
+    assert len(made) == 1
+    bid = made[0]["backfill_id"]
+    lease = client.post(f"/backfill/up/{bid}/lease").json
+    assert client.post(f"/backfill/up/{bid}/close", query_string={
+        "chunk": lease["chunk"], "attempt": lease["attempt"], "lease_token": lease["lease_token"],
+        "dq": "fail", "dq_message": "still 3 rows without a key"}).status_code == 200
+    assert client.get("/coverage/up").json["load"]["failed_quality"] == [late]
+    # reloaded and still failing: auto_backfill does not loop on it ...
+    assert repairer.round() == [] and repairer.round() == []
+    assert len(client.get("/backfills/up").json["backfills"]) == 1
+    # ... and the gate over it is missed, saying why
+    verdict = client.get("/wait/up", query_string=yesterday).json
+    assert verdict["state"] == "missed", verdict
+    assert verdict["jobs"]["load"]["reason"].startswith(f"auto_backfill gave up on [{late[0]}, {late[1]})")
+    # a later invalidation of another range is still repaired by itself
+    other = [format_time(start + timedelta(hours=14)), format_time(start + timedelta(hours=15))]
+    client.post("/invalidate/up", query_string={"from": other[0], "to": other[1]})
+    assert [(m["from"], m["to"]) for m in repairer.round()] == [tuple(other)]

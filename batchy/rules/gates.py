@@ -73,8 +73,9 @@ def coverage_verdict(jobs: dict[str, dict], ledgers: dict, selected: list[str], 
             dirty, failed = coverage.clip(ledger.dirty, low, high), coverage.clip(ledger.failed, low, high)
             plain = coverage.subtract(stuck, coverage.union(dirty, failed))
             if dropped:
-                state, reason = MISSED, (f"auto_backfill gave up on {_show(dropped, tz)} (its backfill failed or "
-                                         "was cancelled); backfill that range once the cause is fixed")
+                state, reason = MISSED, (f"auto_backfill gave up on {_show(dropped, tz)} (its backfill failed, was "
+                                         "cancelled, or reloaded it and it failed its quality check again); backfill "
+                                         "that range once the cause is fixed")
             elif plain:
                 state, reason = MISSED, (f"never covered: {_show(plain, tz)} lies behind the watermark and no "
                                          "open window covers it; rewind or backfill that range")

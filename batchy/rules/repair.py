@@ -7,8 +7,9 @@ process (storage/repair.py), once the range has settled: its end is at least
 `settle_minutes` before now, so rows that become visible late are in it.
 
 Never twice: a range some running backfill of the job fills (or may still fill) is left
-alone, and so is a range an automatic backfill already failed on or an operator
-cancelled: repeating it by itself would loop on the same error. An operator creates one
+alone, and so is a range an automatic backfill already failed on, an operator
+cancelled, or an automatic backfill reloaded only to fail its quality check again:
+repeating it by itself would loop on the same error. An operator creates one
 by hand once the cause is fixed.
 """
 from __future__ import annotations
@@ -60,14 +61,22 @@ def plan(jobs: dict[str, dict], settings: dict, holes: dict[str, list[Interval]]
     return [(start, end, names) for (start, end), names in sorted(wanted.items())]
 
 
-def given_up(backfills: list[dict]) -> dict[str, list[Interval]]:
-    """Return {job: ranges} of the automatic backfills (of a /backfills list) that failed or
-    were cancelled: auto_backfill does not make them again, so a gate over them is missed."""
+def given_up(backfills: list[dict], ledgers: dict | None = None) -> dict[str, list[Interval]]:
+    """Return {job: ranges} auto_backfill does not repair again, from a /backfills list: the
+    ranges of its backfills that failed or were cancelled, and of those that succeeded the
+    parts still failing their quality check (ledgers: {job: coverage.Ledger}): reloaded and
+    still failing, reloading them again by itself would only loop. A gate over them is missed."""
     result: dict[str, list[Interval]] = {}
     for item in backfills:
-        if item.get("actor") != ACTOR or item.get("status") not in (str(ChunkStatus.FAILED), CANCELLED):
+        status = item.get("status")
+        if item.get("actor") != ACTOR or status not in (str(ChunkStatus.FAILED), CANCELLED, str(ChunkStatus.SUCCESS)):
             continue
-        span = [times.parse_time(item["from"]).timestamp(), times.parse_time(item["to"]).timestamp()]
+        start, end = times.parse_time(item["from"]).timestamp(), times.parse_time(item["to"]).timestamp()
         for name in item["jobs"]:
-            result.setdefault(name, []).append(span)
-    return {name: coverage.union(spans, []) for name, spans in result.items()}
+            if status == str(ChunkStatus.SUCCESS):
+                ledger = (ledgers or {}).get(name)
+                spans = coverage.clip(ledger.failed, start, end) if isinstance(ledger, coverage.Ledger) else []
+            else:
+                spans = [[start, end]]
+            result.setdefault(name, []).extend(spans)
+    return {name: coverage.union(spans, []) for name, spans in result.items() if spans}

@@ -375,12 +375,13 @@ class Committer:
             pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout)
             try:
                 result, acked = pipe.execute()
-            except redis.exceptions.ResponseError as exc:
-                moved = str(exc).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"))
-                if not moved:
-                    raise
+            except (redis.exceptions.AskError, redis.exceptions.TryAgainError,
+                    redis.exceptions.ClusterDownError) as exc:
+                # By type: redis-py's parser strips the MOVED/ASK/... prefix from the message.
+                # MovedError is an AskError; an ASK (a slot being migrated) is tried again once
+                # the slots map is read again, as a MOVED is.
                 self._relearn(cluster)
-                if attempt == 2 or str(exc).startswith(("TRYAGAIN", "CLUSTERDOWN")):
+                if attempt == 2 or not isinstance(exc, redis.exceptions.AskError):
                     raise redis.exceptions.TryAgainError(str(exc)) from exc
                 continue
             except (redis.ConnectionError, redis.TimeoutError):

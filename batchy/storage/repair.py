@@ -90,7 +90,7 @@ class Repairer(Background):
             holes = {name: (ledgers.get(name) or coverage.Ledger([])).holes() for name in jobs}
             if not any(holes.values()):
                 return []
-            wanted = repair.plan(jobs, settings, holes, self.backfills.filling(wf), self._given_up(wf),
+            wanted = repair.plan(jobs, settings, holes, self.backfills.filling(wf), self._given_up(wf, ledgers),
                                  self.store.now().timestamp())
             created = []
             for start, end, names in wanted:
@@ -107,9 +107,9 @@ class Repairer(Background):
         finally:
             self._unlock(keys=[lock], args=[self.lead.token])
 
-    def _given_up(self, wf: str) -> dict[str, list]:
+    def _given_up(self, wf: str, ledgers: dict) -> dict[str, list]:
         """Return {job: ranges} of automatic backfills that failed or were cancelled: not made again."""
-        return repair.given_up(self.backfills.list(wf))
+        return repair.given_up(self.backfills.list(wf), ledgers)
 
 
 def _candidates(read) -> list[str]:

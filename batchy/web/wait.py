@@ -142,7 +142,7 @@ def wait(wf):
             found, ledgers, settings = state
             selected = _selected(wf, found, jobs)
             result = gates.coverage_verdict(found, ledgers, selected, since, through, tz, settings, tolerance,
-                                            _given_up(wf, found, selected, settings))
+                                            _given_up(wf, found, ledgers, selected, settings))
             if result["state"] != gates.MISSED:
                 return result
             # What backfills fill is read before the ledger is read again: a chunk that
@@ -153,7 +153,7 @@ def wait(wf):
                 found, ledgers, settings = again
                 selected = _selected(wf, found, jobs)
                 result = gates.coverage_verdict(found, ledgers, selected, since, through, tz, settings, tolerance,
-                                                _given_up(wf, found, selected, settings))
+                                                _given_up(wf, found, ledgers, selected, settings))
             return gates.refilled(result, filling)
         return gates.date_missed(readiness.verdict(state, jobs, day, tz, wf), day, today)
 
@@ -219,11 +219,11 @@ def _filling(wf: str) -> dict[str, list]:
     return services().backfills.filling(wf)
 
 
-def _given_up(wf: str, found: dict, selected: list[str], settings: dict | None) -> dict[str, list] | None:
+def _given_up(wf: str, found: dict, ledgers: dict, selected: list[str], settings: dict | None) -> dict[str, list] | None:
     """Return {job: ranges} auto_backfill gave up on, read only when a selected job repairs by itself."""
     if not any(repair.enabled(found[name], settings or {}) for name in selected if name in found):
         return None
-    return repair.given_up(services().backfills.list(wf))
+    return repair.given_up(services().backfills.list(wf), ledgers)
 
 
 def _selected(wf: str, found: dict, jobs: list[str]) -> list[str]:
