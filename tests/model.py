@@ -227,12 +227,13 @@ def covered(wf: dict, name: str) -> list:
     return minus(wf["ledger"].get(name, []), wf["dirty"].get(name, []) + wf["failed"].get(name, []))
 
 
-def succeeded(wf: dict, name: str, low: datetime, high: datetime, dq: str | None) -> None:
-    """Record a successful window [low, high) of job name in wf (changed in place)."""
+def succeeded(wf: dict, name: str, low: datetime, high: datetime, dq: str | None, cleans: bool = True) -> None:
+    """Record a successful window [low, high) of job name in wf (changed in place); cleans=False:
+    an invalidation came while it ran, so its dirty ranges stay."""
     if high <= low:
         return
     wf["ledger"][name] = merge(wf["ledger"].get(name, []), low, high)
-    for part in ("dirty", "failed"):
+    for part in ("dirty", "failed") if cleans else ("failed",):
         wf[part][name] = minus(wf[part].get(name, []), [[low, high]])
     if dq == "fail":
         wf["failed"][name] = merge(wf["failed"][name], low, high)
@@ -394,7 +395,8 @@ def close_batch(wf: dict, outcome: str, now: datetime, *, job: str | None = None
         changed = new["jobs"][name]
         changed.update(status=outcome, batch_end=now)
         if outcome == "success":
-            succeeded(new, name, changed["from_date"], changed["to_date"], dq)
+            succeeded(new, name, changed["from_date"], changed["to_date"], dq,
+                      cleans=changed.get("invalidated_in_batch") != changed["batch_id"])
         line = new["batches"].get(changed["batch_id"], {}).get(name)
         if line is not None and line["status"] not in FINAL:  # a final line is history: never rewritten
             line["status"] = outcome
@@ -418,8 +420,13 @@ def invalidate(wf: dict, low: datetime, high: datetime, *, jobs: list | None = N
     named = sorted(set(jobs)) if jobs else list(wf["jobs"])
     for name in named:
         spoiled = minus(inside(new["ledger"].get(name, []), low, high), new["failed"].get(name, []))
+        job = new["jobs"][name]
+        if job["status"] == "open":  # the run in flight may have read before the late rows: its
+            # window's part is dirty too, and its close leaves every dirty range as it is
+            spoiled += minus(inside([[job["from_date"], job["to_date"]]], low, high), new["failed"].get(name, []))
+            job["invalidated_in_batch"] = job["batch_id"]
         new["dirty"][name] = union_all(new["dirty"].get(name, []) + spoiled)
-        new["jobs"][name]["generation"] = new["jobs"][name].get("generation", 0) + 1
+        job["generation"] = job.get("generation", 0) + 1
     before = {name: wf["jobs"][name] for name in named}
     return Result(200, wf=new, events=[event("invalidate", wf["last_batch_id"], before,
                                              {name: new["jobs"][name] for name in named})])

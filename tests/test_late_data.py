@@ -428,3 +428,33 @@ def test_a_repair_that_fails_its_quality_check_again_is_not_made_again_and_the_g
     other = [format_time(start + timedelta(hours=14)), format_time(start + timedelta(hours=15))]
     client.post("/invalidate/up", query_string={"from": other[0], "to": other[1]})
     assert [(m["from"], m["to"]) for m in repairer.round()] == [tuple(other)]
+
+
+def test_an_invalidation_while_a_run_is_open_is_not_cleaned_by_that_runs_close(client, write_cfg):
+    start = hourly(write_cfg, client)
+    late = [format_time(start + timedelta(hours=10)), format_time(start + timedelta(hours=12))]
+    # an operator reruns yesterday (rewind), and the late rows arrive while that run is open
+    assert client.post("/set_from_date/up", query_string={"from_date": format_time(start)}).status_code == 200
+    opened = client.post("/open_batch/up").json["load"]
+    assert client.post("/invalidate/up", query_string={"from": late[0], "to": late[1]}).status_code == 200
+    assert client.get("/get_status/up").json["load"]["invalidated_in_batch"] == opened["batch_id"]
+    assert client.post("/close_batch/up").status_code == 200
+    shown = client.get("/coverage/up").json["load"]
+    assert shown["dirty"] == [late] and late in shown["holes"]  # that run may have read before the late rows
+    # the next run that starts after the invalidation cleans it
+    assert client.post("/set_from_date/up", query_string={"from_date": format_time(start)}).status_code == 200
+    client.post("/open_batch/up")
+    client.post("/close_batch/up")
+    assert client.get("/coverage/up").json["load"]["dirty"] == []
+
+
+def test_an_invalidation_of_the_open_window_not_yet_covered_is_dirty_at_its_close(client, write_cfg):
+    start = datetime.combine(datetime.now(UTC).date() - timedelta(days=1), datetime.min.time(), UTC)
+    write_cfg("up", f"load:\n  from_date: {start.isoformat()}\n")
+    client.post("/load_cfg/up")
+    client.post("/open_batch/up")  # the first window: nothing covered yet
+    late = [format_time(start + timedelta(hours=1)), format_time(start + timedelta(hours=2))]
+    assert client.post("/invalidate/up", query_string={"from": late[0], "to": late[1]}).status_code == 200
+    client.post("/close_batch/up")
+    shown = client.get("/coverage/up").json["load"]
+    assert shown["dirty"] == [late] and shown["holes"] == [late]

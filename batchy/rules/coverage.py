@@ -138,11 +138,13 @@ class Ledger(NamedTuple):
 
 
 def succeeded(ledger: Ledger, start: float, end: float, passed: bool = True,
-              records: int | None = None) -> Ledger:
-    """Return ledger after a successful window [start, end): covered again, unless it failed its quality check."""
+              records: int | None = None, cleans: bool = True) -> Ledger:
+    """Return ledger after a successful window [start, end): covered again, unless it failed its
+    quality check. cleans=False: the run started before the latest invalidation, so the dirty
+    ranges under its window stay dirty (it may have read the data before the late rows came)."""
     windows = add(ledger.windows, start, end)
     span = [[start, end]]
-    dirty = subtract(ledger.dirty, span) if ledger.dirty else []
+    dirty = (subtract(ledger.dirty, span) if cleans else ledger.dirty) if ledger.dirty else []
     failed = subtract(ledger.failed, span) if ledger.failed else []
     if not passed:
         failed = union(failed, span)

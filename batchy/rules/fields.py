@@ -135,6 +135,8 @@ FIELDS = (
     Field("dq_message", RUNTIME, NO_DEFAULT, None, "Why, with `dq` (cleared at open)."),
     Field("generation", RUNTIME, NO_DEFAULT, None, "How many [invalidations](docs/backfills.md#late-data-invalidate-"
           "a-range) touched the job: a downstream that read its data at a lower one reads again."),
+    Field("invalidated_in_batch", RUNTIME, NO_DEFAULT, None, "The batch that was running when an invalidation "
+          "came: its close leaves the dirty range dirty (it may have read its data before the late rows)."),
     Field("next_from_date", RUNTIME, NO_DEFAULT, None, "Present only after an operator's [set_from_date or "
           "rewind](docs/api.md#watermark-control): the next open starts exactly there."),
     Field("records_scope", RUNTIME, NO_DEFAULT, None, "`batch` when `records_processed` is the whole batch's "

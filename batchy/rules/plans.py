@@ -162,7 +162,12 @@ def covered(old: coverage.Ledger, job: dict) -> coverage.Ledger:
     """Return a job's coverage old with the window of job (just succeeded) merged in."""
     records = job.get("records_processed") if job.get("records_scope") != BATCH_SCOPE else None
     return coverage.succeeded(old, _epoch(job["from_date"]), _epoch(job["to_date"]), job.get("dq") != "fail",
-                              records)
+                              records, cleans=not _invalidated_during(job))
+
+
+def _invalidated_during(job: dict) -> bool:
+    """Return True if an invalidation came while the job's run was open (invalidated_in_batch)."""
+    return job.get("invalidated_in_batch") is not None and job.get("invalidated_in_batch") == job.get("batch_id")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -398,9 +403,16 @@ def plan_invalidate(state: State, start: datetime, end: datetime, jobs: list[str
         if high <= low:
             raise InvalidParameter("to must be later than from", parameter="to", workflow=state.wf)
         old = state.coverage(name)
-        new = coverage.invalidated(old, low, high)
-        book.put(name, new, old)
         job = state.jobs[name]
+        new = coverage.invalidated(old, low, high)
         writes[name] = dict(job, generation=(job.get("generation") or 0) + 1)
+        if job.get("status") == Status.OPEN and job.get("from_date") and job.get("to_date"):
+            # The run in flight may have read its window before the late rows: the part of
+            # the range it loads is dirty too, and its close does not clean it.
+            window = coverage.clip([[low, high]], _epoch(job["from_date"]), _epoch(job["to_date"]))
+            if window:
+                new = new._replace(dirty=coverage.union(new.dirty, coverage.subtract(window, new.failed)))
+            writes[name]["invalidated_in_batch"] = job.get("batch_id")
+        book.put(name, new, old)
     return Change(action="invalidate", writes=writes, book=book, batch_id=state.last_batch_id,
                   reason=reason or "")

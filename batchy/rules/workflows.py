@@ -234,7 +234,7 @@ def check_settings(wf: str, raw, where: str = "") -> dict:
 
 # Runtime fields a job holds only once something set them (a close's attestation, an
 # invalidation): a reload does not add them as nulls (nor a $$generation= line to a parameter file).
-SAID_WHEN_GIVEN = ("checksum", "dq", "dq_message", "generation")
+SAID_WHEN_GIVEN = ("checksum", "dq", "dq_message", "generation", "invalidated_in_batch")
 
 
 def merge(existing: dict[str, dict], configured: dict[str, dict]) -> dict[str, dict]:
