@@ -52,6 +52,8 @@ def test_records_are_summed_while_windows_touch_and_unknown_once_they_overlap():
     assert filled.windows == [[0.0, 6 * HOUR]] and filled.records == [70]
     rerun = coverage.succeeded(filled, 5.5 * HOUR, 7 * HOUR, records=4)  # overlaps: rows would count twice
     assert rerun.records == [None]
+    inside = coverage.succeeded(apart, HOUR, 2 * HOUR, records=25)  # a rerun within an interval: unknown too
+    assert inside.windows == apart.windows and inside.records == [None, 7]
 
 
 def test_a_gate_over_an_invalidated_range_is_missed_saying_so_unless_auto_backfill_repairs_it():

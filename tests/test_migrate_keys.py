@@ -99,3 +99,23 @@ def test_it_refuses_while_a_service_writes(classic, real_redis, capsys):
     assert "a live service is writing" in capsys.readouterr().err
     assert not [k for k in real_redis.keys("*") if "{" in k]
     assert len(before) > 5
+
+
+def test_lineage_queues_cursors_and_lag_episodes_move_with_the_style(classic, real_redis):
+    # what a lineage sender and the lateness checker left behind, in the classic style
+    real_redis.lpush(keys.LINEAGE_OUTBOX, '{"body": {"run": 1}, "tries": 0}')
+    real_redis.hset(keys.LINEAGE_CURSORS, mapping={keys.LINEAGE_SINCE: "1700000000000-0",
+                                                   keys.events("wf1"): "1700000000001-0",
+                                                   keys.backfill_events("wf_b", "1"): "1700000000002-0"})
+    real_redis.hset(keys.lag_episodes("wf1"), "s_extract", "2024-01-01T00:00:00+00:00")
+    assert main(["migrate-keys", "--to", "cluster", "--watch", "0"]) == 0
+    style = keys.CLUSTER
+    assert real_redis.lrange(style.LINEAGE_OUTBOX, 0, -1) == ['{"body": {"run": 1}, "tries": 0}']
+    assert real_redis.hgetall(style.LINEAGE_CURSORS) == {
+        keys.LINEAGE_SINCE: "1700000000000-0", "batchy:events:{wf1}": "1700000000001-0",
+        style.backfill_events("wf_b", "1"): "1700000000002-0"}
+    assert real_redis.hgetall(style.lag_episodes("wf1")) == {"s_extract": "2024-01-01T00:00:00+00:00"}
+    assert not real_redis.exists(keys.LINEAGE_OUTBOX, keys.LINEAGE_CURSORS, keys.lag_episodes("wf1"))
+    assert main(["migrate-keys", "--to", "classic", "--watch", "0"]) == 0
+    assert real_redis.hget(keys.LINEAGE_CURSORS, keys.backfill_events("wf_b", "1")) == "1700000000002-0"
+    assert real_redis.llen(keys.LINEAGE_OUTBOX) == 1

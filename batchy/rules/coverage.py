@@ -160,8 +160,8 @@ def _summed(ledger: Ledger, windows: list[Interval], start: float, end: float, r
     by_interval = {(low, high): count for (low, high), count in zip(ledger.windows, old)}
     result = []
     for low, high in windows:
-        if (low, high) in by_interval:
-            result.append(by_interval[(low, high)])
+        if (low, high) in by_interval:  # unchanged by the window, or a rerun inside it: rows counted twice
+            result.append(None if low < end and high > start else by_interval[(low, high)])
             continue
         absorbed = [(a, b, by_interval[(a, b)]) for a, b in ledger.windows if a <= high and b >= low]
         overlaps = any(a < end and b > start for a, b, _ in absorbed)

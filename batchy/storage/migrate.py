@@ -50,6 +50,7 @@ class Plan:
     moves: list[tuple[str, str]] = field(default_factory=list)
     batches: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # wf -> [(old member, score)]
     paused: bool = False
+    cursors: dict[str, str] = field(default_factory=dict)  # the lineage cursors, their streams named in the target style
 
     def summary(self) -> dict:
         return {"to": self.to, "workflows": len(self.workflows), "keys": len(self.moves),
@@ -110,7 +111,8 @@ class Migration:
         for wf in plan.workflows:
             candidates = [(src.workflow(wf), to.workflow(wf)), (src.meta(wf), to.meta(wf)),
                           (src.history(wf), to.history(wf)), (src.events(wf), to.events(wf)),
-                          (src.pause(wf), to.pause(wf)), (src.backfills(wf), to.backfills(wf))]
+                          (src.pause(wf), to.pause(wf)), (src.backfills(wf), to.backfills(wf)),
+                          (src.lag_episodes(wf), to.lag_episodes(wf))]
             for batch_id in self.redis.zrange(src.history(wf), 0, -1):
                 candidates.append((src.batch(wf, batch_id), to.batch(wf, batch_id)))
             for backfill_id in self.redis.zrange(src.backfills(wf), 0, -1):
@@ -128,6 +130,17 @@ class Migration:
         seen_prefix = src.webhook_seen("")
         for key in scan(self.redis, seen_prefix + "*"):
             plan.moves.append((key, to.webhook_seen(key[len(seen_prefix):])))
+        # OpenLineage: the runs queued move as they are; each cursor names an audit stream,
+        # so its field is renamed to the stream's name in the target style (since is kept).
+        plan.moves += self._existing([(src.LINEAGE_OUTBOX, to.LINEAGE_OUTBOX), (src.LINEAGE_INFLIGHT, to.LINEAGE_INFLIGHT),
+                                      (src.LINEAGE_SENDING, to.LINEAGE_SENDING)])
+        for name, value in self.redis.hgetall(src.LINEAGE_CURSORS).items():
+            owner = src.stream_owner(name)
+            if name == keys.LINEAGE_SINCE:
+                plan.cursors[name] = value
+            elif owner is not None:
+                wf, backfill_id = owner
+                plan.cursors[to.events(wf) if backfill_id is None else to.backfill_events(wf, backfill_id)] = value
         plan.paused = bool(self.redis.exists(keys.PAUSE))
         return plan
 
@@ -180,6 +193,10 @@ class Migration:
                 self.redis.zrem(keys.BATCHES, *(member for member, _score in entries))
         if plan.workflows:
             self.redis.sadd(keys.WORKFLOWS, *plan.workflows)
+        if plan.cursors:
+            self.redis.hset(self.to.LINEAGE_CURSORS, mapping=plan.cursors)
+            if self.src.LINEAGE_CURSORS != self.to.LINEAGE_CURSORS:
+                self.redis.delete(self.src.LINEAGE_CURSORS)
         markers = keys.CLUSTER.pause_markers()
         pipe = self.redis.pipeline(transaction=False)
         for marker in markers:
