@@ -25,6 +25,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from typing import Callable
+
 import redis
 
 from . import keys
@@ -156,29 +158,34 @@ class Watchman(Background):
         client = self.store.redis
         overview = self.store.reads.overview(self.store.workflows())
         items = lateness.late_list(overview, self.store.now())
-        episodes = self.lag_episodes(overview, items)
+        episodes, record = self.lag_episodes(overview, items)
+        begun_at = self.store.now().isoformat()
         for item in items:
+            extra = ""
             if item["kind"] == "coverage_lag":
                 since = episodes.get((item["workflow"], item["job"]))
                 if since is None:
                     continue  # announced when its episode began
                 item = {**item, "since": since}
+                extra = begun_at  # a later episode with the same coverage end is a new event
             what = f"{item['workflow']}/{item['job']}" if item["job"] else item["workflow"]
             shown = {"coverage_lag": "behind on coverage"}.get(item["kind"], item["kind"])
             text = (f"Batchy: the lateness of {what} cannot be checked: {item['reason']}"
                     if item["kind"] == "unchecked" else f"Batchy: {what} is {shown}: {item['reason']}")
             ident = event_id(item["kind"], item["workflow"], item["job"], item["since"], item["reason"]
-                             if item["since"] is None else "")
+                             if item["since"] is None else extra)
             announce(client, item["kind"], text, ident, self.store.keys, workflow=item["workflow"], job=item["job"],
                      since=item["since"], reason=item["reason"])
+        record()  # after the announcements: a failure in between announces again, never loses one
 
-    def lag_episodes(self, overview: dict, items: list[dict]) -> dict[tuple, str]:
+    def lag_episodes(self, overview: dict, items: list[dict]) -> tuple[dict[tuple, str], Callable[[], None]]:
         """Return {(wf, job): since} of the coverage-lag episodes that begin now (announced once:
-        a job stays behind for many checks), and forget those that ended."""
+        a job stays behind for many checks), and what records them and forgets those that
+        ended (to call once they are announced)."""
         behind = {(i["workflow"], i["job"]): i["since"] for i in items if i["kind"] == "coverage_lag"}
         watched = sorted({wf for wf, _ in behind} | {wf for wf, data in overview.items() if _watches_lag(data)})
         if not watched:
-            return {}
+            return {}, lambda: None
         pipe = self.store.redis.pipeline(transaction=False)
         for wf in watched:
             pipe.hgetall(self.store.keys.lag_episodes(wf))
@@ -193,8 +200,7 @@ class Watchman(Background):
             if job not in known[wf]:
                 begun[(wf, job)] = since
                 pipe.hset(self.store.keys.lag_episodes(wf), job, since or "")
-        pipe.execute()
-        return begun
+        return begun, pipe.execute
 
     def deliver(self) -> int:
         """Send every queued event, oldest first; keep one that fails for the next round.
