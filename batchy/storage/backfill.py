@@ -19,7 +19,7 @@ from datetime import datetime
 
 from ..rules import backfill, coverage, formats, plans
 from . import backfill_lua, keys
-from ..errors import BackfillNotFound, NotLeased, StaleAttempt, WrongLeaseToken
+from ..errors import BackfillNotFound, NotLeased, StaleAttempt, Unavailable, WrongLeaseToken
 from .cache import DerivedCache
 from ..errors import CorruptState, InvalidParameter
 from .store import BatchStore
@@ -226,7 +226,7 @@ class Backfills:
         script_keys = (self.keys.workflow(wf), self.keys.backfill(wf, backfill_id), self.keys.backfill_chunks(wf, backfill_id),
                        self.keys.backfill_queue(wf, backfill_id), self.keys.backfill_events(wf, backfill_id), self.keys.pause_marker(wf),
                        self.keys.pause(wf), self.keys.events(wf))
-        while True:
+        for _ in range(3):
             # 128 random bits: a close cannot be guessed from (chunk, attempt), two small numbers.
             token = secrets.token_hex(16)
             reply = self._run(self._lease, script_keys, (lease_ms, self.events_keep, actor, backfill_id, token))
@@ -235,6 +235,9 @@ class Backfills:
                 self.store.pausing.check(wf)  # raises Paused with the pause's message
                 continue  # resumed in between
             break
+        else:  # a pause marker without its record (a resume that failed half way): never loop on it
+            raise Unavailable(f"workflow {wf!r}: its slot still holds a service pause marker that no pause record "
+                       "explains (a resume that failed half way?): run `batchy resume` again", workflow=wf)
         if code == Reply.NO_WORKFLOW:
             raise self.store.committer.not_found(wf)
         if code == Reply.NO_BACKFILL:

@@ -45,12 +45,23 @@ class Pauses:
         pipe = self.redis.pipeline(transaction=not cluster)
         if cluster and not wf:
             # The service pause as every slot's commit sees it: a marker per slot (keys.pause_marker).
+            # A marker never outlives the record: a pause writes the record first, a resume
+            # deletes it last, each in a step of its own (a pipeline's nodes answer in any order).
+            # A pause or resume that fails half way leaves the service paused, to repeat.
+            if action == "pause":
+                write(pipe, key)
+                pipe.execute()
+            markers = self.redis.pipeline(transaction=False)
             for marker in self.keys.pause_markers():
                 if action == "pause":
-                    pipe.set(marker, "1")
+                    markers.set(marker, "1")
                 else:
-                    pipe.delete(marker)
-        write(pipe, key)
+                    markers.delete(marker)
+            markers.execute()
+            if action != "pause":
+                write(pipe, key)
+        else:
+            write(pipe, key)
         entry = {"time": record["since"], "action": action, "scope": record["scope"],
                  "message": record["message"], "actor": record["actor"]}
         pipe.xadd(self.keys.pause_history(), entry, maxlen=self.events_keep, approximate=True)
