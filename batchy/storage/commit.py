@@ -219,6 +219,8 @@ class Committer:
                     # (its own slot), after the commit. A crash in between leaves it unlisted, never
                     # wrong; reconcile_index lists it again (docs/operations.md).
                     self.transport.redis.sadd(self.keys.WORKFLOWS, wf)
+                    if not self.transport.redis.exists(self.keys.workflow(wf)):  # removed meanwhile
+                        self.transport.redis.srem(self.keys.WORKFLOWS, wf)
                 self.clock.learn(reply[2])
                 self._remember(wf, value, state, change, fields)
                 if len(reply) > 3 and reply[3] < self._wait_replicas:
@@ -273,6 +275,9 @@ class Committer:
             raise self.not_found(wf)
         if done == 1 and self.keys.cluster:
             self.transport.redis.srem(self.keys.WORKFLOWS, wf)  # after the commit: see docs/operations.md
+            if self.transport.redis.exists(self.keys.workflow(wf)):
+                # loaded again meanwhile, and that load's SADD came before this SREM: list it again
+                self.transport.redis.sadd(self.keys.WORKFLOWS, wf)
         return done == 1
 
     def repeated_open(self, wf: str, batch_id: int, lenient: bool = False) -> Change:
