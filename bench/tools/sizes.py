@@ -44,6 +44,10 @@ def imports(dotted: str, path: str, known: dict[str, str]) -> set[str]:
 def main(argv=None) -> int:
     root = (argv or sys.argv[1:] or ["."])[0]
     known = modules(root)
+    if not known:
+        print(f"no batchy package under {root!r}: give a checkout's folder (the one holding batchy/)",
+              file=sys.stderr)
+        return 2
     lines = {m: sum(1 for _ in open(p, encoding="utf-8")) for m, p in known.items()}
     functions = []
     for path in known.values():
