@@ -15,7 +15,6 @@ in first out, until it is back.
 """
 from __future__ import annotations
 
-import atexit
 import importlib.metadata
 import json
 import logging
@@ -105,20 +104,7 @@ class Sender(Background):
             self.since()
         except (redis.RedisError, OSError) as exc:
             log.warning("lineage: %s (the first round starts the record)", exc)
-        self.thread.start()
-        atexit.register(self.stop)
-        return self
-
-    def stop(self) -> None:
-        """Stop; hand back the event being sent and the lead, so another process goes on at once."""
-        self.stopped.set()
-        if self.outbox.sending is None and not self.lead.leading:
-            return
-        try:
-            self.outbox.hand_back()
-            self.lead.resign()
-        except (redis.RedisError, OSError) as exc:
-            log.info("lineage: could not hand back the lead or an event when stopping: %s", exc)
+        return super().start()
 
     def since(self) -> str:
         """Return the stream id from which a stream without a cursor is read (set once, service-wide)."""

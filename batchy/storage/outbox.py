@@ -13,6 +13,7 @@ stays first for the next round.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import random
@@ -178,7 +179,11 @@ class Outbox:
 
 
 class Background:
-    """A daemon thread running round() every interval (jittered) until stopped."""
+    """A daemon thread running round() every interval (jittered) until stopped; the lead it
+    holds (lead) and the entry it is sending (outbox), if any, handed back when it stops."""
+
+    lead: Lead | None = None
+    outbox: Outbox | None = None
 
     def __init__(self, interval: float, name: str, label: str):
         self.interval = interval
@@ -188,6 +193,25 @@ class Background:
 
     def round(self):  # pragma: no cover - each subclass has its own
         raise NotImplementedError
+
+    def start(self):
+        self.thread.start()
+        atexit.register(self.stop)  # a graceful exit (gunicorn's SIGTERM) hands its lead and entry back
+        return self
+
+    def stop(self) -> None:
+        """Stop; hand back the entry being sent and the lead, so another process goes on at once."""
+        self.stopped.set()
+        sending = self.outbox is not None and self.outbox.sending is not None
+        if not sending and not (self.lead is not None and self.lead.leading):
+            return
+        try:
+            if self.outbox is not None:
+                self.outbox.hand_back()
+            if self.lead is not None:
+                self.lead.resign()
+        except (redis.RedisError, OSError) as exc:  # the lead expires, the visibility timeout hands it back
+            log.info("%s: could not hand back the lead or an entry when stopping: %s", self.label, exc)
 
     def _run(self) -> None:
         while not self.stopped.wait(self.interval * random.uniform(0.8, 1.0)):

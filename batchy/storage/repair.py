@@ -9,7 +9,6 @@ round cannot make two backfills of one range. `batchy backfill run` then repairs
 """
 from __future__ import annotations
 
-import atexit
 import logging
 from datetime import datetime
 
@@ -41,16 +40,6 @@ class Repairer(Background):
     @property
     def leading(self) -> bool:
         return self.lead.leading
-
-    def start(self) -> "Repairer":
-        self.thread.start()
-        atexit.register(self.stop)
-        return self
-
-    def stop(self) -> None:
-        """Stop, and give up the lead so that another process goes on at once."""
-        self.stopped.set()
-        self.stop_leading()
 
     def stop_leading(self) -> None:
         """Give up the lead, if held."""

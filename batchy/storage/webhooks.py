@@ -17,7 +17,6 @@ once. A duplicate carries the same event `id`.
 """
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import logging
@@ -122,21 +121,6 @@ class Watchman(Background):
     def leading(self) -> bool:
         return self.lead.leading
 
-    def start(self) -> "Watchman":
-        self.thread.start()
-        atexit.register(self.stop)  # a graceful exit (gunicorn's SIGTERM) hands its event back
-        return self
-
-    def stop(self) -> None:
-        """Stop; hand back the event being posted and the lead, so another process goes on at once."""
-        self.stopped.set()
-        if self.outbox.sending is None and not self.lead.leading:
-            return
-        try:
-            self.outbox.hand_back()
-            self.lead.resign()
-        except (redis.RedisError, OSError) as exc:  # the lead expires, the visibility timeout hands it back
-            log.info("webhooks: could not hand back the lead or an event when stopping: %s", exc)
 
     def leads(self) -> bool:
         """Take or keep the lead; return whether this process leads."""
