@@ -74,3 +74,20 @@ def test_a_key_added_to_the_module_is_in_both_styles(monkeypatch):
     assert style.NEW_SERVICE_KEY == "batchy:new" and style.count_field("open") == "count:open"
     with pytest.raises(AttributeError):
         style.no_such_key  # noqa: B018
+
+
+def test_a_corrupt_value_is_named_by_its_key_in_the_store_s_style(real_redis, cfg_dir):
+    """On a cluster-style store the message names the key an operator must fix: batchy:wf:{wf1}."""
+    from .conftest import make_app
+
+    client = make_app(real_redis, cfg_dir, BATCHY_REDIS_CLUSTER=True).test_client()
+    assert client.post("/load_cfg/wf1").status_code == 200
+    client.post("/open_batch/wf1")
+    client.post("/close_batch/wf1")
+    assert client.post("/open_batch/wf1").status_code == 200
+    real_redis.hset(CLUSTER.meta("wf1"), keys.coverage_field("s_extract"), "not a ledger")
+    real_redis.hdel(CLUSTER.meta("wf1"), "version")  # a hand edit, told as the docs say
+    for answer in (client.get("/coverage/wf1"), client.post("/close_batch/wf1"),
+                   client.get("/wait/wf1", query_string={"through": "2024-01-02", "timeout": 0})):
+        assert answer.status_code >= 400, (answer.status_code, answer.get_data(as_text=True))
+        assert "batchy:wf:{wf1}" in answer.get_data(as_text=True), answer.get_data(as_text=True)

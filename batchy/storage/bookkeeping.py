@@ -65,12 +65,12 @@ def book_of(meta: dict[str, str]) -> Book:
 
 
 def state(wf: str, now: datetime, jobs: dict[str, dict], meta: dict[str, str], raw: dict[str, str],
-          second: str = "") -> State:
+          second: str = "", meta_key: str | None = None) -> State:
     """Return the State a plan reads: wf's jobs, and its meta hash as the values it holds."""
     # Views, not copies: a state is built on every change, and most plans read one field or none.
     return State(wf, now, jobs, meta.get(keys.LAST_BATCH_ID), meta.get(keys.SETTINGS),
                  Fields(meta, keys.COVERAGE_PREFIX), Fields(meta, keys.SUCCESS_PREFIX), Counts(meta, keys.COUNT_PREFIX),
-                 raw, meta.get(keys.VERSION, "0"), second=second, where=_where(wf), stored=meta,
+                 raw, meta.get(keys.VERSION, "0"), second=second, where=_where(meta_key or keys.meta(wf)), stored=meta,
                  dirty_texts=Fields(meta, keys.DIRTY_PREFIX), failed_texts=Fields(meta, keys.QUALITY_PREFIX),
                  record_texts=Fields(meta, keys.RECORDS_PREFIX))
 
@@ -112,8 +112,8 @@ class Counts(Fields):
 
 
 @functools.lru_cache(maxsize=4096)
-def _where(wf: str):
-    return functools.partial(_field_of, keys.meta(wf))
+def _where(meta_key: str):
+    return functools.partial(_field_of, meta_key)
 
 
 _FIELDS = {"last_batch_id": lambda job: keys.LAST_BATCH_ID, "settings": lambda job: keys.SETTINGS,

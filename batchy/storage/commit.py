@@ -106,7 +106,7 @@ class Committer:
     def _planned(self, wf: str, raw: dict[str, str], meta: dict[str, str], seconds: int,
                  jobs: dict[str, dict] | None = None, lenient: bool = False) -> State:
         jobs = decode(raw, wf, lenient=lenient, shared=True) if jobs is None else jobs
-        return bookkeeping.state(wf, self.clock.moment(seconds), jobs, meta, raw, str(seconds))
+        return bookkeeping.state(wf, self.clock.moment(seconds), jobs, meta, raw, str(seconds), self.keys.meta(wf))
 
     def _cached(self, wf: str) -> State | None:
         """Return wf as this process last wrote it, at the second Redis' clock should show now."""

@@ -198,7 +198,7 @@ class History:
         raw, meta = pipe.execute()
         if not raw:
             raise self.not_found(wf)
-        return decode(raw, wf, lenient=lenient), ledgers_of(wf, meta), _settings(meta)
+        return decode(raw, wf, lenient=lenient), ledgers_of(wf, meta, self.keys.meta(wf)), _settings(meta)
 
     def coverage(self, wf: str, job: str | None = None, start: float | None = None,
                  end: float | None = None) -> dict[str, dict]:
@@ -253,7 +253,7 @@ class History:
                 result[wf] = {"jobs": {}, "settings": {}, "counts": {}, "last_batch_id": None, "error": message}
                 continue
             try:
-                found = ledgers_of(wf, meta)
+                found = ledgers_of(wf, meta, self.keys.meta(wf))
             except CorruptState:
                 found = None
             texts = self.keys.coverage_texts(meta)
@@ -316,7 +316,7 @@ def _epoch_or_none(text) -> float | None:
         return None
 
 
-def ledgers_of(wf: str, meta: dict[str, str]) -> dict[str, coverage_mod.Ledger]:
+def ledgers_of(wf: str, meta: dict[str, str], meta_key: str | None = None) -> dict[str, coverage_mod.Ledger]:
     """Return {job: its coverage} of a meta hash, or raise CorruptState naming the field."""
     parts = {}
     for item, prefix in (("coverage ledger", keys.COVERAGE_PREFIX), ("dirty ranges", keys.DIRTY_PREFIX),
@@ -325,7 +325,8 @@ def ledgers_of(wf: str, meta: dict[str, str]) -> dict[str, coverage_mod.Ledger]:
             try:
                 parts.setdefault(name, {})[prefix] = coverage_mod.loads_cached(text)
             except ValueError:
-                raise CorruptState.of_job(wf, name, f"has {item} Batchy cannot read", keys.meta(wf)) from None
+                raise CorruptState.of_job(wf, name, f"has {item} Batchy cannot read",
+                                          meta_key or keys.meta(wf)) from None
     result = {}
     for name, found in parts.items():
         records = None
