@@ -18,16 +18,20 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+from typing import TYPE_CHECKING
 
 import redis
-from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
-from openlineage.client.facet_v2 import error_message_run, job_type_job, nominal_time_run, parent_run
-from openlineage.client.transport.http import HttpConfig, HttpTransport
 
 from ..rules import lineage as rules
 from . import keys
 from .outbox import Background, Lead, Outbox
 from .webhooks import redact
+
+if TYPE_CHECKING:
+    from openlineage.client.event_v2 import RunEvent
+
+# The openlineage client is imported where it is used, not with this module: it takes about
+# 0.2 s, which every worker of a deployment without a collector would pay at start.
 
 log = logging.getLogger("batchy")
 
@@ -41,6 +45,9 @@ READ_COUNT = 500  # audit entries read per stream per round
 
 def event(body: dict, namespace: str) -> RunEvent:
     """Return the OpenLineage RunEvent of a queued run (a job's window in a batch, or a chunk attempt)."""
+    from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
+    from openlineage.client.facet_v2 import error_message_run, job_type_job, nominal_time_run, parent_run
+
     wf, state = body["wf"], body["state"]
     facets: dict = {}
     if body.get("from") and body.get("to"):
@@ -96,6 +103,8 @@ class Sender(Background):
                              visibility=2 * timeout + 5, max_tries=MAX_TRIES, name="lineage")
         # No retries inside a post: a collector that is down is tried again on the next round,
         # and the sender never sleeps on its backoff while holding an event.
+        from openlineage.client.transport.http import HttpConfig, HttpTransport
+
         self.transport = HttpTransport(HttpConfig(url=url, endpoint="api/v1/lineage", timeout=timeout,
                                                   retry={"total": 0, "read": 0, "connect": 0}))
 
