@@ -108,42 +108,23 @@ class Notifier:
     # -- the listener thread ---------------------------------------------------
 
     def _run(self) -> None:
-        if self.store.keys.cluster:
-            return self._run_sharded()
-        backoff = 0.1
-        lost = False
+        """Listen until stopped, reconnecting with a backoff: pattern pub/sub, or sharded on a cluster."""
+        listen, what = (self._listen_sharded, "sharded pub/sub") if self.store.keys.cluster \
+            else (self._listen_pattern, "pub/sub")
+        self._backoff, self._lost = 0.1, False
         while not self._stopping():
             pubsub = None
             try:
                 pubsub = self.store.redis.pubsub()
-                pubsub.psubscribe(keys.CHANNEL_PATTERN)
-                while not self._stopping():
-                    message = pubsub.get_message(timeout=SLICE)
-                    if message is None:
-                        continue
-                    if message["type"] == "psubscribe":
-                        self._subscribed.set()
-                        backoff = 0.1
-                        if lost:
-                            log.warning("wait listener: pub/sub is back")
-                            lost = False
-                        # Changes published while we were not subscribed were missed.
-                        self._refresh(None)
-                    elif message["type"] == "pmessage":
-                        changed = {keys.workflow_from_channel(message["channel"])}
-                        # Drain a burst first: one read per workflow, however many changes.
-                        while (more := pubsub.get_message(timeout=0)) is not None:
-                            if more["type"] == "pmessage":
-                                changed.add(keys.workflow_from_channel(more["channel"]))
-                        self._refresh(changed)
+                listen(pubsub, what)
             except (redis.RedisError, OSError, ValueError) as exc:
-                if not lost:
-                    log.warning("wait listener lost Redis pub/sub (%s); reconnecting", exc)
-                    lost = True
+                if not self._lost:
+                    log.warning("wait listener lost Redis %s (%s); reconnecting", what, exc)
+                    self._lost = True
                 self._subscribed.clear()
                 self._refresh(None, read=False)
-                self._sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                self._sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, 2.0)
             except Exception:  # noqa: BLE001 - the listener must outlive any surprise
                 log.exception("wait listener failed; restarting it")
                 self._subscribed.clear()
@@ -160,70 +141,62 @@ class Notifier:
             for watch in self._watches.values():
                 watch.changed.notify_all()
 
-    def _run_sharded(self) -> None:
-        """The listener on a cluster: SSUBSCRIBE the channels of the watched workflows."""
-        style = self.store.keys
-        backoff = 0.1
-        lost = False
+    def _connected(self, what: str) -> None:
+        """Listening again: waiters may count on it; say so if it had been lost."""
+        self._subscribed.set()
+        self._backoff = 0.1
+        if self._lost:
+            log.warning("wait listener: %s is back", what)
+            self._lost = False
+
+    def _listen_pattern(self, pubsub, what: str) -> None:
+        """One connection's listening: PSUBSCRIBE every workflow's channel."""
+        pubsub.psubscribe(keys.CHANNEL_PATTERN)
         while not self._stopping():
-            pubsub = None
-            subscribed: set[str] = set()
-            try:
-                pubsub = self.store.redis.pubsub()
-                self.store.redis.ping()  # reachable: waiters may count on the subscriptions that follow
-                self._subscribed.set()
-                if lost:
-                    log.warning("wait listener: sharded pub/sub is back")
-                    lost = False
-                backoff = 0.1
-                while not self._stopping():
-                    with self._lock:
-                        wanted = set(self._watches)
-                    for wf in sorted(wanted - subscribed):
-                        pubsub.ssubscribe(style.channel(wf))
-                        subscribed.add(wf)
-                    gone = subscribed - wanted
-                    if gone:
-                        pubsub.sunsubscribe(*(style.channel(wf) for wf in gone))
-                        subscribed -= gone
-                    message = pubsub.get_sharded_message(timeout=SHARDED_SLICE if subscribed else 0) \
-                        if subscribed else None
-                    if message is None:
-                        if not subscribed:
-                            time.sleep(SHARDED_SLICE)
-                        continue
-                    changed = set()
-                    while message is not None:
-                        name = message["channel"]
-                        if message["type"] in ("ssubscribe", "smessage"):
-                            # A confirmed subscription reads the workflow once: a change made
-                            # before it is seen there.
-                            changed.add(style.workflow_from_channel(name))
-                        message = pubsub.get_sharded_message(timeout=0)
-                    self._refresh(changed)
-            except (redis.RedisError, OSError, ValueError) as exc:
-                if not lost:
-                    log.warning("wait listener lost Redis sharded pub/sub (%s); reconnecting", exc)
-                    lost = True
-                self._subscribed.clear()
-                self._refresh(None, read=False)
-                self._sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            except Exception:  # noqa: BLE001 - the listener must outlive any surprise
-                log.exception("wait listener failed; restarting it")
-                self._subscribed.clear()
-                self._sleep(1.0)
-            finally:
-                if pubsub is not None:
-                    try:
-                        pubsub.close()
-                    except Exception:  # noqa: BLE001 - closing a dead connection
-                        pass
-        self._subscribed.clear()
-        with self._lock:
-            self.closing = True
-            for watch in self._watches.values():
-                watch.changed.notify_all()
+            message = pubsub.get_message(timeout=SLICE)
+            if message is None:
+                continue
+            if message["type"] == "psubscribe":
+                self._connected(what)
+                # Changes published while we were not subscribed were missed.
+                self._refresh(None)
+            elif message["type"] == "pmessage":
+                changed = {keys.workflow_from_channel(message["channel"])}
+                # Drain a burst first: one read per workflow, however many changes.
+                while (more := pubsub.get_message(timeout=0)) is not None:
+                    if more["type"] == "pmessage":
+                        changed.add(keys.workflow_from_channel(more["channel"]))
+                self._refresh(changed)
+
+    def _listen_sharded(self, pubsub, what: str) -> None:
+        """One connection's listening on a cluster: SSUBSCRIBE the channels of the watched workflows."""
+        style = self.store.keys
+        subscribed: set[str] = set()
+        self.store.redis.ping()  # reachable: waiters may count on the subscriptions that follow
+        self._connected(what)
+        while not self._stopping():
+            with self._lock:
+                wanted = set(self._watches)
+            for wf in sorted(wanted - subscribed):
+                pubsub.ssubscribe(style.channel(wf))
+                subscribed.add(wf)
+            gone = subscribed - wanted
+            if gone:
+                pubsub.sunsubscribe(*(style.channel(wf) for wf in gone))
+                subscribed -= gone
+            message = pubsub.get_sharded_message(timeout=SHARDED_SLICE) if subscribed else None
+            if message is None:
+                if not subscribed:
+                    time.sleep(SHARDED_SLICE)
+                continue
+            changed = set()
+            while message is not None:
+                if message["type"] in ("ssubscribe", "smessage"):
+                    # A confirmed subscription reads the workflow once: a change made
+                    # before it is seen there.
+                    changed.add(style.workflow_from_channel(message["channel"]))
+                message = pubsub.get_sharded_message(timeout=0)
+            self._refresh(changed)
 
     def _stopping(self) -> bool:
         # gunicorn's graceful stop waits for in-flight requests: answer waiters at once
