@@ -26,16 +26,12 @@ def fields(book: Book) -> dict[str, str]:
         out[keys.SETTINGS] = dumps(book.settings)
     for action, count in book.counts.items():
         out[keys.count_field(action)] = str(count)
-    for job, mark in book.marks.items():
-        out[keys.success_field(job)] = dumps(mark)
-    for job, ledger in book.ledgers.items():
-        out[keys.coverage_field(job)] = dumps(ledger)
-    for job, ranges in book.dirty.items():
-        out[keys.dirty_field(job)] = dumps(ranges)
-    for job, ranges in book.failed.items():
-        out[keys.quality_field(job)] = dumps(ranges)
-    for job, records in book.records.items():
-        out[keys.records_field(job)] = dumps(records)
+    # Each job's part of the bookkeeping, under its own field (keys.py names them).
+    for parts, field in ((book.marks, keys.success_field), (book.ledgers, keys.coverage_field),
+                         (book.dirty, keys.dirty_field), (book.failed, keys.quality_field),
+                         (book.records, keys.records_field)):
+        for job, value in parts.items():
+            out[field(job)] = dumps(value)
     return out
 
 
