@@ -12,6 +12,7 @@ dq=fail, is a hole until a passing window covers it again.
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, tzinfo
+from typing import Callable
 
 from . import coverage, readiness, repair, times, watermark
 from .jobs import Status
@@ -36,7 +37,8 @@ def moment(text: str, now: datetime, tz: tzinfo, name: str) -> datetime:
 
 def coverage_verdict(jobs: dict[str, dict], ledgers: dict, selected: list[str], since: datetime,
                      through: datetime, tz: tzinfo = times.UTC, settings: dict | None = None,
-                     max_hole_seconds: float = 0, given_up: dict[str, list] | None = None) -> dict:
+                     max_hole_seconds: float = 0,
+                     given_up: dict[str, list] | Callable[[], dict[str, list]] | None = None) -> dict:
     """Return {"state", "ready", "missing", "failed", "jobs": {job: {...}}} for [since, through).
 
     ledgers: {job: coverage.Ledger (or a plain ledger)}; what counts is the effective
@@ -44,7 +46,8 @@ def coverage_verdict(jobs: dict[str, dict], ledgers: dict, selected: list[str], 
     watermark makes the gate missed, unless the job repairs its holes by itself
     (auto_backfill, in settings or on the job) and the hole is one of its ledger's that
     auto_backfill has not given up on (given_up: {job: ranges of its failed or cancelled
-    automatic backfills}, repair.given_up): then it waits.
+    automatic backfills}, repair.given_up; or a function returning it, called only when such a
+    hole is found): then it waits.
     Holes no longer than max_hole_seconds are tolerated. Times in reasons and holes are
     written in tz, the gate's zone (waitsy's --tz).
     """
@@ -64,6 +67,8 @@ def coverage_verdict(jobs: dict[str, dict], ledgers: dict, selected: list[str], 
             dropped: list = []
             if stuck and repair.enabled(job, settings or {}):
                 # auto_backfill repairs the holes of its ledger, except where it gave up
+                if callable(given_up):
+                    given_up = given_up()  # read once, and only when a hole needs it
                 given = (given_up or {}).get(name) or []
                 waits = bool(stuck)
                 stuck = coverage.subtract(stuck, coverage.subtract(ledger.holes(), given))

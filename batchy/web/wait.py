@@ -142,7 +142,7 @@ def wait(wf):
             found, ledgers, settings = state
             selected = _selected(wf, found, jobs)
             result = gates.coverage_verdict(found, ledgers, selected, since, through, tz, settings, tolerance,
-                                            _given_up(wf, found, ledgers, selected, settings))
+                                            lambda: _given_up(wf, ledgers))
             if result["state"] != gates.MISSED:
                 return result
             # What backfills fill is read before the ledger is read again: a chunk that
@@ -153,7 +153,7 @@ def wait(wf):
                 found, ledgers, settings = again
                 selected = _selected(wf, found, jobs)
                 result = gates.coverage_verdict(found, ledgers, selected, since, through, tz, settings, tolerance,
-                                                _given_up(wf, found, ledgers, selected, settings))
+                                                lambda: _given_up(wf, ledgers))
             return gates.refilled(result, filling)
         return gates.date_missed(readiness.verdict(state, jobs, day, tz, wf), day, today)
 
@@ -219,10 +219,8 @@ def _filling(wf: str) -> dict[str, list]:
     return services().backfills.filling(wf)
 
 
-def _given_up(wf: str, found: dict, ledgers: dict, selected: list[str], settings: dict | None) -> dict[str, list] | None:
-    """Return {job: ranges} auto_backfill gave up on, read only when a selected job repairs by itself."""
-    if not any(repair.enabled(found[name], settings or {}) for name in selected if name in found):
-        return None
+def _given_up(wf: str, ledgers: dict) -> dict[str, list]:
+    """Return {job: ranges} auto_backfill gave up on (the gate asks only over a hole it would repair)."""
     return repair.given_up(services().backfills.list(wf), ledgers)
 
 
