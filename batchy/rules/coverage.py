@@ -142,6 +142,8 @@ def succeeded(ledger: Ledger, start: float, end: float, passed: bool = True,
     """Return ledger after a successful window [start, end): covered again, unless it failed its
     quality check. cleans=False: the run started before the latest invalidation, so the dirty
     ranges under its window stay dirty (it may have read the data before the late rows came)."""
+    if passed and records is None and ledger.records is None and not (ledger.dirty or ledger.failed):
+        return Ledger(add(ledger.windows, start, end))  # windows only: the usual close
     windows = add(ledger.windows, start, end)
     span = [[start, end]]
     dirty = (subtract(ledger.dirty, span) if cleans else ledger.dirty) if ledger.dirty else []

@@ -49,7 +49,7 @@ BATCH_SCOPE = "batch"
 
 def snapshot(job: dict) -> dict:
     """Return what a batch snapshot keeps of a job."""
-    return {key: value for key in SNAPSHOT_FIELDS if (value := job.get(key)) is not None}
+    return {key: job[key] for key in SNAPSHOT_FIELDS if key in job and job[key] is not None}
 
 
 def batch_status(jobs: dict[str, dict]) -> str:

@@ -162,7 +162,7 @@ def covered(old: coverage.Ledger, job: dict) -> coverage.Ledger:
     """Return a job's coverage old with the window of job (just succeeded) merged in."""
     records = job.get("records_processed") if job.get("records_scope") != BATCH_SCOPE else None
     return coverage.succeeded(old, _epoch(job["from_date"]), _epoch(job["to_date"]), job.get("dq") != "fail",
-                              records, cleans=not _invalidated_during(job))
+                              records, cleans=not (old.dirty and _invalidated_during(job)))
 
 
 def _invalidated_during(job: dict) -> bool:

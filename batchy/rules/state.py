@@ -5,7 +5,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Mapping, NamedTuple
+from typing import Mapping, NamedTuple, Protocol
 
 from . import coverage
 from ..errors import CorruptState
@@ -17,35 +17,54 @@ SNAPSHOT_UPDATE = "update"  # written only if it still exists (retention may hav
 SNAPSHOT_PUT = "put"  # written whole and indexed, replacing any (import)
 
 
-def _unnamed(item: str, job: str | None) -> str:
-    return f"{item} of job {job!r}" if job else item
+class Stored(Protocol):
+    """How a State reads the bookkeeping kept beside a workflow's jobs (storage/bookkeeping.Reader):
+    each item as the text storage holds, or None; rules never learn where storage keeps it."""
+
+    def ledger(self, meta: Mapping[str, str], job: str) -> str | None: ...
+
+    def mark(self, meta: Mapping[str, str], job: str) -> str | None: ...
+
+    def coverage(self, meta: Mapping[str, str], job: str) -> tuple[str | None, str | None, str | None, str | None]:
+        """job's ledger, dirty ranges, quality failures and rows per interval (the last three: None, usually)."""
+
+    def counts(self, meta: Mapping[str, str]) -> Mapping[str, int]:
+        """How many changes of each kind (action -> count)."""
+
+    def where(self, item: str, job: str | None) -> str:
+        """Name where an item is kept, for a corrupt-state message."""
 
 
-@dataclass
 class State:
     """One consistent read of a workflow, at one second of Redis' clock.
 
-    The bookkeeping beside the jobs comes as the text storage keeps (decoded here only
-    when a plan needs it); `where` names an item of it in a corrupt-state message.
+    The bookkeeping beside the jobs comes as the text storage keeps (`stored`, read
+    through `reader`, decoded here only when a plan needs it).
     """
 
-    wf: str
-    now: datetime
-    jobs: dict[str, dict]
-    last_batch_text: str | None = None
-    settings_text: str | None = None
-    ledger_texts: Mapping[str, str] = field(default_factory=dict)  # job -> its coverage ledger as stored
-    mark_texts: Mapping[str, str] = field(default_factory=dict)  # job -> its last success as stored
-    counts: Mapping[str, int] = field(default_factory=dict)  # action -> how many changes of that kind
-    raw: dict[str, str] = field(default_factory=dict)  # the jobs as stored (JSON text)
-    version: str = "0"
-    floor: int = 0  # lowest batch id still free, raised when a snapshot key was taken
-    second: str = ""  # the Redis TIME seconds `now` was made from, as the commit checks it
-    where: Callable[[str, str | None], str] = _unnamed
-    stored: dict[str, str] = field(default_factory=dict)  # storage's own copy of the bookkeeping
-    dirty_texts: Mapping[str, str] = field(default_factory=dict)  # job -> its dirty ranges as stored
-    failed_texts: Mapping[str, str] = field(default_factory=dict)  # job -> its quality failures as stored
-    record_texts: Mapping[str, str] = field(default_factory=dict)  # job -> rows per ledger interval as stored
+    # Slots and no defaults to fill: a state is built for every change.
+    __slots__ = ("wf", "now", "jobs", "last_batch_text", "settings_text", "raw", "version", "second", "stored",
+                 "reader", "floor")
+
+    def __init__(self, wf: str, now: datetime, jobs: dict[str, dict], last_batch_text: str | None,
+                 settings_text: str | None, raw: dict[str, str], version: str, second: str,
+                 stored: Mapping[str, str], reader: Stored):
+        self.wf = wf
+        self.now = now
+        self.jobs = jobs
+        self.last_batch_text = last_batch_text
+        self.settings_text = settings_text
+        self.raw = raw  # the jobs as stored (JSON text)
+        self.version = version
+        self.second = second  # the Redis TIME seconds `now` was made from, as the commit checks it
+        self.stored = stored  # storage's own copy of the bookkeeping
+        self.reader = reader
+        self.floor = 0  # lowest batch id still free, raised when a snapshot key was taken
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        """action -> how many changes of that kind."""
+        return self.reader.counts(self.stored)
 
     @property
     def last_batch_id(self) -> int | None:
@@ -70,7 +89,10 @@ class State:
 
     def ledger(self, job: str, cached: bool = False) -> list:
         """Return job's coverage ledger (coverage.py), or raise CorruptState."""
-        text = self.ledger_texts.get(job) or ""
+        return self._ledger(self.reader.ledger(self.stored, job), job, cached)
+
+    def _ledger(self, text: str | None, job: str, cached: bool) -> list:
+        text = text or ""
         try:
             return coverage.loads_cached(text) if cached else coverage.loads(text)
         except ValueError:
@@ -78,34 +100,34 @@ class State:
 
     def coverage(self, job: str, cached: bool = False) -> coverage.Ledger:
         """Return job's whole coverage (ledger, dirty ranges, quality failures, rows), or raise CorruptState."""
-        if not (self.dirty_texts.get(job) or self.failed_texts.get(job) or self.record_texts.get(job)):
-            return coverage.Ledger(self.ledger(job, cached))  # the usual case: windows only, on every close
+        ledger, dirty, failed, records = self.reader.coverage(self.stored, job)
+        if not (dirty or failed or records):
+            return coverage.Ledger(self._ledger(ledger, job, cached))  # the usual case: windows only, on every close
         parts = []
-        for item, texts in (("dirty", self.dirty_texts), ("quality", self.failed_texts)):
-            text = texts.get(job) or ""
+        for item, text in (("dirty", dirty), ("quality", failed)):
             try:
                 parts.append(coverage.loads_cached(text) if text else [])
             except ValueError:
                 raise self.corrupt(item, text, job) from None
         try:
-            records = json.loads(self.record_texts[job]) if self.record_texts.get(job) else None
+            records = json.loads(records) if records else None
         except ValueError:
             records = None  # a count is a convenience: never worth refusing a close over
         if not isinstance(records, list):
             records = None
-        return coverage.Ledger(self.ledger(job, cached), parts[0], parts[1], records)
+        return coverage.Ledger(self._ledger(ledger, job, cached), parts[0], parts[1], records)
 
     def mark(self, job: str) -> dict | None:
         """Return job's last success {batch_id, start, end}, or None (none, or unreadable)."""
         try:
-            mark = json.loads(self.mark_texts[job])
-        except (KeyError, ValueError):
+            mark = json.loads(self.reader.mark(self.stored, job) or "")
+        except ValueError:
             return None
         return mark if isinstance(mark, dict) else None
 
     def corrupt(self, item: str, value: str, job: str | None = None) -> CorruptState:
         return CorruptState(
-            f"workflow {self.wf!r}: {self.where(item, job)} holds {value[:80]!r}, which Batchy "
+            f"workflow {self.wf!r}: {self.reader.where(item, job)} holds {value[:80]!r}, which Batchy "
             f"did not write; reload the workflow with load_cfg/{self.wf}?reset=true", workflow=self.wf)
 
 
@@ -128,6 +150,11 @@ class Book:
 
     def put(self, job: str, new: coverage.Ledger, old: coverage.Ledger | None = None) -> None:
         """Write job's coverage new; of old (what is stored), only the parts that changed."""
+        if old is not None and not (new.dirty or old.dirty or new.failed or old.failed) \
+                and new.records is None and old.records is None:  # windows only (every close, usually)
+            if new.windows != old.windows:
+                self.ledgers[job] = new.windows
+            return
         if old is None or new.windows != old.windows:
             self.ledgers[job] = new.windows
         if old is None or new.dirty != old.dirty:

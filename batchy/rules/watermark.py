@@ -72,10 +72,9 @@ def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int, wf: str = "",
                 workflow=wf, job=name,
             )
         new = dict(job)
-        new.pop("next_from_date", None)  # consumed by this open
-        new.pop("records_scope", None)
-        new.pop("caught_up", None)  # said of this window only, when a policy ends it
-        new.pop("behind_seconds", None)
+        if not _SAID_OF_LAST.isdisjoint(job):  # most jobs hold none of them: no pop to try
+            for said in _SAID_OF_LAST:
+                new.pop(said, None)
         policy = windows.policy_of(job, policy_settings)
         to_date = start
         if policy.active:
@@ -92,8 +91,6 @@ def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int, wf: str = "",
             records_processed=None,
             message=None,
         )
-        for said in ATTESTED:  # said of the last window only
-            new.pop(said, None)
         opened[name] = new
     return opened
 
@@ -198,6 +195,9 @@ def close_jobs(
 
 
 ATTESTED = ("checksum", "dq", "dq_message")  # what a successful close may say of the data it loaded
+# What a job says of its last window only, gone once it opens the next: the operator's next_from_date
+# (consumed by the open), a whole-batch count's scope, a policy's verdict on it, and its attestation.
+_SAID_OF_LAST = frozenset(("next_from_date", "records_scope", "caught_up", "behind_seconds") + ATTESTED)
 DQ_VERDICTS = ("pass", "fail")
 MAX_CHECKSUM = 128
 

@@ -47,7 +47,7 @@ class Policy:
 
     @property
     def active(self) -> bool:
-        return self != NO_POLICY
+        return self is not NO_POLICY and self != NO_POLICY  # most jobs have none: no field compared
 
 
 NO_POLICY = Policy()

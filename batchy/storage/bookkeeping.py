@@ -26,12 +26,15 @@ def fields(book: Book) -> dict[str, str]:
         out[keys.SETTINGS] = dumps(book.settings)
     for action, count in book.counts.items():
         out[keys.count_field(action)] = str(count)
-    # Each job's part of the bookkeeping, under its own field (keys.py names them).
-    for parts, field in ((book.marks, keys.success_field), (book.ledgers, keys.coverage_field),
-                         (book.dirty, keys.dirty_field), (book.failed, keys.quality_field),
-                         (book.records, keys.records_field)):
-        for job, value in parts.items():
-            out[field(job)] = dumps(value)
+    # Each job's part of the bookkeeping, under its own field (keys.py's prefixes); most
+    # changes (every open) write none.
+    if not (book.marks or book.ledgers or book.dirty or book.failed or book.records):
+        return out
+    for part, prefix in ((book.marks, keys.SUCCESS_PREFIX), (book.ledgers, keys.COVERAGE_PREFIX),
+                         (book.dirty, keys.DIRTY_PREFIX), (book.failed, keys.QUALITY_PREFIX),
+                         (book.records, keys.RECORDS_PREFIX)):
+        for job, value in part.items():
+            out[prefix + job] = dumps(value)
     return out
 
 
@@ -63,40 +66,49 @@ def book_of(meta: dict[str, str]) -> Book:
 def state(wf: str, now: datetime, jobs: dict[str, dict], meta: dict[str, str], raw: dict[str, str],
           second: str = "", meta_key: str | None = None) -> State:
     """Return the State a plan reads: wf's jobs, and its meta hash as the values it holds."""
-    # Views, not copies: a state is built on every change, and most plans read one field or none.
-    return State(wf, now, jobs, meta.get(keys.LAST_BATCH_ID), meta.get(keys.SETTINGS),
-                 Fields(meta, keys.COVERAGE_PREFIX), Fields(meta, keys.SUCCESS_PREFIX), Counts(meta, keys.COUNT_PREFIX),
-                 raw, meta.get(keys.VERSION, "0"), second=second, where=_where(meta_key or keys.meta(wf)), stored=meta,
-                 dirty_texts=Fields(meta, keys.DIRTY_PREFIX), failed_texts=Fields(meta, keys.QUALITY_PREFIX),
-                 record_texts=Fields(meta, keys.RECORDS_PREFIX))
+    # The meta hash itself, read through a Reader: nothing is decoded or copied until a plan asks.
+    return State(wf, now, jobs, meta.get(keys.LAST_BATCH_ID), meta.get(keys.SETTINGS), raw,
+                 meta.get(keys.VERSION, "0"), second, meta, _reader(meta_key or keys.meta(wf)))
 
 
-class Fields(Mapping):
-    """The meta hash fields under one prefix, by what follows it (a job, an action): read in place."""
+class Reader:
+    """How a State reads a workflow's meta hash (rules/state.Stored): one per meta key, shared."""
+
+    __slots__ = ("meta_key",)
+
+    def __init__(self, meta_key: str):
+        self.meta_key = meta_key
+
+    def ledger(self, meta: dict[str, str], job: str) -> str | None:
+        return meta.get(keys.COVERAGE_PREFIX + job)
+
+    def mark(self, meta: dict[str, str], job: str) -> str | None:
+        return meta.get(keys.SUCCESS_PREFIX + job)
+
+    def coverage(self, meta: dict[str, str], job: str) -> tuple[str | None, str | None, str | None, str | None]:
+        return (meta.get(keys.COVERAGE_PREFIX + job), meta.get(keys.DIRTY_PREFIX + job),
+                meta.get(keys.QUALITY_PREFIX + job), meta.get(keys.RECORDS_PREFIX + job))
+
+    def counts(self, meta: dict[str, str]) -> Mapping[str, int]:
+        return Counts(meta, keys.COUNT_PREFIX)
+
+    def where(self, item: str, job: str | None) -> str:
+        """Name where an item of the bookkeeping is kept, for a corrupt-state message."""
+        return f"field {_FIELDS[item](job)!r} of {self.meta_key!r}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _reader(meta_key: str) -> Reader:
+    return Reader(meta_key)
+
+
+class Counts(Mapping):
+    """The count:<action> fields of a meta hash, by action: a value Batchy did not write counts as 0."""
 
     __slots__ = ("meta", "prefix")
 
     def __init__(self, meta: dict[str, str], prefix: str):
         self.meta, self.prefix = meta, prefix
-
-    def __getitem__(self, name: str):
-        return self.meta[self.prefix + name]
-
-    def get(self, name: str, default=None):
-        return self.meta.get(self.prefix + name, default)
-
-    def __iter__(self):
-        n = len(self.prefix)
-        return (field[n:] for field in self.meta if field[:n] == self.prefix)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-class Counts(Fields):
-    """Fields holding whole numbers (count:<action>): a value Batchy did not write counts as 0."""
-
-    __slots__ = ()
 
     def __getitem__(self, name: str) -> int:
         text = self.meta[self.prefix + name]
@@ -106,19 +118,16 @@ class Counts(Fields):
         text = self.meta.get(self.prefix + name)
         return default if text is None else (int(text) if text.isdigit() else 0)
 
+    def __iter__(self):
+        n = len(self.prefix)
+        return (field[n:] for field in self.meta if field[:n] == self.prefix)
 
-@functools.lru_cache(maxsize=4096)
-def _where(meta_key: str):
-    return functools.partial(_field_of, meta_key)
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 _FIELDS = {"last_batch_id": lambda job: keys.LAST_BATCH_ID, "settings": lambda job: keys.SETTINGS,
            "coverage": keys.coverage_field, "dirty": keys.dirty_field, "quality": keys.quality_field}
-
-
-def _field_of(meta_key: str, item: str, job: str | None) -> str:
-    """Name where an item of the bookkeeping is kept, for a corrupt-state message."""
-    return f"field {_FIELDS[item](job)!r} of {meta_key!r}"
 
 
 def event_fields(audit: dict, actor: str) -> dict[str, str]:
