@@ -58,7 +58,8 @@ def test_instruction_counter_drives_every_scenario():
     # --cpu: the same in-process driver without valgrind (the counts take minutes).
     proc = bench("bench.tools.instructions", "--cpu", "--many", "3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    labels = ("baseline (1 HGETALL)", "get_status", "open_batch json + close_batch", "open_batch infa + close_batch")
+    labels = ("baseline (1 HGETALL)", "get_status", "open_batch json + close_batch", "open_batch infa + close_batch",
+              "open_batch + close_batch job=, 32 steps")
     for label in labels:
         row = next(line for line in proc.stdout.splitlines() if line.startswith(f"  {label}  "))
         per_call = float(row[len(label) + 2:].split()[0].replace(",", ""))

@@ -72,9 +72,8 @@ def open_jobs(jobs: dict[str, dict], now: datetime, batch_id: int, wf: str = "",
                 workflow=wf, job=name,
             )
         new = dict(job)
-        if not _SAID_OF_LAST.isdisjoint(job):  # most jobs hold none of them: no pop to try
-            for said in _SAID_OF_LAST:
-                new.pop(said, None)
+        for said in _SAID_OF_LAST.intersection(job):  # most jobs hold none of them
+            del new[said]
         policy = windows.policy_of(job, policy_settings)
         to_date = start
         if policy.active:

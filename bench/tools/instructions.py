@@ -11,7 +11,9 @@ no sockets to the client), on a redis-server of its own, and counts the user-spa
 instructions of that process with `valgrind --tool=callgrind`. Each scenario runs twice, with
 few and with many calls; the difference divided by the extra calls is the cost of one call,
 free of start-up and imports. Both runs use one hash seed, and the app runs no background
-repairer. `--root` imports `batchy` from another checkout (round 5's, say) under this
+repairer. Scenario hot is bench.run's one-workflow load from one caller: each open opens
+all 32 steps of workflow hot (superseding the batch still open), each close ends one.
+`--root` imports `batchy` from another checkout (round 5's, say) under this
 checkout's driver and baseline, so two checkouts are measured the same way. `--redis` runs
 the redis-server under callgrind instead (hz 1) and the driver at full speed: what the
 scripts and commands of a call cost Redis. `--cprofile` profiles one scenario in-process by
@@ -45,6 +47,7 @@ SCENARIOS = {
     "infa": ("open_batch infa + close_batch", 2),
     "reopen": ("open_batch re-open (batch open)", 1),
     "policy": ("open_batch + close_batch, window policy", 2),
+    "hot": ("open_batch + close_batch job=, 32 steps", 2),
 }
 
 
@@ -71,8 +74,9 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str, profiler=None) 
     base = create_baseline_app()
 
     def call(target, method: str, path: str) -> None:
+        path, _, query = path.partition("?")
         environ = {
-            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "SERVER_NAME": "127.0.0.1",
             "SERVER_PORT": "5000", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
             "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr, "REMOTE_ADDR": "127.0.0.1",
             "HTTP_HOST": "127.0.0.1:5000", "CONTENT_LENGTH": "0" if method == "POST" else "",
@@ -85,7 +89,7 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str, profiler=None) 
         if not statuses[0].startswith("2"):
             raise RuntimeError(f"{method} {path} answered {statuses[0]}")
 
-    wfs = policy_names() if mode == "policy" else spread_names()
+    wfs = policy_names() if mode == "policy" else ["hot"] if mode == "hot" else spread_names()
     for wf in wfs:
         call(app, "POST", f"/load_cfg/{wf}")
     suffix = "/infa" if mode == "infa" else ""
@@ -98,11 +102,14 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str, profiler=None) 
             call(app, "GET", f"/get_status/{wf}")
         elif mode == "reopen":  # the workflow's batch is still open: it is abandoned for a new one
             call(app, "POST", f"/open_batch/{wf}")
+        elif mode == "hot":  # bench.run's one-workflow load, one caller: open all 32 steps, close one
+            call(app, "POST", f"/open_batch/{wf}")
+            call(app, "POST", f"/close_batch/{wf}?job=s{i % 32:02d}")
         else:
             call(app, "POST", f"/open_batch/{wf}{suffix}")
             call(app, "POST", f"/close_batch/{wf}")
 
-    for i in range(len(wfs)):  # every cache and connection warm before counting
+    for i in range(max(len(wfs), 32)):  # every cache and connection warm before counting
         one(i)
     if profiler is not None:
         profiler.enable()
