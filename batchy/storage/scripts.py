@@ -25,6 +25,20 @@ class Reply(IntEnum):
 
 
 
+# Characters every snapshot line holds many of: its keys, its dates, JSON's punctuation.
+_COMMON = set('{}[]":,_-+. 0123456789TZadeghnorstu')
+
+
+def _needle(status: str) -> str:
+    """Return the end of a final status's name from its first rare character on: what COMMIT looks
+    for in a line to tell it may hold that status (a line that does holds it; a rare first character
+    keeps Lua's search from stopping at every letter of the line's own keys)."""
+    for i, char in enumerate(status):
+        if char not in _COMMON:
+            return status[i:]
+    return status
+
+
 # Apply one state change to a workflow if it is still the state the change was planned
 # on, at the second of Redis' clock it was planned for.
 #
@@ -73,33 +87,48 @@ local function hset(key, from, count)
   end
 end
 
--- Whether a stored snapshot line holds a final status. A line can only if it spells one
--- of them, or escapes something: only such a line is decoded. (Comparisons, not a table
--- of the statuses: the chunk runs on every commit, and a table would be built each time.)
+local find = string.find
+-- Whether a stored snapshot line may hold a final status: it spells one of them, or escapes
+-- something. (Comparisons, not a table of the statuses: this runs on every line a commit
+-- writes over, and a table would be built each time.)
+local function maybe_final(old)
+  return old and ($MAYBE_FINAL)
+end
+-- Whether a stored snapshot line holds a final status: only a line that may is decoded.
 local function final(old)
-  if not old or not ($MAYBE_FINAL) then return false end
+  if not maybe_final(old) then return false end
   local ok, line = pcall(cjson.decode, old)
   if not (ok and type(line) == 'table') then return false end
   local status = line.status
   return $IS_FINAL
 end
 -- Write a snapshot's lines, except over a line that reached a final status here: one
--- HMGET and one HSET per thousand lines.
+-- HMGET and one HSET per thousand lines. The usual write (a close, an abandon) finds no
+-- line that may be final, and writes its arguments as they are.
 local function put(key, from, count)
   local last = from + 2 * count - 1
   for s = from, last, 1000 do
     local e = math.min(s + 999, last)
-    local names = {}
-    for j = s, e, 2 do names[#names + 1] = A[j] end
+    local names, n = {}, 0
+    for j = s, e, 2 do n = n + 1; names[n] = A[j] end
     local olds = redis.call('HMGET', key, unpack(names))
-    local writes = {}
-    for k = 1, #names do
-      if not final(olds[k]) then
-        writes[#writes + 1] = A[s + 2 * k - 2]
-        writes[#writes + 1] = A[s + 2 * k - 1]
-      end
+    local plain = true
+    for k = 1, n do
+      if maybe_final(olds[k]) then plain = false; break end
     end
-    if #writes > 0 then redis.call('HSET', key, unpack(writes)) end
+    if plain then
+      redis.call('HSET', key, unpack(A, s, e))
+    else
+      local writes, w = {}, 0
+      for k = 1, n do
+        if not final(olds[k]) then
+          writes[w + 1] = A[s + 2 * k - 2]
+          writes[w + 2] = A[s + 2 * k - 1]
+          w = w + 2
+        end
+      end
+      if w > 0 then redis.call('HSET', key, unpack(writes, 1, w)) end
+    end
   end
 end
 
@@ -189,8 +218,8 @@ redis.call('PUBLISH', channel, message)
 return {1, version, now}
 """).substitute(VERSION=keys.VERSION, COUNT_PREFIX=keys.COUNT_PREFIX, NEW=SNAPSHOT_NEW, UPDATE=SNAPSHOT_UPDATE,
                PUT=SNAPSHOT_PUT, IS_FINAL=" or ".join(f"status == {str(status)!r}" for status in FINAL_STATUSES),
-               MAYBE_FINAL=" or ".join(f"string.find(old, {str(text)!r}, 1, true)"
-                                       for text in ("\\", *FINAL_STATUSES)))
+               MAYBE_FINAL=" or ".join(f"find(old, {text!r}, 1, true)"
+                                       for text in ("\\", *(_needle(str(status)) for status in FINAL_STATUSES))))
 
 # Read the clock, a workflow hash and its meta hash atomically, in one reply (cheaper
 # for redis-py than a MULTI/EXEC of three commands).
