@@ -80,6 +80,13 @@ def test_instruction_counter_measures_another_checkout_and_profiles(tmp_path):
     proc = bench("bench.tools.instructions", "--cprofile", "json", "--many", "5", "--top", "5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "commit.py" in proc.stdout and "function calls" in proc.stdout
+    # --opcodes: bytecodes per iteration, in all and per function (batchy's own among them).
+    proc = bench("bench.tools.instructions", "--opcodes", "json", "--many", "3", "--top", "400")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    total = float(proc.stdout.split(" bytecodes per iteration")[0].replace(",", ""))
+    rows = [line.split(None, 1) for line in proc.stdout.splitlines()[1:]]
+    assert total > 1000 and any(where.startswith("batchy/storage/commit.py:") for _, where in rows), proc.stdout
+    assert sum(float(count.replace(",", "")) for count, _ in rows) <= total + 1
 
 
 def test_fleet_scenario_prints_every_page():

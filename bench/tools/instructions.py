@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.tools.instructions --root /tmp/before --only json reopen   # another checkout, two rows
     .venv/bin/python -m bench.tools.instructions --redis  # redis-server's instructions per call instead (the Lua)
     .venv/bin/python -m bench.tools.instructions --cprofile reopen   # where one scenario's calls spend (cProfile)
+    .venv/bin/python -m bench.tools.instructions --opcodes json --many 50 --top 60   # bytecodes per function (diffable)
 
 Each scenario runs the two apps in one Python process, straight through WSGI (no gunicorn,
 no sockets to the client), on a redis-server of its own, and counts the user-space
@@ -17,7 +18,8 @@ all 32 steps of workflow hot (superseding the batch still open), each close ends
 checkout's driver and baseline, so two checkouts are measured the same way. `--redis` runs
 the redis-server under callgrind instead (hz 1) and the driver at full speed: what the
 scripts and commands of a call cost Redis. `--cprofile` profiles one scenario in-process by
-this thread's CPU time (waiting on Redis counts for nothing).
+this thread's CPU time (waiting on Redis counts for nothing); `--opcodes` counts the bytecodes
+each function executes (the same on any machine: run it with and without --root and diff).
 
 A count repeats within about 1 % on one checkout whatever else the machine runs, so it
 shows what a change to the code did; across two checkouts the baseline's own count (the
@@ -140,6 +142,44 @@ def _use_root(root: str | None) -> None:
     os.environ["BENCH_BATCHY_ROOT"] = root
 
 
+def opcodes(mode: str, iterations: int, redis_url: str, top: int) -> None:
+    """Print the bytecodes one scenario's calls execute per iteration, in all and per function.
+
+    Counted with sys.settrace's opcode events, so the same code gives the same figures on any
+    machine: two checkouts' listings (--root) diff function by function. A bytecode is not a
+    fixed cost (a call into C counts one), so it tells where Python work moved, and
+    callgrind how much it weighs.
+    """
+    import collections
+
+    counts: collections.Counter = collections.Counter()
+
+    def local(frame, event, arg):
+        if event == "opcode":
+            code = frame.f_code
+            counts[(code.co_filename, code.co_name)] += 1
+        return local
+
+    def tracer(frame, event, arg):
+        frame.f_trace_opcodes, frame.f_trace_lines = True, False
+        return local
+
+    class Tracing:  # drive() turns its profiler on and off around the counted calls
+        def enable(self):
+            sys.settrace(tracer)
+
+        def disable(self):
+            sys.settrace(None)
+
+    drive(mode, iterations, redis_url, profiler=Tracing())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["batchy"].__file__)))
+    print(f"{sum(counts.values()) / iterations:,.1f} bytecodes per iteration of {mode} "
+          f"({SCENARIOS[mode][1]} call(s)), batchy from {root}")
+    for (filename, name), count in counts.most_common(top):
+        where = filename.replace(root + os.sep, "").split("site-packages" + os.sep)[-1]
+        print(f"  {count / iterations:10,.1f}  {where}:{name}")
+
+
 def cprofile(mode: str, iterations: int, redis_url: str, top: int) -> None:
     """Print the functions one scenario's calls spend most in (cProfile, after a warm-up)."""
     import cProfile
@@ -211,6 +251,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="these scenarios only (the baseline is always run)")
     parser.add_argument("--cprofile", choices=SCENARIOS, metavar="MODE",
                         help="profile MODE's calls with cProfile instead (--many iterations; no valgrind)")
+    parser.add_argument("--opcodes", choices=SCENARIOS, metavar="MODE",
+                        help="count MODE's bytecodes per function instead (--many iterations; no valgrind)")
     parser.add_argument("--redis", action="store_true",
                         help="count redis-server's instructions per call instead of Python's (the Lua, the commands)")
     parser.add_argument("--top", type=int, default=30, help="rows of the --cprofile listings")
@@ -223,10 +265,13 @@ def main(argv=None) -> int:
         mode, n, url = args.drive
         drive(mode, int(n), url)
         return 0
-    if args.cprofile:
+    if args.cprofile or args.opcodes:
         server = RedisServer().start()
         try:
-            cprofile(args.cprofile, args.many, server.url, args.top)
+            if args.cprofile:
+                cprofile(args.cprofile, args.many, server.url, args.top)
+            else:
+                opcodes(args.opcodes, args.many, server.url, args.top)
         finally:
             server.cleanup()
         return 0
