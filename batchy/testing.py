@@ -192,8 +192,9 @@ class ServiceProcess:
     """`batchy serve` (gunicorn, as in production) in its own process on a free port."""
 
     def __init__(self, redis_url: str, cfg_dir: str, *, env: dict | None = None, workers: int = 2,
-                 host: str | None = "127.0.0.1"):
+                 host: str | None = "127.0.0.1", cwd: str | None = None):
         self.port = free_port()
+        self.cwd = cwd  # another checkout's folder: `python -m` imports the batchy found there first
         self.host = host  # None: no --host, batchy serve's own choice
         self.redis_url = redis_url
         self.cfg_dir = cfg_dir
@@ -214,7 +215,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "batchy.cli", "serve", *(["--host", self.host] if self.host else []),
              "--port", str(self.port), "--workers", str(self.workers)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
             start_new_session=True,
         )
         log.close()

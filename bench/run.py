@@ -4,12 +4,17 @@
     .venv/bin/python -m bench.run --quick    # about a minute
     .venv/bin/python -m bench.run --smoke    # seconds: only checks the harness works
     .venv/bin/python -m bench.run --json out.json
+    .venv/bin/python -m bench.run --against /tmp/before   # another checkout's Batchy in the same rounds
 
 Run from the repo root. Starts its own redis-server, `batchy serve` (gunicorn, as
 production runs it) and the baseline (bench.baseline under the same `serve`), loads
 synthetic workflows through /load_cfg, drives 32 keep-alive connections from a separate
 process (wrk when installed, bench.load otherwise; BENCH_ENGINE=python forces the latter)
-and reports every figure next to the baseline measured in the same run.
+and reports every figure next to the baseline measured in the same run. With --against, a
+second `batchy serve` from another checkout (round 5's, say; its own redis-server) runs each
+load of the spread section next to this one's in every round (first in every other round),
+against the same baseline: the two checkouts side by side in one run, each round's noise
+shared by both.
 """
 from __future__ import annotations
 
@@ -134,7 +139,12 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, help="seconds per load run (overrides the mode)")
     parser.add_argument("--rounds", type=int, help="rounds of load runs (overrides the mode)")
     parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--against", metavar="CHECKOUT",
+                        help="also measure the Batchy of this other checkout in the same rounds (spread loads)")
     args = parser.parse_args(argv)
+    against = os.path.abspath(args.against) if args.against else None
+    if against and not os.path.isdir(os.path.join(against, "batchy")):
+        parser.error(f"{against} holds no batchy package")
     mode = dict(MODES["smoke" if args.smoke else "quick" if args.quick else "full"])
     if args.duration:
         mode["duration"] = args.duration
@@ -145,7 +155,7 @@ def main(argv=None) -> int:
     report: dict = {"mode": "smoke" if args.smoke else "quick" if args.quick else "full",
                     "connections": conns, "duration": mode["duration"], "rounds": mode["rounds"],
                     "engine": drive.engine(),
-                    "machine": machine(), "load": {}, "redis": {}, "steps": {}}
+                    "machine": machine(), "load": {}, "redis": {}, "steps": {}, "against": against}
 
     cfg_dir = tempfile.mkdtemp(prefix="batchy-bench-cfg-")
     write_workflows(cfg_dir, conns, mode["steps"])
@@ -153,11 +163,21 @@ def main(argv=None) -> int:
     svc = ServiceProcess(server.url, cfg_dir, workers=WORKERS)
     base = BaselineProcess(server.url, cfg_dir, workers=WORKERS)
     hist_svc = None
+    # The other checkout's service, on a redis-server of its own: neither sees the other's state.
+    other_server = RedisServer().start() if against else None
+    other = ServiceProcess(other_server.url, cfg_dir, workers=WORKERS, cwd=against) if against else None
     try:
         report["start_s"] = {"batchy": start_timed(svc), "baseline": start_timed(base)}
         http = Http(svc.url)
         for name in sorted(os.listdir(cfg_dir)):
             http.ok("POST", f"/load_cfg/{name[:-5]}")
+        other_http = other_r = None
+        if other:
+            other_r = other_server.client()
+            report["start_s"]["batchy (against)"] = start_timed(other)
+            other_http = Http(other.url)
+            for name in sorted(os.listdir(cfg_dir)):
+                other_http.ok("POST", f"/load_cfg/{name[:-5]}")
         wfs = spread_names()
         r = server.client()
         quiesce(r)
@@ -167,16 +187,17 @@ def main(argv=None) -> int:
         # each ratio is Batchy's rate over the baseline's of the same round, so a shared
         # machine's slow minute moves both sides; the table shows the median over rounds.
         def phase(label, url, connections, warmup=0.0):
+            proc, redis_proc = {base.url: (base, server), svc.url: (svc, server)}.get(url, (other, other_server))
+            client = r if redis_proc is server else other_r
             if warmup:
-                load_run(url, connections, warmup, r)
-            proc = base if url == base.url else svc
-            cpu = drive.tree_cpu(proc.proc.pid), drive.tree_cpu(server.proc.pid)
-            result = load_run(url, connections, mode["duration"], r)
+                load_run(url, connections, warmup, client)
+            cpu = drive.tree_cpu(proc.proc.pid), drive.tree_cpu(redis_proc.proc.pid)
+            result = load_run(url, connections, mode["duration"], client)
             calls = sum(len(t["lat_us"]) for t in result["tags"].values())
             entry = {
                 # CPU per call, to split a call's cost between the Python service and redis-server
                 "service_cpu_ms": (drive.tree_cpu(proc.proc.pid) - cpu[0]) / calls * 1000,
-                "redis_cpu_ms": (drive.tree_cpu(server.proc.pid) - cpu[1]) / calls * 1000,
+                "redis_cpu_ms": (drive.tree_cpu(redis_proc.proc.pid) - cpu[1]) / calls * 1000,
                 "socket_errors": result.get("errors", 0),
                 "failures": result.get("failures", [])[:20],
                 "tags": {tag: drive.summarise(result, tag, conns) for tag in result["tags"]},
@@ -197,15 +218,21 @@ def main(argv=None) -> int:
             ("get_status one wf", svc.url, plans.get_status(["hot"], conns)),
             ("open/close one wf", svc.url, plans.hot_open_close("hot", conns)),
         ]
+        # Each of Batchy's spread loads and the same load on the other checkout, back to back; which
+        # of the two goes first alternates with the rounds, so neither always finds the machine warmer.
+        groups = [[run, (run[0] + AGAINST, other.url, run[2])] if other and run[0] in AGAINST_PHASES else [run]
+                  for run in runs]
         for n in range(mode["rounds"]):
             print(f"load runs, round {n + 1} of {mode['rounds']}:", file=sys.stderr)
-            for label, url, plan in runs:
-                if label == "re-open spread":
+            for label, url, plan in (run for group in groups for run in (group[::-1] if n % 2 else group)):
+                if label.startswith("re-open spread"):
                     for wf in wfs:  # so that the run's first opens are re-opens too
-                        http.ok("POST", f"/open_batch/{wf}")
+                        (other_http if label.endswith(AGAINST) else http).ok("POST", f"/open_batch/{wf}")
                 phase(label, url, plan, warmup=mode["warmup"] if n == 0 else 0.0)
         for entry in report["load"].values():
             entry.update(aggregate(entry["rounds"]))
+        if other_http:
+            other_http.close()
 
         # -- Redis commands and round trips per call ---------------------------------------
         print("redis per call, job steps:", file=sys.stderr, flush=True)
@@ -267,10 +294,12 @@ def main(argv=None) -> int:
         http.close()
         report["loadgen_ceiling_rps"] = _ceiling(mode)
     finally:
-        for proc in (svc, base, hist_svc):
+        for proc in (svc, base, hist_svc, other):
             if proc:
                 cleanup(proc)
         server.cleanup()
+        if other_server:
+            other_server.cleanup()
     report["elapsed_s"] = time.perf_counter() - started
     report["targets"] = targets(report)
     print(render(report))
@@ -399,9 +428,28 @@ def round_ratios(report, phase: str, tag: str, base: str) -> list[float]:
     return [mine["tags"][tag]["rate"] / theirs["tags"]["get"]["rate"] for mine, theirs in pairs]
 
 
+# --against: the other checkout's twin of each spread load, and of its rows in the table.
+AGAINST = " (other)"
+AGAINST_PHASES = ("get_status spread", "open/close json spread", "open/close infa spread", "re-open spread",
+                  "open/close policy spread")
+
+
+def table_rows(report) -> list[tuple]:
+    """ROWS, and with --against each spread row of Batchy's again for the other checkout, after it."""
+    if not report.get("against"):
+        return ROWS
+    rows = []
+    for row in ROWS:
+        rows.append(row)
+        section, label, phase, tag, base = row
+        if phase in AGAINST_PHASES:
+            rows.append((section, label + AGAINST, phase + AGAINST, tag, base))
+    return rows
+
+
 def row_figures(report):
     """Yield (section, label, figures, ratio, ratios per round) for every row of the table."""
-    for section, label, phase, tag, base in ROWS:
+    for section, label, phase, tag, base in table_rows(report):
         fig = report["load"][phase]["tags"][tag]
         ratios = round_ratios(report, phase, tag, base) if base else []
         yield section, label, fig, (statistics.median(ratios) if ratios else None), ratios
@@ -466,6 +514,8 @@ def render(report) -> str:
     out.append("  calls/s = connections / mean latency (per call type; open and close alternate per connection);")
     out.append("  x base = median over rounds of (Batchy / baseline of the same round), rounds = lowest-highest;")
     out.append("  calls/s, p50 and p99 = medians over rounds; non-2xx = all rounds")
+    if report.get("against"):
+        out.append(f"  (other) = the Batchy of {report['against']}, its load run next to this one's in every round")
     load = report["load"]
     out += ["", f"{'load run':36}{'req/s':>9}{'svc CPU ms/call':>17}{'redis CPU ms/call':>19}{'socket errs':>13}"]
     for label, fig in load.items():

@@ -109,3 +109,24 @@ def test_capacity_scenario_measures_single_redis_and_the_cluster():
         assert len(figures) == 2, row  # single redis-server, then the cluster
         if label in ("bytes/workflow", "redis cpu us/commit"):  # the others are too small to beat noise here
             assert min(figures) > 0, row
+
+
+def test_harness_measures_another_checkout_in_the_same_rounds(tmp_path):
+    # --against: a second `batchy serve` from another checkout (here a copy of this one that
+    # leaves a mark when imported) runs each spread load in the same rounds; its rows follow.
+    other = tmp_path / "checkout"
+    shutil.copytree(os.path.join(ROOT, "batchy"), other / "batchy", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(other / "batchy" / "__init__.py", "a") as fh:
+        fh.write("\nopen(__file__ + '.imported', 'w').close()  # test_bench_smoke: this copy was imported\n")
+    out = tmp_path / "report.json"
+    proc = bench("bench.run", "--smoke", "--against", str(other), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (other / "batchy" / "__init__.py.imported").exists()
+    lines = proc.stdout.splitlines()
+    for label in ("get_status", "open_batch json", "close_batch", "open_batch infa", "re-open (batch still open)",
+                  "open_batch, window policy", "close_batch, window policy"):
+        row = next(line for line in lines if line.startswith(f"  {label} (other)  "))
+        assert float(row[len(label) + 10:].split()[1]) > 0, row  # its ratio to the same rounds' baseline
+    assert f"(other) = the Batchy of {other}" in proc.stdout
+    assert "open/close json spread (other)" in proc.stdout  # and its own load run's CPU figures
+    assert not any("one wf (other)" in line for line in lines)  # the one-workflow loads: this checkout only
