@@ -7,11 +7,13 @@ import json
 
 from batchy.rules.state import SNAPSHOT_PUT, SNAPSHOT_UPDATE
 from batchy.storage import keys, scripts
+from batchy.web.db import services_of
 
 
 def snapshot_commit(real_redis, key: str, mode: str, lines: dict[str, str]):
     """Commit nothing but one snapshot of lines to key, on a workflow "t" written anew."""
-    args: list = ["0", "tok", "", "0", "0", "1", 0, 0, 1, key, mode, 0, len(lines)]
+    version = real_redis.hget(keys.meta("t"), keys.VERSION) or "0"
+    args: list = [version, "tok", "", "0", "0", "1", 0, 0, 1, key, mode, 0, len(lines)]
     for item in lines.items():
         args += item
     args += [10, "t-", 10, 0, keys.channel("t"), "test"]
@@ -64,3 +66,49 @@ def test_a_put_of_thousands_of_lines_keeps_the_final_ones_among_them(real_redis)
     assert len(stored) == n
     assert stored == {name: final.get(name, line) for name, line in lines.items()}
     assert real_redis.zscore(keys.history("t"), "3") == 3  # a put indexes the batch
+
+
+def hmget_calls(real_redis) -> int:
+    """How many HMGETs our redis-server ran since its counts were reset, a script's own included."""
+    return int(real_redis.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+
+def test_an_amend_writes_its_lines_as_they_are_without_reading_them_and_only_to_a_snapshot_still_there(real_redis):
+    real_redis.hset("t-4", mapping={"a": '{"status":"open"}', "b": '{"status":"success"}'})
+    real_redis.config_resetstat()
+    new = {"a": '{"status":"success","n":1}', "b": '{"status":"abandoned"}'}
+    snapshot_commit(real_redis, "t-4", scripts.SNAPSHOT_AMEND, new)
+    snapshot_commit(real_redis, "t-5", scripts.SNAPSHOT_AMEND, new)  # retention dropped it
+    assert real_redis.hgetall("t-4") == new  # the store vouched for every line: written as sent
+    assert not real_redis.exists("t-5")
+    assert hmget_calls(real_redis) == 0
+    assert real_redis.zscore(keys.history("t"), "4") is None  # an update: the batch is not indexed again
+
+
+def test_a_workflow_no_import_wrote_has_its_snapshots_updated_without_a_read(real_client, real_redis):
+    client = real_client
+    client.post("/load_cfg/wf1")
+    first = client.post("/open_batch/wf1").json["s_extract"]["batch_id"]
+    real_redis.config_resetstat()
+    second = client.post("/open_batch/wf1").json["s_extract"]["batch_id"]  # supersedes the first
+    assert client.post("/close_batch/wf1").status_code == 200
+    assert hmget_calls(real_redis) == 0
+    assert {j["status"] for j in client.get(f"/batch/wf1/{first}").json.values()} == {"abandoned"}
+    assert {j["status"] for j in client.get(f"/batch/wf1/{second}").json.values()} == {"success"}
+
+
+def test_after_an_import_a_final_line_under_a_job_open_again_outlives_its_close(real_client, real_app, real_redis,
+                                                                               write_cfg):
+    client, store = real_client, services_of(real_app).store
+    client.post("/load_cfg/wf1")
+    batch = client.post("/open_batch/wf1").json["s_load"]["batch_id"]
+    backup = json.loads(json.dumps(store.export(["wf1"])))  # s_load open in the batch
+    write_cfg("wf1", "s_extract:\n  from_date: 2024-01-01\n")
+    assert client.post("/load_cfg/wf1").status_code == 200  # s_load dropped: its line ends abandoned
+    store.import_(backup, replace=True)  # s_load is back, open in that batch; its line stays final
+    assert client.get("/get_status/wf1").json["s_load"]["status"] == "open"
+    real_redis.config_resetstat()
+    assert client.post("/close_batch/wf1").status_code == 200
+    lines = client.get(f"/batch/wf1/{batch}").json
+    assert (lines["s_extract"]["status"], lines["s_load"]["status"]) == ("success", "abandoned")
+    assert hmget_calls(real_redis) > 0  # an imported workflow's lines are read before they are written

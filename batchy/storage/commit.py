@@ -29,7 +29,7 @@ from ..errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFoun
 from ..rules.formats import dumps
 from ..rules import lineage
 from ..rules.jobs import decode
-from ..rules.state import Change, State
+from ..rules.state import SNAPSHOT_UPDATE, Change, State
 from ..rules.workflows import config_path
 from . import bookkeeping, keys, scripts
 from .cache import StateCache
@@ -336,8 +336,11 @@ class Committer:
         for item in fields.items():
             args += item
         args.append(len(change.snapshots))
+        # History is append-only; only an import can leave a final line under a job still
+        # open, so a workflow no import has written sends its updates as amends (scripts.py).
+        update = SNAPSHOT_UPDATE if keys.IMPORT_COUNT in state.stored else scripts.SNAPSHOT_AMEND
         for batch_id, mode, score, snapshot in change.snapshots:
-            args += [self.keys.batch(wf, batch_id), mode, score, len(snapshot)]
+            args += [self.keys.batch(wf, batch_id), update if mode == SNAPSHOT_UPDATE else mode, score, len(snapshot)]
             for name, job in snapshot.items():
                 args += [name, dumps(job)]
         # A change planned without an audit event (a chunk's coverage merge: its event goes to

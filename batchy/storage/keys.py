@@ -27,6 +27,10 @@ COVERAGE_PREFIX = "coverage:"  # coverage:<job>: JSON [[start, end], ...], its s
 DIRTY_PREFIX = "dirty:"  # dirty:<job>: JSON [[start, end], ...], ranges invalidated since they were covered
 QUALITY_PREFIX = "quality:"  # quality:<job>: JSON [[start, end], ...], windows whose last close said dq=fail
 RECORDS_PREFIX = "records:"  # records:<job>: JSON [n or null, ...], rows of each coverage interval
+# count:import, there once an import has written the workflow (an import only ever adds to it):
+# only an import can leave a final line under a job still open, so a workflow without it has
+# its snapshot updates written without reading the lines first (scripts.COMMIT's mode "amend").
+IMPORT_COUNT = COUNT_PREFIX + "import"
 
 
 def workflow(wf: str) -> str:

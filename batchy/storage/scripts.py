@@ -1,7 +1,7 @@
 """Lua run by Redis. Each script is atomic: a state change is applied whole or not at all.
 
 Meta field names come from keys.py ($VERSION, $COUNT_PREFIX are filled in below), snapshot
-modes from rules/state.py ($NEW, $UPDATE, $PUT), and
+modes from rules/state.py ($NEW, $PUT; any other is an update) and SNAPSHOT_AMEND, and
 every reply code has a name in Reply.
 """
 from __future__ import annotations
@@ -11,8 +11,13 @@ from string import Template
 
 from . import keys
 from ..rules.jobs import FINAL_STATUSES
-from ..rules.state import SNAPSHOT_NEW, SNAPSHOT_PUT, SNAPSHOT_UPDATE
+from ..rules.state import SNAPSHOT_NEW, SNAPSHOT_PUT
 
+# A snapshot update (SNAPSHOT_UPDATE) of a workflow that no import has written (no
+# keys.IMPORT_COUNT in its bookkeeping): every line of it is the workflow's own, and none
+# that a change writes over can be final (a line turns final in the same commit as its job
+# stops running in that batch), so COMMIT writes the lines without reading them first.
+SNAPSHOT_AMEND = "amend"
 
 class Reply(IntEnum):
     """The first element of COMMIT's reply."""
@@ -65,6 +70,8 @@ def _needle(status: str) -> str:
 #         like "put" never over a final line of a job
 #       mode "put": indexed; each job's line written unless the key holds a final one for it
 #         (success, failed, abandoned): history is append-only, an import never rewrites it
+#       mode "amend": an update whose lines are written as they are, if the key exists: the
+#         store vouches none of them can be final (SNAPSHOT_AMEND)
 #   keep                        batches kept in the history index; older ones are deleted
 #   batch key prefix            "<wf>-", to name the snapshots retention deletes
 #   events maxlen, n, n x (field, value)   XADD to the audit stream (n = 0: none)
@@ -103,19 +110,27 @@ local function final(old)
   return $IS_FINAL
 end
 -- Write a snapshot's lines, except over a line that reached a final status here: one
--- HMGET and one HSET per thousand lines. The usual write (a close, an abandon) finds no
--- line that may be final, and writes its arguments as they are.
-local function put(key, from, count)
+-- HMGET and one HSET per thousand lines. The usual write finds no line that may be final,
+-- and writes its arguments as they are. With must_exist (an update), nothing is written to
+-- a key that no longer exists: a line the HMGET finds shows it is there, EXISTS asks only
+-- when it finds none.
+local function put(key, from, count, must_exist)
   local last = from + 2 * count - 1
   for s = from, last, 1000 do
     local e = math.min(s + 999, last)
     local names, n = {}, 0
     for j = s, e, 2 do n = n + 1; names[n] = A[j] end
     local olds = redis.call('HMGET', key, unpack(names))
-    local plain = true
+    local plain, found = true, false
     for k = 1, n do
-      if maybe_final(olds[k]) then plain = false; break end
+      local old = olds[k]
+      if old then
+        found = true
+        if maybe_final(old) then plain = false; break end
+      end
     end
+    if must_exist and not found and redis.call('EXISTS', key) == 0 then return end
+    must_exist = false
     if plain then
       redis.call('HSET', key, unpack(A, s, e))
     else
@@ -163,7 +178,7 @@ local indexed = false
 for _ = 1, tonumber(A[i]) do
   local key, mode, m = A[i + 1], A[i + 2], tonumber(A[i + 4])
   if mode == '$NEW' and redis.call('EXISTS', key) == 1 then return {-1, key} end
-  if mode ~= '$UPDATE' then indexed = true end
+  if mode == '$NEW' or mode == '$PUT' then indexed = true end
   batches[#batches + 1] = {key, mode, A[i + 3], i + 5, m}
   i = i + 4 + 2 * m
 end
@@ -193,8 +208,10 @@ for _, b in ipairs(batches) do
     local id = string.sub(key, #prefix + 1)
     redis.call('ZADD', KEYS[3], id, id)
     redis.call('ZADD', KEYS[4], b[3], key)
-  elseif redis.call('EXISTS', key) == 1 then
-    put(key, b[4], b[5])  -- never over a final line: history is append-only
+  elseif mode == '$AMEND' then
+    if redis.call('EXISTS', key) == 1 then hset(key, b[4], b[5]) end
+  else
+    put(key, b[4], b[5], true)  -- never over a final line: history is append-only
   end
 end
 
@@ -216,8 +233,8 @@ end
 if turn then redis.call('DEL', KEYS[9]) end
 redis.call('PUBLISH', channel, message)
 return {1, version, now}
-""").substitute(VERSION=keys.VERSION, COUNT_PREFIX=keys.COUNT_PREFIX, NEW=SNAPSHOT_NEW, UPDATE=SNAPSHOT_UPDATE,
-               PUT=SNAPSHOT_PUT, IS_FINAL=" or ".join(f"status == {str(status)!r}" for status in FINAL_STATUSES),
+""").substitute(VERSION=keys.VERSION, COUNT_PREFIX=keys.COUNT_PREFIX, NEW=SNAPSHOT_NEW,
+               AMEND=SNAPSHOT_AMEND, PUT=SNAPSHOT_PUT, IS_FINAL=" or ".join(f"status == {str(status)!r}" for status in FINAL_STATUSES),
                MAYBE_FINAL=" or ".join(f"find(old, {text!r}, 1, true)"
                                        for text in ("\\", *(_needle(str(status)) for status in FINAL_STATUSES))))
 
