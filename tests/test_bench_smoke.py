@@ -130,3 +130,23 @@ def test_harness_measures_another_checkout_in_the_same_rounds(tmp_path):
     assert f"(other) = the Batchy of {other}" in proc.stdout
     assert "open/close json spread (other)" in proc.stdout  # and its own load run's CPU figures
     assert not any("one wf (other)" in line for line in lines)  # the one-workflow loads: this checkout only
+
+
+def test_pair_measures_two_checkouts_round_by_round(tmp_path):
+    # bench.tools.pair: this checkout's service and another's (a copy that leaves a mark when
+    # imported), each on its own redis-server, one row each per scenario.
+    other = tmp_path / "checkout"
+    shutil.copytree(os.path.join(ROOT, "batchy"), other / "batchy", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(other / "batchy" / "__init__.py", "a") as fh:
+        fh.write("\nopen(__file__ + '.imported', 'w').close()  # test_bench_smoke: this copy was imported\n")
+    proc = bench("bench.tools.pair", "--against", str(other), "--rounds", "2", "--duration", "0.5", "--warmup", "0",
+                 "--only", "json", "reopen")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (other / "batchy" / "__init__.py.imported").exists()
+    assert "round 2 of 2 done" in proc.stderr
+    lines = proc.stdout.splitlines()
+    for label in ("open_batch json + close_batch", "open_batch re-open (batch open)"):
+        for side in ("this", "other"):
+            row = next(line for line in lines if line.startswith(f"  {label} ({side})"))
+            best_cpu, median_cpu, _best_redis, _median_redis, best_rate, median_rate = map(float, row.split()[-6:])
+            assert 0 < best_cpu <= median_cpu and best_rate >= median_rate > 0, row

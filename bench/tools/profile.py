@@ -2,6 +2,7 @@
 
     .venv/bin/pip install py-spy
     .venv/bin/python -m bench.tools.profile [--duration 8] [--out /tmp/batchy-profile] [--only get_status]
+    .venv/bin/python -m bench.tools.profile --root /tmp/before --only open_close_json   # another checkout's service
 
 For each scenario it drives 32 connections (as bench.run does) while `py-spy record`
 samples the gunicorn master and its workers (on-CPU samples only), then prints CPU
@@ -111,6 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--out", default=None, help="folder for the raw stacks (default: a temp folder)")
     parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--root", metavar="CHECKOUT",
+                        help="profile the batchy serve of another checkout (round 5's, say), the same way")
     args = parser.parse_args(argv)
     out_dir = args.out or tempfile.mkdtemp(prefix="batchy-profile-")
     os.makedirs(out_dir, exist_ok=True)
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
     cfg_dir = tempfile.mkdtemp(prefix="batchy-bench-cfg-")
     write_workflows(cfg_dir, conns, (1000,))
     server = RedisServer().start()
-    svc = ServiceProcess(server.url, cfg_dir).start()
+    svc = ServiceProcess(server.url, cfg_dir, cwd=args.root).start()
     base = BaselineProcess(server.url, cfg_dir).start()
     try:
         http = Http(svc.url)
