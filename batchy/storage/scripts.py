@@ -19,6 +19,7 @@ from ..rules.state import SNAPSHOT_NEW, SNAPSHOT_PUT
 # stops running in that batch), so COMMIT writes the lines without reading them first.
 SNAPSHOT_AMEND = "amend"
 
+
 class Reply(IntEnum):
     """The first element of COMMIT's reply."""
 
@@ -234,7 +235,8 @@ if turn then redis.call('DEL', KEYS[9]) end
 redis.call('PUBLISH', channel, message)
 return {1, version, now}
 """).substitute(VERSION=keys.VERSION, COUNT_PREFIX=keys.COUNT_PREFIX, NEW=SNAPSHOT_NEW,
-               AMEND=SNAPSHOT_AMEND, PUT=SNAPSHOT_PUT, IS_FINAL=" or ".join(f"status == {str(status)!r}" for status in FINAL_STATUSES),
+               AMEND=SNAPSHOT_AMEND, PUT=SNAPSHOT_PUT,
+               IS_FINAL=" or ".join(f"status == {str(status)!r}" for status in FINAL_STATUSES),
                MAYBE_FINAL=" or ".join(f"find(old, {text!r}, 1, true)"
                                        for text in ("\\", *(_needle(str(status)) for status in FINAL_STATUSES))))
 

@@ -39,7 +39,8 @@ def redis_cpu(server: RedisServer) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-def one_run(svc: ServiceProcess, server: RedisServer, plan, duration: float, warmup: float) -> tuple[float, float, float]:
+def one_run(svc: ServiceProcess, server: RedisServer, plan, duration: float,
+            warmup: float) -> tuple[float, float, float]:
     """Return (service CPU ms per call, Redis CPU ms per call, calls/s) of one load run."""
     if warmup:
         drive.run(svc.url, plan, warmup)
