@@ -112,3 +112,18 @@ def test_after_an_import_a_final_line_under_a_job_open_again_outlives_its_close(
     lines = client.get(f"/batch/wf1/{batch}").json
     assert (lines["s_extract"]["status"], lines["s_load"]["status"]) == ("success", "abandoned")
     assert hmget_calls(real_redis) > 0  # an imported workflow's lines are read before they are written
+
+
+def test_a_removal_never_writes_over_a_success_that_an_import_left_under_an_open_job(real_client, real_app,
+                                                                                      real_redis):
+    client, store = real_client, services_of(real_app).store
+    client.post("/load_cfg/wf1")
+    batch = client.post("/open_batch/wf1").json["s_load"]["batch_id"]
+    backup = json.loads(json.dumps(store.export(["wf1"])))  # both jobs open in the batch
+    assert client.post("/close_batch/wf1").status_code == 200  # the batch succeeds here
+    assert client.post("/remove_workflow/wf1").status_code == 200  # its history stays
+    store.import_(backup)  # the jobs come back open in that batch; its success lines stay
+    assert {j["status"] for j in client.get("/get_status/wf1").json.values()} == {"open"}
+    assert client.post("/remove_workflow/wf1").status_code == 200  # would abandon the open jobs' lines
+    lines = {name: json.loads(line) for name, line in real_redis.hgetall(f"wf1-{batch}").items()}
+    assert {name: line["status"] for name, line in lines.items()} == {"s_extract": "success", "s_load": "success"}

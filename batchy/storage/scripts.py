@@ -45,57 +45,11 @@ def _needle(status: str) -> str:
     return status
 
 
-# Apply one state change to a workflow if it is still the state the change was planned
-# on, at the second of Redis' clock it was planned for.
-#
-# KEYS[1] workflow hash <wf>            KEYS[2] meta hash batchy:wf:<wf>
-# KEYS[3] history zset batchy:history:<wf>   KEYS[4] batchy:batches
-# KEYS[5] audit stream batchy:events:<wf>     KEYS[6] batchy:workflows
-# KEYS[7] service pause batchy:pause          KEYS[8] workflow pause batchy:pause:<wf>
-# KEYS[9] batchy:turn:<wf>: while it exists, only the writer it names may commit
-# KEYS[10], optional: batchy:idem:<wf>:<digest>, the Idempotency-Key of an open
-# ARGV, read in order (n = a count, then that many items):
-#   expected version ("0" for a workflow never written)
-#   the writer's token (random: the new version is "<count>-<token>", never reused, even
-#       when a Redis restart or failover loses the last writes and the count goes back)
-#   second: the TIME seconds every time in the change was computed from ("": any)
-#   insist ("1": the writer has lost several times in a row; if refused again, it takes
-#       the turn for up to 200 ms, so a slow planner is not starved by quick ones)
-#   check pause ("1": refuse while the service or the workflow is paused)
-#   replace ("1": delete the workflow hash first; "0": the hash must exist)
-#   n, n x (job, json)          HSET into the workflow hash
-#   n, n x (field, value)       HSET into the meta hash
-#   n, n x (key, mode, score, m, m x (job, json))  batch snapshots to write;
-#       mode "new": the key must not exist yet, it is indexed with score (its start)
-#       mode "update": written only if it still exists (retention may have dropped it), and
-#         like "put" never over a final line of a job
-#       mode "put": indexed; each job's line written unless the key holds a final one for it
-#         (success, failed, abandoned): history is append-only, an import never rewrites it
-#       mode "amend": an update whose lines are written as they are, if the key exists: the
-#         store vouches none of them can be final (SNAPSHOT_AMEND)
-#   keep                        batches kept in the history index; older ones are deleted
-#   batch key prefix            "<wf>-", to name the snapshots retention deletes
-#   events maxlen, n, n x (field, value)   XADD to the audit stream (n = 0: none)
-#   channel, action             PUBLISH the action after the change; meta keys.count_field(action) += 1
-#   with KEYS[10]: batch id, ttl ms   remembered under KEYS[10] once applied
-# Returns {1, new_version, TIME} when applied;
-# {0, current_version, TIME, flat HGETALL workflow, flat HGETALL meta, turn} when the
-# state or the second moved on, or another writer has the turn (turn = "1": wait a
-# moment): the caller plans again from this state, no extra read needed;
-# {-1, key} when a new snapshot key exists; {-2, pause key} when paused;
-# {-3, batch id} when KEYS[10] exists: that key's open was applied already.
-COMMIT = Template("""
-local A = ARGV
--- HSET the count field/value pairs at A[from...]; unpack() of more than a few thousand
--- values overflows Lua's stack, so in chunks.
-local function hset(key, from, count)
-  local last = from + 2 * count - 1
-  for s = from, last, 1000 do
-    redis.call('HSET', key, unpack(A, s, math.min(s + 999, last)))
-  end
-end
-
-local find = string.find
+# The append-only write of snapshot lines, shared by COMMIT and REMOVE (each defines
+# `local A = ARGV` first): put(key, from, count, must_exist) writes the count field/value
+# pairs at A[from...] except over a line that holds a final status (success, failed,
+# abandoned).
+_APPEND_ONLY = Template("""local find = string.find
 -- Whether a stored snapshot line may hold a final status: it spells one of them, or escapes
 -- something. (Comparisons, not a table of the statuses: this runs on every line a commit
 -- writes over, and a table would be built each time.)
@@ -147,7 +101,63 @@ local function put(key, from, count, must_exist)
     end
   end
 end
+""").substitute(
+    IS_FINAL=" or ".join(f"status == {str(status)!r}" for status in FINAL_STATUSES),
+    MAYBE_FINAL=" or ".join(f"find(old, {text!r}, 1, true)"
+                            for text in ("\\", *(_needle(str(status)) for status in FINAL_STATUSES))))
 
+
+# Apply one state change to a workflow if it is still the state the change was planned
+# on, at the second of Redis' clock it was planned for.
+#
+# KEYS[1] workflow hash <wf>            KEYS[2] meta hash batchy:wf:<wf>
+# KEYS[3] history zset batchy:history:<wf>   KEYS[4] batchy:batches
+# KEYS[5] audit stream batchy:events:<wf>     KEYS[6] batchy:workflows
+# KEYS[7] service pause batchy:pause          KEYS[8] workflow pause batchy:pause:<wf>
+# KEYS[9] batchy:turn:<wf>: while it exists, only the writer it names may commit
+# KEYS[10], optional: batchy:idem:<wf>:<digest>, the Idempotency-Key of an open
+# ARGV, read in order (n = a count, then that many items):
+#   expected version ("0" for a workflow never written)
+#   the writer's token (random: the new version is "<count>-<token>", never reused, even
+#       when a Redis restart or failover loses the last writes and the count goes back)
+#   second: the TIME seconds every time in the change was computed from ("": any)
+#   insist ("1": the writer has lost several times in a row; if refused again, it takes
+#       the turn for up to 200 ms, so a slow planner is not starved by quick ones)
+#   check pause ("1": refuse while the service or the workflow is paused)
+#   replace ("1": delete the workflow hash first; "0": the hash must exist)
+#   n, n x (job, json)          HSET into the workflow hash
+#   n, n x (field, value)       HSET into the meta hash
+#   n, n x (key, mode, score, m, m x (job, json))  batch snapshots to write;
+#       mode "new": the key must not exist yet, it is indexed with score (its start)
+#       mode "update": written only if it still exists (retention may have dropped it), and
+#         like "put" never over a final line of a job
+#       mode "put": indexed; each job's line written unless the key holds a final one for it
+#         (success, failed, abandoned): history is append-only, an import never rewrites it
+#       mode "amend": an update whose lines are written as they are, if the key exists: the
+#         store vouches none of them can be final (SNAPSHOT_AMEND)
+#   keep                        batches kept in the history index; older ones are deleted
+#   batch key prefix            "<wf>-", to name the snapshots retention deletes
+#   events maxlen, n, n x (field, value)   XADD to the audit stream (n = 0: none)
+#   channel, action             PUBLISH the action after the change; meta keys.count_field(action) += 1
+#   with KEYS[10]: batch id, ttl ms   remembered under KEYS[10] once applied
+# Returns {1, new_version, TIME} when applied;
+# {0, current_version, TIME, flat HGETALL workflow, flat HGETALL meta, turn} when the
+# state or the second moved on, or another writer has the turn (turn = "1": wait a
+# moment): the caller plans again from this state, no extra read needed;
+# {-1, key} when a new snapshot key exists; {-2, pause key} when paused;
+# {-3, batch id} when KEYS[10] exists: that key's open was applied already.
+COMMIT = Template("""
+local A = ARGV
+-- HSET the count field/value pairs at A[from...]; unpack() of more than a few thousand
+-- values overflows Lua's stack, so in chunks.
+local function hset(key, from, count)
+  local last = from + 2 * count - 1
+  for s = from, last, 1000 do
+    redis.call('HSET', key, unpack(A, s, math.min(s + 999, last)))
+  end
+end
+
+$APPEND_ONLY
 local expected, token, second, insist, check_pause, replace = A[1], A[2], A[3], A[4], A[5], A[6]
 local now = redis.call('TIME')
 if KEYS[10] then
@@ -235,10 +245,7 @@ if turn then redis.call('DEL', KEYS[9]) end
 redis.call('PUBLISH', channel, message)
 return {1, version, now}
 """).substitute(VERSION=keys.VERSION, COUNT_PREFIX=keys.COUNT_PREFIX, NEW=SNAPSHOT_NEW,
-               AMEND=SNAPSHOT_AMEND, PUT=SNAPSHOT_PUT,
-               IS_FINAL=" or ".join(f"status == {str(status)!r}" for status in FINAL_STATUSES),
-               MAYBE_FINAL=" or ".join(f"find(old, {text!r}, 1, true)"
-                                       for text in ("\\", *(_needle(str(status)) for status in FINAL_STATUSES))))
+               AMEND=SNAPSHOT_AMEND, PUT=SNAPSHOT_PUT, APPEND_ONLY=_APPEND_ONLY)
 
 # Read the clock, a workflow hash and its meta hash atomically, in one reply (cheaper
 # for redis-py than a MULTI/EXEC of three commands).
@@ -261,7 +268,8 @@ return 0
 # KEYS[1] workflow hash  KEYS[2] meta  KEYS[3] history zset  KEYS[4] batchy:batches
 # KEYS[5] audit stream  KEYS[6] batchy:workflows  KEYS[7] workflow pause  KEYS[8] turn
 # ARGV: expected version, purge ("1"/"0"), batch key prefix, events maxlen,
-#   n, n x (key, m, m x (job, json))   snapshot updates (only if the key exists; not when purging)
+#   n, n x (key, m, m x (job, json))   snapshot updates (only if the key exists, never over a final
+#                                      line: put(); none when purging)
 #   n, n x (field, value)              the audit event
 #   channel
 # Returns 1 when removed, 0 when the version moved on (read again), -1 when there is no such workflow.
@@ -269,12 +277,13 @@ REMOVE = Template("""
 local A = ARGV
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if (redis.call('HGET', KEYS[2], '$VERSION') or '0') ~= A[1] then return 0 end
+$APPEND_ONLY
 local purge, prefix = A[2], A[3]
 local i = 5
 for _ = 1, tonumber(A[i]) do
   local key, m = A[i + 1], tonumber(A[i + 2])
-  if purge ~= '1' and redis.call('EXISTS', key) == 1 and m > 0 then
-    redis.call('HSET', key, unpack(A, i + 3, i + 2 + 2 * m))
+  if purge ~= '1' and m > 0 then
+    put(key, i + 3, m, true)  -- never over a final line: history is append-only
   end
   i = i + 2 + 2 * m
 end
@@ -291,7 +300,7 @@ local nevent = tonumber(A[i + 1])
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', A[4], '*', unpack(A, i + 2, i + 1 + 2 * nevent))
 redis.call('PUBLISH', A[i + 2 + 2 * nevent], 'remove')
 return 1
-""").substitute(VERSION=keys.VERSION)
+""").substitute(VERSION=keys.VERSION, APPEND_ONLY=_APPEND_ONLY)
 
 
 def for_cluster(script: str) -> str:
