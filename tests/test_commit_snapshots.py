@@ -127,3 +127,21 @@ def test_a_removal_never_writes_over_a_success_that_an_import_left_under_an_open
     assert client.post("/remove_workflow/wf1").status_code == 200  # would abandon the open jobs' lines
     lines = {name: json.loads(line) for name, line in real_redis.hgetall(f"wf1-{batch}").items()}
     assert {name: line["status"] for name, line in lines.items()} == {"s_extract": "success", "s_load": "success"}
+
+
+def test_a_removal_abandons_thousands_of_open_lines_but_no_final_one(real_redis):
+    n = 4_321  # past what one unpack() of Lua's stack takes (about 8,000 values), and not a multiple of 1,000
+    real_redis.hset("t", "a", "{}")  # the workflow "t" (REMOVE refuses one that does not exist)
+    real_redis.hset(keys.meta("t"), keys.VERSION, "1-tok")
+    final = {f"j{i:04d}": '{"status":"failed"}' for i in range(0, n, 5)}
+    real_redis.hset("t-7", mapping={**{f"j{i:04d}": '{"status":"open"}' for i in range(n)}, **final})
+    lines = {f"j{i:04d}": json.dumps({"status": "abandoned", "i": i}) for i in range(n)}
+    args: list = ["1-tok", "0", "t-", 10, 1, "t-7", len(lines)]
+    for item in lines.items():
+        args += item
+    args += [1, "action", "remove", keys.channel("t")]
+    reply = real_redis.register_script(scripts.REMOVE)(
+        keys=[*keys.commit_keys("t")[:5], keys.WORKFLOWS, keys.pause("t"), keys.turn("t")], args=args)
+    assert reply == 1
+    assert real_redis.hgetall("t-7") == {name: final.get(name, line) for name, line in lines.items()}
+    assert not real_redis.exists("t", keys.meta("t"))
