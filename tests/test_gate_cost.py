@@ -3,6 +3,7 @@ backfill may still fill costs time in proportion to the intervals, is computed o
 however many wait, and a waiter answers by its timeout."""
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -53,18 +54,26 @@ def _computed(app) -> int:
 @pytest.mark.slow  # a 3,000-chunk backfill: 4 s to set up
 def test_a_missed_verdict_costs_time_in_proportion_to_the_intervals(gated):
     app, client, _backfill_id, _odd = gated
-    started = time.thread_time()  # this thread's CPU: the test client runs the request here
-    answer = client.get(GATE + "&timeout=0").json
-    cost = time.thread_time() - started
+    # The verdict's own work, without a full collection of the whole test session's heap
+    # landing in the window (it once made 20 ms read 230 ms in a CI run).
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.thread_time()  # this thread's CPU: the test client runs the request here
+        answer = client.get(GATE + "&timeout=0").json
+        cost = time.thread_time() - started
+        started = time.thread_time()
+        for _ in range(5):
+            assert client.get(GATE + "&timeout=0").json["state"] == "waiting"
+        repeated = time.thread_time() - started
+    finally:
+        gc.enable()
     # 1,500 holes, each filled by a leased chunk: merged one at a time that was quadratic
     # (0.5 s here, 5.3 s for the issue's 9,960 chunks); sorted and swept once, about 20 ms.
     assert answer["state"] == "waiting" and "running backfill" in answer["jobs"]["j"]["reason"], answer["state"]
     assert len(answer["jobs"]["j"]["holes"]) == CHUNKS // 2
     assert cost < 0.2, f"one verdict cost {cost:.2f} CPU-seconds"
-    started = time.thread_time()
-    for _ in range(5):
-        assert client.get(GATE + "&timeout=0").json["state"] == "waiting"
-    assert time.thread_time() - started < 0.5
+    assert repeated < 0.5
 
 
 @pytest.mark.slow  # a 3,000-chunk backfill: 4 s to set up
