@@ -150,3 +150,15 @@ def test_pair_measures_two_checkouts_round_by_round(tmp_path):
             row = next(line for line in lines if line.startswith(f"  {label} ({side})"))
             best_cpu, median_cpu, _best_redis, _median_redis, best_rate, median_rate = map(float, row.split()[-6:])
             assert 0 < best_cpu <= median_cpu and best_rate >= median_rate > 0, row
+
+
+@pytest.mark.skipif(not shutil.which("perf"), reason="perf is not installed (apt-get install linux-perf)")
+def test_pair_splits_the_workers_samples_with_perf():
+    proc = bench("bench.tools.pair", "--against", ROOT, "--rounds", "1", "--duration", "1", "--warmup", "0",
+                 "--only", "json", "--perf")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("  open_batch json + close_batch (this)"))
+    shares = dict(part.rsplit(" ", 1) for part in row.split("perf: ")[1].split(", "))
+    assert set(shares) == {"python", "kernel", "libc", "other"}, row
+    assert 98 <= sum(int(share.rstrip("%")) for share in shares.values()) <= 102, row  # rounded shares of every sample
+    assert int(shares["python"].rstrip("%")) > 0, row
