@@ -338,7 +338,7 @@ class Committer:
         args.append(len(change.snapshots))
         # History is append-only; only an import can leave a final line under a job still
         # open, so a workflow no import has written sends its updates as amends (scripts.py).
-        update = SNAPSHOT_UPDATE if keys.IMPORT_COUNT in state.stored else scripts.SNAPSHOT_AMEND
+        update = SNAPSHOT_UPDATE if self.keys.IMPORT_COUNT in state.stored else scripts.SNAPSHOT_AMEND
         for batch_id, mode, score, snapshot in change.snapshots:
             args += [self.keys.batch(wf, batch_id), update if mode == SNAPSHOT_UPDATE else mode, score, len(snapshot)]
             for name, job in snapshot.items():

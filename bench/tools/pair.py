@@ -9,7 +9,7 @@ redis-server, with the same workflows loaded. Every round runs one short load of
 scenario (bench.plans, 32 connections, spread over 64 workflows) against one service,
 then the other, the order swapped every round, so both share the machine's noise. It
 prints, per scenario and checkout, the service's CPU per call (all its processes, from
-/proc), Redis' CPU per call (INFO cpu) and calls/s: the best round and the median. On a
+/proc), Redis' CPU per call (the same) and calls/s: the best round and the median. On a
 shared machine a load run's figures swing by 30 % between rounds; the best round of
 several is the figure least moved by what else ran, and the same estimator on both sides.
 No baseline here: `python -m bench.run --against` gives the ratios to the floor. With
@@ -39,11 +39,6 @@ SCENARIOS = {
 }
 
 
-def redis_cpu(server: RedisServer) -> float:
-    info = server.client().info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
 def one_run(svc: ServiceProcess, server: RedisServer, plan, duration: float, warmup: float,
             perf: bool = False) -> tuple[float, float, float, dict[str, float]]:
     """Return (service CPU ms per call, Redis CPU ms per call, calls/s, {where: share of the
@@ -51,9 +46,9 @@ def one_run(svc: ServiceProcess, server: RedisServer, plan, duration: float, war
     if warmup:
         drive.run(svc.url, plan, warmup)
     recorder = record(svc, duration) if perf else None
-    cpu, rcpu = drive.tree_cpu(svc.proc.pid), redis_cpu(server)
+    cpu, rcpu = drive.tree_cpu(svc.proc.pid), drive.tree_cpu(server.proc.pid)  # as bench.run measures a load
     result = drive.run(svc.url, plan, duration)
-    cpu, rcpu = drive.tree_cpu(svc.proc.pid) - cpu, redis_cpu(server) - rcpu
+    cpu, rcpu = drive.tree_cpu(svc.proc.pid) - cpu, drive.tree_cpu(server.proc.pid) - rcpu
     calls = sum(len(tag["lat_us"]) for tag in result["tags"].values())
     if not calls:
         raise RuntimeError(f"no call answered in {duration} s by {svc.url}")
