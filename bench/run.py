@@ -12,8 +12,8 @@ synthetic workflows through /load_cfg, drives 32 keep-alive connections from a s
 process (wrk when installed, bench.load otherwise; BENCH_ENGINE=python forces the latter)
 and reports every figure next to the baseline measured in the same run. With --against, a
 second `batchy serve` from another checkout (round 5's, say; its own redis-server) runs each
-load of the spread section next to this one's in every round (first in every other round),
-against the same baseline: the two checkouts side by side in one run, each round's noise
+of Batchy's loads next to this one's in every round (first in every other round), against
+the same baseline: the two checkouts side by side in one run, each round's noise
 shared by both.
 """
 from __future__ import annotations
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds of load runs (overrides the mode)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--against", metavar="CHECKOUT",
-                        help="also measure the Batchy of this other checkout in the same rounds (spread loads)")
+                        help="also measure the Batchy of this other checkout in the same rounds (every load)")
     args = parser.parse_args(argv)
     against = os.path.abspath(args.against) if args.against else None
     if against and not os.path.isdir(os.path.join(against, "batchy")):
@@ -302,6 +302,8 @@ def main(argv=None) -> int:
             other_server.cleanup()
     report["elapsed_s"] = time.perf_counter() - started
     report["targets"] = targets(report)
+    if against:
+        report["versus"] = versus(report)
     print(render(report))
     if args.json:
         with open(args.json, "w") as fh:
@@ -428,14 +430,17 @@ def round_ratios(report, phase: str, tag: str, base: str) -> list[float]:
     return [mine["tags"][tag]["rate"] / theirs["tags"]["get"]["rate"] for mine, theirs in pairs]
 
 
-# --against: the other checkout's twin of each spread load, and of its rows in the table.
+# --against: the other checkout's twin of each of Batchy's loads, and of its rows in the table.
 AGAINST = " (other)"
+# Every Batchy load has its twin, the one-workflow loads too: the two checkouts' services and
+# redis-servers then hold the same state and serve the same calls (only the baseline reads
+# this checkout's redis-server).
 AGAINST_PHASES = ("get_status spread", "open/close json spread", "open/close infa spread", "re-open spread",
-                  "open/close policy spread")
+                  "open/close policy spread", "get_status one wf", "open/close one wf")
 
 
 def table_rows(report) -> list[tuple]:
-    """ROWS, and with --against each spread row of Batchy's again for the other checkout, after it."""
+    """ROWS, and with --against each of Batchy's rows again for the other checkout, after it."""
     if not report.get("against"):
         return ROWS
     rows = []
@@ -455,29 +460,47 @@ def row_figures(report):
         yield section, label, fig, (statistics.median(ratios) if ratios else None), ratios
 
 
+def versus(report) -> list[dict]:
+    """With --against: each row's rate over the other checkout's twin row, round by round.
+
+    Both load runs of a pair ran back to back in the same round, so this ratio shares the
+    round's machine noise; a checkout measured against itself reads about 1.00 here.
+    """
+    out = []
+    for section, label, phase, tag, _base in ROWS:
+        if phase not in AGAINST_PHASES:
+            continue
+        pairs = zip(report["load"][phase]["rounds"], report["load"][phase + AGAINST]["rounds"])
+        ratios = [mine["tags"][tag]["rate"] / theirs["tags"][tag]["rate"] for mine, theirs in pairs]
+        out.append({"section": section, "label": label, "median": statistics.median(ratios), "rounds": ratios,
+                    "ahead": sum(r > 1 for r in ratios)})
+    return out
+
+
 def targets(report) -> list[dict]:
     verdicts = []
 
     def add(name, measured, met):
         verdicts.append({"target": name, "measured": measured, "met": bool(met)})
 
-    ratios = {(s, label): ratio for s, label, _f, ratio, _r in row_figures(report)}
+    # The verdicts judge this checkout; the other checkout's rows (--against) are only shown.
+    rows = [row for row in row_figures(report) if not row[1].endswith(AGAINST)]
+    ratios = {(s, label): ratio for s, label, _f, ratio, _r in rows}
     spread = "spread over 64 workflows"
     add("get_status >= 0.9x baseline", f"{ratios[(spread, 'get_status')]:.2f}x", ratios[(spread, "get_status")] >= 0.9)
     for label in ("open_batch json", "open_batch infa", "close_batch", "re-open (batch still open)",
                   "open_batch, window policy"):
         add(f"{label} >= 0.7x baseline", f"{ratios[(spread, label)]:.2f}x", ratios[(spread, label)] >= 0.7)
     for section in (spread, "all on one workflow"):
-        worst = max((f["p99"], label) for s, label, f, _r, _rs in row_figures(report)
-                    if s == section and "baseline" not in label)
+        worst = max((f["p99"], label) for s, label, f, _r, _rs in rows if s == section and "baseline" not in label)
         # No service on this stack beats the floor's own latency: at a fixed number of
         # connections the mean is connections / rate (Little's law), and p99 >= mean.
-        base = next(f for s, label, f, _r, _rs in row_figures(report) if s == section and "baseline" in label)
+        base = next(f for s, label, f, _r, _rs in rows if s == section and "baseline" in label)
         add(f"p99 < 25 ms at {report['connections']} connections ({section})",
             f"{worst[0]:.1f} ms ({worst[1]}); baseline's own p99 {base['p99']:.1f} ms, "
             f"mean {1000 * report['connections'] / base['rate']:.1f} ms", worst[0] < 25)
-    bad = sum(f["non2xx"] for _s, _l, f, _r, _rs in row_figures(report))
-    bad += sum(v["socket_errors"] for k, v in report["load"].items() if "baseline" not in k)
+    bad = sum(f["non2xx"] for _s, _l, f, _r, _rs in rows)
+    bad += sum(v["socket_errors"] for k, v in report["load"].items() if "baseline" not in k and AGAINST not in k)
     add("zero non-2xx responses under load", f"{bad}", bad == 0)
     reads = [report["redis"]["get_status"]["round_trips"]] + [s["get_round_trips"] for s in report["steps"].values()]
     add("<= 1 Redis round trip per read (any job count)", f"max {max(reads):g}", max(reads) <= 1)
@@ -530,6 +553,12 @@ def render(report) -> str:
             out.append(f"  non-2xx in {label}: {line[:160]}")
     if report.get("loadgen_ceiling_rps"):
         out.append(f"  Python load generator ceiling (instant server): {report['loadgen_ceiling_rps']:.0f} req/s")
+    if report.get("versus"):
+        out += ["", f"{'this checkout / the other, same round':48}{'median':>8}{'rounds':>12}{'ahead in':>10}"]
+        for v in report["versus"]:
+            rounds = v["rounds"]
+            out.append(f"  {v['label'] + (' (one wf)' if v['section'] != ROWS[0][0] else ''):46}{v['median']:8.2f}"
+                       f"{min(rounds):6.2f}-{max(rounds):.2f}{v['ahead']:>6} of {len(rounds)}")
     out += ["", f"{'Redis per API call':36}{'commands':>9}{'round trips':>13}   command mix"]
     for label, fig in report["redis"].items():
         mix = " ".join(f"{k}:{v:.3g}" for k, v in sorted(fig["mix"].items(), key=lambda kv: -kv[1]))

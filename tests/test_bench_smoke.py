@@ -1,6 +1,7 @@
 """The benchmark harness and its tools still run end to end (tiny mode) and print their tables; no timing checks."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -113,7 +114,7 @@ def test_capacity_scenario_measures_single_redis_and_the_cluster():
 
 def test_harness_measures_another_checkout_in_the_same_rounds(tmp_path):
     # --against: a second `batchy serve` from another checkout (here a copy of this one that
-    # leaves a mark when imported) runs each spread load in the same rounds; its rows follow.
+    # leaves a mark when imported) runs each of Batchy's loads in the same rounds; its rows follow.
     other = tmp_path / "checkout"
     shutil.copytree(os.path.join(ROOT, "batchy"), other / "batchy", ignore=shutil.ignore_patterns("__pycache__"))
     with open(other / "batchy" / "__init__.py", "a") as fh:
@@ -129,7 +130,17 @@ def test_harness_measures_another_checkout_in_the_same_rounds(tmp_path):
         assert float(row[len(label) + 10:].split()[1]) > 0, row  # its ratio to the same rounds' baseline
     assert f"(other) = the Batchy of {other}" in proc.stdout
     assert "open/close json spread (other)" in proc.stdout  # and its own load run's CPU figures
-    assert not any("one wf (other)" in line for line in lines)  # the one-workflow loads: this checkout only
+    # the one-workflow loads have their twins too, so both checkouts' services hold the same state
+    assert any(line.startswith("  open/close one wf (other)  ") for line in lines), proc.stdout
+    row = next(line for line in lines if line.startswith("  close_batch job= (other)  "))
+    assert float(row[len("close_batch job=") + 10:].split()[1]) > 0, row
+    # and each pair's head-to-head ratio, round by round: this checkout's rate over the other's
+    versus = {v["label"] + ("" if v["section"].startswith("spread") else " (one wf)"): v
+              for v in json.loads(out.read_text())["versus"]}
+    assert set(versus) >= {"open_batch json", "re-open (batch still open)", "close_batch job= (one wf)"}, versus
+    assert all(len(v["rounds"]) == 1 and v["median"] > 0 for v in versus.values()), versus
+    head = lines.index(next(line for line in lines if line.startswith("this checkout / the other, same round")))
+    assert lines[head + 2].split()[0] == "open_batch" and float(lines[head + 2].split()[2]) > 0, lines[head:head + 3]
 
 
 def test_pair_measures_two_checkouts_round_by_round(tmp_path):
