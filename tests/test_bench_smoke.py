@@ -90,6 +90,21 @@ def test_instruction_counter_measures_another_checkout_and_profiles(tmp_path):
     assert sum(float(count.replace(",", "")) for count, _ in rows) <= total + 1
 
 
+@pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed")
+def test_instruction_counter_counts_the_served_worker():
+    # --served: `batchy serve --workers 1` and the baseline under callgrind, called over a
+    # socket; one row per scenario with the worker's instructions per call (gunicorn included).
+    proc = bench("bench.tools.instructions", "--served", "--many", "4", "--only", "get")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {}
+    for label in ("baseline (1 HGETALL)", "get_status"):
+        row = next(line for line in proc.stdout.splitlines() if line.startswith(f"  {label}  "))
+        rows[label] = float(row[len(label) + 2:].split()[0].replace(",", ""))
+    # A served call runs the WSGI app and gunicorn's worker: far more than nothing, less than 100 M.
+    assert all(100_000 < n < 100_000_000 for n in rows.values()), proc.stdout
+    assert "open_batch" not in proc.stdout  # --only
+
+
 def test_fleet_scenario_prints_every_page():
     from bench import fleet
 

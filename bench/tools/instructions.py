@@ -6,6 +6,7 @@
     .venv/bin/python -m bench.tools.instructions --redis  # redis-server's instructions per call instead (the Lua)
     .venv/bin/python -m bench.tools.instructions --cprofile reopen   # where one scenario's calls spend (cProfile)
     .venv/bin/python -m bench.tools.instructions --opcodes json --many 50 --top 60   # bytecodes per function (diffable)
+    .venv/bin/python -m bench.tools.instructions --served --many 50   # the served path: a gunicorn worker under callgrind
 
 Each scenario runs the two apps in one Python process, straight through WSGI (no gunicorn,
 no sockets to the client), on a redis-server of its own, and counts the user-space
@@ -20,6 +21,8 @@ the redis-server under callgrind instead (hz 1) and the driver at full speed: wh
 scripts and commands of a call cost Redis. `--cprofile` profiles one scenario in-process by
 this thread's CPU time (waiting on Redis counts for nothing); `--opcodes` counts the bytecodes
 each function executes (the same on any machine: run it with and without --root and diff).
+`--served` counts what a `batchy serve` worker executes per call, gunicorn included, with the
+calls made over a socket (bench.tools.served); `--cache` adds callgrind's simulated cache misses.
 
 A count repeats within about 1 % on one checkout whatever else the machine runs, so it
 shows what a change to the code did; across two checkouts the baseline's own count (the
@@ -66,7 +69,7 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str, profiler=None) 
     from batchy import create_app
 
     from ..baseline import create_baseline_app
-    from ..procs import policy_names, spread_names, write_workflows
+    from ..procs import write_workflows
 
     write_workflows(cfg, 32, [1])
     os.environ["BATCHY_REDIS_URL"] = redis_url
@@ -91,25 +94,14 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str, profiler=None) 
         if not statuses[0].startswith("2"):
             raise RuntimeError(f"{method} {path} answered {statuses[0]}")
 
-    wfs = policy_names() if mode == "policy" else ["hot"] if mode == "hot" else spread_names()
+    wfs, one_calls = scenario(mode)
     for wf in wfs:
         call(app, "POST", f"/load_cfg/{wf}")
-    suffix = "/infa" if mode == "infa" else ""
+    apps = {"app": app, "base": base}
 
     def one(i: int) -> None:
-        wf = wfs[i % len(wfs)]
-        if mode == "base":
-            call(base, "GET", f"/get_status/{wf}")
-        elif mode == "get":
-            call(app, "GET", f"/get_status/{wf}")
-        elif mode == "reopen":  # the workflow's batch is still open: it is abandoned for a new one
-            call(app, "POST", f"/open_batch/{wf}")
-        elif mode == "hot":  # bench.run's one-workflow load, one caller: open all 32 steps, close one
-            call(app, "POST", f"/open_batch/{wf}")
-            call(app, "POST", f"/close_batch/{wf}?job=s{i % 32:02d}")
-        else:
-            call(app, "POST", f"/open_batch/{wf}{suffix}")
-            call(app, "POST", f"/close_batch/{wf}")
+        for target, method, path in one_calls(i):
+            call(apps[target], method, path)
 
     for i in range(max(len(wfs), 32)):  # every cache and connection warm before counting
         one(i)
@@ -121,6 +113,32 @@ def _drive(mode: str, iterations: int, redis_url: str, cfg: str, profiler=None) 
     if profiler is not None:
         profiler.disable()
     return (time.process_time() - started) / max(iterations, 1)
+
+
+def scenario(mode: str):
+    """Return (the workflows to load, one(i)): the calls (target, method, path) of iteration i of mode.
+
+    target "app" is Batchy, "base" the baseline. The in-process driver and --served
+    (bench.tools.served) make the same calls.
+    """
+    from ..procs import policy_names, spread_names
+
+    wfs = policy_names() if mode == "policy" else ["hot"] if mode == "hot" else spread_names()
+    suffix = "/infa" if mode == "infa" else ""
+
+    def one(i: int) -> list[tuple[str, str, str]]:
+        wf = wfs[i % len(wfs)]
+        if mode == "base":
+            return [("base", "GET", f"/get_status/{wf}")]
+        if mode == "get":
+            return [("app", "GET", f"/get_status/{wf}")]
+        if mode == "reopen":  # the workflow's batch is still open: it is abandoned for a new one
+            return [("app", "POST", f"/open_batch/{wf}")]
+        if mode == "hot":  # bench.run's one-workflow load, one caller: open all 32 steps, close one
+            return [("app", "POST", f"/open_batch/{wf}"), ("app", "POST", f"/close_batch/{wf}?job=s{i % 32:02d}")]
+        return [("app", "POST", f"/open_batch/{wf}{suffix}"), ("app", "POST", f"/close_batch/{wf}")]
+
+    return wfs, one
 
 
 def _env() -> dict[str, str]:
@@ -255,6 +273,10 @@ def main(argv=None) -> int:
                         help="count MODE's bytecodes per function instead (--many iterations; no valgrind)")
     parser.add_argument("--redis", action="store_true",
                         help="count redis-server's instructions per call instead of Python's (the Lua, the commands)")
+    parser.add_argument("--served", action="store_true",
+                        help="count a `batchy serve` worker's instructions per call over a socket instead "
+                             "(gunicorn included; bench.tools.served)")
+    parser.add_argument("--cache", action="store_true", help="with --served: simulate the caches too (I1, D1 misses)")
     parser.add_argument("--top", type=int, default=30, help="rows of the --cprofile listings")
     parser.add_argument("--drive", nargs=3, metavar=("MODE", "N", "REDIS_URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -278,6 +300,12 @@ def main(argv=None) -> int:
     if not args.cpu and not shutil.which("valgrind"):
         print("valgrind is not installed (apt-get install valgrind), or use --cpu", file=sys.stderr)
         return 2
+    if args.served:
+        from . import served
+
+        modes = [m for m in SCENARIOS if not args.only or m == "base" or m in args.only]
+        print(served.render(served.count(modes, args.many, args.root, args.cache), args.cache))
+        return 0
 
     server = RedisServer().start()
     rows = {}
