@@ -22,6 +22,8 @@ import glob
 import http.client
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,35 +81,43 @@ class Served:
         self.conn: http.client.HTTPConnection | None = None
 
     def __enter__(self) -> "Served":
-        from batchy.testing import wait_for
+        try:
+            self._connect()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
 
-        wait_for(self._healthy, timeout=600, what="the service under callgrind")
+    def _connect(self) -> None:
+        deadline = time.monotonic() + 600  # start-up under valgrind: half a minute, more on a busy machine
+        while not self._healthy():
+            if self.proc.poll() is not None:
+                self.err.seek(0)
+                raise RuntimeError(f"the service under callgrind exited:\n{self.err.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the service under callgrind did not answer /healthz within 600 s")
+            time.sleep(0.5)
         self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
         workers = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
         if len(workers) != 1:
             raise RuntimeError(f"expected one worker under the master {self.proc.pid}, found {workers}")
         self.worker = workers[0]
-        return self
 
     def __exit__(self, *exc) -> None:
-        import shutil
-        import signal
-
         if self.conn:
             self.conn.close()
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(120)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.err.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            self.err.seek(0)
-            raise RuntimeError(f"the service under callgrind exited:\n{self.err.read()[-2000:]}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
             conn.request("GET", "/healthz")
