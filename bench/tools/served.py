@@ -1,6 +1,6 @@
 """Instructions per call of the whole served path: a `batchy serve` worker under callgrind.
 
-    .venv/bin/python -m bench.tools.instructions --served                  # every scenario, ~5 minutes
+    .venv/bin/python -m bench.tools.instructions --served                  # every scenario, about 3 minutes
     .venv/bin/python -m bench.tools.instructions --served --root /tmp/before --only json infa
     .venv/bin/python -m bench.tools.instructions --served --cache --only json   # I1/D1 misses too (slower)
 
@@ -9,12 +9,14 @@ runs gunicorn's gthread worker: its poller, the hand-over to a pool thread, the 
 the access log, the socket writes. Here `batchy serve --workers 1` (the baseline: bench.baseline,
 the same `serve`) runs under `valgrind --tool=callgrind --trace-children=yes`; this process
 makes the calls of a scenario over one keep-alive connection, and the worker's counters are
-zeroed before and dumped after a short and a long window of calls (callgrind_control); the
+zeroed before and dumped after a short and a long window of calls (callgrind_control). The
 difference over the difference of their calls is one call's count, without start-up, the
-warm-up, or what zeroing and dumping cost. What the kernel does for the worker (its syscalls) is not counted:
-strace -c shows those per call. Idle timers (gunicorn's 1 s poll, its heartbeat) run during
-the counted window too: a few thousand instructions a call at valgrind's speed, the same for
-both checkouts. The worker runs no auto_backfill repairer, with one hash seed.
+warm-up, or what zeroing and dumping cost. What the kernel does for the worker (its system
+calls) is not counted: `strace -c -f -p <worker>` shows those. The worker's timers (gunicorn's
+1 s poll, its heartbeat, the GIL's 5 ms switch) run during the counted windows too, so a count
+holds for one window size: two runs with the same --many agree within 0.2 %, different ones
+within 1-2 %. Compare two checkouts with the same --many. The worker runs no auto_backfill
+repairer, with one hash seed.
 """
 from __future__ import annotations
 
@@ -142,11 +144,13 @@ class Served:
         wfs, one = scenario(mode)
         warm = max(len(wfs), 32)  # every workflow called once: its first call's costs are no call's cost
         self._calls(one, range(warm))
-        # The first window after start-up costs some ten million instructions more, whatever
+        # The first window after start-up costs some twenty million instructions more, whatever
         # its calls (valgrind's gdbserver starting, say): one is run and thrown away.
         self._window(one, range(warm, warm + 4))
         warm += 4
         few = max(1, iterations // 4)
+        if iterations <= few:
+            raise ValueError(f"--served needs at least 2 iterations (--many), not {iterations}")
         short = self._window(one, range(warm, warm + few))
         long = self._window(one, range(warm + few, warm + few + iterations))
         calls = (iterations - few) * SCENARIOS[mode][1]
