@@ -207,17 +207,18 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        """The command line start() runs (a benchmark's subclass runs another app, or a wrapper)."""
+        return [sys.executable, "-m", "batchy.cli", "serve", *(["--host", self.host] if self.host else []),
+                "--port", str(self.port), "--workers", str(self.workers)]
+
     def start(self, wait: bool = True) -> "ServiceProcess":
         """Spawn `batchy serve` in a session of its own; with wait, until /healthz answers 200."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHY_") and k != "REDIS_URL"}
         env.update(BATCHY_REDIS_URL=self.redis_url, BATCHY_CFG_DIR=self.cfg_dir, **self.env)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batchy.cli", "serve", *(["--host", self.host] if self.host else []),
-             "--port", str(self.port), "--workers", str(self.workers)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
-            start_new_session=True,
-        )
+        self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
+                                     start_new_session=True)
         log.close()
         if wait:
             wait_for(self.healthy, timeout=30, what=f"batchy on port {self.port}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -73,15 +72,15 @@ def write_workflows(cfg_dir: str, connections: int, step_counts) -> dict[str, st
 class BaselineProcess(ServiceProcess):
     """bench.baseline (the minimal app under `batchy serve`) in its own process."""
 
+    def __init__(self, redis_url: str, cfg_dir: str, **kwargs):
+        super().__init__(redis_url, cfg_dir, **{"cwd": ROOT, **kwargs})  # this checkout's bench and batchy
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "bench.baseline", "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", str(self.workers)]
+
     def start(self, wait: bool = True) -> "BaselineProcess":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHY_") and k != "REDIS_URL"}
-        env.update(BATCHY_REDIS_URL=self.redis_url, BATCHY_CFG_DIR=self.cfg_dir, **self.env)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.baseline",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
-            )
+        super().start(wait=False)
         if wait:
             wait_for(self.healthy, timeout=30, what=f"baseline on port {self.port}")
         return self

@@ -280,7 +280,19 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=30, help="rows of the --cprofile listings")
     parser.add_argument("--drive", nargs=3, metavar=("MODE", "N", "REDIS_URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    _use_root(args.root or os.environ.get("BENCH_BATCHY_ROOT"))
+    root = args.root or os.environ.get("BENCH_BATCHY_ROOT")
+    if args.served:  # only the service runs root's batchy: this process drives it with this checkout's
+        if not shutil.which("valgrind"):
+            print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+            return 2
+        if root and not os.path.isdir(os.path.join(root, "batchy")):
+            raise SystemExit(f"{root} holds no batchy package")
+        from . import served
+
+        modes = [m for m in SCENARIOS if not args.only or m == "base" or m in args.only]
+        print(served.render(served.count(modes, args.many, root and os.path.abspath(root), args.cache), args.cache))
+        return 0
+    _use_root(root)
     from batchy.testing import RedisServer
 
     if args.drive:
@@ -300,12 +312,6 @@ def main(argv=None) -> int:
     if not args.cpu and not shutil.which("valgrind"):
         print("valgrind is not installed (apt-get install valgrind), or use --cpu", file=sys.stderr)
         return 2
-    if args.served:
-        from . import served
-
-        modes = [m for m in SCENARIOS if not args.only or m == "base" or m in args.only]
-        print(served.render(served.count(modes, args.many, args.root, args.cache), args.cache))
-        return 0
 
     server = RedisServer().start()
     rows = {}

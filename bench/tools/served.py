@@ -14,24 +14,22 @@ difference over the difference of their calls is one call's count, without start
 warm-up, or what zeroing and dumping cost. What the kernel does for the worker (its system
 calls) is not counted: `strace -c -f -p <worker>` shows those. The worker's timers (gunicorn's
 1 s poll, its heartbeat, the GIL's 5 ms switch) run during the counted windows too, so a count
-holds for one window size: two runs with the same --many agree within 0.2 %, different ones
+holds for one window size: runs with the same --many agree within 0.6 %, different ones
 within 1-2 %. Compare two checkouts with the same --many. The worker runs no auto_backfill
 repairer, with one hash seed.
 """
 from __future__ import annotations
 
 import glob
-import http.client
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 
-from .instructions import ROOT, SCENARIOS, scenario
+from ..procs import BaselineProcess, Http, ServiceProcess, cleanup
+from .instructions import SCENARIOS, scenario
 
 
 def count(modes: list[str], iterations: int, root: str | None, cache: bool) -> dict[str, dict[str, float]]:
@@ -47,92 +45,76 @@ def count(modes: list[str], iterations: int, root: str | None, cache: bool) -> d
     try:
         batchy_modes = [m for m in modes if m != "base"]
         if "base" in modes:
-            with Served(server.url, cfg, None, cache, baseline=True) as base:
+            with Served(_under_callgrind(BaselineProcess, server.url, cfg, None, cache)) as base:
                 out["base"] = base.measure("base", iterations)
         if batchy_modes:
-            with Served(server.url, cfg, root, cache) as svc:
+            with Served(_under_callgrind(ServiceProcess, server.url, cfg, root, cache)) as svc:
                 for wf in sorted({wf for m in batchy_modes for wf in scenario(m)[0]}):
-                    svc.ok("POST", f"/load_cfg/{wf}")
+                    svc.http.ok("POST", f"/load_cfg/{wf}")
                 for mode in batchy_modes:
                     out[mode] = svc.measure(mode, iterations)
     finally:
         server.cleanup()
+        shutil.rmtree(cfg, ignore_errors=True)
     return out
 
 
+def _under_callgrind(kind, redis_url: str, cfg: str, root: str | None, cache: bool) -> ServiceProcess:
+    """Return a ServiceProcess (or BaselineProcess) with one worker whose command runs under callgrind."""
+
+    class UnderCallgrind(kind):
+        def command(self) -> list[str]:
+            return ["valgrind", "--tool=callgrind", "--trace-children=yes", *(["--cache-sim=yes"] if cache else []),
+                    f"--callgrind-out-file={self.folder}/cg.%p", *super().command()]
+
+    # `python -m` imports from its working folder first: root's batchy (the baseline: this checkout's)
+    proc = UnderCallgrind(redis_url, cfg, workers=1, **({"cwd": root} if root and kind is ServiceProcess else {}),
+                          env={"BATCHY_AUTO_BACKFILL_INTERVAL": "0", "PYTHONHASHSEED": "0"})
+    proc.folder = os.path.dirname(proc.log_path)  # the callgrind dumps beside the service's log
+    return proc
+
+
 class Served:
-    """One `batchy serve --workers 1` (or the baseline) under callgrind, and a connection to it."""
+    """A service under callgrind (_under_callgrind), started, with a connection to it and its one worker."""
 
-    def __init__(self, redis_url: str, cfg: str, root: str | None, cache: bool, baseline: bool = False):
-        from batchy.testing import free_port
-
-        self.port = free_port()
-        self.folder = tempfile.mkdtemp(prefix="batchy-served-")
-        module = ["bench.baseline"] if baseline else ["batchy.cli", "serve"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHY_") and k != "REDIS_URL"}
-        env.update(BATCHY_REDIS_URL=redis_url, BATCHY_CFG_DIR=cfg, BATCHY_AUTO_BACKFILL_INTERVAL="0",
-                   PYTHONHASHSEED="0")
-        self.err = open(os.path.join(self.folder, "valgrind.log"), "w+")
-        self.proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--trace-children=yes", *(["--cache-sim=yes"] if cache else []),
-             f"--callgrind-out-file={self.folder}/cg.%p",
-             sys.executable, "-m", *module, "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            # `python -m` imports from its working folder first: the baseline from this checkout
-            cwd=ROOT if baseline or not root else root, env=env, stdout=self.err, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        self.conn: http.client.HTTPConnection | None = None
+    def __init__(self, proc: ServiceProcess):
+        self.proc, self.folder, self.http = proc, proc.folder, None
 
     def __enter__(self) -> "Served":
         try:
-            self._connect()
+            self._start()
         except BaseException:
             self.__exit__()
             raise
         return self
 
-    def _connect(self) -> None:
+    def _start(self) -> None:
+        self.proc.start(wait=False)
         deadline = time.monotonic() + 600  # start-up under valgrind: half a minute, more on a busy machine
         while not self._healthy():
-            if self.proc.poll() is not None:
-                self.err.seek(0)
-                raise RuntimeError(f"the service under callgrind exited:\n{self.err.read()[-2000:]}")
+            if self.proc.proc.poll() is not None:
+                with open(self.proc.log_path, errors="replace") as log:
+                    raise RuntimeError(f"the service under callgrind exited:\n{log.read()[-2000:]}")
             if time.monotonic() > deadline:
                 raise TimeoutError("the service under callgrind did not answer /healthz within 600 s")
             time.sleep(0.5)
-        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-        workers = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        self.http = Http(self.proc.url)
+        master = str(self.proc.proc.pid)
+        workers = subprocess.run(["pgrep", "-P", master], capture_output=True, text=True).stdout.split()
         if len(workers) != 1:
-            raise RuntimeError(f"expected one worker under the master {self.proc.pid}, found {workers}")
+            raise RuntimeError(f"expected one worker under the master {master}, found {workers}")
         self.worker = workers[0]
 
     def __exit__(self, *exc) -> None:
-        if self.conn:
-            self.conn.close()
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(120)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.err.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.http:
+            self.http.close()
+        cleanup(self.proc)  # stops it (SIGTERM, SIGKILL after 15 s) and removes its folder, dumps included
 
     def _healthy(self) -> bool:
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-            conn.request("GET", "/healthz")
-            return conn.getresponse().status == 200
+            return self.proc.healthy()
         except OSError:
             return False
-
-    def ok(self, method: str, path: str) -> None:
-        self.conn.request(method, path, headers={"Content-Length": "0"} if method == "POST" else {})
-        resp = self.conn.getresponse()
-        body = resp.read()
-        if not 200 <= resp.status < 300:
-            raise RuntimeError(f"{method} {path} answered {resp.status}: {body[:300]!r}")
 
     def measure(self, mode: str, iterations: int) -> dict[str, float]:
         """Return mode's events per call: a warm-up, then a short and a long counted window.
@@ -159,7 +141,7 @@ class Served:
     def _calls(self, one, iterations) -> None:
         for i in iterations:
             for _target, method, path in one(i):
-                self.ok(method, path)
+                self.http.ok(method, path)
 
     def _window(self, one, iterations) -> dict[str, int]:
         """Return the worker's event totals over the calls of these iterations (zeroed, run, dumped)."""
