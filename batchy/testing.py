@@ -4,6 +4,7 @@ Never touches a server it did not start: each one gets a free port and, by defau
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -201,7 +202,9 @@ class ServiceProcess:
         self.env = dict(env or {})
         self.workers = workers
         self.proc: subprocess.Popen | None = None
-        self.log_path = os.path.join(tempfile.mkdtemp(prefix="batchy-svc-"), "service.log")
+        log_dir = tempfile.mkdtemp(prefix="batchy-svc-")
+        atexit.register(shutil.rmtree, log_dir, True)  # log() still reads it after stop(); gone at exit
+        self.log_path = os.path.join(log_dir, "service.log")
 
     @property
     def url(self) -> str:
