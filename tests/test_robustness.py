@@ -170,6 +170,51 @@ def test_reads_refuse_unknown_parameters_too(any_client, path):
     assert r.status_code == 400 and r.json["error"] == "invalid_parameter", (path, r.data[:200])
 
 
+# -- 13. a parameter given twice, or in both places, is a 400: never one of them picked -------
+
+FORM = {"content_type": "application/x-www-form-urlencoded"}
+
+
+@pytest.mark.parametrize("path, body, name", [
+    ("/fail_batch/wf1?job=s_extract&job=s_load", None, "job"),  # read as job=s_extract, s_load was closed later
+    ("/close_batch/wf1?batch_id=1&batch_id=2", None, "batch_id"),
+    ("/fail_batch/wf1?job=s_extract", {"json": {"job": "s_load"}}, "job"),  # the body won before
+    ("/fail_batch/wf1", {"data": "job=s_extract&job=s_load", **FORM}, "job"),
+    ("/open_batch/wf1?dry_run=true&dry_run=false", None, "dry_run"),
+    ("/open_batch/wf1?dry_run=true", {"json": {"dry_run": False}}, "dry_run"),
+    ("/open_batch/wf1?dry_run=true", {"data": "dry_run=false", **FORM}, "dry_run"),
+    ("/open_batch/wf1?dry_run", None, "dry_run"),  # no value: read as false before, a real open
+    ("/open_batch/wf1?dry_run=", None, "dry_run"),
+    ("/open_batch/wf1", {"data": "dry_run=", **FORM}, "dry_run"),
+    ("/load_cfg/wf1?reset", None, "reset"),
+])
+def test_a_parameter_given_twice_or_without_a_value_is_refused(any_client, path, body, name):
+    any_client.post("/load_cfg/wf1")
+    any_client.post("/open_batch/wf1")
+    before = any_client.get("/get_status/wf1").json
+    events = any_client.get("/events/wf1").json
+    r = any_client.post(path, **(body or {}))
+    assert r.status_code == 400 and r.json["error"] == "invalid_parameter" and r.json["parameter"] == name, r.json
+    assert any(words in r.json["message"] for words in ("give it once", "without a value")), r.json
+    assert any_client.get("/get_status/wf1").json == before
+    assert any_client.get("/events/wf1").json == events
+
+
+@pytest.mark.parametrize("how", [
+    {"path": "/open_batch/wf1?job=s_extract&job=s_load"},
+    {"path": "/open_batch/wf1", "data": "job=s_extract&job=s_load", **FORM},
+    {"path": "/open_batch/wf1", "json": {"job": ["s_extract", "s_load"]}},
+])
+def test_a_parameter_that_takes_several_values_still_takes_them(any_client, how):
+    any_client.post("/load_cfg/wf1")
+    how = dict(how)
+    r = any_client.post(how.pop("path"), **how)
+    assert r.status_code == 200, r.json
+    assert r.json["s_extract"]["status"] == r.json["s_load"]["status"] == "open"
+    r = any_client.get("/wait/wf1?job=s_extract&job=s_load&timeout=0")
+    assert r.status_code == 200 and r.json["state"] == "waiting", r.json
+
+
 # -- retries are safe -----------------------------------------------------------------------
 
 

@@ -74,12 +74,13 @@ def endpoint(bp, *rules: str, summary: str, schema: str | None = None, params=()
     its workflow name checked, the parameters it takes (params() returns them) and its OpenAPI entry."""
     def decorate(view):
         takes = tuple(p["name"] for p in params if p["in"] == "query")
+        repeats = frozenset(p["name"] for p in params if p["in"] == "query" and p.get("explode"))
 
         @functools.wraps(view)
         def handle(**kwargs):
             if mutating:  # the method and the write token come first
                 check_mutation()
-            _TAKES.set(takes)
+            _TAKES.set((takes, repeats))
             if reads is not None:
                 check_read(reads)
             elif auth is not None:
@@ -97,30 +98,58 @@ def endpoint(bp, *rules: str, summary: str, schema: str | None = None, params=()
     return decorate
 
 
-# What the endpoint answering this request takes (set by endpoint(), read by params()).
-_TAKES: ContextVar[tuple[str, ...]] = ContextVar("batchy_takes", default=())
+# What the endpoint answering this request takes, and which of those may be repeated
+# (set by endpoint(), read by params()).
+_TAKES: ContextVar[tuple[tuple[str, ...], frozenset]] = ContextVar("batchy_takes", default=((), frozenset()))
 
 
 def params() -> dict:
     """Return the request's parameters, refusing one its endpoint does not declare (400)."""
-    return request_params(*_TAKES.get())
+    known, repeats = _TAKES.get()
+    return request_params(*known, repeats=repeats)
 
 
-def request_params(*known: str) -> dict:
-    """Return the request's parameters: query string, then a JSON or form body over it.
+def request_params(*known: str, repeats: frozenset = frozenset()) -> dict:
+    """Return the request's parameters, from the query string and a JSON or form body.
 
-    A parameter not in known is refused (400) rather than ignored: a typo such as
-    dryrun=true or batchid=1 must not turn into a real change that checks nothing.
+    Refused (400) rather than guessed at, before anything changes: a parameter not in known
+    (a typo such as dryrun=true or batchid=1 must not turn into a change that checks nothing),
+    one given twice that is not in repeats (fail_batch?job=a&job=b would fail only a), and one
+    given both in the query string and in the body. A parameter in repeats comes back as a list
+    when it is repeated.
     """
     req = request._get_current_object()  # one proxy lookup, not one per attribute
-    values = req.args.to_dict() if req.query_string else {}
+    values = _once(req.args, known, repeats) if req.query_string else {}
     environ = req.environ  # the headers from the WSGI environ: req.headers costs a parse per lookup
     if req.method == "POST" and ((environ.get("CONTENT_LENGTH") not in (None, "", "0") and req.content_length)
                                  or "HTTP_TRANSFER_ENCODING" in environ):
-        values.update(_body(req))
+        body = _body(req, known, repeats)
+        if values:
+            both = [name for name in body if name in values]
+            if both:
+                raise InvalidParameter(f"{str(both[0])[:40]} is given both in the query string and in the body: "
+                                       "give it once", parameter=str(both[0])[:40])
+            values.update(body)
+        else:
+            values = body
     unknown = [name for name in values if name not in known]
     if unknown:
         raise unknown_parameter(unknown[0], known)
+    return values
+
+
+def _once(given, known, repeats: frozenset) -> dict:
+    """Return a query string's or a form's parameters (a werkzeug MultiDict: a list per name), one value
+    each; a list for a parameter in repeats given more than once; 400 for another known one given more
+    than once (an unknown one is refused as unknown)."""
+    values = {}
+    for name, items in dict.items(given):
+        if len(items) == 1:
+            values[name] = items[0]
+        elif name in repeats or name not in known:
+            values[name] = list(items)
+        else:
+            raise InvalidParameter(f"{name[:40]} is given {len(items)} times: give it once", parameter=name[:40])
     return values
 
 
@@ -135,7 +164,7 @@ def unknown_parameter(name: str, known) -> InvalidParameter:
     return InvalidParameter(f"unknown parameter {shown!r}{hint}{takes}", parameter=shown)
 
 
-def _body(req) -> dict:
+def _body(req, known, repeats: frozenset) -> dict:
     """Return a POST body's parameters: a JSON object, or a form."""
     try:
         if "chunked" in req.headers.get("Transfer-Encoding", "").lower() and req.max_content_length is not None:
@@ -146,7 +175,7 @@ def _body(req) -> dict:
             if not req.is_json:
                 raise InvalidParameter("a chunked request body must be JSON (Content-Type: application/json)")
         elif not req.is_json:
-            return req.form.to_dict()
+            return _once(req.form, known, repeats)
         else:
             data = req.get_data(cache=True)
     except (HTTPException, InvalidParameter):
@@ -163,14 +192,18 @@ def _body(req) -> dict:
 
 
 def parse_flag(values: dict, name: str) -> bool:
+    """Return a true/false parameter (false when absent). Given empty (?dry_run, ?dry_run=) it is a 400,
+    not a guess: read as false, a bare ?dry_run would make a real open."""
     value = values.get(name, False)
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True
-    if text in ("", "0", "false", "no", "off"):
+    if text in ("0", "false", "no", "off"):
         return False
+    if text == "":
+        raise InvalidParameter(f"{name} is given without a value: give {name}=true or {name}=false", parameter=name)
     raise InvalidParameter(f"{name} must be true or false, not {str(value)[:40]!r}", parameter=name)
 
 
@@ -259,14 +292,7 @@ def parse_jobs(values: dict, wf: str) -> list[str] | None:
     given = values.get("job")
     if given is None:
         return None
-    if isinstance(given, list):
-        items = given
-    else:
-        body = request.get_json(silent=True) if request.is_json else None
-        if isinstance(body, dict) and "job" in body:
-            items = [given]
-        else:
-            items = request.form.getlist("job") or request.args.getlist("job") or [given]
+    items = given if isinstance(given, list) else [given]  # params() made a repeated one a list
     if not items:
         raise InvalidParameter("job names no job: leave it out to mean every job", parameter="job", workflow=wf)
     if len(items) > MAX_JOBS:

@@ -19,7 +19,7 @@ from .db import get_store, services
 from ..errors import InvalidParameter, JobNotFound
 from .auth import check_wait_token
 from .http import endpoint, json_response, params
-from .schema import NAME, param
+from .schema import param
 from ..storage.notifier import Notifier
 
 log = logging.getLogger("batchy")
@@ -108,7 +108,10 @@ def _gate_params(args, now, tz) -> tuple:
 @endpoint(bp, "/wait/<wf>", summary="Block until the workflow is done for a date, or the timeout", schema="Verdict",
           auth=check_wait_token, params=[
               param("date", schema={"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}),
-              param("tz", example="UTC"), param("job", schema=NAME),
+              param("tz", example="UTC"),
+              {**param("job", schema={"type": "array", "items": {"type": "string"}},
+                       description="Only these jobs: the parameter repeated, or names separated by commas"),
+               "style": "form", "explode": True},
               param("timeout", schema={"type": "number", "minimum": 0, "maximum": 60}),
               param("while", schema={"type": "string", "enum": ["waiting", "failed"]}),
               param("through", description="a coverage gate: ISO-8601, today, yesterday or now", example="today"),
