@@ -151,7 +151,7 @@ SETTINGS: tuple[Setting, ...] = (
         "BATCHY_HISTORY_KEEP",
         1000,
         "Batches kept per workflow; older `<wf>-<batch_id>` keys are deleted with "
-        "their index entries when a new batch opens.",
+        "their index entries when a new batch opens, except a batch some job still runs.",
         _positive_int,
     ),
     Setting(

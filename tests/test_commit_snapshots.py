@@ -16,7 +16,7 @@ def snapshot_commit(real_redis, key: str, mode: str, lines: dict[str, str]):
     args: list = [version, "tok", "", "0", "0", "1", 0, 0, 1, key, mode, 0, len(lines)]
     for item in lines.items():
         args += item
-    args += [10, "t-", 10, 0, keys.channel("t"), "test"]
+    args += [10, "t-", 0, 10, 0, keys.channel("t"), "test"]  # keep, prefix, no running batch, events
     reply = real_redis.register_script(scripts.COMMIT)(keys=keys.commit_keys("t"), args=args)
     assert reply[0] == scripts.Reply.APPLIED, reply
     return reply

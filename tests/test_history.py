@@ -110,6 +110,32 @@ def test_retention_deletes_old_snapshots_and_their_index_entries(env):
     assert sorted(redis.zrange(keys.BATCHES, 0, -1)) == sorted(f"wf1-{i}" for i in ids[-3:])
 
 
+def test_retention_keeps_a_batch_a_job_still_runs_until_it_ends(env):
+    """A job on its own schedule may run while many shorter batches open and end: retention
+    must not delete the record of its run before it ends (it did: the close then wrote nowhere)."""
+    _, redis, _, make = env
+    client = make(BATCHY_HISTORY_KEEP=3)
+    long_run = client.post("/open_batch/wf1?job=s_load").json["s_load"]["batch_id"]
+    short = []
+    for _ in range(4):
+        batch_id = client.post("/open_batch/wf1?job=s_extract").json["s_extract"]["batch_id"]
+        assert client.post(f"/close_batch/wf1?job=s_extract&batch_id={batch_id}").status_code == 200
+        short.append(batch_id)
+    # It counts against the 3 kept: the two newest short batches are kept beside it.
+    assert [int(i) for i in redis.zrange(keys.history("wf1"), 0, -1)] == [long_run, *short[-2:]]
+    assert client.get(f"/batch/wf1/{long_run}").json["s_load"]["status"] == "open"
+    closed = client.post(f"/close_batch/wf1?job=s_load&batch_id={long_run}&records_processed=10")
+    assert closed.status_code == 200
+    entry = client.get(f"/batch/wf1/{long_run}").json["s_load"]
+    assert entry["status"] == "success" and entry["records_processed"] == 10
+    assert long_run in [b["batch_id"] for b in client.get("/history/wf1").json["batches"]]
+    # Ended, it is the oldest: the next batch indexed drops it as any other.
+    run_id = client.post("/open_batch/wf1?job=s_extract").json["s_extract"]["batch_id"]
+    assert [int(i) for i in redis.zrange(keys.history("wf1"), 0, -1)] == [*short[-2:], run_id]
+    assert not redis.exists(keys.batch("wf1", long_run))
+    assert f"wf1-{long_run}" not in redis.zrange(keys.BATCHES, 0, -1)
+
+
 def test_most_recent_survives_a_later_failure(env):
     client, *_ = env
     assert client.get("/most_recent/wf1").json["most_recent"] is None

@@ -194,7 +194,7 @@ def test_a_commit_that_may_not_have_run_forgets_the_cache(two, monkeypatch):
 
 def commit_args(expected: str, token: str, insist: bool, second: str = "") -> list:
     """A commit that changes nothing but the version: no jobs, meta, batches or event."""
-    return [expected, token, second, "1" if insist else "0", "0", "0", 0, 0, 0, 10, "t-", 10, 0, "c", "test"]
+    return [expected, token, second, "1" if insist else "0", "0", "0", 0, 0, 0, 10, "t-", 0, 10, 0, "c", "test"]
 
 
 def commit_keys(wf: str) -> tuple[str, ...]:

@@ -58,6 +58,19 @@ def snapshot(job: dict) -> dict:
     return kept
 
 
+def running_batches(jobs, changed: dict[str, dict], replace: bool = False) -> list[int]:
+    """Return the batches some job still runs (status open) once changed is written over jobs
+    (over nothing, with replace): history retention keeps their records until they end."""
+    found = set()
+    for group in (changed,) if replace else (jobs, changed):
+        for name, job in group.items():
+            if job.get("status") == Status.OPEN and (group is changed or name not in changed):
+                batch_id = job.get("batch_id")
+                if batch_id is not None:
+                    found.add(batch_id)
+    return sorted(found)
+
+
 def batch_status(jobs: dict[str, dict]) -> str:
     """Return one status for a batch snapshot: open, failed, abandoned, success or new."""
     statuses = {job.get("status") for job in jobs.values()}

@@ -28,8 +28,8 @@ import redis
 from ..errors import BatchyError, Busy, StaleBatch, Unavailable, WorkflowNotFound
 from ..rules.formats import dumps
 from ..rules import lineage
-from ..rules.jobs import decode
-from ..rules.state import SNAPSHOT_UPDATE, Change, State
+from ..rules.jobs import decode, running_batches
+from ..rules.state import SNAPSHOT_NEW, SNAPSHOT_PUT, SNAPSHOT_UPDATE, Change, State
 from ..rules.workflows import config_path
 from . import bookkeeping, keys, scripts
 from .cache import StateCache
@@ -339,14 +339,21 @@ class Committer:
         # History is append-only; only an import can leave a final line under a job still
         # open, so a workflow no import has written sends its updates as amends (scripts.py).
         update = SNAPSHOT_UPDATE if self.keys.IMPORT_COUNT in state.stored else scripts.SNAPSHOT_AMEND
+        indexed = set()  # the batches this change adds to the history index: the newest
         for batch_id, mode, score, snapshot in change.snapshots:
             args += [self.keys.batch(wf, batch_id), update if mode == SNAPSHOT_UPDATE else mode, score, len(snapshot)]
             for name, job in snapshot.items():
                 args += [name, dumps(job)]
+            if mode == SNAPSHOT_NEW or mode == SNAPSHOT_PUT:
+                indexed.add(batch_id)
+        # Retention runs when a batch is indexed; it deletes the oldest batches but none a job
+        # still runs (the newest, indexed now, never falls to it: BATCHY_HISTORY_KEEP >= 1).
+        running = [b for b in running_batches(state.jobs, change.writes, change.replace) if b not in indexed] \
+            if indexed else ()
         # A change planned without an audit event (a chunk's coverage merge: its event goes to
         # the backfill's own stream) writes none.
         event = self._event(state, change, actor) if change.audit else {}
-        args += [self._keep, self.keys.batch_prefix(wf), self._events_keep, len(event)]
+        args += [self._keep, self.keys.batch_prefix(wf), len(running), *running, self._events_keep, len(event)]
         for item in event.items():
             args += item
         args += [self.keys.channel(wf), change.action]

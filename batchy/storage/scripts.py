@@ -137,6 +137,8 @@ end
 #         store vouches none of them can be final (SNAPSHOT_AMEND)
 #   keep                        batches kept in the history index; older ones are deleted
 #   batch key prefix            "<wf>-", to name the snapshots retention deletes
+#   n, n x batch id             batches a job still runs: retention skips them (they count
+#       against keep, and go once they ended and are among the oldest)
 #   events maxlen, n, n x (field, value)   XADD to the audit stream (n = 0: none)
 #   channel, action             PUBLISH the action after the change; meta keys.count_field(action) += 1
 #   with KEYS[10]: batch id, ttl ms   remembered under KEYS[10] once applied
@@ -193,8 +195,12 @@ for _ = 1, tonumber(A[i]) do
   batches[#batches + 1] = {key, mode, A[i + 3], i + 5, m}
   i = i + 4 + 2 * m
 end
-local keep, prefix, maxlen, nevent = tonumber(A[i + 1]), A[i + 2], A[i + 3], tonumber(A[i + 4])
-local event_at = i + 5
+local keep, prefix, nrunning = tonumber(A[i + 1]), A[i + 2], tonumber(A[i + 3])
+local running = {}
+for j = i + 4, i + 3 + nrunning do running[A[j]] = true end
+i = i + 3 + nrunning
+local maxlen, nevent = A[i + 1], tonumber(A[i + 2])
+local event_at = i + 3
 i = event_at + 2 * nevent
 local channel, message = A[i], A[i + 1]
 if KEYS[10] then redis.call('SET', KEYS[10], A[i + 2], 'PX', A[i + 3]) end
@@ -228,13 +234,24 @@ end
 
 if indexed then
   local excess = redis.call('ZCARD', KEYS[3]) - keep
-  if excess > 0 then
+  if excess > 0 and nrunning == 0 then
     local old = redis.call('ZRANGE', KEYS[3], 0, excess - 1)
     for _, id in ipairs(old) do
       redis.call('DEL', prefix .. id)
       redis.call('ZREM', KEYS[4], prefix .. id)
     end
     redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
+  elseif excess > 0 then  -- the oldest that no job runs any more
+    local gone = 0
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, excess - 1 + nrunning)) do
+      if gone == excess then break end
+      if not running[id] then
+        gone = gone + 1
+        redis.call('DEL', prefix .. id)
+        redis.call('ZREM', KEYS[4], prefix .. id)
+        redis.call('ZREM', KEYS[3], id)
+      end
+    end
   end
 end
 
