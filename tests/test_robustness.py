@@ -130,6 +130,44 @@ def test_a_malformed_value_is_reported_for_its_workflow_only(any_client, write_c
     assert any_client.post("/open_batch/me").status_code == 200
 
 
+@pytest.mark.parametrize("field, value", [("reprocess_hours", 1e300), ("reprocess_hours", -2),
+                                          ("settle_minutes", "x"), ("settle_minutes", -600),
+                                          ("max_window_hours", -1), ("batch_size", "year"), ("trunc_start", "yes")])
+def test_a_window_setting_a_hand_edit_broke_is_corrupt_state_not_a_window(any_client, write_cfg, field, value):
+    """Each was a 500 (reprocess_hours 1e300, settle_minutes "x", batch_size "year") or a wrong
+    window used silently (settle_minutes -600: a to_date ten hours ahead; a negative max window)."""
+    write_cfg("me", "a:\n  from_date: 2024-01-01\n")
+    any_client.post("/load_cfg/me")
+    redis = redis_of(any_client)
+    job = json.loads(redis.hget("me", "a"))
+    redis.hset("me", "a", json.dumps({**job, field: value}))
+    redis.hdel(keys.meta("me"), "version")
+    for method, path in (("POST", "/open_batch/me"), ("POST", "/open_batch/me?dry_run=true"),
+                         ("POST", "/open_batch/me/infa"), ("GET", "/wait/me?timeout=0"),
+                         ("POST", "/backfill/me?from=2024-01-01&to=2024-01-02")):
+        r = any_client.open(path, method=method)
+        assert r.status_code == 409 and r.json["error"] == "corrupt_state", (path, r.json)
+        assert r.json["job"] == "a" and field in r.json["message"] and "reset=true" in r.json["message"], r.json
+    assert any_client.post("/load_cfg/me?reset=true").status_code == 200
+    assert any_client.post("/open_batch/me").status_code == 200
+
+
+@pytest.mark.parametrize("settings", [{"settle_minutes": "x"}, {"settle_minutes": -600}, {"max_window_hours": "x"},
+                                      {"max_window_hours": -5}, {"batch_size": "year"}, {"lease_hours": "x"}])
+def test_a_workflow_setting_a_hand_edit_broke_is_corrupt_state_not_a_window(any_client, write_cfg, settings):
+    write_cfg("me", ".batchy:\n  exclusive: true\na:\n  from_date: 2024-01-01\n")
+    any_client.post("/load_cfg/me")
+    redis = redis_of(any_client)
+    redis.hset(keys.meta("me"), mapping={"settings": json.dumps({"exclusive": True, **settings})})
+    redis.hdel(keys.meta("me"), "version")
+    for path in ("/open_batch/me", "/open_batch/me?dry_run=true", "/backfill/me?from=2024-01-01&to=2024-01-02"):
+        r = any_client.post(path)
+        assert r.status_code == 409 and r.json["error"] == "corrupt_state", (path, r.json)
+        assert "settings" in r.json["message"] and "reset=true" in r.json["message"], r.json
+    assert any_client.post("/load_cfg/me?reset=true").status_code == 200
+    assert any_client.post("/open_batch/me").status_code == 200
+
+
 def test_a_malformed_meta_field_is_repaired_by_a_reset(any_client):
     any_client.post("/load_cfg/wf1")
     redis = redis_of(any_client)

@@ -203,6 +203,34 @@ def check(name: str, value):
     return value if field.check is None else field.check(value)
 
 
+# What an open reads to make a window: a stored value that fails its check is refused where it
+# is read (stored_problem). The lateness settings are checked where they are read instead
+# (lateness.setting_problem): a bad one is reported for its workflow and the fleet reads go on.
+OPEN_SETTINGS = ("reprocess_hours", "trunc_start", "timezone", "max_window_hours", "settle_minutes", "batch_size",
+                 "week_start", "auto_backfill", "exclusive", "lease_hours")
+STORED_JOB_CHECKS = tuple(name for name in OPEN_SETTINGS if name in JOB_SETTINGS)
+STORED_WORKFLOW_CHECKS = tuple(name for name in OPEN_SETTINGS if name in WORKFLOW_SETTINGS)
+
+
+def stored_problem(values: dict, names: tuple[str, ...]) -> str | None:
+    """Return why a stored job's or workflow's settings (names of them) cannot be used, or None.
+
+    A value read from Redis passes the check it passed when loaded; one a hand edit broke
+    (settle_minutes "x", reprocess_hours 1e300, a negative window) is refused where it is read,
+    never used for a window or a gate. null counts as not set.
+    """
+    for name in names:
+        value = values.get(name)
+        if value is not None:
+            field = BY_NAME[name]
+            if field.check is not None:
+                try:
+                    field.check(value)
+                except (ValueError, TypeError) as exc:
+                    return f"has {exc}"
+    return None
+
+
 def _shown(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 

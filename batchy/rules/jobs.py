@@ -13,7 +13,8 @@ import orjson
 
 from ..errors import CorruptState
 
-from .times import format_time, parse_time, zone
+from . import fields
+from .times import format_time, parse_time
 
 
 class Status(str, Enum):
@@ -141,16 +142,9 @@ def stored_problem(job, statuses=STATUSES) -> str | None:
         value = job.get(field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             return f"has {field} {value!r}, not a whole number"
-    hours = job.get("reprocess_hours")
-    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0):
-        return f"has reprocess_hours {hours!r}, not a number >= 0"
-    if not isinstance(job.get("timezone") or "UTC", str):
-        return "has a timezone that is not text"
-    try:
-        zone(job.get("timezone") or "UTC")
-    except ValueError as exc:  # read by every window, the dashboard, /metrics and /late
-        return f"has a timezone that cannot be used: {exc}"
-    return None
+    # reprocess_hours, timezone, a window policy: read by every window, the dashboard, /metrics
+    # and /late, each checked as a load checks it (fields.py)
+    return fields.stored_problem(job, fields.STORED_JOB_CHECKS)
 
 
 def decode(raw: dict[str, str], wf: str = "", key: str = "", *, snapshot: bool = False,

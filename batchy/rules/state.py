@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Mapping, NamedTuple, Protocol
 
-from . import coverage
+from . import coverage, fields
 from ..errors import CorruptState
 
 
@@ -203,6 +203,12 @@ class Change:
 def _settings(text: str) -> dict:
     """Return a workflow's settings from their JSON text (the same text on every open).
 
-    Shared between calls: read-only, as the plans that read it are pure.
+    Shared between calls: read-only, as the plans that read it are pure. Settings a hand edit
+    broke (fields.py's checks) are a ValueError: the caller's CorruptState.
     """
-    return json.loads(text)
+    settings = json.loads(text)
+    if isinstance(settings, dict):
+        problem = fields.stored_problem(settings, fields.STORED_WORKFLOW_CHECKS)
+        if problem is not None:
+            raise ValueError(problem)
+    return settings
