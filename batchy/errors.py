@@ -115,6 +115,16 @@ class CorruptState(Conflict):
             workflow=wf, job=job,
         )
 
+    @classmethod
+    def of_record(cls, wf: str, where: str, value: str, job: str | None = None) -> "CorruptState":
+        """A field of the record of what was loaded (a coverage ledger, a last success), which a reset
+        keeps: only redis-cli repairs it. where: "field '<field>' of '<key>'"."""
+        return cls(
+            f"workflow {wf!r}: {where} holds {value[:80]!r}, which Batchy did not write; a reset keeps it (it "
+            "records what was loaded): fix it with redis-cli, or HDEL it to forget it, then HDEL the key's version "
+            "field", workflow=wf, **({"job": job} if job is not None else {}),
+        )
+
 
 # -- backfills ---------------------------------------------------------------------------
 

@@ -168,6 +168,30 @@ def test_a_workflow_setting_a_hand_edit_broke_is_corrupt_state_not_a_window(any_
     assert any_client.post("/open_batch/me").status_code == 200
 
 
+@pytest.mark.parametrize("field, value", [("coverage:s_extract", "[[1e300, 1e301]]"), ("success:s_extract", "garbage"),
+                                          ("success:s_extract", '{"batch_id": "x", "start": "y"}')])
+def test_a_malformed_ledger_or_last_success_is_corrupt_state_not_a_500(any_client, field, value):
+    """Each was a 500 on /coverage or /most_recent. A reset keeps them (they record what was
+    loaded), so the answer says to repair the field by hand, and that repairs it."""
+    any_client.post("/load_cfg/wf1")
+    any_client.post("/open_batch/wf1")
+    any_client.post("/close_batch/wf1")
+    redis = redis_of(any_client)
+    redis.hset(keys.meta("wf1"), field, value)
+    broken = ["/coverage/wf1", "/coverage/wf1?job=s_extract"] if field.startswith("coverage") else \
+        ["/most_recent/wf1", "/most_recent/wf1?job=s_extract"]
+    for path in broken:
+        r = any_client.get(path)
+        assert r.status_code == 409 and r.json["error"] == "corrupt_state", (path, r.status_code, r.data[:300])
+        assert field in r.json["message"] and "HDEL" in r.json["message"] and r.json["job"] == "s_extract", r.json
+    for path in ("/coverage/wf1", "/most_recent/wf1", "/coverage/wf1/view", "/get_status/wf1"):
+        assert any_client.get(path).status_code in (200, 409), path  # never a 500
+    assert any_client.post("/close_batch/wf1").status_code == 409  # nothing open: not_open, as before
+    redis.hdel(keys.meta("wf1"), field, "version")
+    for path in ("/coverage/wf1", "/most_recent/wf1", "/coverage/wf1/view"):
+        assert any_client.get(path).status_code == 200, path
+
+
 def test_a_malformed_meta_field_is_repaired_by_a_reset(any_client):
     any_client.post("/load_cfg/wf1")
     redis = redis_of(any_client)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import functools
 import json
+from datetime import datetime, timezone
 from typing import NamedTuple
 
 Interval = list  # [start, end], epoch seconds, start < end
@@ -178,13 +179,19 @@ def invalidated(ledger: Ledger, start: float, end: float) -> Ledger:
     return ledger._replace(dirty=union(ledger.dirty, spoiled))
 
 
+# The epochs a stored ledger may hold: what a datetime can show (a hand edit's 1e300 cannot).
+EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc).timestamp()
+LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc).timestamp()
+
+
 def loads(text: str | None) -> list[Interval]:
     """Return a ledger from its stored JSON text; ValueError if it is not one."""
     if not text:
         return []
     value = json.loads(text)
     if not isinstance(value, list) or not all(
-            isinstance(i, list) and len(i) == 2 and all(isinstance(x, (int, float)) for x in i) and i[0] < i[1]
+            isinstance(i, list) and len(i) == 2 and all(isinstance(x, (int, float)) and EARLIEST <= x <= LATEST
+                                                        for x in i) and i[0] < i[1]
             for i in value):
         raise ValueError("not a list of [start, end] pairs")
     return value

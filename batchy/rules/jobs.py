@@ -147,6 +147,25 @@ def stored_problem(job, statuses=STATUSES) -> str | None:
     return fields.stored_problem(job, fields.STORED_JOB_CHECKS)
 
 
+MARK_FIELDS = frozenset(("batch_id", "start", "end"))
+
+
+def readable_mark(mark) -> bool:
+    """Return True for a job's last success as a close records it: {batch_id, start, end}, each may be null."""
+    if not isinstance(mark, dict) or not mark.keys() <= MARK_FIELDS:
+        return False
+    batch_id = mark.get("batch_id")
+    if batch_id is not None and batch_id.__class__ is not int:
+        return False
+    try:
+        for key in ("start", "end"):
+            if mark.get(key) is not None:
+                parse_time(mark[key], key)
+    except ValueError:
+        return False
+    return True
+
+
 def decode(raw: dict[str, str], wf: str = "", key: str = "", *, snapshot: bool = False,
            lenient: bool = False, shared: bool = False) -> dict[str, dict]:
     """Return a workflow or snapshot hash as {job: {...}}, jobs in name order.

@@ -126,9 +126,15 @@ class State:
         return mark if isinstance(mark, dict) else None
 
     def corrupt(self, item: str, value: str, job: str | None = None) -> CorruptState:
+        if item in RECORDS:  # a reset keeps them
+            return CorruptState.of_record(self.wf, self.reader.where(item, job), value, job)
         return CorruptState(
             f"workflow {self.wf!r}: {self.reader.where(item, job)} holds {value[:80]!r}, which Batchy "
             f"did not write; reload the workflow with load_cfg/{self.wf}?reset=true", workflow=self.wf)
+
+
+# The bookkeeping that records what was loaded: a reset keeps it (a corrupt one is repaired by hand).
+RECORDS = ("coverage", "dirty", "quality")
 
 
 @dataclass

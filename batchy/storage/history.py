@@ -16,7 +16,7 @@ from ..rules import coverage as coverage_mod, lateness
 from . import keys
 from ..errors import BatchNotFound, CorruptState, InvalidParameter, JobNotFound, WorkflowNotFound
 from ..rules.health import loaded_through
-from ..rules.jobs import decode, summarize_batch
+from ..rules.jobs import decode, readable_mark, summarize_batch
 from ..rules.times import UTC, format_time, job_zone, parse_time
 
 
@@ -176,7 +176,7 @@ class History:
             raise self.not_found(wf)
         if job is not None and job not in job_names:
             raise JobNotFound(f"workflow {wf!r} has no job {job!r}", workflow=wf, job=job)
-        marks = success_marks(meta)
+        marks = success_marks(meta, wf, self.keys.meta(wf))
         names = [job] if job is not None else sorted(job_names)
         mark = loaded_through([marks.get(name) for name in names])
         start = mark["start"] if mark else None
@@ -289,9 +289,19 @@ def _event_order(event_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def success_marks(meta: dict[str, str]) -> dict[str, dict]:
-    """Return {job: {batch_id, start, end}} of each job's last success in a meta hash."""
-    return {job: json.loads(text) for job, text in keys.success_texts(meta).items()}
+def success_marks(meta: dict[str, str], wf: str = "", meta_key: str = "") -> dict[str, dict]:
+    """Return {job: {batch_id, start, end}} of each job's last success in a meta hash, or raise
+    CorruptState naming the first one a hand edit broke."""
+    marks = {}
+    for job, text in keys.success_texts(meta).items():
+        try:
+            mark = json.loads(text)
+        except ValueError:
+            mark = None
+        if not readable_mark(mark):
+            raise CorruptState.of_record(wf, f"last success {keys.success_field(job)!r} of {meta_key!r}", text, job)
+        marks[job] = mark
+    return marks
 
 
 def _settings(meta: dict[str, str]) -> dict:
@@ -325,8 +335,8 @@ def ledgers_of(wf: str, meta: dict[str, str], meta_key: str | None = None) -> di
             try:
                 parts.setdefault(name, {})[prefix] = coverage_mod.loads_cached(text)
             except ValueError:
-                raise CorruptState.of_job(wf, name, f"has {item} Batchy cannot read",
-                                          meta_key or keys.meta(wf)) from None
+                raise CorruptState.of_record(wf, f"{item} {prefix + name!r} of {meta_key or keys.meta(wf)!r}", text,
+                                             name) from None
     result = {}
     for name, found in parts.items():
         records = None

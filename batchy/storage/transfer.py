@@ -6,7 +6,7 @@ import json
 from ..rules import coverage, names, plans, workflows
 from . import bookkeeping, keys
 from ..errors import InvalidConfig, InvalidName, InvalidParameter, WorkflowExists
-from ..rules.jobs import BATCH_STATUSES, decode
+from ..rules.jobs import BATCH_STATUSES, decode, readable_mark
 from ..rules.times import format_time, parse_input_time
 from ..rules.validation import check_sections, is_whole_number
 
@@ -199,10 +199,9 @@ def _meta_value_ok(wf: str, field: str, text: str) -> bool:
 
 
 def _success_ok(mark) -> bool:
-    """Return True for a job's last success as close_batch records it: {batch_id, start, end}."""
-    if not isinstance(mark, dict) or set(mark) - {"batch_id", "start", "end"}:
-        return False
-    if mark.get("batch_id") is not None and not is_whole_number(mark["batch_id"]):
+    """Return True for a job's last success as close_batch records it (jobs.readable_mark), its batch id
+    a whole number JSON readers keep exact and its times in the range a request may give."""
+    if not readable_mark(mark) or (mark.get("batch_id") is not None and not is_whole_number(mark["batch_id"])):
         return False
     try:
         for key in ("start", "end"):
