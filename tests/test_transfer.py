@@ -50,6 +50,33 @@ def test_export_then_import_gives_the_same_state(exported, app, target, fake_red
     assert again["workflows"]["wf1"]["batches"] == exported["workflows"]["wf1"]["batches"]
 
 
+def test_a_window_truncated_to_before_1900_exports_and_imports(client, app, write_cfg, target, fake_redis):
+    """A from_date of 1900-01-01 UTC truncated to midnight in New York is 1899-12-31 05:00 UTC:
+    the import refused it, and with it every workflow of the backup."""
+    write_cfg("old", "old:\n  from_date: '1900-01-01T00:00:00Z'\n  trunc_start: true\n  timezone: America/New_York\n")
+    for path in ("/load_cfg/old", "/open_batch/old", "/close_batch/old", "/load_cfg/wf1"):
+        assert client.post(path).status_code == 200, path
+    opened = client.get("/history/old").json["batches"][0]["jobs"]["old"]["from_date"]
+    assert opened == "1899-12-31T00:00:00-05:00"
+    doc = json.loads(json.dumps(store_of(app).export(["old", "wf1"])))
+    store, redis = target
+    assert store.import_(doc) == ["old", "wf1"]
+    assert redis.hgetall("old") == fake_redis.hgetall("old")
+
+
+@pytest.mark.parametrize("field", ["from_date", "next_from_date"])
+def test_a_stored_date_far_outside_what_batchy_writes_is_corrupt_state(client, app, fake_redis, field):
+    """next_from_date 0001-01-01 by hand was opened as a window from year 1, then broke the export."""
+    client.post("/load_cfg/wf1")
+    job = json.loads(fake_redis.hget("wf1", "s_extract"))
+    fake_redis.hset("wf1", "s_extract", json.dumps({**job, field: "0001-01-01T00:00:00+00:00"}))
+    fake_redis.hdel(keys.meta("wf1"), "version")
+    r = client.post("/open_batch/wf1")
+    assert r.status_code == 409 and r.json["error"] == "corrupt_state" and field in r.json["message"], r.json
+    assert client.post("/load_cfg/wf1?reset=true").status_code == 200
+    assert client.post("/open_batch/wf1").status_code == 200
+
+
 def test_an_abandoned_batch_and_allowed_similar_names_import(client, app, write_cfg, target):
     write_cfg("ab", ".batchy:\n  allow_params: [from_dt]\nj:\n  from_dt: 1\n")
     for path in ("/load_cfg/ab", "/open_batch/ab", "/open_batch/ab"):

@@ -14,7 +14,7 @@ import orjson
 from ..errors import CorruptState
 
 from . import fields
-from .times import format_time, parse_time
+from .times import MAX_TIME, STORED_MIN_TIME, format_time, parse_time
 
 
 class Status(str, Enum):
@@ -135,9 +135,11 @@ def stored_problem(job, statuses=STATUSES) -> str | None:
         value = job.get(field)
         if value is not None:
             try:
-                parse_time(value, field)
+                moment = parse_time(value, field)
             except ValueError as exc:
                 return f"has an unreadable {field}: {exc}"
+            if not STORED_MIN_TIME <= moment < MAX_TIME:  # no window is made from year 1
+                return f"has {field} {value!r:.40}, outside what Batchy writes ({STORED_MIN_TIME.date()} to {MAX_TIME.date()})"
     for field in ("batch_id", "records_processed"):
         value = job.get(field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

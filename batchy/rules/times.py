@@ -6,7 +6,7 @@ offset; a time given without one is UTC.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,6 +18,10 @@ UTC = timezone.utc
 # time zone, which would break every later open of the workflow: refused at the door.
 MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+# What Batchy itself stores may start before MIN_TIME: a from_date truncated to midnight in its
+# zone lies up to a day before the time it was truncated from. An export holds it; an import
+# and a stored state's check accept it.
+STORED_MIN_TIME = MIN_TIME - timedelta(days=2)
 
 _OFFSET_NO_COLON = re.compile(r"([+-]\d\d)(\d\d)$")
 
@@ -82,15 +86,15 @@ def parse_time(value, field: str = "date") -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def parse_input_time(value, field: str = "date") -> datetime:
+def parse_input_time(value, field: str = "date", earliest: datetime = MIN_TIME) -> datetime:
     """Return a time given by a person (file or request) as parse_time does, within the range.
 
-    Only input is range-checked: a stored window may end up just outside it after
-    truncation, and must still read back.
+    A stored window may end up just outside it after truncation, and must still read back:
+    an import of what Batchy stored reads with earliest=STORED_MIN_TIME.
     """
     moment = parse_time(value, field)
-    if not MIN_TIME <= moment < MAX_TIME:
-        raise ValueError(f"{field} must be from {MIN_TIME.date()} to before {MAX_TIME.date()}, not {value!r}")
+    if not earliest <= moment < MAX_TIME:
+        raise ValueError(f"{field} must be from {earliest.date()} to before {MAX_TIME.date()}, not {value!r}")
     return moment
 
 

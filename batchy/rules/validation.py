@@ -33,10 +33,12 @@ class BadDate:
         return f"{self.text} cannot be read as a date: {self.reason}"
 
 
-def fill_job(wf: str, job: str, params: dict, allowed=()) -> dict:
+def fill_job(wf: str, job: str, params: dict, allowed=(), stored: bool = False) -> dict:
     """Return the job's parameters validated, with the special fields filled in.
 
     allowed: names kept although close to a special field (the allow_params setting).
+    stored: the job as Batchy stored it (an import), whose dates may lie a little before
+    times.MIN_TIME (times.STORED_MIN_TIME).
     """
     tz = times.UTC
     if "timezone" in params:  # first: the dates are read in it
@@ -45,7 +47,7 @@ def fill_job(wf: str, job: str, params: dict, allowed=()) -> dict:
     checked = {}
     for key, value in params.items():
         key = check_name(wf, job, key if isinstance(key, str) else str(key), allowed)
-        checked[key] = check_value(wf, job, key, value, tz)
+        checked[key] = check_value(wf, job, key, value, tz, stored)
     check_written_names(wf, job, checked)
     check_infa_date_format(wf, job, checked.get("infa_date_format"), tz)
     return {**DEFAULTS, **checked}
@@ -138,10 +140,10 @@ def check_written_names(wf: str, job: str, params: dict) -> None:
         seen[name] = key
 
 
-def check_value(wf: str, job: str, key: str, value, tz=times.UTC):
+def check_value(wf: str, job: str, key: str, value, tz=times.UTC, stored: bool = False):
     """Return a parameter's value validated and made JSON-ready, or raise InvalidConfig.
 
-    tz: the job's zone, in which a date without an offset is read.
+    tz: the job's zone, in which a date without an offset is read. stored: see fill_job.
     """
     def bad(why: str):
         return InvalidConfig(f"job {job!r} of {wf!r}: {key} {why}", workflow=wf, job=job, field=key)
@@ -162,7 +164,8 @@ def check_value(wf: str, job: str, key: str, value, tz=times.UTC):
         if value is None:
             return None
         try:
-            return times.format_time(read_time(value, key, tz), tz)
+            return times.format_time(read_time(value, key, tz, times.STORED_MIN_TIME if stored else times.MIN_TIME),
+                                     tz)
         except ValueError as exc:
             raise InvalidConfig(f"job {job!r} of {wf!r}: {exc} (a date or time without an offset is read in "
                                 f"the job's timezone, {tz})", workflow=wf, job=job, field=key) from None
@@ -195,19 +198,19 @@ def _check_text(key: str, value, bad):
     return value
 
 
-def read_time(value, key: str, tz) -> datetime:
+def read_time(value, key: str, tz, earliest: datetime = times.MIN_TIME) -> datetime:
     """Return a date field's value as an instant, or raise ValueError.
 
     A value without an offset is a wall time in tz, the job's zone.
     """
     if isinstance(value, str) and TIMESTAMP.fullmatch(value.strip()):
         value = _construct_timestamp(value.strip(), key)  # '2001-12-14 21:59:43.10 -5', as YAML reads it unquoted
-    moment = times.parse_input_time(value, key)
+    moment = times.parse_input_time(value, key, earliest)
     if times.has_offset(value):
         return moment
     moment = moment.replace(tzinfo=tz)
-    if not times.MIN_TIME <= moment < times.MAX_TIME:  # in range as UTC, no longer in tz
-        raise ValueError(f"{key} must be from {times.MIN_TIME.date()} to before {times.MAX_TIME.date()} UTC, "
+    if not earliest <= moment < times.MAX_TIME:  # in range as UTC, no longer in tz
+        raise ValueError(f"{key} must be from {earliest.date()} to before {times.MAX_TIME.date()} UTC, "
                          f"not {times.format_time(moment, tz)!r}")
     return moment
 

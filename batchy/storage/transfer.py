@@ -100,7 +100,7 @@ def check_jobs(wf: str, jobs, settings: dict) -> dict[str, dict]:
         if not isinstance(params, dict):
             raise InvalidParameter(f"job {job!r} of {wf!r} in the export is not a mapping", workflow=wf, job=job)
         try:
-            checked[job] = workflows.fill_job(wf, job, params, settings.get("allow_params", ()))
+            checked[job] = workflows.fill_job(wf, job, params, settings.get("allow_params", ()), stored=True)
         except InvalidConfig as exc:
             raise InvalidConfig(f"{exc.message} (in the export)", **exc.context) from None
     check_sections(wf, checked)
@@ -142,7 +142,7 @@ def check_run(wf: str, batch_id: str, job: str, run) -> None:
     for key, value in run.items():
         if key != "status":
             try:
-                workflows.check_value(wf, job, key, value)
+                workflows.check_value(wf, job, key, value, stored=True)
             except InvalidConfig as exc:
                 raise InvalidParameter(f"batch {batch_id} in the export: {exc.message}", workflow=wf,
                                        batch_id=batch_id, job=job, field=key) from None
