@@ -133,63 +133,63 @@ def test_a_malformed_value_is_reported_for_its_workflow_only(any_client, write_c
 @pytest.mark.parametrize("field, value", [("reprocess_hours", 1e300), ("reprocess_hours", -2),
                                           ("settle_minutes", "x"), ("settle_minutes", -600),
                                           ("max_window_hours", -1), ("batch_size", "year"), ("trunc_start", "yes")])
-def test_a_window_setting_a_hand_edit_broke_is_corrupt_state_not_a_window(any_client, write_cfg, field, value):
+def test_a_window_setting_a_hand_edit_broke_is_corrupt_state_not_a_window(client, write_cfg, field, value):
     """Each was a 500 (reprocess_hours 1e300, settle_minutes "x", batch_size "year") or a wrong
     window used silently (settle_minutes -600: a to_date ten hours ahead; a negative max window)."""
     write_cfg("me", "a:\n  from_date: 2024-01-01\n")
-    any_client.post("/load_cfg/me")
-    redis = redis_of(any_client)
+    client.post("/load_cfg/me")
+    redis = redis_of(client)
     job = json.loads(redis.hget("me", "a"))
     redis.hset("me", "a", json.dumps({**job, field: value}))
     redis.hdel(keys.meta("me"), "version")
     for method, path in (("POST", "/open_batch/me"), ("POST", "/open_batch/me?dry_run=true"),
                          ("POST", "/open_batch/me/infa"), ("GET", "/wait/me?timeout=0"),
                          ("POST", "/backfill/me?from=2024-01-01&to=2024-01-02")):
-        r = any_client.open(path, method=method)
+        r = client.open(path, method=method)
         assert r.status_code == 409 and r.json["error"] == "corrupt_state", (path, r.json)
         assert r.json["job"] == "a" and field in r.json["message"] and "reset=true" in r.json["message"], r.json
-    assert any_client.post("/load_cfg/me?reset=true").status_code == 200
-    assert any_client.post("/open_batch/me").status_code == 200
+    assert client.post("/load_cfg/me?reset=true").status_code == 200
+    assert client.post("/open_batch/me").status_code == 200
 
 
 @pytest.mark.parametrize("settings", [{"settle_minutes": "x"}, {"settle_minutes": -600}, {"max_window_hours": "x"},
                                       {"max_window_hours": -5}, {"batch_size": "year"}, {"lease_hours": "x"}])
-def test_a_workflow_setting_a_hand_edit_broke_is_corrupt_state_not_a_window(any_client, write_cfg, settings):
+def test_a_workflow_setting_a_hand_edit_broke_is_corrupt_state_not_a_window(client, write_cfg, settings):
     write_cfg("me", ".batchy:\n  exclusive: true\na:\n  from_date: 2024-01-01\n")
-    any_client.post("/load_cfg/me")
-    redis = redis_of(any_client)
+    client.post("/load_cfg/me")
+    redis = redis_of(client)
     redis.hset(keys.meta("me"), mapping={"settings": json.dumps({"exclusive": True, **settings})})
     redis.hdel(keys.meta("me"), "version")
     for path in ("/open_batch/me", "/open_batch/me?dry_run=true", "/backfill/me?from=2024-01-01&to=2024-01-02"):
-        r = any_client.post(path)
+        r = client.post(path)
         assert r.status_code == 409 and r.json["error"] == "corrupt_state", (path, r.json)
         assert "settings" in r.json["message"] and "reset=true" in r.json["message"], r.json
-    assert any_client.post("/load_cfg/me?reset=true").status_code == 200
-    assert any_client.post("/open_batch/me").status_code == 200
+    assert client.post("/load_cfg/me?reset=true").status_code == 200
+    assert client.post("/open_batch/me").status_code == 200
 
 
 @pytest.mark.parametrize("field, value", [("coverage:s_extract", "[[1e300, 1e301]]"), ("success:s_extract", "garbage"),
                                           ("success:s_extract", '{"batch_id": "x", "start": "y"}')])
-def test_a_malformed_ledger_or_last_success_is_corrupt_state_not_a_500(any_client, field, value):
+def test_a_malformed_ledger_or_last_success_is_corrupt_state_not_a_500(client, field, value):
     """Each was a 500 on /coverage or /most_recent. A reset keeps them (they record what was
     loaded), so the answer says to repair the field by hand, and that repairs it."""
-    any_client.post("/load_cfg/wf1")
-    any_client.post("/open_batch/wf1")
-    any_client.post("/close_batch/wf1")
-    redis = redis_of(any_client)
+    client.post("/load_cfg/wf1")
+    client.post("/open_batch/wf1")
+    client.post("/close_batch/wf1")
+    redis = redis_of(client)
     redis.hset(keys.meta("wf1"), field, value)
     broken = ["/coverage/wf1", "/coverage/wf1?job=s_extract"] if field.startswith("coverage") else \
         ["/most_recent/wf1", "/most_recent/wf1?job=s_extract"]
     for path in broken:
-        r = any_client.get(path)
+        r = client.get(path)
         assert r.status_code == 409 and r.json["error"] == "corrupt_state", (path, r.status_code, r.data[:300])
         assert field in r.json["message"] and "HDEL" in r.json["message"] and r.json["job"] == "s_extract", r.json
     for path in ("/coverage/wf1", "/most_recent/wf1", "/coverage/wf1/view", "/get_status/wf1"):
-        assert any_client.get(path).status_code in (200, 409), path  # never a 500
-    assert any_client.post("/close_batch/wf1").status_code == 409  # nothing open: not_open, as before
+        assert client.get(path).status_code in (200, 409), path  # never a 500
+    assert client.post("/close_batch/wf1").status_code == 409  # nothing open: not_open, as before
     redis.hdel(keys.meta("wf1"), field, "version")
     for path in ("/coverage/wf1", "/most_recent/wf1", "/coverage/wf1/view"):
-        assert any_client.get(path).status_code == 200, path
+        assert client.get(path).status_code == 200, path
 
 
 def test_a_malformed_meta_field_is_repaired_by_a_reset(any_client):
@@ -250,16 +250,16 @@ FORM = {"content_type": "application/x-www-form-urlencoded"}
     ("/open_batch/wf1", {"data": "dry_run=", **FORM}, "dry_run"),
     ("/load_cfg/wf1?reset", None, "reset"),
 ])
-def test_a_parameter_given_twice_or_without_a_value_is_refused(any_client, path, body, name):
-    any_client.post("/load_cfg/wf1")
-    any_client.post("/open_batch/wf1")
-    before = any_client.get("/get_status/wf1").json
-    events = any_client.get("/events/wf1").json
-    r = any_client.post(path, **(body or {}))
+def test_a_parameter_given_twice_or_without_a_value_is_refused(client, path, body, name):
+    client.post("/load_cfg/wf1")
+    client.post("/open_batch/wf1")
+    before = client.get("/get_status/wf1").json
+    events = client.get("/events/wf1").json
+    r = client.post(path, **(body or {}))
     assert r.status_code == 400 and r.json["error"] == "invalid_parameter" and r.json["parameter"] == name, r.json
     assert any(words in r.json["message"] for words in ("give it once", "without a value")), r.json
-    assert any_client.get("/get_status/wf1").json == before
-    assert any_client.get("/events/wf1").json == events
+    assert client.get("/get_status/wf1").json == before
+    assert client.get("/events/wf1").json == events
 
 
 @pytest.mark.parametrize("how", [
@@ -267,13 +267,13 @@ def test_a_parameter_given_twice_or_without_a_value_is_refused(any_client, path,
     {"path": "/open_batch/wf1", "data": "job=s_extract&job=s_load", **FORM},
     {"path": "/open_batch/wf1", "json": {"job": ["s_extract", "s_load"]}},
 ])
-def test_a_parameter_that_takes_several_values_still_takes_them(any_client, how):
-    any_client.post("/load_cfg/wf1")
+def test_a_parameter_that_takes_several_values_still_takes_them(client, how):
+    client.post("/load_cfg/wf1")
     how = dict(how)
-    r = any_client.post(how.pop("path"), **how)
+    r = client.post(how.pop("path"), **how)
     assert r.status_code == 200, r.json
     assert r.json["s_extract"]["status"] == r.json["s_load"]["status"] == "open"
-    r = any_client.get("/wait/wf1?job=s_extract&job=s_load&timeout=0")
+    r = client.get("/wait/wf1?job=s_extract&job=s_load&timeout=0")
     assert r.status_code == 200 and r.json["state"] == "waiting", r.json
 
 
