@@ -277,6 +277,21 @@ def test_a_parameter_that_takes_several_values_still_takes_them(client, how):
     assert r.status_code == 200 and r.json["state"] == "waiting", r.json
 
 
+@pytest.mark.parametrize("query", ["from_date=2026-11-01+01:00", "from_date=2026-11-01T00:00:00+01:00"])
+def test_a_plus_a_query_string_read_as_a_space_is_refused_with_the_fix(client, query):
+    """2026-11-01+01:00 read as 2026-11-01 01:00 and was stored as 01:00 UTC: hours skipped."""
+    client.post("/load_cfg/wf1")
+    before = client.get("/get_status/wf1").json
+    r = client.post(f"/set_from_date/wf1?{query}&job=s_extract")
+    assert r.status_code == 400 and r.json["parameter"] == "from_date" and "%2B" in r.json["message"], r.json
+    assert client.get("/get_status/wf1").json == before
+    fixed = client.post("/set_from_date/wf1?from_date=2026-11-01T00:00:00%2B01:00&job=s_extract")
+    assert fixed.status_code == 200, fixed.json
+    assert client.get("/get_status/wf1").json["s_extract"]["next_from_date"] == "2026-10-31T23:00:00+00:00"
+    spaced = client.post("/set_from_date/wf1?from_date=2026-11-01%2001:00&job=s_load")  # a space meant as one
+    assert spaced.status_code == 200, spaced.json
+
+
 # -- retries are safe -----------------------------------------------------------------------
 
 

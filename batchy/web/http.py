@@ -275,13 +275,24 @@ def parse_moment(values: dict, name: str, required: bool = False, local: bool = 
         return None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         value = int(value)
+    if isinstance(value, str) and " " in value and _plus_in_query(name):
+        # 2026-11-01T00:00:00+01:00 in a URL reads as "... 01:00", and 2026-11-01+01:00 as 01:00 UTC
+        raise InvalidParameter(f"{name} holds a + that the query string reads as a space ({value[:40]!r}): write "
+                               "the offset's + as %2B, or send the time in a JSON body", parameter=name)
     try:
         if isinstance(value, int) and not isinstance(value, bool):
             value = datetime.fromtimestamp(value, UTC)
         moment = parse_input_time(value, name)
         return moment.replace(tzinfo=None) if local and not has_offset(value) else moment
     except (ValueError, OverflowError, OSError) as exc:
-        raise InvalidParameter(str(exc), parameter=name) from None
+        hint = " (a + in a URL or a form is a space: write it as %2B)" if isinstance(value, str) and " " in value else ""
+        raise InvalidParameter(f"{exc}{hint}", parameter=name) from None
+
+
+def _plus_in_query(name: str) -> bool:
+    """Return whether the raw query string gives name a value with a literal + (a space, once decoded)."""
+    prefix = name.encode() + b"="
+    return any(part.startswith(prefix) and b"+" in part for part in request.query_string.split(b"&"))
 
 
 MAX_JOBS = 10000  # as many as a workflow file may hold
