@@ -523,6 +523,22 @@ def test_every_api_parameter_is_an_option(path):
             assert name in arguments or flag in options, f"batchy {command.name}: no {flag} for {path}'s {name}"
 
 
+@pytest.mark.parametrize("environ, says", [
+    ({"REDIS_URL": "redis://:s3cret@db.example:6380/2"},
+     "batchy: state in Redis at redis://***@db.example:6380/2 (from REDIS_URL: BATCHY_REDIS_URL is not set)"),
+    ({"BATCHY_REDIS_URL": "redis+sentinel://:pw@h1:26379,h2:26379/mymaster/0"},
+     "batchy: state in Redis at redis+sentinel://***@h1:26379,h2:26379/mymaster/0\n"),
+])
+def test_serve_says_which_redis_holds_the_state(environ, says, capsys):
+    """A REDIS_URL set for another program picked the store without a word (a newcomer's surprise)."""
+    from batchy import settings
+    from batchy.cli.serve import _announce_store
+
+    _announce_store(settings.load(environ), environ)
+    err = capsys.readouterr().err
+    assert says in err and "s3cret" not in err and ":pw@" not in err, err
+
+
 @pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_embedded_serve_preloads_cfg_and_warns(cfg_dir):
     svc = ServiceProcess("", str(cfg_dir), workers=3).start()

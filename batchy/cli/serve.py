@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 
 import click
 
@@ -28,6 +30,8 @@ def serve(host, port, workers, threads):
     if not conf["BATCHY_REDIS_URL"]:
         click.secho("WARNING: " + EMBEDDED_WARNING, fg="red", bold=True, err=True)
         workers = 1  # the embedded store lives inside one process
+    else:
+        _announce_store(conf)
     logging.basicConfig(level=conf["BATCHY_LOG_LEVEL"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = _announce_host(host, port, conf)
     options = {
@@ -86,6 +90,16 @@ def serve(host, port, workers, threads):
                 raise click.ClickException(str(exc)) from None
 
     Server().run()
+
+
+def _announce_store(conf: dict, environ=None) -> None:
+    """Say on stderr which Redis holds the state (its password hidden), and that it came from
+    REDIS_URL when it did: a variable set for another program must not pick the store unseen."""
+    environ = os.environ if environ is None else environ
+    url = re.sub(r"//[^@/]*@", "//***@", conf["BATCHY_REDIS_URL"])
+    source = " (from REDIS_URL: BATCHY_REDIS_URL is not set)" if environ.get("BATCHY_REDIS_URL") is None else ""
+    cluster = ", a Redis Cluster" if conf["BATCHY_REDIS_CLUSTER"] else ""
+    click.echo(f"batchy: state in Redis at {url}{cluster}{source}", err=True)
 
 
 def _announce_host(host: str | None, port: int, conf: dict) -> str:
