@@ -35,7 +35,7 @@ def test_a_year_of_hourly_windows_is_one_small_interval():
     assert len(json.dumps(ledger)) < 40  # bytes kept in Redis for the job
 
 
-@pytest.mark.parametrize("text", ["{}", "[[1]]", "[[2, 1]]", '[["a", 2]]', "nope"])
+@pytest.mark.parametrize("text", ["{}", "[[1]]", "[[2, 1]]", '[["a", 2]]', "nope", "[[1e300, 1e301]]", "[[0, NaN]]"])
 def test_a_ledger_that_is_not_one_is_refused(text):
     with pytest.raises(ValueError):
         coverage.loads(text)

@@ -292,6 +292,21 @@ def test_a_plus_a_query_string_read_as_a_space_is_refused_with_the_fix(client, q
     assert spaced.status_code == 200, spaced.json
 
 
+def test_coverage_reads_a_range_without_an_offset_in_each_jobs_zone(client, write_cfg):
+    """As invalidate and backfill do, and as the README says of every date without an offset
+    (it was read in UTC: a Paris job's hole began at 01:00)."""
+    write_cfg("pw", "paris:\n  from_date: 2024-01-01\n  timezone: Europe/Paris\nutc:\n  from_date: 2024-01-01\n")
+    for path in ("/load_cfg/pw", "/open_batch/pw", "/close_batch/pw"):
+        assert client.post(path).status_code == 200
+    found = client.get("/coverage/pw?from=2023-12-01").json
+    assert found["paris"]["holes"] == [["2023-12-01T00:00:00+01:00", "2024-01-01T00:00:00+01:00"]]
+    assert found["utc"]["holes"] == [["2023-12-01T00:00:00+00:00", "2024-01-01T00:00:00+00:00"]]
+    given = client.get("/coverage/pw?job=paris&from=2023-12-01T00:00:00Z").json  # an offset is kept
+    assert given["paris"]["holes"] == [["2023-12-01T01:00:00+01:00", "2024-01-01T00:00:00+01:00"]]
+    r = client.get("/coverage/pw?from=2024-02-01&to=2024-01-01")
+    assert r.status_code == 400 and r.json["parameter"] == "to"
+
+
 # -- retries are safe -----------------------------------------------------------------------
 
 

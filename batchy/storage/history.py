@@ -17,7 +17,7 @@ from . import keys
 from ..errors import BatchNotFound, CorruptState, InvalidParameter, JobNotFound, WorkflowNotFound
 from ..rules.health import loaded_through
 from ..rules.jobs import decode, readable_mark, summarize_batch
-from ..rules.times import UTC, format_time, job_zone, parse_time
+from ..rules.times import UTC, format_time, in_zone, job_zone, parse_time
 
 
 # An answer of /history stops past this many bytes of snapshots, and says where to go on.
@@ -200,13 +200,14 @@ class History:
             raise self.not_found(wf)
         return decode(raw, wf, lenient=lenient), ledgers_of(wf, meta, self.keys.meta(wf)), _settings(meta)
 
-    def coverage(self, wf: str, job: str | None = None, start: float | None = None,
-                 end: float | None = None) -> dict[str, dict]:
+    def coverage(self, wf: str, job: str | None = None, since: datetime | None = None,
+                 until: datetime | None = None) -> dict[str, dict]:
         """Return {job: {"covered", "holes", "dirty", "failed_quality", "generation"}}, times in the job's zone.
 
-        Holes lie between the job's first covered start (or start) and its latest covered
-        end (or end): time that no successful, passing window covers now (dirty ranges and
-        quality failures among them).
+        Holes lie between the job's first covered start (or since) and its latest covered
+        end (or until): time that no successful, passing window covers now (dirty ranges and
+        quality failures among them). since and until without an offset are wall times in
+        each job's zone.
         """
         jobs, ledgers, _ = self.gate_state(wf, lenient=True)
         if job is not None and job not in jobs:
@@ -215,6 +216,10 @@ class History:
         for name in [job] if job is not None else sorted(jobs):
             ledger = ledgers.get(name) or coverage_mod.Ledger([])
             tz = job_zone(jobs[name])
+            start = in_zone(since, tz).timestamp() if since is not None else None
+            end = in_zone(until, tz).timestamp() if until is not None else None
+            if start is not None and end is not None and end <= start:
+                raise InvalidParameter("to must be later than from", parameter="to")
             result[name] = {
                 "covered": _render(coverage_mod.clip(ledger.effective, start, end), tz),
                 "holes": _render(ledger.holes(start, end), tz),

@@ -218,11 +218,9 @@ def most_recent(wf):
           params=[JOB, param("from", schema=DATE), param("to", schema=DATE)])
 def coverage(wf):
     values = params()
-    start, end = parse_moment(values, "from"), parse_moment(values, "to")
-    if start and end and end <= start:
-        raise InvalidParameter("to must be later than from", parameter="to")
-    return json_response(services().history.coverage(wf, parse_job(values, wf), start.timestamp() if start else None,
-                                                     end.timestamp() if end else None))
+    # Without an offset, from and to are wall times in each job's zone (as for invalidate, backfill).
+    start, end = parse_moment(values, "from", local=True), parse_moment(values, "to", local=True)
+    return json_response(services().history.coverage(wf, parse_job(values, wf), start, end))
 
 
 @endpoint(bp, "/invalidate/<wf>", summary="Late data: mark a range of the jobs' coverage dirty", schema="State",
