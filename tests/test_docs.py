@@ -204,3 +204,12 @@ def test_every_field_is_documented_in_one_line(field):
     assert field.doc.endswith(".") and "\n" not in field.doc and "|" not in field.doc
     documented = text_of([DOCS.parent / "README.md", DOCS / "workflows.md"])
     assert f"| `{field.name}` |" in documented, f"{field.name} is in no fields table"
+
+
+def test_the_example_workflow_in_workflows_md_is_cfg_wf1_yaml():
+    """docs/workflows.md shows cfg/wf1.yaml as it is (its header comment aside)."""
+    page = (ROOT / "docs" / "workflows.md").read_text()
+    shown = page.split("The example [`cfg/wf1.yaml`](../cfg/wf1.yaml):\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    lines = (ROOT / "cfg" / "wf1.yaml").read_text().splitlines(keepends=True)
+    body = "".join(lines[next(i for i, line in enumerate(lines) if not line.startswith("#")):])
+    assert shown == body
