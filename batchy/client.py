@@ -47,10 +47,17 @@ class ServiceError(Exception):
 BatchyError = ServiceError
 
 
+class BadServiceURL(ValueError):
+    """The service's URL (BATCHY_URL, or the url given) is not an http:// or https:// URL."""
+
+
 class Batchy:
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0,
                  retries: int = 2):
         self.url = (url or os.environ.get("BATCHY_URL") or DEFAULT_URL).rstrip("/")
+        if not self.url.lower().startswith(("http://", "https://")):  # 127.0.0.1:5000 was retried as an outage
+            raise BadServiceURL(f"the service URL must start with http:// or https://, not {self.url[:80]!r} "
+                                f"(BATCHY_URL, or --url)")
         self.token = token if token is not None else os.environ.get("BATCHY_API_TOKEN") or None
         self.timeout = timeout
         self.retries = retries  # extra attempts of a call that is safe to repeat

@@ -14,6 +14,8 @@ import pytest
 
 from batchy import cli as cli_mod
 from batchy.cli import env_lines, main
+from batchy.cli.output import EXIT_USAGE
+from batchy.client import BadServiceURL, Batchy
 from batchy.web.openapi import spec
 from batchy.testing import ServiceProcess
 
@@ -278,6 +280,18 @@ def test_exit_5_paused(batchy):
     batchy("pause", "wf1", "-m", "deploying")
     code, _, err = batchy("open", "wf1")
     assert code == 5 and "deploying" in err and "423" in err
+
+
+@pytest.mark.parametrize("argv", [["status", "wf1"], ["open", "wf1"], ["run", "wf1", "--", "touch", "ran"]])
+def test_a_url_without_its_scheme_is_a_usage_error_not_an_outage(argv, monkeypatch, capsys, tmp_path):
+    """BATCHY_URL=127.0.0.1:5000 was retried twice and reported as unavailable (exit 7)."""
+    monkeypatch.setenv("BATCHY_URL", "127.0.0.1:5000")
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == EXIT_USAGE
+    assert "must start with http:// or https://, not '127.0.0.1:5000'" in capsys.readouterr().err
+    assert not (tmp_path / "ran").exists()  # no command ran without its window
+    with pytest.raises(BadServiceURL):
+        Batchy("localhost:5000")
 
 
 @pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import click
 
-from ..client import Batchy, ServiceError
+from ..client import BadServiceURL, Batchy, ServiceError
 from ..rules.fields import RUNTIME_FIELDS
 from ..settings import SETTINGS
 
@@ -24,7 +24,7 @@ SETTING_NAMES = frozenset(setting.name for setting in SETTINGS)
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything else: a 500, an unexpected answer, export/import errors
-EXIT_USAGE = 2  # click's own: a bad option or argument
+EXIT_USAGE = 2  # click's own: a bad option or argument; a service URL that is not http(s)
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
 EXIT_PAUSED = 5
@@ -62,6 +62,8 @@ def service_errors():
         yield
     except ServiceError as exc:
         raise Failed(f"{exc.message} ({exc.status} {exc.code})", EXIT_BY_STATUS.get(exc.status, EXIT_ERROR)) from None
+    except BadServiceURL as exc:
+        raise Failed(str(exc), EXIT_USAGE) from None
     except OSError as exc:
         raise Failed(f"cannot reach Batchy at {Batchy().url}: {exc}", EXIT_UNAVAILABLE) from None
 
