@@ -129,6 +129,15 @@ def test_reload_keeps_runtime_state_replaces_params_drops_and_adds_jobs():
 
 # -- an operator's watermark survives a plain reload (item 1) ---------------------------
 
+def test_a_reload_of_the_same_file_changes_no_job(client):
+    """It added next_from_date, records_scope, caught_up and behind_seconds as nulls to every job that had run."""
+    for path in ("/load_cfg/wf1", "/open_batch/wf1", "/close_batch/wf1?records_processed=5"):
+        assert client.post(path).status_code == 200
+    before = client.get("/get_status/wf1").json
+    assert client.post("/load_cfg/wf1").json == before
+    assert client.get("/get_status/wf1").json == before
+
+
 def test_reload_keeps_next_from_date_of_a_job_that_never_ran():
     existing = {"sn": {"status": "new", "from_date": "2020-06-01T00:00:00+00:00",
                        "next_from_date": "2020-06-01T00:00:00+00:00"}}

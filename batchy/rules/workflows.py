@@ -232,9 +232,10 @@ def check_settings(wf: str, raw, where: str = "") -> dict:
     return settings
 
 
-# Runtime fields a job holds only once something set them (a close's attestation, an
-# invalidation): a reload does not add them as nulls (nor a $$generation= line to a parameter file).
-SAID_WHEN_GIVEN = ("checksum", "dq", "dq_message", "generation", "invalidated_in_batch")
+# Runtime fields a job holds only once something set them (fields.NO_DEFAULT: a close's
+# attestation, an invalidation, an operator's next_from_date, a policy's caught_up): a reload
+# does not add them as nulls (nor a $$generation= line to a parameter file).
+SAID_WHEN_GIVEN = tuple(f.name for f in fields.FIELDS if f.scope == fields.RUNTIME and f.default is fields.NO_DEFAULT)
 
 
 def merge(existing: dict[str, dict], configured: dict[str, dict]) -> dict[str, dict]:
