@@ -54,8 +54,9 @@ class WorkflowNotFound(NotFound):
     code = "workflow_not_found"
 
     @classmethod
-    def named(cls, wf: str, has_file: bool = False) -> "WorkflowNotFound":
-        """Return the error for a workflow that is not loaded, saying how to load it.
+    def named(cls, wf: str, has_file: bool = False, meant: str | None = None) -> "WorkflowNotFound":
+        """Return the error for a workflow that is not loaded, saying how to load it (or, for a name
+        close to a loaded one's, asking whether that one was meant).
 
         No server path: whoever calls may not be the operator (the service logs the path).
         """
@@ -63,6 +64,8 @@ class WorkflowNotFound(NotFound):
                if has_file else
                f"add {wf}.yaml to the service's workflow folder (BATCHY_CFG_DIR), then call /load_cfg/{wf} "
                f"(batchy load {wf})")
+        if meant is not None:
+            return cls(f"workflow {wf!r} is not loaded; did you mean {meant!r}? (else {how})", workflow=wf)
         return cls(f"workflow {wf!r} is not loaded: {how}", workflow=wf)
 
 

@@ -232,6 +232,16 @@ def test_reads_refuse_unknown_parameters_too(any_client, path):
     assert r.status_code == 400 and r.json["error"] == "invalid_parameter", (path, r.data[:200])
 
 
+def test_a_mistyped_workflow_name_suggests_the_loaded_one(client):
+    client.post("/load_cfg/wf1")
+    for method, path in (("GET", "/get_status/wf_1"), ("POST", "/open_batch/wf_1"), ("GET", "/coverage/Wf1")):
+        r = client.open(path, method=method)
+        assert r.status_code == 404 and r.json["error"] == "workflow_not_found", (path, r.json)
+        assert "did you mean 'wf1'?" in r.json["message"], r.json
+    far = client.get("/get_status/orders").json
+    assert "did you mean" not in far["message"] and "add orders.yaml" in far["message"], far
+
+
 # -- 13. a parameter given twice, or in both places, is a 400: never one of them picked -------
 
 FORM = {"content_type": "application/x-www-form-urlencoded"}

@@ -16,6 +16,7 @@ check in COMMIT still guards across processes.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import random
@@ -83,9 +84,19 @@ class Committer:
         try:
             path = config_path(self.cfg_dir, wf)  # logs where it looked when there is none
         except BatchyError:  # no file, or a name no file can have
-            return WorkflowNotFound.named(wf)
+            return WorkflowNotFound.named(wf, meant=self._meant(wf))
         log.info("workflow %s is not loaded; its file is %s", wf, os.path.abspath(path))
         return WorkflowNotFound.named(wf, has_file=True)
+
+    def _meant(self, wf: str) -> str | None:
+        """Return the loaded workflow whose name is closest to wf (a typo), if one is close."""
+        try:
+            loaded = self.transport.redis.smembers(self.keys.WORKFLOWS)
+        except redis.RedisError:  # the 404 is answered anyway, without a suggestion
+            return None
+        by_lower = {name.lower(): name for name in loaded}  # Wf1 for wf1 too
+        close = difflib.get_close_matches(wf.lower(), list(by_lower), n=1, cutoff=0.75)
+        return by_lower[close[0]] if close else None
 
     # -- reading a state -------------------------------------------------------
 
