@@ -136,6 +136,23 @@ def test_retention_keeps_a_batch_a_job_still_runs_until_it_ends(env):
     assert f"wf1-{long_run}" not in redis.zrange(keys.BATCHES, 0, -1)
 
 
+def test_retention_keeps_every_running_batch_when_more_run_than_it_keeps(env, write_cfg):
+    """Three jobs each on its own batch, two kept: the index holds all three until they end
+    (the newest was deleted at its open when the two older ones ran)."""
+    _, redis, write_cfg_, make = env
+    write_cfg_("tri", "a: {}\nb: {}\nc: {}\n")
+    client = make(BATCHY_HISTORY_KEEP=2)
+    assert client.post("/load_cfg/tri").status_code == 200
+    ids = {job: client.post(f"/open_batch/tri?job={job}").json[job]["batch_id"] for job in "abc"}
+    assert sorted(int(i) for i in redis.zrange(keys.history("tri"), 0, -1)) == sorted(ids.values())
+    for job, batch_id in ids.items():
+        assert client.get(f"/batch/tri/{batch_id}").json[job]["status"] == "open"
+        assert client.post(f"/close_batch/tri?job={job}&batch_id={batch_id}").status_code == 200
+    assert {b["batch_id"] for b in client.get("/history/tri").json["batches"]} == set(ids.values())
+    newest = client.post("/open_batch/tri?job=a").json["a"]["batch_id"]  # all ended: back to two
+    assert [int(i) for i in redis.zrange(keys.history("tri"), 0, -1)] == [ids["c"], newest]
+
+
 def test_most_recent_survives_a_later_failure(env):
     client, *_ = env
     assert client.get("/most_recent/wf1").json["most_recent"] is None

@@ -350,17 +350,15 @@ class Committer:
         # History is append-only; only an import can leave a final line under a job still
         # open, so a workflow no import has written sends its updates as amends (scripts.py).
         update = SNAPSHOT_UPDATE if self.keys.IMPORT_COUNT in state.stored else scripts.SNAPSHOT_AMEND
-        indexed = set()  # the batches this change adds to the history index: the newest
+        indexed = False  # a batch added to the history index: retention runs
         for batch_id, mode, score, snapshot in change.snapshots:
             args += [self.keys.batch(wf, batch_id), update if mode == SNAPSHOT_UPDATE else mode, score, len(snapshot)]
             for name, job in snapshot.items():
                 args += [name, dumps(job)]
-            if mode == SNAPSHOT_NEW or mode == SNAPSHOT_PUT:
-                indexed.add(batch_id)
-        # Retention runs when a batch is indexed; it deletes the oldest batches but none a job
-        # still runs (the newest, indexed now, never falls to it: BATCHY_HISTORY_KEEP >= 1).
-        running = [b for b in running_batches(state.jobs, change.writes, change.replace) if b not in indexed] \
-            if indexed else ()
+            indexed = indexed or mode == SNAPSHOT_NEW or mode == SNAPSHOT_PUT
+        # Retention deletes the oldest batches but none a job still runs, the one opened now
+        # included (with BATCHY_HISTORY_KEEP or more running, the index holds more until they end).
+        running = running_batches(state.jobs, change.writes, change.replace) if indexed else ()
         # A change planned without an audit event (a chunk's coverage merge: its event goes to
         # the backfill's own stream) writes none.
         event = self._event(state, change, actor) if change.audit else {}
