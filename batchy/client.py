@@ -217,7 +217,10 @@ class Batchy:
 
     def coverage(self, wf: str, job: str | None = None, start: str | int | datetime | None = None,
                  end: str | int | datetime | None = None) -> dict:
-        """Return {job: {"covered": [[from, to], ...], "holes": [[from, to], ...]}}: what succeeded, what not."""
+        """Return {job: {"covered": [[from, to], ...], "holes": [[from, to], ...]}}: what succeeded, what not.
+
+        A start or end without an offset (a naive datetime, "2024-01-01") is read in each job's timezone.
+        """
         start, end = (t.isoformat() if isinstance(t, datetime) else t for t in (start, end))
         return self._json("GET", f"/coverage/{self._name(wf)}", {"job": job, "from": start, "to": end})
 

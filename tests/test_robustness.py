@@ -252,6 +252,7 @@ FORM = {"content_type": "application/x-www-form-urlencoded"}
     ("/close_batch/wf1?batch_id=1&batch_id=2", None, "batch_id"),
     ("/fail_batch/wf1?job=s_extract", {"json": {"job": "s_load"}}, "job"),  # the body won before
     ("/fail_batch/wf1", {"data": "job=s_extract&job=s_load", **FORM}, "job"),
+    ("/fail_batch/wf1", {"data": '{"job": "s_extract", "job": "s_load"}', "content_type": "application/json"}, "job"),
     ("/open_batch/wf1?dry_run=true&dry_run=false", None, "dry_run"),
     ("/open_batch/wf1?dry_run=true", {"json": {"dry_run": False}}, "dry_run"),
     ("/open_batch/wf1?dry_run=true", {"data": "dry_run=false", **FORM}, "dry_run"),
@@ -287,34 +288,20 @@ def test_a_parameter_that_takes_several_values_still_takes_them(client, how):
     assert r.status_code == 200 and r.json["state"] == "waiting", r.json
 
 
-@pytest.mark.parametrize("query", ["from_date=2026-11-01+01:00", "from_date=2026-11-01T00:00:00+01:00"])
-def test_a_plus_a_query_string_read_as_a_space_is_refused_with_the_fix(client, query):
-    """2026-11-01+01:00 read as 2026-11-01 01:00 and was stored as 01:00 UTC: hours skipped."""
+def test_an_offsets_plus_read_as_a_space_is_a_400_that_says_to_write_2b(client):
+    """2026-11-01T00:00:00+01:00 in a URL arrives as "2026-11-01T00:00:00 01:00"."""
     client.post("/load_cfg/wf1")
     before = client.get("/get_status/wf1").json
-    r = client.post(f"/set_from_date/wf1?{query}&job=s_extract")
+    r = client.post("/set_from_date/wf1?from_date=2026-11-01T00:00:00+01:00&job=s_extract")
     assert r.status_code == 400 and r.json["parameter"] == "from_date" and "%2B" in r.json["message"], r.json
     assert client.get("/get_status/wf1").json == before
     fixed = client.post("/set_from_date/wf1?from_date=2026-11-01T00:00:00%2B01:00&job=s_extract")
     assert fixed.status_code == 200, fixed.json
     assert client.get("/get_status/wf1").json["s_extract"]["next_from_date"] == "2026-10-31T23:00:00+00:00"
-    spaced = client.post("/set_from_date/wf1?from_date=2026-11-01%2001:00&job=s_load")  # a space meant as one
-    assert spaced.status_code == 200, spaced.json
-
-
-def test_coverage_reads_a_range_without_an_offset_in_each_jobs_zone(client, write_cfg):
-    """As invalidate and backfill do, and as the README says of every date without an offset
-    (it was read in UTC: a Paris job's hole began at 01:00)."""
-    write_cfg("pw", "paris:\n  from_date: 2024-01-01\n  timezone: Europe/Paris\nutc:\n  from_date: 2024-01-01\n")
-    for path in ("/load_cfg/pw", "/open_batch/pw", "/close_batch/pw"):
-        assert client.post(path).status_code == 200
-    found = client.get("/coverage/pw?from=2023-12-01").json
-    assert found["paris"]["holes"] == [["2023-12-01T00:00:00+01:00", "2024-01-01T00:00:00+01:00"]]
-    assert found["utc"]["holes"] == [["2023-12-01T00:00:00+00:00", "2024-01-01T00:00:00+00:00"]]
-    given = client.get("/coverage/pw?job=paris&from=2023-12-01T00:00:00Z").json  # an offset is kept
-    assert given["paris"]["holes"] == [["2023-12-01T01:00:00+01:00", "2024-01-01T00:00:00+01:00"]]
-    r = client.get("/coverage/pw?from=2024-02-01&to=2024-01-01")
-    assert r.status_code == 400 and r.json["parameter"] == "to"
+    # A space written as + (urlencode, requests, the batchy client): a time, as meant.
+    assert client.get("/batches?from=2024-01-01+10%3A00&to=2024-02-01+00%3A00").status_code == 200
+    spaced = client.post("/set_from_date/wf1?from_date=2026-11-01+01:00&job=s_load")
+    assert spaced.status_code == 200 and spaced.json["s_load"]["next_from_date"] == "2026-11-01T01:00:00+01:00"
 
 
 # -- retries are safe -----------------------------------------------------------------------

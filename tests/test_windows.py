@@ -91,3 +91,19 @@ def test_the_two_instances_of_a_repeated_hour_floor_apart():
     second = datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris)  # 01:30 UTC, winter time
     assert windows.floor_to_unit(first, "hour", paris) == datetime(2024, 10, 27, 0, 0, tzinfo=timezone.utc)
     assert windows.floor_to_unit(second, "hour", paris) == datetime(2024, 10, 27, 1, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("text, refused", [
+    ("j:\n  max_window_hours: 24\n  reprocess_hours: 100\n", True),  # windows walked back 76 h an open
+    ("j:\n  max_window_hours: 24\n  reprocess_hours: 24\n", True),  # the same window forever
+    (".batchy:\n  max_window_hours: 6\nj:\n  reprocess_hours: 8\n", True),  # the workflow's window, the job's overlap
+    ("j:\n  max_window_hours: 24\n  reprocess_hours: 23.5\n", False),
+])
+def test_a_reprocess_overlap_as_long_as_the_window_is_refused(client, write_cfg, text, refused):
+    write_cfg("rp", text)
+    r = client.post("/load_cfg/rp")
+    if refused:
+        assert r.status_code == 400 and r.json["error"] == "invalid_config", r.json
+        assert "reprocess_hours" in r.json["message"] and "never move on" in r.json["message"], r.json
+    else:
+        assert r.status_code == 200, r.json

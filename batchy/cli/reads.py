@@ -41,8 +41,9 @@ def batches(status, workflow, start, end, limit, offset):
 @service_command()
 @click.argument("wf")
 @click.option("--job", help="Only this job step.")
-@click.option("--from", "start", metavar="TIME", help="From TIME (ISO-8601 or unix seconds).")
-@click.option("--to", "end", metavar="TIME", help="Up to TIME (ISO-8601 or unix seconds).")
+@click.option("--from", "start", metavar="TIME",
+              help="From TIME (ISO-8601 or unix seconds; without an offset, in each job's timezone).")
+@click.option("--to", "end", metavar="TIME", help="Up to TIME (as --from).")
 def coverage(wf, job, start, end):
     """Print the time each job of WF has loaded successfully, and the holes in it."""
     show(Batchy().coverage(wf, job=job, start=start, end=end), _coverage_table)

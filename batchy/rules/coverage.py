@@ -16,8 +16,9 @@ from __future__ import annotations
 import bisect
 import functools
 import json
-from datetime import datetime, timezone
 from typing import NamedTuple
+
+from .times import MAX_TIME, STORED_MIN_TIME
 
 Interval = list  # [start, end], epoch seconds, start < end
 
@@ -179,9 +180,8 @@ def invalidated(ledger: Ledger, start: float, end: float) -> Ledger:
     return ledger._replace(dirty=union(ledger.dirty, spoiled))
 
 
-# The epochs a stored ledger may hold: what a datetime can show (a hand edit's 1e300 cannot).
-EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc).timestamp()
-LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc).timestamp()
+# The epochs a stored ledger may hold: the times Batchy stores (a hand edit's 1e300 is none).
+EARLIEST, LATEST = STORED_MIN_TIME.timestamp(), MAX_TIME.timestamp()
 
 
 def loads(text: str | None) -> list[Interval]:

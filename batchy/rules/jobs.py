@@ -14,7 +14,7 @@ import orjson
 from ..errors import CorruptState
 
 from . import fields
-from .times import MAX_TIME, STORED_MIN_TIME, format_time, parse_time
+from .times import STORED_MIN_TIME, format_time, parse_input_time, parse_time
 
 
 class Status(str, Enum):
@@ -134,12 +134,10 @@ def stored_problem(job, statuses=STATUSES) -> str | None:
     for field in DATE_FIELDS:
         value = job.get(field)
         if value is not None:
-            try:
-                moment = parse_time(value, field)
+            try:  # within what Batchy writes: no window is made from year 1
+                parse_input_time(value, field, STORED_MIN_TIME)
             except ValueError as exc:
                 return f"has an unreadable {field}: {exc}"
-            if not STORED_MIN_TIME <= moment < MAX_TIME:  # no window is made from year 1
-                return f"has {field} {value!r:.40}, outside what Batchy writes ({STORED_MIN_TIME.date()} to {MAX_TIME.date()})"
     for field in ("batch_id", "records_processed"):
         value = job.get(field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

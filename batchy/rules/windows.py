@@ -63,6 +63,10 @@ def check_policy(fields: dict) -> None:
                          f"(up to {LONGEST_UNIT_HOURS[size]} h): no window could hold a whole {size}")
     if fields.get("week_start") not in (None, "monday") and size != "week":
         raise ValueError("week_start applies to batch_size week only")
+    reprocess = fields.get("reprocess_hours") or 0
+    if limit is not None and reprocess >= limit:  # the next from_date: the last to_date less reprocess_hours
+        raise ValueError(f"reprocess_hours {reprocess:g} is not shorter than max_window_hours {limit:g}: each window "
+                         "would start at or before the start of the one before, and the load would never move on")
 
 
 def policy_of(job: dict, settings: dict) -> Policy:

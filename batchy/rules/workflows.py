@@ -158,6 +158,7 @@ def check_job_policy(wf: str, job: str, params: dict, settings: dict) -> None:
     """Refuse a window policy whose fields do not fit together (the job's over the workflow's)."""
     merged = {k: settings[k] for k in windows.POLICY_FIELDS if settings.get(k) is not None}
     merged.update({k: params[k] for k in windows.POLICY_FIELDS if params.get(k) is not None})
+    merged["reprocess_hours"] = params.get("reprocess_hours")
     try:
         windows.check_policy(merged)
     except ValueError as exc:

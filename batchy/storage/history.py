@@ -250,7 +250,7 @@ class History:
                 continue
             try:
                 jobs = decode(raw, wf)
-                marks = success_marks(meta)
+                marks = success_marks(meta, wf, self.keys.meta(wf))
                 last = int(meta[self.keys.LAST_BATCH_ID]) if meta.get(self.keys.LAST_BATCH_ID) else None
             except (CorruptState, ValueError) as exc:
                 # One broken workflow must not hide the others from the dashboard and metrics.

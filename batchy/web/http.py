@@ -183,12 +183,23 @@ def _body(req, known, repeats: frozenset) -> dict:
     except Exception as exc:  # noqa: BLE001 - gunicorn's ParseException family, socket errors
         raise InvalidParameter(f"the request body could not be read ({type(exc).__name__})") from None
     try:
-        body = json.loads(data) if data else None
+        body = json.loads(data, object_pairs_hook=_once_each) if data else None
     except (ValueError, RecursionError):  # not JSON, or nests deeper than the decoder recurses
         body = None
     if not isinstance(body, dict):
         raise InvalidParameter("the request body must be a JSON object")
     return body
+
+
+def _once_each(pairs: list) -> dict:
+    """A JSON object with each key once: {"job": "a", "job": "b"} is a 400, as job=a&job=b is."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise InvalidParameter(f"{str(twice)[:40]} is given twice in the JSON body: give it once",
+                               parameter=str(twice)[:40])
+    return found
 
 
 def parse_flag(values: dict, name: str) -> bool:
@@ -275,24 +286,16 @@ def parse_moment(values: dict, name: str, required: bool = False, local: bool = 
         return None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         value = int(value)
-    if isinstance(value, str) and " " in value and _plus_in_query(name):
-        # 2026-11-01T00:00:00+01:00 in a URL reads as "... 01:00", and 2026-11-01+01:00 as 01:00 UTC
-        raise InvalidParameter(f"{name} holds a + that the query string reads as a space ({value[:40]!r}): write "
-                               "the offset's + as %2B, or send the time in a JSON body", parameter=name)
     try:
         if isinstance(value, int) and not isinstance(value, bool):
             value = datetime.fromtimestamp(value, UTC)
         moment = parse_input_time(value, name)
         return moment.replace(tzinfo=None) if local and not has_offset(value) else moment
     except (ValueError, OverflowError, OSError) as exc:
-        hint = " (a + in a URL or a form is a space: write it as %2B)" if isinstance(value, str) and " " in value else ""
+        # 2026-11-01T00:00:00+01:00 in a URL reads as "2026-11-01T00:00:00 01:00"
+        hint = " (a + in a URL or a form is a space: write an offset's + as %2B)" \
+            if isinstance(value, str) and " " in value else ""
         raise InvalidParameter(f"{exc}{hint}", parameter=name) from None
-
-
-def _plus_in_query(name: str) -> bool:
-    """Return whether the raw query string gives name a value with a literal + (a space, once decoded)."""
-    prefix = name.encode() + b"="
-    return any(part.startswith(prefix) and b"+" in part for part in request.query_string.split(b"&"))
 
 
 MAX_JOBS = 10000  # as many as a workflow file may hold
