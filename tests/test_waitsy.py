@@ -654,3 +654,10 @@ def test_runs_as_a_command(svc, workflow):
     helped = subprocess.run([sys.executable, "-m", "waitsy", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert helped.returncode == 0 and "exit codes" in helped.stdout and "--fail-on-error" in helped.stdout
     assert "--through" in helped.stdout and "--on-deadline" in helped.stdout
+
+
+@pytest.mark.parametrize("spelt", [["--wf", "nope"], ["--wf=nope"]])
+def test_wf_with_two_dashes_is_the_workflow_too(spelt, capsys):
+    """--wf said "-wf/--workflow is required", as if not given at all."""
+    code = waitsy.main([*spelt, "--url", "http://127.0.0.1:1", "--timeout", "0", "--quiet"])
+    assert code != EXIT_USAGE and "required" not in capsys.readouterr().err

@@ -166,6 +166,9 @@ def _options(args) -> tuple[dict[str, list[str]], Gate]:
 
 def main(argv=None) -> int:
     """Run waitsy with argv (default sys.argv[1:]); return the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --wf, as -wf is spelt with the one dash long options do not have: taken, not "-wf is required"
+    argv = ["--workflow" if a == "--wf" else "--workflow=" + a[5:] if a.startswith("--wf=") else a for a in argv]
     try:
         args = build_parser().parse_args(argv)
         selected, gate = _options(args)
