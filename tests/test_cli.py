@@ -553,6 +553,21 @@ def test_serve_says_which_redis_holds_the_state(environ, says, capsys):
     assert says in err and "s3cret" not in err and ":pw@" not in err, err
 
 
+@pytest.mark.slow  # a real batchy serve
+def test_serve_on_a_port_another_process_listens_on_says_so_at_once(cfg_dir):
+    """It retried for 5 s, then said only "Can't connect to ('127.0.0.1', 5000)"."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHY_")}
+        began = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "batchy.cli", "serve", "--port", str(port)], env={
+            **env, "BATCHY_CFG_DIR": str(cfg_dir)}, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and time.monotonic() - began < 4, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr, done.stderr
+
+
 @pytest.mark.slow  # real processes or waits: the CI run, not the everyday loop
 def test_embedded_serve_preloads_cfg_and_warns(cfg_dir):
     svc = ServiceProcess("", str(cfg_dir), workers=3).start()

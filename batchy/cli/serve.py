@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import re
+import socket
 
 import click
 
@@ -34,6 +35,7 @@ def serve(host, port, workers, threads):
         _announce_store(conf)
     logging.basicConfig(level=conf["BATCHY_LOG_LEVEL"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = _announce_host(host, port, conf)
+    _check_free(host, port)
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
@@ -100,6 +102,18 @@ def _announce_store(conf: dict, environ=None) -> None:
     source = " (from REDIS_URL: BATCHY_REDIS_URL is not set)" if environ.get("BATCHY_REDIS_URL") is None else ""
     cluster = ", a Redis Cluster" if conf["BATCHY_REDIS_CLUSTER"] else ""
     click.echo(f"batchy: state in Redis at {url}{cluster}{source}", err=True)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse at once a port another process listens on (gunicorn retries for 5 s, then says only
+    "Can't connect"); the same SO_REUSEADDR bind gunicorn makes, so a port in TIME_WAIT passes."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}; another process "
+                                       "listens there? Choose another port with --port") from None
 
 
 def _announce_host(host: str | None, port: int, conf: dict) -> str:
