@@ -232,6 +232,14 @@ def test_reads_refuse_unknown_parameters_too(any_client, path):
     assert r.status_code == 400 and r.json["error"] == "invalid_parameter", (path, r.data[:200])
 
 
+@pytest.mark.parametrize("limit", ["abc", "0", "1001", "-1"])
+def test_a_bad_limit_is_told_the_range_whatever_it_is(client, limit):
+    client.post("/load_cfg/wf1")
+    r = client.get(f"/history/wf1?limit={limit}")
+    assert r.status_code == 400 and r.json["parameter"] == "limit", r.json
+    assert f"limit must be a whole number from 1 to 1000, not '{limit}'" == r.json["message"], r.json
+
+
 def test_a_mistyped_workflow_name_suggests_the_loaded_one(client):
     client.post("/load_cfg/wf1")
     for method, path in (("GET", "/get_status/wf_1"), ("POST", "/open_batch/wf_1"), ("GET", "/coverage/Wf1")):

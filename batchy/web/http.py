@@ -265,11 +265,15 @@ def actor() -> str:
 
 
 def parse_limit(values: dict, default: int = 50, maximum: int = 1000) -> int:
-    value = parse_whole_number(values, "limit")
+    try:
+        value = parse_whole_number(values, "limit")
+    except InvalidParameter:
+        value = 0  # limit=abc is told the same range as limit=0
     if value is None:
         return default
     if not 1 <= value <= maximum:
-        raise InvalidParameter(f"limit must be from 1 to {maximum}", parameter="limit")
+        raise InvalidParameter(f"limit must be a whole number from 1 to {maximum}, not {str(values['limit'])[:40]!r}",
+                               parameter="limit")
     return value
 
 
