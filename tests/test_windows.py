@@ -105,5 +105,7 @@ def test_a_reprocess_overlap_as_long_as_the_window_is_refused(client, write_cfg,
     if refused:
         assert r.status_code == 400 and r.json["error"] == "invalid_config", r.json
         assert "reprocess_hours" in r.json["message"] and "never move on" in r.json["message"], r.json
+        assert r.json["field"] == "reprocess_hours" and r.json["line"] == text.split("\n").index(
+            next(line for line in text.split("\n") if "reprocess_hours" in line)) + 1, r.json
     else:
         assert r.status_code == 200, r.json

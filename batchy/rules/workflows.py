@@ -147,9 +147,9 @@ def parse_config(wf: str, data: bytes | str) -> Config:
             )
         try:
             jobs[job] = fill_job(wf, job, params, settings.get("allow_params", ()))
+            check_job_policy(wf, job, jobs[job], settings)
         except InvalidConfig as exc:
             raise _at_line(exc, lines.get((job, exc.context.get("field")))) from None
-        check_job_policy(wf, job, jobs[job], settings)
     check_sections(wf, jobs)
     return Config(jobs, settings)
 
@@ -161,8 +161,8 @@ def check_job_policy(wf: str, job: str, params: dict, settings: dict) -> None:
     merged["reprocess_hours"] = params.get("reprocess_hours")
     try:
         windows.check_policy(merged)
-    except ValueError as exc:
-        raise InvalidConfig(f"job {job!r} of {wf!r}: {exc}", workflow=wf, job=job) from None
+    except ValueError as exc:  # "<field> ...": the field it names first
+        raise InvalidConfig(f"job {job!r} of {wf!r}: {exc}", workflow=wf, job=job, field=str(exc).split()[0]) from None
 
 
 def _load(wf: str, data: bytes | str) -> tuple[object, dict[tuple[str, str], int]]:
