@@ -62,13 +62,11 @@ def snapshot(job: dict) -> dict:
 def running_batches(jobs, changed: dict[str, dict], replace: bool = False) -> list[int]:
     """Return the batches some job still runs (status open) once changed is written over jobs
     (over nothing, with replace): history retention keeps their records until they end."""
-    found = set()
-    for group in (changed,) if replace else (jobs, changed):
-        for name, job in group.items():
-            if job.get("status") == Status.OPEN and (group is changed or name not in changed):
-                batch_id = job.get("batch_id")
-                if batch_id is not None:
-                    found.add(batch_id)
+    found = {job.get("batch_id") for job in changed.values() if job.get("status") == Status.OPEN}
+    if not replace and not changed.keys() >= jobs.keys():  # an open of every job: nothing else runs
+        found.update(job.get("batch_id") for name, job in jobs.items()
+                     if job.get("status") == Status.OPEN and name not in changed)
+    found.discard(None)
     return sorted(found)
 
 
