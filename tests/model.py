@@ -139,9 +139,11 @@ def policy(job: dict, settings: dict) -> dict:
     return merged if any(merged.values()) else {}  # settle_minutes 0 alone changes nothing
 
 
-def bad_policy(fields: dict) -> bool:
+def bad_policy(fields: dict, reprocess_hours: float = 0) -> bool:
+    """A policy that cannot hold one unit, or an overlap as long as the window: each window would
+    start at or before the one before (docs/workflows.md, Window policy)."""
     size, most = fields.get("batch_size"), fields.get("max_window_hours")
-    return bool(size) and most is not None and most < LONGEST_UNIT_HOURS[size]
+    return most is not None and ((bool(size) and most < LONGEST_UNIT_HOURS[size]) or reprocess_hours >= most)
 
 
 def boundary(moment: datetime, unit: str, tz_name: str) -> datetime:
@@ -266,7 +268,7 @@ def load(wf: dict, spec: dict, settings: dict, now: datetime, *, reset: bool = F
         moment = file_time(job_spec.get("from_date"), job_spec.get("timezone"))
         if moment is not None and moment > now:
             return refuse(400, "invalid_config")
-        if bad_policy(policy(job_spec, settings)):
+        if bad_policy(policy(job_spec, settings), job_spec.get("reprocess_hours") or 0):
             return refuse(400, "invalid_config")
     new = copy.deepcopy(wf)
     old = wf["jobs"]
