@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+from datetime import datetime
 from enum import Enum
 
 import orjson
@@ -148,8 +149,9 @@ def stored_problem(job, statuses=STATUSES) -> str | None:
 MARK_FIELDS = frozenset(("batch_id", "start", "end"))
 
 
-def readable_mark(mark) -> bool:
-    """Return True for a job's last success as a close records it: {batch_id, start, end}, each may be null."""
+def readable_mark(mark, earliest: datetime | None = None) -> bool:
+    """Return True for a job's last success as a close records it: {batch_id, start, end}, each may be
+    null; with earliest, its times from earliest to before times.MAX_TIME (an import's check)."""
     if not isinstance(mark, dict) or not mark.keys() <= MARK_FIELDS:
         return False
     batch_id = mark.get("batch_id")
@@ -158,7 +160,7 @@ def readable_mark(mark) -> bool:
     try:
         for key in ("start", "end"):
             if mark.get(key) is not None:
-                parse_time(mark[key], key)
+                parse_time(mark[key], key) if earliest is None else parse_input_time(mark[key], key, earliest)
     except ValueError:
         return False
     return True
