@@ -196,8 +196,7 @@ for _ = 1, tonumber(A[i]) do
   i = i + 4 + 2 * m
 end
 local keep, prefix, nrunning = tonumber(A[i + 1]), A[i + 2], tonumber(A[i + 3])
-local running = {}
-for j = i + 4, i + 3 + nrunning do running[A[j]] = true end
+local running_at = i + 4
 i = i + 3 + nrunning
 local maxlen, nevent = A[i + 1], tonumber(A[i + 2])
 local event_at = i + 3
@@ -242,6 +241,8 @@ if indexed then
     end
     redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
   elseif excess > 0 then  -- the oldest that no job runs any more
+    local running = {}
+    for j = running_at, running_at + nrunning - 1 do running[A[j]] = true end
     local gone = 0
     for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, excess - 1 + nrunning)) do
       if gone == excess then break end
