@@ -33,12 +33,12 @@ class BadDate:
         return f"{self.text} cannot be read as a date: {self.reason}"
 
 
-def fill_job(wf: str, job: str, params: dict, allowed=(), stored: bool = False) -> dict:
+def fill_job(wf: str, job: str, params: dict, allowed=(), earliest: datetime = times.MIN_TIME) -> dict:
     """Return the job's parameters validated, with the special fields filled in.
 
     allowed: names kept although close to a special field (the allow_params setting).
-    stored: the job as Batchy stored it (an import), whose dates may lie a little before
-    times.MIN_TIME (times.STORED_MIN_TIME).
+    earliest: the first time a date may hold (an import's, of what Batchy stored:
+    times.STORED_MIN_TIME, a little before a file's times.MIN_TIME).
     """
     tz = times.UTC
     if "timezone" in params:  # first: the dates are read in it
@@ -47,7 +47,7 @@ def fill_job(wf: str, job: str, params: dict, allowed=(), stored: bool = False) 
     checked = {}
     for key, value in params.items():
         key = check_name(wf, job, key if isinstance(key, str) else str(key), allowed)
-        checked[key] = check_value(wf, job, key, value, tz, stored)
+        checked[key] = check_value(wf, job, key, value, tz, earliest)
     check_written_names(wf, job, checked)
     check_infa_date_format(wf, job, checked.get("infa_date_format"), tz)
     return {**DEFAULTS, **checked}
@@ -140,10 +140,10 @@ def check_written_names(wf: str, job: str, params: dict) -> None:
         seen[name] = key
 
 
-def check_value(wf: str, job: str, key: str, value, tz=times.UTC, stored: bool = False):
+def check_value(wf: str, job: str, key: str, value, tz=times.UTC, earliest: datetime = times.MIN_TIME):
     """Return a parameter's value validated and made JSON-ready, or raise InvalidConfig.
 
-    tz: the job's zone, in which a date without an offset is read. stored: see fill_job.
+    tz: the job's zone, in which a date without an offset is read. earliest: see fill_job.
     """
     def bad(why: str):
         return InvalidConfig(f"job {job!r} of {wf!r}: {key} {why}", workflow=wf, job=job, field=key)
@@ -164,8 +164,7 @@ def check_value(wf: str, job: str, key: str, value, tz=times.UTC, stored: bool =
         if value is None:
             return None
         try:
-            return times.format_time(read_time(value, key, tz, times.STORED_MIN_TIME if stored else times.MIN_TIME),
-                                     tz)
+            return times.format_time(read_time(value, key, tz, earliest), tz)
         except ValueError as exc:
             raise InvalidConfig(f"job {job!r} of {wf!r}: {exc} (a date or time without an offset is read in "
                                 f"the job's timezone, {tz})", workflow=wf, job=job, field=key) from None

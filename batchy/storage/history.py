@@ -294,7 +294,7 @@ def _event_order(event_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def success_marks(meta: dict[str, str], wf: str = "", meta_key: str = "") -> dict[str, dict]:
+def success_marks(meta: dict[str, str], wf: str, meta_key: str) -> dict[str, dict]:
     """Return {job: {batch_id, start, end}} of each job's last success in a meta hash, or raise
     CorruptState naming the first one a hand edit broke."""
     marks = {}

@@ -233,14 +233,7 @@ end
 
 if indexed then
   local excess = redis.call('ZCARD', KEYS[3]) - keep
-  if excess > 0 and nrunning == 0 then
-    local old = redis.call('ZRANGE', KEYS[3], 0, excess - 1)
-    for _, id in ipairs(old) do
-      redis.call('DEL', prefix .. id)
-      redis.call('ZREM', KEYS[4], prefix .. id)
-    end
-    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
-  elseif excess > 0 then  -- the oldest that no job runs any more
+  if excess > 0 then  -- the oldest that no job runs any more
     local running = {}
     for j = running_at, running_at + nrunning - 1 do running[A[j]] = true end
     local gone = 0

@@ -7,7 +7,7 @@ from ..rules import coverage, names, plans, workflows
 from . import bookkeeping, keys
 from ..errors import InvalidConfig, InvalidName, InvalidParameter, WorkflowExists
 from ..rules.jobs import BATCH_STATUSES, decode, readable_mark
-from ..rules.times import MIN_TIME, format_time
+from ..rules.times import MIN_TIME, STORED_MIN_TIME, format_time
 from ..rules.validation import check_sections, is_whole_number
 
 FORMAT = "batchy-export/1"
@@ -100,7 +100,7 @@ def check_jobs(wf: str, jobs, settings: dict) -> dict[str, dict]:
         if not isinstance(params, dict):
             raise InvalidParameter(f"job {job!r} of {wf!r} in the export is not a mapping", workflow=wf, job=job)
         try:
-            checked[job] = workflows.fill_job(wf, job, params, settings.get("allow_params", ()), stored=True)
+            checked[job] = workflows.fill_job(wf, job, params, settings.get("allow_params", ()), STORED_MIN_TIME)
         except InvalidConfig as exc:
             raise InvalidConfig(f"{exc.message} (in the export)", **exc.context) from None
     check_sections(wf, checked)
@@ -142,7 +142,7 @@ def check_run(wf: str, batch_id: str, job: str, run) -> None:
     for key, value in run.items():
         if key != "status":
             try:
-                workflows.check_value(wf, job, key, value, stored=True)
+                workflows.check_value(wf, job, key, value, earliest=STORED_MIN_TIME)
             except InvalidConfig as exc:
                 raise InvalidParameter(f"batch {batch_id} in the export: {exc.message}", workflow=wf,
                                        batch_id=batch_id, job=job, field=key) from None
